@@ -1,0 +1,10 @@
+//! ELLA's Timestep-Aware Semantic Connector.
+
+mod config;
+mod model;
+
+pub use config::ConnectorConfig;
+pub use model::{
+    AdaLayerNorm, Connector, MultiheadAttention, PerceiverAttentionBlock, PerceiverResampler,
+    ProjOut, TimestepEmbedding,
+};

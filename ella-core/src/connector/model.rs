@@ -1,0 +1,275 @@
+//! ELLA's Timestep-Aware Semantic Connector (TSC): a perceiver resampler whose layer norms
+//! are modulated by the diffusion timestep (paper section 3.2; official `model.py`).
+//!
+//! ```text
+//! t ─ sinusoids ─ time_embedding ─ temb ───────────────┬──────────────┐
+//! latents + time_aware_linear(SiLU(temb)) ─ block × N ─┴─ (proj_out) ─ tokens [B, 64, 768]
+//! T5 states ─ proj_in ─────────────────────┘  (each block: AdaLN, attention to
+//!                                               [latents; text], AdaLN, squared-ReLU MLP)
+//! ```
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{relu, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use super::config::ConnectorConfig;
+use crate::error::{Error, Result};
+use crate::nn::{layer_norm, multi_head_attention, timestep_features};
+use crate::weights::{Checkpoint, linear_from_torch};
+
+/// diffusers' `TimestepEmbedding`: `linear_2(SiLU(linear_1(features)))`.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding<B: Backend> {
+    pub linear_1: Linear<B>,
+    pub linear_2: Linear<B>,
+}
+
+/// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
+/// `norm(x) · (1 + scale) + shift`, with `[shift | scale] = linear(SiLU(temb))`.
+#[derive(Module, Debug)]
+pub struct AdaLayerNorm<B: Backend> {
+    pub linear: Linear<B>,
+}
+
+/// PyTorch `nn.MultiheadAttention` (batch first, biases on): `in_proj_weight` stacks the
+/// q, k and v projections, kept here as three linears.
+#[derive(Module, Debug)]
+pub struct MultiheadAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    #[module(skip)]
+    pub heads: usize,
+}
+
+/// One perceiver block: the latents attend to themselves and the text, then an MLP.
+#[derive(Module, Debug)]
+pub struct PerceiverAttentionBlock<B: Backend> {
+    pub attn: MultiheadAttention<B>,
+    pub c_fc: Linear<B>,
+    pub c_proj: Linear<B>,
+    pub ln_1: AdaLayerNorm<B>,
+    pub ln_2: AdaLayerNorm<B>,
+    pub ln_ff: AdaLayerNorm<B>,
+}
+
+/// The optional `proj_out`: Linear then LayerNorm (with affine, eps 1e-5).
+#[derive(Module, Debug)]
+pub struct ProjOut<B: Backend> {
+    pub linear: Linear<B>,
+    pub norm: LayerNorm<B>,
+}
+
+/// `connector.*`: the perceiver resampler.
+#[derive(Module, Debug)]
+pub struct PerceiverResampler<B: Backend> {
+    /// The learned latents `[num_latents, width]`.
+    pub latents: Param<Tensor<B, 2>>,
+    pub time_aware_linear: Linear<B>,
+    pub proj_in: Linear<B>,
+    pub perceiver_blocks: Vec<PerceiverAttentionBlock<B>>,
+    pub proj_out: Option<ProjOut<B>>,
+}
+
+/// ELLA's connector: T5 hidden states and a timestep in, condition tokens for the U-Net's
+/// cross-attention out. Run it at every denoising step with the U-Net's timestep.
+#[derive(Module, Debug)]
+pub struct Connector<B: Backend> {
+    pub time_embedding: TimestepEmbedding<B>,
+    pub connector: PerceiverResampler<B>,
+    #[module(skip)]
+    pub config: ConnectorConfig,
+}
+
+impl<B: Backend> AdaLayerNorm<B> {
+    fn forward(&self, x: Tensor<B, 3>, temb: Tensor<B, 3>) -> Tensor<B, 3> {
+        let width = x.dims()[2];
+        let emb = self.linear.forward(silu(temb));
+        let shift = emb.clone().narrow(2, 0, width);
+        let scale = emb.narrow(2, width, width);
+        layer_norm(x, 1e-6) * (scale + 1.0) + shift
+    }
+}
+
+impl<B: Backend> PerceiverAttentionBlock<B> {
+    fn forward(&self, text: Tensor<B, 3>, latents: Tensor<B, 3>, temb: Tensor<B, 3>) -> Tensor<B, 3> {
+        let normed = self.ln_1.forward(latents.clone(), temb.clone());
+        let kv = Tensor::cat(vec![normed.clone(), self.ln_2.forward(text, temb.clone())], 1);
+        let attn = &self.attn;
+        let attended = multi_head_attention(
+            attn.q_proj.forward(normed),
+            attn.k_proj.forward(kv.clone()),
+            attn.v_proj.forward(kv),
+            attn.heads,
+            None,
+            None,
+            None,
+        );
+        let latents = latents + attn.out_proj.forward(attended);
+        let hidden = relu(self.c_fc.forward(self.ln_ff.forward(latents.clone(), temb)));
+        latents + self.c_proj.forward(hidden.clone() * hidden)
+    }
+}
+
+impl<B: Backend> Connector<B> {
+    /// Loads a connector file (e.g. `ella-sd1.5-tsc-t5xl.safetensors`, F16) into `dtype`.
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &ConnectorConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let checkpoint = Checkpoint::open(path)?;
+        Self::from_checkpoint(config, &checkpoint, device, dtype)
+    }
+
+    /// Builds the connector after checking every tensor against `config`; the file must
+    /// hold exactly the config's tensors (as the official loader's strict load).
+    pub fn from_checkpoint(
+        config: &ConnectorConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate().map_err(|reason| Error::InvalidConfig {
+            path: checkpoint.path().to_path_buf(),
+            reason,
+        })?;
+        checkpoint.check(&config.expected_tensors(), |_| false)?;
+        let linear = |name: &str| checkpoint.linear::<B>(name, true, device, dtype);
+        let ada = |name: String| -> Result<AdaLayerNorm<B>> {
+            Ok(AdaLayerNorm {
+                linear: linear(&format!("{name}.linear"))?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let block = format!("connector.perceiver_blocks.{i}");
+            let in_weight: Tensor<B, 2> =
+                checkpoint.tensor(&format!("{block}.attn.in_proj_weight"), device, dtype)?;
+            let in_bias: Tensor<B, 1> =
+                checkpoint.tensor(&format!("{block}.attn.in_proj_bias"), device, dtype)?;
+            let w = config.width;
+            let part = |i: usize| {
+                linear_from_torch(
+                    in_weight.clone().narrow(0, i * w, w),
+                    Some(in_bias.clone().narrow(0, i * w, w)),
+                )
+            };
+            blocks.push(PerceiverAttentionBlock {
+                attn: MultiheadAttention {
+                    q_proj: part(0),
+                    k_proj: part(1),
+                    v_proj: part(2),
+                    out_proj: linear(&format!("{block}.attn.out_proj"))?,
+                    heads: config.heads,
+                },
+                c_fc: linear(&format!("{block}.mlp.c_fc"))?,
+                c_proj: linear(&format!("{block}.mlp.c_proj"))?,
+                ln_1: ada(format!("{block}.ln_1"))?,
+                ln_2: ada(format!("{block}.ln_2"))?,
+                ln_ff: ada(format!("{block}.ln_ff"))?,
+            });
+        }
+        let proj_out = match config.output_dim {
+            Some(out) => {
+                let mut norm = LayerNormConfig::new(out).init::<B>(device);
+                norm.gamma = Param::from_tensor(checkpoint.tensor(
+                    "connector.proj_out.1.weight",
+                    device,
+                    dtype,
+                )?);
+                norm.beta = Some(Param::from_tensor(checkpoint.tensor(
+                    "connector.proj_out.1.bias",
+                    device,
+                    dtype,
+                )?));
+                Some(ProjOut {
+                    linear: linear("connector.proj_out.0")?,
+                    norm,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            time_embedding: TimestepEmbedding {
+                linear_1: linear("time_embedding.linear_1")?,
+                linear_2: linear("time_embedding.linear_2")?,
+            },
+            connector: PerceiverResampler {
+                latents: Param::from_tensor(checkpoint.tensor("connector.latents", device, dtype)?),
+                time_aware_linear: linear("connector.time_aware_linear")?,
+                proj_in: linear("connector.proj_in")?,
+                perceiver_blocks: blocks,
+                proj_out,
+            },
+            config: config.clone(),
+        })
+    }
+
+    /// Condition tokens `[batch, num_latents, output width]` for text states
+    /// `[batch, seq, input_dim]` at the given U-Net timestep(s): one for the whole batch or
+    /// one per sample. Timesteps may be fractional (sigma-based samplers).
+    ///
+    /// All `seq` positions are attended, padding included (as the reference does in fixed
+    /// mode); in flexible mode pass each prompt unpadded.
+    pub fn forward(&self, text_states: Tensor<B, 3>, timesteps: &[f32]) -> Result<Tensor<B, 3>> {
+        let [batch, seq, input_dim] = text_states.dims();
+        if batch == 0 || seq == 0 {
+            return Err(Error::InvalidInput(format!(
+                "text states of shape [{batch}, {seq}, {input_dim}] are empty"
+            )));
+        }
+        if input_dim != self.config.input_dim {
+            return Err(Error::InvalidInput(format!(
+                "text states are {input_dim} wide but the connector expects {} (input_dim)",
+                self.config.input_dim
+            )));
+        }
+        if timesteps.len() != 1 && timesteps.len() != batch {
+            return Err(Error::InvalidInput(format!(
+                "{} timesteps for a batch of {batch}: pass one, or one per sample",
+                timesteps.len()
+            )));
+        }
+        if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
+            return Err(Error::InvalidInput(format!("timestep {t} is not finite")));
+        }
+        let device = text_states.device();
+        let dtype = text_states.dtype();
+        let channels = self.config.time_channel;
+        let features = Tensor::<B, 2>::from_data(
+            timestep_features(timesteps, channels, true, 0.0),
+            (&device, DType::F32),
+        )
+        .cast(dtype)
+        .reshape([timesteps.len(), 1, channels])
+        .expand([batch, 1, channels]);
+        let temb = self
+            .time_embedding
+            .linear_2
+            .forward(silu(self.time_embedding.linear_1.forward(features)));
+
+        let resampler = &self.connector;
+        let [num_latents, width] = resampler.latents.dims();
+        let mut latents = resampler
+            .latents
+            .val()
+            .unsqueeze::<3>()
+            .expand([batch, num_latents, width])
+            + resampler.time_aware_linear.forward(silu(temb.clone()));
+        let text = resampler.proj_in.forward(text_states);
+        for block in &resampler.perceiver_blocks {
+            latents = block.forward(text.clone(), latents, temb.clone());
+        }
+        Ok(match &resampler.proj_out {
+            Some(proj) => proj.norm.forward(proj.linear.forward(latents)),
+            None => latents,
+        })
+    }
+}

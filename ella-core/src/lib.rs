@@ -1,0 +1,49 @@
+//! # ella-core
+//!
+//! [ELLA](https://arxiv.org/abs/2403.05135) on [Burn](https://burn.dev): a frozen T5
+//! encoder reads the prompt, and the Timestep-Aware Semantic Connector (TSC) turns its
+//! hidden states into the condition tokens a Stable Diffusion 1.5 U-Net cross-attends to,
+//! recomputed at every denoising step.
+//!
+//! Everything is generic over a Burn backend `B`. The CPU backend of this build is
+//! [`DefaultBackend`].
+//!
+//! ```no_run
+//! use ella_core::{Connector, ConnectorConfig, DefaultBackend, TextEncoder, TokenMode};
+//!
+//! # fn main() -> ella_core::Result<()> {
+//! let device = Default::default();
+//! let t5 = TextEncoder::<DefaultBackend>::load("models--google--flan-t5-xl--text_encoder", &device)?;
+//! let ella = Connector::<DefaultBackend>::load(
+//!     "ella-sd1.5-tsc-t5xl.safetensors",
+//!     &ConnectorConfig::default(),
+//!     &device,
+//!     burn::tensor::DType::F32,
+//! )?;
+//! let states = t5.encode("a red book on a wooden table", TokenMode::Flexible)?;
+//! let tokens = ella.forward(states, &[999.0])?; // [1, 64, 768]
+//! # Ok(()) }
+//! ```
+
+pub mod connector;
+pub mod error;
+pub mod nn;
+pub mod t5;
+pub mod weights;
+
+pub use connector::{Connector, ConnectorConfig};
+pub use error::{Error, Result};
+pub use t5::{T5Config, T5Encoder, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
+pub use weights::Checkpoint;
+
+/// The CPU backend of this build: Burn's pure-Rust `flex` backend when the `flex` feature
+/// is on (the default), otherwise `ndarray`.
+#[cfg(feature = "flex")]
+pub type DefaultBackend = burn::backend::Flex;
+/// The CPU backend of this build: Burn's pure-Rust `flex` backend when the `flex` feature
+/// is on (the default), otherwise `ndarray`.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type DefaultBackend = burn::backend::NdArray;
+
+/// Re-export of the Burn version this crate is built on.
+pub use burn;

@@ -1,0 +1,179 @@
+//! `T5Config`: the fields of an HF T5 `config.json` that the encoder uses.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::{TensorSpec, read_json};
+
+/// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    #[serde(default = "default_num_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `"relu"` (T5 v1.0), `"gated-gelu"` (T5 v1.1 and flan-t5), or `"[gated-]ACT"`.
+    #[serde(default = "default_feed_forward_proj")]
+    pub feed_forward_proj: String,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+}
+
+fn default_num_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_feed_forward_proj() -> String {
+    "relu".into()
+}
+fn default_eos() -> u32 {
+    1
+}
+
+/// The feed-forward non-linearity, as HF's `dense_act_fn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// GELU, tanh approximation (`gelu_new`); what `"gated-gelu"` means in HF.
+    GeluNew,
+    Silu,
+}
+
+impl T5Config {
+    /// `google/flan-t5-xl`, the text encoder of the official ELLA SD1.5 connector.
+    pub fn flan_t5_xl() -> Self {
+        Self {
+            vocab_size: 32128,
+            d_model: 2048,
+            d_kv: 64,
+            d_ff: 5120,
+            num_layers: 24,
+            num_heads: 32,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "gated-gelu".into(),
+            pad_token_id: 0,
+            eos_token_id: 1,
+        }
+    }
+
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = read_json(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        self.feed_forward().map_err(|e| invalid(e.to_string()))?;
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("relative_attention_max_distance", self.relative_attention_max_distance),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(format!("`{name}` must be positive")));
+        }
+        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0 {
+            return Err(invalid(
+                "`relative_attention_num_buckets` must be an even number ≥ 4".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The activation and whether the feed-forward is gated, parsed as HF parses
+    /// `feed_forward_proj` (`"gated-gelu"` is special-cased to `gelu_new`).
+    pub fn feed_forward(&self) -> Result<(Activation, bool), String> {
+        let proj = self.feed_forward_proj.as_str();
+        if proj == "gated-gelu" {
+            return Ok((Activation::GeluNew, true));
+        }
+        let (act, gated) = match proj.strip_prefix("gated-") {
+            Some(act) => (act, true),
+            None => (proj, false),
+        };
+        let act = match act {
+            "relu" => Activation::Relu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(format!(
+                    "`feed_forward_proj` \"{other}\" is not supported (relu, gelu, gelu_new, silu, optionally gated-)"
+                ));
+            }
+        };
+        Ok((act, gated))
+    }
+
+    /// Every tensor of an HF `T5EncoderModel` checkpoint for this config.
+    pub fn expected_tensors(&self) -> Vec<TensorSpec> {
+        let (d, inner) = (self.d_model, self.num_heads * self.d_kv);
+        let gated = matches!(self.feed_forward(), Ok((_, true)));
+        let mut specs = vec![
+            TensorSpec::new("shared.weight", &[self.vocab_size, d]),
+            TensorSpec::new(
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                &[self.relative_attention_num_buckets, self.num_heads],
+            ),
+            TensorSpec::new("encoder.final_layer_norm.weight", &[d]),
+        ];
+        for i in 0..self.num_layers {
+            let attn = format!("encoder.block.{i}.layer.0");
+            let ff = format!("encoder.block.{i}.layer.1");
+            for proj in ["q", "k", "v"] {
+                specs.push(TensorSpec::new(
+                    format!("{attn}.SelfAttention.{proj}.weight"),
+                    &[inner, d],
+                ));
+            }
+            specs.push(TensorSpec::new(
+                format!("{attn}.SelfAttention.o.weight"),
+                &[d, inner],
+            ));
+            specs.push(TensorSpec::new(format!("{attn}.layer_norm.weight"), &[d]));
+            let inputs: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
+            for wi in inputs {
+                specs.push(TensorSpec::new(
+                    format!("{ff}.DenseReluDense.{wi}.weight"),
+                    &[self.d_ff, d],
+                ));
+            }
+            specs.push(TensorSpec::new(
+                format!("{ff}.DenseReluDense.wo.weight"),
+                &[d, self.d_ff],
+            ));
+            specs.push(TensorSpec::new(format!("{ff}.layer_norm.weight"), &[d]));
+        }
+        specs
+    }
+}

@@ -1,0 +1,337 @@
+//! Weight files: safetensors (single or sharded) opened by memory map, checked against
+//! what a model's config expects, and converted to the chosen float type.
+//!
+//! This module knows file formats and names, never model math. Models describe the
+//! tensors they need as a list of [`TensorSpec`]s; [`Checkpoint::check`] compares that list
+//! with the file(s) before any tensor is built, so a wrong file fails with an error that
+//! names the tensor instead of producing a wrong image.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A tensor a model expects: its name in the file and its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, shape: &[usize]) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+/// Where one tensor's bytes are, and how they are typed.
+#[derive(Debug)]
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Range<usize>,
+}
+
+#[derive(Debug)]
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// One model's weights: a `.safetensors` file, or an HF sharded checkpoint
+/// (`*.safetensors.index.json` naming several files), memory-mapped.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// What the user pointed at; used in error messages.
+    origin: PathBuf,
+    files: Vec<MappedFile>,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// The part of an HF `model.safetensors.index.json` that says which shard holds which tensor.
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens a safetensors file, a sharded checkpoint's `*.index.json`, or a folder holding
+    /// `model.safetensors` or `model.safetensors.index.json` (the HF layout).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let single = path.join("model.safetensors");
+            let index = path.join("model.safetensors.index.json");
+            return if single.exists() {
+                Self::open(single)
+            } else if index.exists() {
+                Self::open(index)
+            } else {
+                Err(Error::Io {
+                    path: single,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "neither model.safetensors nor model.safetensors.index.json is in this folder",
+                    ),
+                })
+            };
+        }
+        if path.to_string_lossy().ends_with(".json") {
+            Self::open_sharded(path)
+        } else {
+            let mut checkpoint = Self {
+                origin: path.to_path_buf(),
+                files: Vec::new(),
+                entries: BTreeMap::new(),
+            };
+            checkpoint.add_file(path, None)?;
+            Ok(checkpoint)
+        }
+    }
+
+    fn open_sharded(index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path).map_err(|source| Error::Io {
+            path: index_path.to_path_buf(),
+            source,
+        })?;
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+            path: index_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let folder = index_path.parent().unwrap_or(Path::new("."));
+        let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tensor, shard) in &index.weight_map {
+            shards.entry(shard).or_default().push(tensor);
+        }
+        let mut checkpoint = Self {
+            origin: index_path.to_path_buf(),
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+        };
+        for (shard, tensors) in shards {
+            checkpoint.add_file(&folder.join(shard), Some(&tensors))?;
+        }
+        Ok(checkpoint)
+    }
+
+    /// Maps one file and records its tensors. For a shard, `only` lists the tensors the
+    /// index assigns to it; a listed tensor the shard lacks is an error.
+    fn add_file(&mut self, path: &Path, only: Option<&[&str]>) -> Result<()> {
+        let io_error = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_error)?;
+        // SAFETY: the map is read-only and lives as long as `self`. Weight files are not
+        // expected to change while a model loads; if one does, we may read garbage values
+        // but never out of bounds, since every range is checked against the map's length.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::InvalidSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let data_start = 8 + header_len;
+        let file_index = self.files.len();
+        for (name, info) in metadata.tensors() {
+            if only.is_some_and(|names| !names.contains(&name.as_str())) {
+                continue;
+            }
+            let (begin, end) = info.data_offsets;
+            self.entries.insert(
+                name,
+                Entry {
+                    file: file_index,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: data_start + begin..data_start + end,
+                },
+            );
+        }
+        if let Some(names) = only
+            && let Some(missing) = names.iter().find(|n| !self.entries.contains_key(**n))
+        {
+            return Err(Error::MissingTensor {
+                name: missing.to_string(),
+                path: path.to_path_buf(),
+            });
+        }
+        self.files.push(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        });
+        Ok(())
+    }
+
+    /// The file (or index) this checkpoint was opened from.
+    pub fn path(&self) -> &Path {
+        &self.origin
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Checks that every expected tensor is present with the expected shape and a float
+    /// dtype we read, and that every other tensor in the file is one `ignorable` accepts.
+    pub fn check(&self, expected: &[TensorSpec], ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        for spec in expected {
+            let entry = self.entry(&spec.name)?;
+            if entry.shape != spec.shape {
+                return Err(Error::ShapeMismatch {
+                    name: spec.name.clone(),
+                    path: self.files[entry.file].path.clone(),
+                    expected: spec.shape.clone(),
+                    actual: entry.shape.clone(),
+                });
+            }
+            if float_dtype(entry.dtype).is_none() {
+                return Err(Error::UnsupportedDtype {
+                    name: spec.name.clone(),
+                    path: self.files[entry.file].path.clone(),
+                    dtype: format!("{:?}", entry.dtype),
+                });
+            }
+        }
+        let wanted: std::collections::HashSet<&str> =
+            expected.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = self
+            .names()
+            .find(|name| !wanted.contains(name) && !ignorable(name))
+        {
+            return Err(Error::UnexpectedTensor {
+                name: extra.to_string(),
+                path: self.files[self.entries[extra].file].path.clone(),
+                hint: "the config describes a different model than this file holds (check the \
+                       number of layers, heads and widths)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            path: self.origin.clone(),
+        })
+    }
+
+    /// Reads one tensor and converts it to `dtype` on `device`.
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Tensor<B, D>> {
+        let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        if !float || !B::supports_dtype(device, dtype) {
+            return Err(Error::UnsupportedPrecision {
+                dtype: format!("{dtype:?}"),
+                backend: B::name(device),
+            });
+        }
+        let data = self.data(name)?;
+        if data.shape.len() != D {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                path: self.origin.clone(),
+                expected: vec![0; D],
+                actual: data.shape.to_vec(),
+            });
+        }
+        Ok(Tensor::from_data(data.convert_dtype(dtype), (device, dtype)))
+    }
+
+    /// Reads one tensor's values as stored (F32, F16 or BF16), on the host.
+    pub fn data(&self, name: &str) -> Result<TensorData> {
+        let entry = self.entry(name)?;
+        let file = &self.files[entry.file];
+        let dtype = float_dtype(entry.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            name: name.to_string(),
+            path: file.path.clone(),
+            dtype: format!("{:?}", entry.dtype),
+        })?;
+        // `read_metadata` validated that all ranges lie inside the file.
+        let bytes = file.map[entry.bytes.clone()].to_vec();
+        Ok(TensorData::from_bytes_vec(bytes, entry.shape.clone(), dtype))
+    }
+
+    /// Reads a PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
+    pub fn linear<B: Backend>(
+        &self,
+        prefix: &str,
+        bias: bool,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Linear<B>> {
+        let weight = self.tensor(&format!("{prefix}.weight"), device, dtype)?;
+        let bias = match bias {
+            true => Some(self.tensor(&format!("{prefix}.bias"), device, dtype)?),
+            false => None,
+        };
+        Ok(linear_from_torch(weight, bias))
+    }
+}
+
+/// Burn's `Linear` (weight `[in, out]`) from PyTorch's `nn.Linear` layout (`[out, in]`).
+pub fn linear_from_torch<B: Backend>(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias: bias.map(Param::from_tensor),
+    }
+}
+
+/// Burn's dtype for the safetensors float dtypes we read.
+fn float_dtype(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// `[out, in]` expected shape of a PyTorch `nn.Linear` weight (and its bias).
+pub fn linear_specs(prefix: &str, d_input: usize, d_output: usize, bias: bool) -> Vec<TensorSpec> {
+    let mut specs = vec![TensorSpec::new(
+        format!("{prefix}.weight"),
+        &[d_output, d_input],
+    )];
+    if bias {
+        specs.push(TensorSpec::new(format!("{prefix}.bias"), &[d_output]));
+    }
+    specs
+}
+
+/// Reads a JSON config file into `T`, with errors that name the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,101 @@
+//! Helpers shared by the parity tests: fixture paths, reference tensors, tolerances, and a
+//! macro that runs one test body on every CPU backend compiled in.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use ella_core::Checkpoint;
+
+/// Max abs error allowed against the PyTorch reference when both sides run in f32.
+pub const F32_TOLERANCE: f32 = 1e-4;
+
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// A reference file of named tensors written by `scripts/make_fixtures.py`.
+pub struct Reference(Checkpoint);
+
+impl Reference {
+    pub fn open(name: &str) -> Self {
+        Self(Checkpoint::open(fixture(&format!("reference/{name}"))).expect("reference file"))
+    }
+
+    pub fn data(&self, name: &str) -> TensorData {
+        self.0.data(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An int32 tensor of the reference (token ids, masks) as rows.
+    pub fn rows(&self, name: &str) -> Vec<Vec<u32>> {
+        let data = self.data_int(name);
+        let cols = data.shape[1];
+        data.iter::<i64>()
+            .map(|v| v as u32)
+            .collect::<Vec<_>>()
+            .chunks(cols)
+            .map(<[u32]>::to_vec)
+            .collect()
+    }
+
+    pub fn data_int(&self, name: &str) -> TensorData {
+        // Int tensors are not float, so read the raw bytes through safetensors directly.
+        let bytes = std::fs::read(self.0.path()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(view.dtype(), safetensors::Dtype::I32, "{name}");
+        let values: Vec<i32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        TensorData::new(values, view.shape().to_vec())
+    }
+
+    pub fn int_tensor<B: Backend>(&self, name: &str, device: &B::Device) -> Tensor<B, 2, Int> {
+        let data = self.data_int(name);
+        let values: Vec<i64> = data.iter::<i64>().collect();
+        Tensor::from_data(TensorData::new(values, data.shape.clone()), device)
+    }
+}
+
+/// Asserts equal shapes and a max abs error ≤ `tolerance`; returns the error seen.
+pub fn assert_close<B: Backend, const D: usize>(
+    actual: Tensor<B, D>,
+    expected: &TensorData,
+    tolerance: f32,
+    what: &str,
+) -> f32 {
+    let actual = actual.into_data();
+    assert_eq!(actual.shape, expected.shape, "{what}: shape");
+    let max_err = actual
+        .iter::<f32>()
+        .zip(expected.iter::<f32>())
+        .map(|(a, e)| if a.is_nan() || e.is_nan() { f32::INFINITY } else { (a - e).abs() })
+        .fold(0.0f32, f32::max);
+    let scale = expected.iter::<f32>().map(f32::abs).fold(0.0f32, f32::max);
+    assert!(
+        max_err <= tolerance,
+        "{what}: max abs error {max_err:e} > {tolerance:e} (reference max |x| = {scale})"
+    );
+    assert!(scale > 0.0, "{what}: reference is all zeros, nothing was compared");
+    max_err
+}
+
+/// Runs `body::<Backend>()` as one `#[test]` per CPU backend compiled in.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        #[cfg(feature = "flex")]
+        mod flex {
+            $(#[test] fn $name() { super::$body::<burn::backend::Flex>(); })*
+        }
+        #[cfg(feature = "ndarray")]
+        mod ndarray {
+            $(#[test] fn $name() { super::$body::<burn::backend::NdArray>(); })*
+        }
+    };
+}
