@@ -256,11 +256,12 @@ def make_ella(t5_ref):
     ella_dir.mkdir(exist_ok=True)
     manual_seed(3)
     ella = ella_reference.ELLA(**ELLA_TINY).eval()
-    # Random AdaLN weights (they are zero only at training init).
+    # Random AdaLN weights (they are zero only at training init). std 0.15 keeps outputs of
+    # order 1-6, where f32 rounding noise (~1e-5) sits well below the 1e-4 tolerance.
     gen = manual_seed(4)
     with torch.no_grad():
         for p in ella.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            p.copy_(0.15 * torch.randn(p.shape, generator=gen))
     save_file({k: v.contiguous() for k, v in ella.state_dict().items()}, str(ella_dir / "ella.safetensors"))
     save_file({k: v.half().contiguous() for k, v in ella.state_dict().items()}, str(ella_dir / "ella-f16.safetensors"))
     (ella_dir / "config.json").write_text(json.dumps(ELLA_TINY, indent=2) + "\n")
@@ -286,7 +287,7 @@ def make_ella(t5_ref):
     gen = manual_seed(6)
     with torch.no_grad():
         for p in proj.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            p.copy_(0.15 * torch.randn(p.shape, generator=gen))
         ref["proj_out.short.t500"] = proj(states, 500)
     save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(ella_dir / "ella-proj-out.safetensors"))
     (ella_dir / "config-proj-out.json").write_text(json.dumps({**ELLA_TINY, "output_dim": 20}, indent=2) + "\n")

@@ -126,9 +126,10 @@ impl T5Config {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
             "silu" | "swish" => Activation::Silu,
-            other => {
+            _ => {
                 return Err(format!(
-                    "`feed_forward_proj` \"{other}\" is not supported (relu, gelu, gelu_new, silu, optionally gated-)"
+                    "`feed_forward_proj` \"{proj}\" is not supported \
+                     (relu, gelu, gelu_new, silu, each optionally `gated-`)"
                 ));
             }
         };

@@ -1,0 +1,252 @@
+//! Bad files and bad inputs give the right typed `Error`, never a panic or a wrong model.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex as B;
+use burn::tensor::DType;
+use common::fixture;
+use ella_core::{Checkpoint, Connector, ConnectorConfig, Error, T5Config, TextEncoder, TokenMode};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.iter()
+        .map(|(name, view)| {
+            (name.to_string(), (view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        })
+        .collect()
+}
+
+fn write_tensors(path: &Path, tensors: &Tensors) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, (dtype, shape, data))| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// The tiny connector file with one edit applied, in a temp folder.
+fn edited_connector(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
+    let mut tensors = read_tensors(&fixture("ella/ella.safetensors"));
+    edit(&mut tensors);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ella.safetensors");
+    write_tensors(&path, &tensors);
+    (dir, path)
+}
+
+fn tiny_config() -> ConnectorConfig {
+    ConnectorConfig::from_file(&fixture("ella/config.json")).unwrap()
+}
+
+fn load_connector(path: &Path) -> ella_core::Result<Connector<B>> {
+    Connector::load(path, &tiny_config(), &Default::default(), DType::F32)
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_dir, path) = edited_connector(|t| {
+        t.remove("connector.perceiver_blocks.1.ln_ff.linear.bias");
+    });
+    let err = load_connector(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "connector.perceiver_blocks.1.ln_ff.linear.bias"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shape_is_named_with_both_shapes() {
+    let (_dir, path) = edited_connector(|t| {
+        let latents = t.get_mut("connector.latents").unwrap();
+        latents.1 = vec![7, 32];
+        latents.2.truncate(7 * 32 * 4);
+    });
+    let err = load_connector(&path).unwrap_err();
+    match err {
+        Error::ShapeMismatch { name, expected, actual, .. } => {
+            assert_eq!(name, "connector.latents");
+            assert_eq!(expected, vec![8, 32]);
+            assert_eq!(actual, vec![7, 32]);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn wrong_dtype_is_named() {
+    let (_dir, path) = edited_connector(|t| {
+        t.get_mut("connector.proj_in.bias").unwrap().0 = Dtype::I32;
+    });
+    let err = load_connector(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedDtype { name, dtype, .. } if name == "connector.proj_in.bias" && dtype == "I32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn extra_block_means_a_config_mismatch() {
+    // The file has 2 blocks; a config of 1 block must not silently drop the second.
+    let config = ConnectorConfig { layers: 1, ..tiny_config() };
+    let err = Connector::<B>::load(fixture("ella/ella.safetensors"), &config, &Default::default(), DType::F32)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("connector.perceiver_blocks.1.")),
+        "{err}"
+    );
+    // The official defaults on the tiny file: the first mismatch is named.
+    let err = Connector::<B>::load(
+        fixture("ella/ella.safetensors"),
+        &ConnectorConfig::default(),
+        &Default::default(),
+        DType::F32,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}
+
+#[test]
+fn truncated_file_is_invalid() {
+    let bytes = std::fs::read(fixture("ella/ella.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for cut in [0, 4, 100, bytes.len() / 2, bytes.len() - 1] {
+        let path = dir.path().join(format!("cut{cut}.safetensors"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = Checkpoint::open(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidSafetensors { .. }), "cut at {cut}: {err}");
+    }
+}
+
+#[test]
+fn corrupt_or_absurd_header_is_invalid() {
+    let bytes = std::fs::read(fixture("ella/ella.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Garbage in the JSON header.
+    let mut corrupt = bytes.clone();
+    corrupt[8..40].copy_from_slice(&[b'#'; 32]);
+    // A header length of about 2^62 bytes.
+    let mut absurd = bytes.clone();
+    absurd[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    // Tensor offsets that point past the data.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let mut header = header.replacen("\"data_offsets\":[0,", "\"data_offsets\":[9999999,", 1);
+    while header.len() < header_len {
+        header.push(' ');
+    }
+    let mut offsets = bytes.clone();
+    offsets[8..8 + header_len].copy_from_slice(&header.as_bytes()[..header_len]);
+    for (name, data) in [("corrupt", corrupt), ("absurd", absurd), ("offsets", offsets)] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&path, data).unwrap();
+        let err = Checkpoint::open(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidSafetensors { .. }), "{name}: {err}");
+    }
+}
+
+/// A copy of a fixture T5 folder with some files left out or replaced.
+fn t5_folder_without(skip: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        if !skip.contains(&file) {
+            std::fs::copy(fixture(&format!("t5/{file}")), dir.path().join(file)).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn missing_config_or_tokenizer_or_weights_names_the_file() {
+    for missing in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let dir = t5_folder_without(&[missing]);
+        let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+        match &err {
+            Error::Io { path, .. } => assert!(path.ends_with(missing), "{missing}: {err}"),
+            other => panic!("{missing}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn bad_config_is_an_invalid_config() {
+    let dir = t5_folder_without(&["config.json"]);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("t5/config.json")).unwrap()).unwrap();
+    config["feed_forward_proj"] = "gated-tanh".into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("gated-tanh")), "{err}");
+    // Not JSON at all.
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
+    // A config with fewer layers than the file: the extra block is reported.
+    config["feed_forward_proj"] = "gated-gelu".into();
+    config["num_layers"] = 2.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    assert!(matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("encoder.block.2.")), "{err}");
+}
+
+#[test]
+fn corrupt_tokenizer_is_a_tokenizer_error() {
+    let dir = t5_folder_without(&["tokenizer.json"]);
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 3}").unwrap();
+    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::Tokenizer { .. }), "{err}");
+}
+
+#[test]
+fn sharded_index_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("model.safetensors.index.json");
+    // A shard file that does not exist.
+    std::fs::write(&index, r#"{"weight_map": {"shared.weight": "nowhere.safetensors"}}"#).unwrap();
+    let err = Checkpoint::open(&index).unwrap_err();
+    assert!(matches!(&err, Error::Io { path, .. } if path.ends_with("nowhere.safetensors")), "{err}");
+    // A tensor the index assigns to a shard that lacks it.
+    std::fs::copy(fixture("t5/model.safetensors"), dir.path().join("a.safetensors")).unwrap();
+    std::fs::write(&index, r#"{"weight_map": {"shared.weight": "a.safetensors", "ghost": "a.safetensors"}}"#)
+        .unwrap();
+    let err = Checkpoint::open(&index).unwrap_err();
+    assert!(matches!(&err, Error::MissingTensor { name, .. } if name == "ghost"), "{err}");
+    // Not an index at all.
+    std::fs::write(&index, "[]").unwrap();
+    assert!(matches!(Checkpoint::open(&index).unwrap_err(), Error::InvalidJson { .. }));
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_rejected() {
+    let t5 = TextEncoder::<B>::load(fixture("t5"), &Default::default()).unwrap();
+    let tokens = ella_core::TokenBatch { ids: vec![vec![5, 100_000, 1]], mask: vec![vec![1, 1, 1]] };
+    assert!(matches!(t5.encode_tokens(&tokens), Err(Error::InvalidInput(_))));
+    let ragged = ella_core::TokenBatch { ids: vec![vec![5, 1], vec![1]], mask: vec![vec![1, 1], vec![1]] };
+    assert!(matches!(t5.encode_tokens(&ragged), Err(Error::InvalidInput(_))));
+    assert!(matches!(t5.tokenizer.encode(&["x"], TokenMode::Fixed(0)), Err(Error::InvalidInput(_))));
+}
+
+#[test]
+fn flan_t5_xl_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    // The fields of flan-t5-xl's config.json that the encoder reads.
+    std::fs::write(
+        &path,
+        r#"{"d_ff": 5120, "d_kv": 64, "d_model": 2048, "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-06, "num_heads": 32, "num_layers": 24,
+            "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32,
+            "vocab_size": 32128, "model_type": "t5", "dropout_rate": 0.1}"#,
+    )
+    .unwrap();
+    assert_eq!(T5Config::from_file(&path).unwrap(), T5Config::flan_t5_xl());
+}
