@@ -19,7 +19,10 @@ fn read_tensors(path: &Path) -> Tensors {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.iter()
         .map(|(name, view)| {
-            (name.to_string(), (view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+            (
+                name.to_string(),
+                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+            )
         })
         .collect()
 }
@@ -28,7 +31,10 @@ fn write_tensors(path: &Path, tensors: &Tensors) {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(name, (dtype, shape, data))| {
-            (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -73,7 +79,12 @@ fn wrong_shape_is_named_with_both_shapes() {
     });
     let err = load_connector(&path).unwrap_err();
     match err {
-        Error::ShapeMismatch { name, expected, actual, .. } => {
+        Error::ShapeMismatch {
+            name,
+            expected,
+            actual,
+            ..
+        } => {
             assert_eq!(name, "connector.latents");
             assert_eq!(expected, vec![8, 32]);
             assert_eq!(actual, vec![7, 32]);
@@ -97,9 +108,17 @@ fn wrong_dtype_is_named() {
 #[test]
 fn extra_block_means_a_config_mismatch() {
     // The file has 2 blocks; a config of 1 block must not silently drop the second.
-    let config = ConnectorConfig { layers: 1, ..tiny_config() };
-    let err = Connector::<B>::load(fixture("ella/ella.safetensors"), &config, &Default::default(), DType::F32)
-        .unwrap_err();
+    let config = ConnectorConfig {
+        layers: 1,
+        ..tiny_config()
+    };
+    let err = Connector::<B>::load(
+        fixture("ella/ella.safetensors"),
+        &config,
+        &Default::default(),
+        DType::F32,
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("connector.perceiver_blocks.1.")),
         "{err}"
@@ -123,7 +142,10 @@ fn truncated_file_is_invalid() {
         let path = dir.path().join(format!("cut{cut}.safetensors"));
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let err = Checkpoint::open(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidSafetensors { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, Error::InvalidSafetensors { .. }),
+            "cut at {cut}: {err}"
+        );
     }
 }
 
@@ -146,11 +168,18 @@ fn corrupt_or_absurd_header_is_invalid() {
     }
     let mut offsets = bytes.clone();
     offsets[8..8 + header_len].copy_from_slice(&header.as_bytes()[..header_len]);
-    for (name, data) in [("corrupt", corrupt), ("absurd", absurd), ("offsets", offsets)] {
+    for (name, data) in [
+        ("corrupt", corrupt),
+        ("absurd", absurd),
+        ("offsets", offsets),
+    ] {
         let path = dir.path().join(format!("{name}.safetensors"));
         std::fs::write(&path, data).unwrap();
         let err = Checkpoint::open(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidSafetensors { .. }), "{name}: {err}");
+        assert!(
+            matches!(err, Error::InvalidSafetensors { .. }),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -185,7 +214,10 @@ fn bad_config_is_an_invalid_config() {
     config["feed_forward_proj"] = "gated-tanh".into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
-    assert!(matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("gated-tanh")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("gated-tanh")),
+        "{err}"
+    );
     // Not JSON at all.
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
     let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
@@ -195,7 +227,10 @@ fn bad_config_is_an_invalid_config() {
     config["num_layers"] = 2.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
-    assert!(matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("encoder.block.2.")), "{err}");
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("encoder.block.2.")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -211,28 +246,63 @@ fn sharded_index_errors() {
     let dir = tempfile::tempdir().unwrap();
     let index = dir.path().join("model.safetensors.index.json");
     // A shard file that does not exist.
-    std::fs::write(&index, r#"{"weight_map": {"shared.weight": "nowhere.safetensors"}}"#).unwrap();
+    std::fs::write(
+        &index,
+        r#"{"weight_map": {"shared.weight": "nowhere.safetensors"}}"#,
+    )
+    .unwrap();
     let err = Checkpoint::open(&index).unwrap_err();
-    assert!(matches!(&err, Error::Io { path, .. } if path.ends_with("nowhere.safetensors")), "{err}");
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path.ends_with("nowhere.safetensors")),
+        "{err}"
+    );
     // A tensor the index assigns to a shard that lacks it.
-    std::fs::copy(fixture("t5/model.safetensors"), dir.path().join("a.safetensors")).unwrap();
-    std::fs::write(&index, r#"{"weight_map": {"shared.weight": "a.safetensors", "ghost": "a.safetensors"}}"#)
-        .unwrap();
+    std::fs::copy(
+        fixture("t5/model.safetensors"),
+        dir.path().join("a.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        &index,
+        r#"{"weight_map": {"shared.weight": "a.safetensors", "ghost": "a.safetensors"}}"#,
+    )
+    .unwrap();
     let err = Checkpoint::open(&index).unwrap_err();
-    assert!(matches!(&err, Error::MissingTensor { name, .. } if name == "ghost"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "ghost"),
+        "{err}"
+    );
     // Not an index at all.
     std::fs::write(&index, "[]").unwrap();
-    assert!(matches!(Checkpoint::open(&index).unwrap_err(), Error::InvalidJson { .. }));
+    assert!(matches!(
+        Checkpoint::open(&index).unwrap_err(),
+        Error::InvalidJson { .. }
+    ));
 }
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_rejected() {
     let t5 = TextEncoder::<B>::load(fixture("t5"), &Default::default()).unwrap();
-    let tokens = ella_core::TokenBatch { ids: vec![vec![5, 100_000, 1]], mask: vec![vec![1, 1, 1]] };
-    assert!(matches!(t5.encode_tokens(&tokens), Err(Error::InvalidInput(_))));
-    let ragged = ella_core::TokenBatch { ids: vec![vec![5, 1], vec![1]], mask: vec![vec![1, 1], vec![1]] };
-    assert!(matches!(t5.encode_tokens(&ragged), Err(Error::InvalidInput(_))));
-    assert!(matches!(t5.tokenizer.encode(&["x"], TokenMode::Fixed(0)), Err(Error::InvalidInput(_))));
+    let tokens = ella_core::TokenBatch {
+        ids: vec![vec![5, 100_000, 1]],
+        mask: vec![vec![1, 1, 1]],
+    };
+    assert!(matches!(
+        t5.encode_tokens(&tokens),
+        Err(Error::InvalidInput(_))
+    ));
+    let ragged = ella_core::TokenBatch {
+        ids: vec![vec![5, 1], vec![1]],
+        mask: vec![vec![1, 1], vec![1]],
+    };
+    assert!(matches!(
+        t5.encode_tokens(&ragged),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        t5.tokenizer.encode(&["x"], TokenMode::Fixed(0)),
+        Err(Error::InvalidInput(_))
+    ));
 }
 
 #[test]

@@ -14,8 +14,13 @@ fn config(name: &str) -> ConnectorConfig {
 }
 
 fn connector<B: Backend>(file: &str, config_file: &str) -> Connector<B> {
-    Connector::load(fixture(&format!("ella/{file}")), &config(config_file), &Default::default(), DType::F32)
-        .unwrap()
+    Connector::load(
+        fixture(&format!("ella/{file}")),
+        &config(config_file),
+        &Default::default(),
+        DType::F32,
+    )
+    .unwrap()
 }
 
 fn states<B: Backend>(reference: &Reference, name: &str) -> Tensor<B, 3> {
@@ -49,11 +54,23 @@ fn single_prompt_timesteps<B: Backend>() {
     let t5 = Reference::open("t5.safetensors");
     let ella = connector::<B>("ella.safetensors", "config.json");
     for t in [0, 1, 500, 999] {
-        let out = ella.forward(states(&t5, "short.hidden"), &[t as f32]).unwrap();
-        assert_close(out, &reference.data(&format!("short.t{t}")), F32_TOLERANCE, &format!("t = {t}"));
+        let out = ella
+            .forward(states(&t5, "short.hidden"), &[t as f32])
+            .unwrap();
+        assert_close(
+            out,
+            &reference.data(&format!("short.t{t}")),
+            F32_TOLERANCE,
+            &format!("t = {t}"),
+        );
     }
     let out = ella.forward(states(&t5, "short.hidden"), &[741.5]).unwrap();
-    assert_close(out, &reference.data("short.t741_5"), F32_TOLERANCE, "fractional t");
+    assert_close(
+        out,
+        &reference.data("short.t741_5"),
+        F32_TOLERANCE,
+        "fractional t",
+    );
 }
 
 /// Fixed mode: a padded batch of two (padding attended, as the reference does), with one
@@ -62,10 +79,22 @@ fn batch_timesteps<B: Backend>() {
     let reference = Reference::open("ella.safetensors");
     let t5 = Reference::open("t5.safetensors");
     let ella = connector::<B>("ella.safetensors", "config.json");
-    let out = ella.forward(states(&t5, "fixed.hidden"), &[999.0, 500.0]).unwrap();
-    assert_close(out, &reference.data("fixed.t999_500"), F32_TOLERANCE, "per-sample timesteps");
+    let out = ella
+        .forward(states(&t5, "fixed.hidden"), &[999.0, 500.0])
+        .unwrap();
+    assert_close(
+        out,
+        &reference.data("fixed.t999_500"),
+        F32_TOLERANCE,
+        "per-sample timesteps",
+    );
     let out = ella.forward(states(&t5, "fixed.hidden"), &[250.0]).unwrap();
-    assert_close(out, &reference.data("fixed.t250"), F32_TOLERANCE, "shared timestep");
+    assert_close(
+        out,
+        &reference.data("fixed.t250"),
+        F32_TOLERANCE,
+        "shared timestep",
+    );
 }
 
 /// An all-F16 file (as the official one) and the optional output projection.
@@ -74,11 +103,21 @@ fn f16_file_and_proj_out<B: Backend>() {
     let t5 = Reference::open("t5.safetensors");
     let ella = connector::<B>("ella-f16.safetensors", "config.json");
     let out = ella.forward(states(&t5, "short.hidden"), &[500.0]).unwrap();
-    assert_close(out, &reference.data("f16_file.short.t500"), F32_TOLERANCE, "f16 file");
+    assert_close(
+        out,
+        &reference.data("f16_file.short.t500"),
+        F32_TOLERANCE,
+        "f16 file",
+    );
     let ella = connector::<B>("ella-proj-out.safetensors", "config-proj-out.json");
     let out = ella.forward(states(&t5, "short.hidden"), &[500.0]).unwrap();
     assert_eq!(out.dims(), [1, 8, 20]);
-    assert_close(out, &reference.data("proj_out.short.t500"), F32_TOLERANCE, "proj_out");
+    assert_close(
+        out,
+        &reference.data("proj_out.short.t500"),
+        F32_TOLERANCE,
+        "proj_out",
+    );
 }
 
 fn bad_inputs_are_typed_errors<B: Backend>() {
@@ -86,13 +125,19 @@ fn bad_inputs_are_typed_errors<B: Backend>() {
     let ella = connector::<B>("ella.safetensors", "config.json");
     let fixed: Tensor<B, 3> = states(&t5, "fixed.hidden");
     let err = ella.forward(fixed.clone(), &[1.0, 2.0, 3.0]).unwrap_err();
-    assert!(matches!(&err, Error::InvalidInput(m) if m.contains("3 timesteps for a batch of 2")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("3 timesteps for a batch of 2")),
+        "{err}"
+    );
     let err = ella.forward(fixed.clone(), &[]).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     let err = ella.forward(fixed.clone(), &[f32::NAN]).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     let err = ella.forward(fixed.narrow(2, 0, 16), &[1.0]).unwrap_err();
-    assert!(matches!(&err, Error::InvalidInput(m) if m.contains("input_dim")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("input_dim")),
+        "{err}"
+    );
 }
 
 backend_tests! {

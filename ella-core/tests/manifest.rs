@@ -29,7 +29,10 @@ fn as_map(specs: Vec<TensorSpec>) -> BTreeMap<String, Vec<usize>> {
 }
 
 fn params(manifest: &BTreeMap<String, Entry>) -> usize {
-    manifest.values().map(|e| e.shape.iter().product::<usize>()).sum()
+    manifest
+        .values()
+        .map(|e| e.shape.iter().product::<usize>())
+        .sum()
 }
 
 fn data_bytes(manifest: &BTreeMap<String, Entry>) -> usize {
@@ -38,14 +41,19 @@ fn data_bytes(manifest: &BTreeMap<String, Entry>) -> usize {
         "F16" | "BF16" => 2,
         other => panic!("unexpected dtype {other}"),
     };
-    manifest.values().map(|e| e.shape.iter().product::<usize>() * size(&e.dtype)).sum()
+    manifest
+        .values()
+        .map(|e| e.shape.iter().product::<usize>() * size(&e.dtype))
+        .sum()
 }
 
 #[test]
 fn flan_t5_xl_encoder_matches_the_loader() {
     let manifest = manifest("flan-t5-xl-encoder.json");
-    let shapes: BTreeMap<String, Vec<usize>> =
-        manifest.iter().map(|(k, e)| (k.clone(), e.shape.clone())).collect();
+    let shapes: BTreeMap<String, Vec<usize>> = manifest
+        .iter()
+        .map(|(k, e)| (k.clone(), e.shape.clone()))
+        .collect();
     assert_eq!(shapes, as_map(T5Config::flan_t5_xl().expected_tensors()));
     assert_eq!(manifest.len(), 219);
     assert_eq!(params(&manifest), 1_223_527_424);
@@ -56,9 +64,14 @@ fn flan_t5_xl_encoder_matches_the_loader() {
 #[test]
 fn official_ella_connector_matches_the_loader_and_the_published_size() {
     let manifest = manifest("ella-sd1.5-tsc-t5xl.json");
-    let shapes: BTreeMap<String, Vec<usize>> =
-        manifest.iter().map(|(k, e)| (k.clone(), e.shape.clone())).collect();
-    assert_eq!(shapes, as_map(ConnectorConfig::default().expected_tensors()));
+    let shapes: BTreeMap<String, Vec<usize>> = manifest
+        .iter()
+        .map(|(k, e)| (k.clone(), e.shape.clone()))
+        .collect();
+    assert_eq!(
+        shapes,
+        as_map(ConnectorConfig::default().expected_tensors())
+    );
     assert_eq!(manifest.len(), 93);
     assert_eq!(params(&manifest), 66_820_608);
     assert!(manifest.values().all(|e| e.dtype == "F16"));
@@ -71,7 +84,8 @@ fn official_ella_connector_matches_the_loader_and_the_published_size() {
         .iter()
         .map(|(name, e)| {
             let len = e.shape.iter().product::<usize>() * 2;
-            let view = TensorView::new(Dtype::F16, e.shape.clone(), &zeros[offset..offset + len]).unwrap();
+            let view =
+                TensorView::new(Dtype::F16, e.shape.clone(), &zeros[offset..offset + len]).unwrap();
             offset += len;
             (name.clone(), view)
         })

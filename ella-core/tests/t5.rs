@@ -33,18 +33,37 @@ fn token_ids_match_sentencepiece_in_both_modes() {
     for (name, case) in expected.as_object().unwrap() {
         let text = case["text"].as_str().unwrap();
         let flexible = tokenizer.encode(&[text], TokenMode::Flexible).unwrap();
-        assert_eq!(flexible.ids[0], as_ids(&case["flexible"]), "{name}: flexible ids");
-        assert!(flexible.mask[0].iter().all(|&m| m == 1), "{name}: flexible mask");
+        assert_eq!(
+            flexible.ids[0],
+            as_ids(&case["flexible"]),
+            "{name}: flexible ids"
+        );
+        assert!(
+            flexible.mask[0].iter().all(|&m| m == 1),
+            "{name}: flexible mask"
+        );
         let fixed = tokenizer.encode(&[text], TokenMode::FIXED_128).unwrap();
         assert_eq!(fixed.ids[0], as_ids(&case["fixed"]), "{name}: fixed ids");
-        assert_eq!(fixed.mask[0], as_ids(&case["fixed_mask"]), "{name}: fixed mask");
+        assert_eq!(
+            fixed.mask[0],
+            as_ids(&case["fixed_mask"]),
+            "{name}: fixed mask"
+        );
     }
     // The empty negative prompt is the single `</s>`; a truncated prompt ends in `</s>`.
     assert_eq!(expected["empty"]["flexible"], serde_json::json!([1]));
-    let long = tokenizer.encode(&[expected["long"]["text"].as_str().unwrap()], TokenMode::FIXED_128).unwrap();
+    let long = tokenizer
+        .encode(
+            &[expected["long"]["text"].as_str().unwrap()],
+            TokenMode::FIXED_128,
+        )
+        .unwrap();
     assert_eq!(long.ids[0].len(), 128);
     assert_eq!(long.ids[0][127], 1);
-    assert!(as_ids(&expected["long"]["flexible"]).len() > 128, "the long prompt must exceed 128 tokens");
+    assert!(
+        as_ids(&expected["long"]["flexible"]).len() > 128,
+        "the long prompt must exceed 128 tokens"
+    );
 }
 
 #[test]
@@ -66,8 +85,15 @@ fn flexible_batch_pads_to_the_longest_prompt() {
 fn relative_position_buckets_match_transformers() {
     let reference = Reference::open("t5.safetensors");
     for (tag, num_buckets, max_distance, seq) in [("tiny", 16, 24, 64), ("xl", 32, 128, 300)] {
-        let expected: Vec<i64> = reference.data_int(&format!("buckets.{tag}")).iter::<i64>().collect();
-        assert_eq!(relative_position_buckets(seq, num_buckets, max_distance), expected, "{tag}");
+        let expected: Vec<i64> = reference
+            .data_int(&format!("buckets.{tag}"))
+            .iter::<i64>()
+            .collect();
+        assert_eq!(
+            relative_position_buckets(seq, num_buckets, max_distance),
+            expected,
+            "{tag}"
+        );
     }
 }
 
@@ -88,7 +114,12 @@ fn fixed_mode_batch<B: Backend>() {
     let reference = Reference::open("t5.safetensors");
     let t5 = encoder::<B>("t5");
     let states = t5.encode_tokens(&token_batch(&reference, "fixed")).unwrap();
-    assert_close(states, &reference.data("fixed.hidden"), F32_TOLERANCE, "fixed batch");
+    assert_close(
+        states,
+        &reference.data("fixed.hidden"),
+        F32_TOLERANCE,
+        "fixed batch",
+    );
     // Through the tokenizer too.
     let expected = tokens_json();
     let texts = [
@@ -97,7 +128,12 @@ fn fixed_mode_batch<B: Backend>() {
     ];
     let tokens = t5.tokenizer.encode(&texts, TokenMode::FIXED_128).unwrap();
     let states = t5.encode_tokens(&tokens).unwrap();
-    assert_close(states, &reference.data("fixed.hidden"), F32_TOLERANCE, "fixed batch via tokenizer");
+    assert_close(
+        states,
+        &reference.data("fixed.hidden"),
+        F32_TOLERANCE,
+        "fixed batch via tokenizer",
+    );
 }
 
 /// Flexible mode: a padded batch of two, and single unpadded prompts ("" and a prompt longer
@@ -105,12 +141,29 @@ fn fixed_mode_batch<B: Backend>() {
 fn flexible_mode<B: Backend>() {
     let reference = Reference::open("t5.safetensors");
     let t5 = encoder::<B>("t5");
-    let states = t5.encode_tokens(&token_batch(&reference, "flexible_batch")).unwrap();
-    assert_close(states, &reference.data("flexible_batch.hidden"), F32_TOLERANCE, "flexible batch");
+    let states = t5
+        .encode_tokens(&token_batch(&reference, "flexible_batch"))
+        .unwrap();
+    assert_close(
+        states,
+        &reference.data("flexible_batch.hidden"),
+        F32_TOLERANCE,
+        "flexible batch",
+    );
     let expected = tokens_json();
     for name in ["short", "empty", "long"] {
-        let states = t5.encode(expected[name]["text"].as_str().unwrap(), TokenMode::Flexible).unwrap();
-        assert_close(states, &reference.data(&format!("{name}.hidden")), F32_TOLERANCE, name);
+        let states = t5
+            .encode(
+                expected[name]["text"].as_str().unwrap(),
+                TokenMode::Flexible,
+            )
+            .unwrap();
+        assert_close(
+            states,
+            &reference.data(&format!("{name}.hidden")),
+            F32_TOLERANCE,
+            name,
+        );
     }
 }
 
@@ -124,15 +177,25 @@ fn half_precision_files<B: Backend>() {
         ids: vec![as_ids(&tokens_json()["short"]["flexible"])],
         mask: vec![vec![1; 17]],
     };
-    for (file, key) in [("model-mixed-f16.safetensors", "mixed_f16"), ("model-bf16.safetensors", "bf16")] {
+    for (file, key) in [
+        ("model-mixed-f16.safetensors", "mixed_f16"),
+        ("model-bf16.safetensors", "bf16"),
+    ] {
         let checkpoint = Checkpoint::open(fixture(&format!("t5/{file}"))).unwrap();
-        let encoder = T5Encoder::<B>::from_checkpoint(config.clone(), &checkpoint, &device, DType::F32).unwrap();
+        let encoder =
+            T5Encoder::<B>::from_checkpoint(config.clone(), &checkpoint, &device, DType::F32)
+                .unwrap();
         let t5 = TextEncoder {
             tokenizer: T5Tokenizer::from_file(fixture("t5")).unwrap(),
             encoder,
         };
         let states = t5.encode_tokens(&short).unwrap();
-        assert_close(states, &reference.data(&format!("{key}.short.hidden")), F32_TOLERANCE, file);
+        assert_close(
+            states,
+            &reference.data(&format!("{key}.short.hidden")),
+            F32_TOLERANCE,
+            file,
+        );
     }
 }
 
@@ -140,8 +203,15 @@ fn half_precision_files<B: Backend>() {
 fn sharded_checkpoint<B: Backend>() {
     let reference = Reference::open("t5.safetensors");
     let t5 = encoder::<B>("t5-sharded");
-    let states = t5.encode("a red book on a wooden table", TokenMode::Flexible).unwrap();
-    assert_close(states, &reference.data("short.hidden"), F32_TOLERANCE, "sharded");
+    let states = t5
+        .encode("a red book on a wooden table", TokenMode::Flexible)
+        .unwrap();
+    assert_close(
+        states,
+        &reference.data("short.hidden"),
+        F32_TOLERANCE,
+        "sharded",
+    );
 }
 
 /// T5 v1.0's ReLU feed-forward (`wi`, not `wi_0`/`wi_1`).
@@ -149,7 +219,12 @@ fn relu_feed_forward<B: Backend>() {
     let reference = Reference::open("t5.safetensors");
     let t5 = encoder::<B>("t5-relu");
     let states = t5.encode_tokens(&token_batch(&reference, "relu")).unwrap();
-    assert_close(states, &reference.data("relu.hidden"), F32_TOLERANCE, "relu");
+    assert_close(
+        states,
+        &reference.data("relu.hidden"),
+        F32_TOLERANCE,
+        "relu",
+    );
 }
 
 /// The whole encoder in F16 (the official ELLA setting) against transformers' F16 run, on
@@ -159,24 +234,39 @@ fn f16_inference<B: Backend>() {
     let device = Default::default();
     let loaded = TextEncoder::<B>::load_with_dtype(fixture("t5"), &device, DType::F16);
     if !B::supports_dtype(&device, DType::F16) {
-        assert!(matches!(loaded, Err(ella_core::Error::UnsupportedPrecision { .. })), "{loaded:?}");
+        assert!(
+            matches!(loaded, Err(ella_core::Error::UnsupportedPrecision { .. })),
+            "{loaded:?}"
+        );
         return;
     }
     let t5 = loaded.unwrap();
-    let states = t5.encode("a red book on a wooden table", TokenMode::Flexible).unwrap();
+    let states = t5
+        .encode("a red book on a wooden table", TokenMode::Flexible)
+        .unwrap();
     assert_eq!(states.dtype(), DType::F16);
     // F16 keeps ~3 decimal digits; the reference's outputs are of order 1–5.
-    let err = assert_close(states.cast(DType::F32), &reference.data("f16_model.short.hidden"), 2e-2, "f16");
+    let err = assert_close(
+        states.cast(DType::F32),
+        &reference.data("f16_model.short.hidden"),
+        2e-2,
+        "f16",
+    );
     println!("f16 T5 max abs error vs transformers f16: {err:e}");
 }
 
 fn padding_does_not_change_real_tokens<B: Backend>() {
     // The short prompt alone and padded in a batch give the same states on its real tokens.
     let t5 = encoder::<B>("t5");
-    let alone = t5.encode("a red book on a wooden table", TokenMode::Flexible).unwrap();
+    let alone = t5
+        .encode("a red book on a wooden table", TokenMode::Flexible)
+        .unwrap();
     let batch = t5
         .tokenizer
-        .encode(&["a red book on a wooden table", "two cats"], TokenMode::FIXED_128)
+        .encode(
+            &["a red book on a wooden table", "two cats"],
+            TokenMode::FIXED_128,
+        )
         .unwrap();
     let padded: Tensor<B, 3> = t5.encode_tokens(&batch).unwrap();
     let real = padded.narrow(0, 0, 1).narrow(1, 0, 17);

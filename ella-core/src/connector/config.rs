@@ -72,7 +72,7 @@ impl ConnectorConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{name}` must be positive"));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(format!(
                 "`width` {} is not divisible by `heads` {}",
                 self.width, self.heads
@@ -100,12 +100,20 @@ impl ConnectorConfig {
                 format!("{block}.attn.in_proj_weight"),
                 &[3 * w, w],
             ));
-            specs.push(TensorSpec::new(format!("{block}.attn.in_proj_bias"), &[3 * w]));
+            specs.push(TensorSpec::new(
+                format!("{block}.attn.in_proj_bias"),
+                &[3 * w],
+            ));
             specs.extend(linear_specs(&format!("{block}.attn.out_proj"), w, w, true));
             specs.extend(linear_specs(&format!("{block}.mlp.c_fc"), w, 4 * w, true));
             specs.extend(linear_specs(&format!("{block}.mlp.c_proj"), 4 * w, w, true));
             for norm in ["ln_1", "ln_2", "ln_ff"] {
-                specs.extend(linear_specs(&format!("{block}.{norm}.linear"), t, 2 * w, true));
+                specs.extend(linear_specs(
+                    &format!("{block}.{norm}.linear"),
+                    t,
+                    2 * w,
+                    true,
+                ));
             }
         }
         if let Some(out) = self.output_dim {

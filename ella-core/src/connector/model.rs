@@ -97,9 +97,17 @@ impl<B: Backend> AdaLayerNorm<B> {
 }
 
 impl<B: Backend> PerceiverAttentionBlock<B> {
-    fn forward(&self, text: Tensor<B, 3>, latents: Tensor<B, 3>, temb: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        text: Tensor<B, 3>,
+        latents: Tensor<B, 3>,
+        temb: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let normed = self.ln_1.forward(latents.clone(), temb.clone());
-        let kv = Tensor::cat(vec![normed.clone(), self.ln_2.forward(text, temb.clone())], 1);
+        let kv = Tensor::cat(
+            vec![normed.clone(), self.ln_2.forward(text, temb.clone())],
+            1,
+        );
         let attn = &self.attn;
         let attended = multi_head_attention(
             attn.q_proj.forward(normed),
@@ -202,7 +210,11 @@ impl<B: Backend> Connector<B> {
                 linear_2: linear("time_embedding.linear_2")?,
             },
             connector: PerceiverResampler {
-                latents: Param::from_tensor(checkpoint.tensor("connector.latents", device, dtype)?),
+                latents: Param::from_tensor(checkpoint.tensor(
+                    "connector.latents",
+                    device,
+                    dtype,
+                )?),
                 time_aware_linear: linear("connector.time_aware_linear")?,
                 proj_in: linear("connector.proj_in")?,
                 perceiver_blocks: blocks,
@@ -257,12 +269,13 @@ impl<B: Backend> Connector<B> {
 
         let resampler = &self.connector;
         let [num_latents, width] = resampler.latents.dims();
-        let mut latents = resampler
-            .latents
-            .val()
-            .unsqueeze::<3>()
-            .expand([batch, num_latents, width])
-            + resampler.time_aware_linear.forward(silu(temb.clone()));
+        let mut latents =
+            resampler
+                .latents
+                .val()
+                .unsqueeze::<3>()
+                .expand([batch, num_latents, width])
+                + resampler.time_aware_linear.forward(silu(temb.clone()));
         let text = resampler.proj_in.forward(text_states);
         for block in &resampler.perceiver_blocks {
             latents = block.forward(text.clone(), latents, temb.clone());

@@ -10,7 +10,8 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [batch, seq, width] = x.dims();
-    x.reshape([batch, seq, heads, width / heads]).swap_dims(1, 2)
+    x.reshape([batch, seq, heads, width / heads])
+        .swap_dims(1, 2)
 }
 
 /// `[batch, heads, seq, head_dim]` → `[batch, seq, heads * head_dim]`.

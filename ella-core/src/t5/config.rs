@@ -97,12 +97,17 @@ impl T5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            ("relative_attention_max_distance", self.relative_attention_max_distance),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(format!("`{name}` must be positive")));
         }
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0 {
+        if self.relative_attention_num_buckets < 4
+            || !self.relative_attention_num_buckets.is_multiple_of(2)
+        {
             return Err(invalid(
                 "`relative_attention_num_buckets` must be an even number ≥ 4".into(),
             ));

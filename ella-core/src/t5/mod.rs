@@ -10,7 +10,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 pub use config::{Activation, T5Config};
-pub use model::{T5Attention, T5Block, T5Encoder, T5FeedForward, T5LayerNorm, relative_position_buckets};
+pub use model::{
+    T5Attention, T5Block, T5Encoder, T5FeedForward, T5LayerNorm, relative_position_buckets,
+};
 pub use tokenizer::{T5Tokenizer, TokenBatch, TokenMode};
 
 use crate::error::{Error, Result};
@@ -59,13 +61,23 @@ impl<B: Backend> TextEncoder<B> {
         if batch == 0 || seq == 0 {
             return Err(Error::InvalidInput("no tokens to encode".into()));
         }
-        if tokens.ids.iter().chain(&tokens.mask).any(|row| row.len() != seq) {
+        if tokens
+            .ids
+            .iter()
+            .chain(&tokens.mask)
+            .any(|row| row.len() != seq)
+        {
             return Err(Error::InvalidInput(
                 "token rows and masks must all have the same length".into(),
             ));
         }
         let vocab = self.encoder.config.vocab_size;
-        if let Some(id) = tokens.ids.iter().flatten().find(|&&id| id as usize >= vocab) {
+        if let Some(id) = tokens
+            .ids
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= vocab)
+        {
             return Err(Error::InvalidInput(format!(
                 "token id {id} is outside the encoder's vocabulary of {vocab}; \
                  the tokenizer and the model do not belong together"

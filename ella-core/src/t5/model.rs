@@ -130,7 +130,10 @@ impl<B: Backend> T5Block<B> {
         bias: Tensor<B, 4>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        let h = h.clone() + self.attention.forward(self.attention_norm.forward(h), bias, mask);
+        let h = h.clone()
+            + self
+                .attention
+                .forward(self.attention_norm.forward(h), bias, mask);
         let h = clamp_half(h);
         let ff = self
             .feed_forward
@@ -171,13 +174,12 @@ impl<B: Backend> T5Encoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
-        let (activation, gated) =
-            config
-                .feed_forward()
-                .map_err(|reason| Error::InvalidConfig {
-                    path: checkpoint.path().to_path_buf(),
-                    reason,
-                })?;
+        let (activation, gated) = config
+            .feed_forward()
+            .map_err(|reason| Error::InvalidConfig {
+                path: checkpoint.path().to_path_buf(),
+                reason,
+            })?;
         let embed_name = if checkpoint.shape("shared.weight").is_none()
             && checkpoint.shape("encoder.embed_tokens.weight").is_some()
         {

@@ -260,7 +260,10 @@ impl Checkpoint {
                 actual: data.shape.to_vec(),
             });
         }
-        Ok(Tensor::from_data(data.convert_dtype(dtype), (device, dtype)))
+        Ok(Tensor::from_data(
+            data.convert_dtype(dtype),
+            (device, dtype),
+        ))
     }
 
     /// Reads one tensor's values as stored (F32, F16 or BF16), on the host.
@@ -274,7 +277,11 @@ impl Checkpoint {
         })?;
         // `read_metadata` validated that all ranges lie inside the file.
         let bytes = file.map[entry.bytes.clone()].to_vec();
-        Ok(TensorData::from_bytes_vec(bytes, entry.shape.clone(), dtype))
+        Ok(TensorData::from_bytes_vec(
+            bytes,
+            entry.shape.clone(),
+            dtype,
+        ))
     }
 
     /// Reads a PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
@@ -295,7 +302,10 @@ impl Checkpoint {
 }
 
 /// Burn's `Linear` (weight `[in, out]`) from PyTorch's `nn.Linear` layout (`[out, in]`).
-pub fn linear_from_torch<B: Backend>(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
+pub fn linear_from_torch<B: Backend>(
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Linear<B> {
     Linear {
         weight: Param::from_tensor(weight.transpose()),
         bias: bias.map(Param::from_tensor),

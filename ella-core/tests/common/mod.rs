@@ -74,14 +74,23 @@ pub fn assert_close<B: Backend, const D: usize>(
     let max_err = actual
         .iter::<f32>()
         .zip(expected.iter::<f32>())
-        .map(|(a, e)| if a.is_nan() || e.is_nan() { f32::INFINITY } else { (a - e).abs() })
+        .map(|(a, e)| {
+            if a.is_nan() || e.is_nan() {
+                f32::INFINITY
+            } else {
+                (a - e).abs()
+            }
+        })
         .fold(0.0f32, f32::max);
     let scale = expected.iter::<f32>().map(f32::abs).fold(0.0f32, f32::max);
     assert!(
         max_err <= tolerance,
         "{what}: max abs error {max_err:e} > {tolerance:e} (reference max |x| = {scale})"
     );
-    assert!(scale > 0.0, "{what}: reference is all zeros, nothing was compared");
+    assert!(
+        scale > 0.0,
+        "{what}: reference is all zeros, nothing was compared"
+    );
     max_err
 }
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Times the configs of benches/text_encoding.rs in PyTorch on this machine's CPU, for the
+Rust/PyTorch ratios in docs/performance.md. Random weights (timing does not depend on them).
+
+    .venv/bin/python scripts/bench_torch.py [--threads N]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+import ella_reference
+
+FIXTURES = Path(__file__).resolve().parent.parent / "ella-core" / "tests" / "fixtures"
+PROMPT = "a red book on a wooden table next to a cup of coffee, morning light"
+
+
+def timeit(fn, min_runs=10, min_seconds=3.0):
+    with torch.inference_mode():
+        fn()  # warm-up
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+
+    # Tiny test models, 128 tokens (fixed mode), tokenization included as on the Rust side.
+    tokenizer = T5Tokenizer.from_pretrained(str(FIXTURES / "t5"))
+    t5 = T5EncoderModel.from_pretrained(str(FIXTURES / "t5")).eval()
+
+    def tiny_t5():
+        enc = tokenizer([PROMPT], padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+        return t5(**enc).last_hidden_state
+
+    results["t5/tiny/128 tokens"] = timeit(tiny_t5)
+    config = json.loads((FIXTURES / "ella" / "config.json").read_text())
+    ella = ella_reference.ELLA(**config).eval()
+    ella.load_state_dict(load_file(str(FIXTURES / "ella" / "ella.safetensors")))
+    with torch.inference_mode():
+        states = tiny_t5()
+    results["tsc/tiny/128 tokens"] = timeit(lambda: ella(states, 500))
+
+    # flan-t5-base sizes, 128 tokens.
+    base = T5EncoderModel(
+        T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
+                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    ).eval()
+    ids = torch.tensor([[(i * 37) % 32000 for i in range(128)]])
+    results["mid-size/t5/flan-t5-base/128 tokens"] = timeit(lambda: base(input_ids=ids).last_hidden_state)
+    # Official connector sizes.
+    full = ella_reference.ELLA().eval()
+    states = torch.randn(1, 128, 2048)
+    results["mid-size/tsc/full/128 tokens"] = timeit(lambda: full(states, 500))
+
+    print(f"PyTorch {torch.__version__}, {args.threads} threads")
+    for name, seconds in results.items():
+        print(f"{name:40s} {seconds * 1e3:10.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
