@@ -19,7 +19,7 @@ use burn::tensor::{DType, Tensor};
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::nn::{layer_norm, multi_head_attention, timestep_features};
-use crate::weights::{Checkpoint, linear_from_torch};
+use crate::weights::{Checkpoint, linear_from_torch, split_rows};
 
 /// diffusers' `TimestepEmbedding`: `linear_2(SiLU(linear_1(features)))`.
 #[derive(Module, Debug)]
@@ -158,22 +158,17 @@ impl<B: Backend> Connector<B> {
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let block = format!("connector.perceiver_blocks.{i}");
-            let in_weight: Tensor<B, 2> =
-                checkpoint.tensor(&format!("{block}.attn.in_proj_weight"), device, dtype)?;
-            let in_bias: Tensor<B, 1> =
-                checkpoint.tensor(&format!("{block}.attn.in_proj_bias"), device, dtype)?;
-            let w = config.width;
-            let part = |i: usize| {
-                linear_from_torch(
-                    in_weight.clone().narrow(0, i * w, w),
-                    Some(in_bias.clone().narrow(0, i * w, w)),
-                )
-            };
+            // `in_proj_weight` / `in_proj_bias` stack the q, k and v projections.
+            let [w_q, w_k, w_v] =
+                split_rows(&checkpoint.data(&format!("{block}.attn.in_proj_weight"))?);
+            let [b_q, b_k, b_v] =
+                split_rows(&checkpoint.data(&format!("{block}.attn.in_proj_bias"))?);
+            let part = |w, b| linear_from_torch::<B>(w, Some(b), device, dtype);
             blocks.push(PerceiverAttentionBlock {
                 attn: MultiheadAttention {
-                    q_proj: part(0),
-                    k_proj: part(1),
-                    v_proj: part(2),
+                    q_proj: part(w_q, b_q)?,
+                    k_proj: part(w_k, b_k)?,
+                    v_proj: part(w_v, b_v)?,
                     out_proj: linear(&format!("{block}.attn.out_proj"))?,
                     heads: config.heads,
                 },
