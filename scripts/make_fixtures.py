@@ -15,8 +15,8 @@ Everything lands in ella-core/tests/fixtures/ in the layouts users point the lib
 """
 
 import json
-import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -295,16 +295,24 @@ def make_ella(t5_ref):
 
 
 def main():
+    """`make_fixtures.py [text|sd|all]`: the T5 + connector part, the SD part (which uses the
+    text part's files), or both (default)."""
+    part = sys.argv[1] if len(sys.argv) > 1 else "all"
     torch.set_num_threads(1)
     for sub in ["t5", "reference"]:
         (OUT / sub).mkdir(parents=True, exist_ok=True)
-    train_tokenizer(OUT / "t5")
-    tokens = reference_token_ids(OUT / "t5" / "spiece.model")
-    (OUT / "reference" / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False) + "\n")
-    _, t5_ref = make_t5(tokens)
-    save_file({k: v.contiguous() for k, v in t5_ref.items()}, str(OUT / "reference" / "t5.safetensors"))
-    ella_ref = make_ella(t5_ref)
-    save_file({k: v.float().contiguous() for k, v in ella_ref.items()}, str(OUT / "reference" / "ella.safetensors"))
+    if part in ("text", "all"):
+        train_tokenizer(OUT / "t5")
+        tokens = reference_token_ids(OUT / "t5" / "spiece.model")
+        (OUT / "reference" / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False) + "\n")
+        _, t5_ref = make_t5(tokens)
+        save_file({k: v.contiguous() for k, v in t5_ref.items()}, str(OUT / "reference" / "t5.safetensors"))
+        ella_ref = make_ella(t5_ref)
+        save_file({k: v.float().contiguous() for k, v in ella_ref.items()}, str(OUT / "reference" / "ella.safetensors"))
+    if part in ("sd", "all"):
+        import sd_fixtures
+
+        sd_fixtures.make_sd(OUT, ELLA_TINY)
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"fixtures written to {OUT} ({total / 1e6:.2f} MB)")
 
