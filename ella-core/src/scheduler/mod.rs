@@ -1,0 +1,303 @@
+//! Diffusion schedulers as diffusers implements them for SD1.5: DDIM, Euler (discrete) and
+//! DPM-Solver++ (2M, optionally with Karras sigmas), configured from a diffusers
+//! `scheduler_config.json`, with step counts or custom timestep lists (Align Your Steps).
+//!
+//! A [`Scheduler`] is made for one sampling run: it holds the timesteps and, for the
+//! multistep solver, the previous model output.
+
+mod config;
+mod ddim;
+mod dpm_solver;
+mod euler;
+pub mod schedules;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+pub use config::SchedulerConfig;
+pub use ddim::Ddim;
+pub use dpm_solver::DpmSolver;
+pub use euler::Euler;
+pub use schedules::ALIGN_YOUR_STEPS_SD15;
+
+use crate::error::{Error, Result};
+
+/// The schedulers `Pipeline` offers, by their command-line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulerKind {
+    /// `ddim`: DDIM, deterministic (η = 0).
+    Ddim,
+    /// `euler`: Euler (discrete), sigma-based; its timesteps may be fractional.
+    Euler,
+    /// `dpm++2m`: DPM-Solver++ 2M, the official ELLA demo's scheduler (the default).
+    #[default]
+    DpmSolverMultistep,
+    /// `dpm++2m-karras`: DPM-Solver++ 2M with Karras sigmas.
+    DpmSolverMultistepKarras,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 4] = [
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::DpmSolverMultistepKarras,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Euler => "euler",
+            SchedulerKind::DpmSolverMultistep => "dpm++2m",
+            SchedulerKind::DpmSolverMultistepKarras => "dpm++2m-karras",
+        }
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SchedulerKind {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                Error::InvalidInput(format!(
+                    "unknown scheduler `{name}`; choose one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Which timesteps a run samples at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimestepSchedule {
+    /// This many steps, spaced as the config's `timestep_spacing` says.
+    Steps(usize),
+    /// These timesteps, highest first (Euler and DPM-Solver only, without Karras sigmas).
+    Custom(Vec<f32>),
+}
+
+impl TimestepSchedule {
+    /// SD1.5's 10-step Align Your Steps schedule.
+    pub fn align_your_steps() -> Self {
+        TimestepSchedule::Custom(ALIGN_YOUR_STEPS_SD15.to_vec())
+    }
+}
+
+/// What the U-Net predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+/// One sampling run's scheduler.
+#[derive(Debug)]
+pub enum Scheduler<B: Backend> {
+    Ddim(Ddim),
+    Euler(Euler),
+    DpmSolver(DpmSolver<B>),
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// Builds `kind` from `config` (keys absent there take the class's diffusers default)
+    /// and sets its timesteps.
+    pub fn new(
+        kind: SchedulerKind,
+        config: &SchedulerConfig,
+        schedule: &TimestepSchedule,
+    ) -> Result<Self> {
+        match schedule {
+            TimestepSchedule::Steps(0) => {
+                return Err(Error::InvalidInput(
+                    "the number of steps must be at least 1".into(),
+                ));
+            }
+            TimestepSchedule::Custom(list) if list.is_empty() => {
+                return Err(Error::InvalidInput(
+                    "a custom timestep list must not be empty".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(match kind {
+            SchedulerKind::Ddim => Scheduler::Ddim(Ddim::new(config, schedule)?),
+            SchedulerKind::Euler => Scheduler::Euler(Euler::new(config, schedule)?),
+            SchedulerKind::DpmSolverMultistep => {
+                Scheduler::DpmSolver(DpmSolver::new(config, schedule, false)?)
+            }
+            SchedulerKind::DpmSolverMultistepKarras => {
+                Scheduler::DpmSolver(DpmSolver::new(config, schedule, true)?)
+            }
+        })
+    }
+
+    /// The timesteps of the run, highest first, as the U-Net (and the connector) get them.
+    pub fn timesteps(&self) -> &[f32] {
+        match self {
+            Scheduler::Ddim(s) => &s.timesteps,
+            Scheduler::Euler(s) => &s.timesteps,
+            Scheduler::DpmSolver(s) => &s.timesteps,
+        }
+    }
+
+    /// The sigmas of the run (one more than timesteps), for sigma-based schedulers.
+    pub fn sigmas(&self) -> Option<&[f32]> {
+        match self {
+            Scheduler::Ddim(_) => None,
+            Scheduler::Euler(s) => Some(&s.sigmas),
+            Scheduler::DpmSolver(s) => Some(&s.sigmas),
+        }
+    }
+
+    /// The factor unit-variance initial noise is scaled by.
+    pub fn init_noise_sigma(&self) -> f32 {
+        match self {
+            Scheduler::Euler(s) => s.init_noise_sigma,
+            Scheduler::Ddim(_) | Scheduler::DpmSolver(_) => 1.0,
+        }
+    }
+
+    /// The U-Net input at step `index` (Euler divides by `sqrt(σ² + 1)`).
+    pub fn scale_model_input(&self, sample: Tensor<B, 4>, index: usize) -> Tensor<B, 4> {
+        match self {
+            Scheduler::Euler(s) => s.scale_model_input(sample, index),
+            Scheduler::Ddim(_) | Scheduler::DpmSolver(_) => sample,
+        }
+    }
+
+    /// The sample of step `index + 1` from the model output at step `index`. Steps must be
+    /// taken in order, from 0.
+    pub fn step(
+        &mut self,
+        model_output: Tensor<B, 4>,
+        index: usize,
+        sample: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        match self {
+            Scheduler::Ddim(s) => s.step(model_output, index, sample),
+            Scheduler::Euler(s) => s.step(model_output, index, sample),
+            Scheduler::DpmSolver(s) => s.step(model_output, index, sample),
+        }
+    }
+}
+
+/// The config keys every scheduler shares, resolved with one class's defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct Common {
+    pub alphas_cumprod: Vec<f32>,
+    pub prediction: Prediction,
+    pub timestep_spacing: String,
+    pub steps_offset: usize,
+}
+
+impl Common {
+    /// Resolves the shared keys; `spacing` is the class's default `timestep_spacing`.
+    pub fn resolve(config: &SchedulerConfig, spacing: &str) -> Result<Self> {
+        let invalid = |reason: String| unsupported(config, reason);
+        if config.thresholding == Some(true) {
+            return Err(invalid("`thresholding` is not supported".into()));
+        }
+        if config.rescale_betas_zero_snr == Some(true) {
+            return Err(invalid("`rescale_betas_zero_snr` is not supported".into()));
+        }
+        let n = config.num_train_timesteps.unwrap_or(1000);
+        if n < 2 {
+            return Err(invalid("`num_train_timesteps` must be at least 2".into()));
+        }
+        let betas = match &config.trained_betas {
+            Some(list) => {
+                if list.len() != n {
+                    return Err(invalid(format!(
+                        "`trained_betas` has {} values for {n} training timesteps",
+                        list.len()
+                    )));
+                }
+                list.iter().map(|&b| b as f32).collect()
+            }
+            None => {
+                let schedule = config.beta_schedule.as_deref().unwrap_or("linear");
+                schedules::betas(
+                    schedule,
+                    config.beta_start.unwrap_or(0.0001),
+                    config.beta_end.unwrap_or(0.02),
+                    n,
+                )
+                .ok_or_else(|| {
+                    invalid(format!("`beta_schedule` \"{schedule}\" is not supported"))
+                })?
+            }
+        };
+        if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(invalid("betas must lie in [0, 1)".into()));
+        }
+        let prediction = match config.prediction_type.as_deref().unwrap_or("epsilon") {
+            "epsilon" => Prediction::Epsilon,
+            "v_prediction" => Prediction::VPrediction,
+            "sample" => Prediction::Sample,
+            other => {
+                return Err(invalid(format!(
+                    "`prediction_type` \"{other}\" is not supported"
+                )));
+            }
+        };
+        let timestep_spacing = config
+            .timestep_spacing
+            .clone()
+            .unwrap_or_else(|| spacing.to_string());
+        if !["leading", "trailing", "linspace"].contains(&timestep_spacing.as_str()) {
+            return Err(invalid(format!(
+                "`timestep_spacing` \"{timestep_spacing}\" is not supported"
+            )));
+        }
+        Ok(Self {
+            alphas_cumprod: schedules::alphas_cumprod(&betas),
+            prediction,
+            timestep_spacing,
+            steps_offset: config.steps_offset.unwrap_or(0),
+        })
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// Errors unless `steps` ≤ the number of training timesteps.
+    pub fn check_steps(&self, config: &SchedulerConfig, steps: usize) -> Result<()> {
+        if steps > self.num_train_timesteps() {
+            return Err(unsupported(
+                config,
+                format!(
+                    "{steps} steps is more than the {} training timesteps",
+                    self.num_train_timesteps()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An `InvalidConfig` error for a scheduler config.
+pub(crate) fn unsupported(config: &SchedulerConfig, reason: String) -> Error {
+    Error::InvalidConfig {
+        path: config
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("scheduler config")),
+        reason,
+    }
+}
