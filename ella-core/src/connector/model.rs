@@ -11,15 +11,15 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Linear;
 use burn::tensor::activation::{relu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::nn::{layer_norm, multi_head_attention, timestep_features};
-use crate::weights::{Checkpoint, linear_from_torch, split_rows};
+use crate::nn::{LayerNorm, layer_norm, multi_head_attention, timestep_features};
+use crate::weights::{Checkpoint, Loader, linear_from_torch, split_rows};
 
 /// diffusers' `TimestepEmbedding`: `linear_2(SiLU(linear_1(features)))`.
 #[derive(Module, Debug)]
@@ -149,10 +149,11 @@ impl<B: Backend> Connector<B> {
             reason,
         })?;
         checkpoint.check(&config.expected_tensors(), |_| false)?;
-        let linear = |name: &str| checkpoint.linear::<B>(name, true, device, dtype);
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let (w, t) = (config.width, config.time_embed_dim);
         let ada = |name: String| -> Result<AdaLayerNorm<B>> {
             Ok(AdaLayerNorm {
-                linear: linear(&format!("{name}.linear"))?,
+                linear: load.linear(&format!("{name}.linear"), t, 2 * w, true)?,
             })
         };
         let mut blocks = Vec::with_capacity(config.layers);
@@ -160,58 +161,43 @@ impl<B: Backend> Connector<B> {
             let block = format!("connector.perceiver_blocks.{i}");
             // `in_proj_weight` / `in_proj_bias` stack the q, k and v projections.
             let [w_q, w_k, w_v] =
-                split_rows(&checkpoint.data(&format!("{block}.attn.in_proj_weight"))?);
+                split_rows(&load.data(&format!("{block}.attn.in_proj_weight"), &[3 * w, w])?);
             let [b_q, b_k, b_v] =
-                split_rows(&checkpoint.data(&format!("{block}.attn.in_proj_bias"))?);
-            let part = |w, b| linear_from_torch::<B>(w, Some(b), device, dtype);
+                split_rows(&load.data(&format!("{block}.attn.in_proj_bias"), &[3 * w])?);
+            let part = |weight, bias| linear_from_torch::<B>(weight, Some(bias), device, dtype);
             blocks.push(PerceiverAttentionBlock {
                 attn: MultiheadAttention {
                     q_proj: part(w_q, b_q)?,
                     k_proj: part(w_k, b_k)?,
                     v_proj: part(w_v, b_v)?,
-                    out_proj: linear(&format!("{block}.attn.out_proj"))?,
+                    out_proj: load.linear(&format!("{block}.attn.out_proj"), w, w, true)?,
                     heads: config.heads,
                 },
-                c_fc: linear(&format!("{block}.mlp.c_fc"))?,
-                c_proj: linear(&format!("{block}.mlp.c_proj"))?,
+                c_fc: load.linear(&format!("{block}.mlp.c_fc"), w, 4 * w, true)?,
+                c_proj: load.linear(&format!("{block}.mlp.c_proj"), 4 * w, w, true)?,
                 ln_1: ada(format!("{block}.ln_1"))?,
                 ln_2: ada(format!("{block}.ln_2"))?,
                 ln_ff: ada(format!("{block}.ln_ff"))?,
             });
         }
         let proj_out = match config.output_dim {
-            Some(out) => {
-                let mut norm = LayerNormConfig::new(out).init::<B>(device);
-                norm.gamma = Param::from_tensor(checkpoint.tensor(
-                    "connector.proj_out.1.weight",
-                    device,
-                    dtype,
-                )?);
-                norm.beta = Some(Param::from_tensor(checkpoint.tensor(
-                    "connector.proj_out.1.bias",
-                    device,
-                    dtype,
-                )?));
-                Some(ProjOut {
-                    linear: linear("connector.proj_out.0")?,
-                    norm,
-                })
-            }
+            Some(out) => Some(ProjOut {
+                linear: load.linear("connector.proj_out.0", w, out, true)?,
+                norm: load.layer_norm("connector.proj_out.1", out, 1e-5)?,
+            }),
             None => None,
         };
         Ok(Self {
             time_embedding: TimestepEmbedding {
-                linear_1: linear("time_embedding.linear_1")?,
-                linear_2: linear("time_embedding.linear_2")?,
+                linear_1: load.linear("time_embedding.linear_1", config.time_channel, t, true)?,
+                linear_2: load.linear("time_embedding.linear_2", t, t, true)?,
             },
             connector: PerceiverResampler {
-                latents: Param::from_tensor(checkpoint.tensor(
-                    "connector.latents",
-                    device,
-                    dtype,
-                )?),
-                time_aware_linear: linear("connector.time_aware_linear")?,
-                proj_in: linear("connector.proj_in")?,
+                latents: Param::from_tensor(
+                    load.tensor("connector.latents", [config.num_latents, w])?,
+                ),
+                time_aware_linear: load.linear("connector.time_aware_linear", t, w, true)?,
+                proj_in: load.linear("connector.proj_in", config.input_dim, w, true)?,
                 perceiver_blocks: blocks,
                 proj_out,
             },

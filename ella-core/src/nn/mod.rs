@@ -1,11 +1,12 @@
 //! Small layers shared by several models: multi-head attention through Burn's fused
-//! `attention` op, an affine-free LayerNorm with f32 statistics, and the sinusoidal
-//! timestep features of diffusers' `Timesteps`.
+//! `attention` op, layer and group norms with f32 statistics, 2-D convolution, PyTorch's
+//! nearest-neighbour resize, and the sinusoidal timestep features of diffusers' `Timesteps`.
 
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
@@ -89,4 +90,88 @@ pub fn timestep_features(
         values.extend(std::iter::repeat_n(0.0, channels - 2 * half));
     }
     TensorData::new(values, [timesteps.len(), channels])
+}
+
+/// PyTorch `nn.LayerNorm` with affine weight and bias, statistics in f32.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        layer_norm(x, self.eps) * self.weight.val().unsqueeze::<D>()
+            + self.bias.val().unsqueeze::<D>()
+    }
+}
+
+/// PyTorch `nn.GroupNorm` on `[batch, channels, height, width]`, statistics in f32.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub groups: usize,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, channels, height, width] = x.dims();
+        let dtype = x.dtype();
+        let grouped = x.cast(DType::F32).reshape([
+            batch,
+            self.groups,
+            channels / self.groups * height * width,
+        ]);
+        let (var, mean) = grouped.clone().var_mean_bias(2);
+        let normed = ((grouped - mean) / (var + self.eps).sqrt())
+            .reshape([batch, channels, height, width])
+            .cast(dtype);
+        let affine = |p: &Param<Tensor<B, 1>>| p.val().reshape([1, channels, 1, 1]);
+        normed * affine(&self.weight) + affine(&self.bias)
+    }
+}
+
+/// PyTorch `nn.Conv2d` (square kernel, symmetric padding), weight `[out, in, k, k]`.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    pub stride: usize,
+    #[module(skip)]
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+            options,
+        )
+    }
+}
+
+/// PyTorch's `F.interpolate(mode="nearest")` to `[height, width]`: source index
+/// `floor(i · in/out)` computed in f32, as ATen does.
+pub fn resize_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+    let [_, _, height, width] = x.dims();
+    let device = x.device();
+    let indices = |input: usize, output: usize| {
+        let scale = input as f32 / output as f32;
+        let idx: Vec<i64> = (0..output)
+            .map(|i| ((i as f32 * scale).floor() as i64).min(input as i64 - 1))
+            .collect();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [output]), &device)
+    };
+    x.select(2, indices(height, size[0]))
+        .select(3, indices(width, size[1]))
 }

@@ -18,7 +18,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use super::config::{Activation, T5Config};
 use crate::error::{Error, Result};
 use crate::nn::multi_head_attention;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, Loader};
 
 /// T5's layer norm: `x / sqrt(mean(x²) + eps) · weight`, with the statistics in f32.
 #[derive(Module, Debug)]
@@ -205,49 +205,49 @@ impl<B: Backend> T5Encoder<B> {
                 || name.starts_with("lm_head.")
         })?;
 
-        let linear = |name: String| checkpoint.linear::<B>(&name, false, device, dtype);
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let (d, inner, d_ff) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
         let norm = |name: String| -> Result<T5LayerNorm<B>> {
             Ok(T5LayerNorm {
-                weight: Param::from_tensor(checkpoint.tensor(&name, device, dtype)?),
+                weight: Param::from_tensor(load.tensor(&name, [d])?),
                 eps: config.layer_norm_epsilon,
             })
         };
         let mut block = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let attn = format!("encoder.block.{i}.layer.0");
+            let attn = format!("encoder.block.{i}.layer.0.SelfAttention");
             let ff = format!("encoder.block.{i}.layer.1.DenseReluDense");
             let (wi_0, wi_1) = if gated {
                 (
-                    linear(format!("{ff}.wi_0"))?,
-                    Some(linear(format!("{ff}.wi_1"))?),
+                    load.linear(&format!("{ff}.wi_0"), d, d_ff, false)?,
+                    Some(load.linear(&format!("{ff}.wi_1"), d, d_ff, false)?),
                 )
             } else {
-                (linear(format!("{ff}.wi"))?, None)
+                (load.linear(&format!("{ff}.wi"), d, d_ff, false)?, None)
             };
             block.push(T5Block {
-                attention_norm: norm(format!("{attn}.layer_norm.weight"))?,
+                attention_norm: norm(format!("encoder.block.{i}.layer.0.layer_norm.weight"))?,
                 attention: T5Attention {
-                    q: linear(format!("{attn}.SelfAttention.q"))?,
-                    k: linear(format!("{attn}.SelfAttention.k"))?,
-                    v: linear(format!("{attn}.SelfAttention.v"))?,
-                    o: linear(format!("{attn}.SelfAttention.o"))?,
+                    q: load.linear(&format!("{attn}.q"), d, inner, false)?,
+                    k: load.linear(&format!("{attn}.k"), d, inner, false)?,
+                    v: load.linear(&format!("{attn}.v"), d, inner, false)?,
+                    o: load.linear(&format!("{attn}.o"), inner, d, false)?,
                     num_heads: config.num_heads,
                 },
                 feed_forward_norm: norm(format!("encoder.block.{i}.layer.1.layer_norm.weight"))?,
                 feed_forward: T5FeedForward {
                     wi_0,
                     wi_1,
-                    wo: linear(format!("{ff}.wo"))?,
+                    wo: load.linear(&format!("{ff}.wo"), d_ff, d, false)?,
                     activation,
                 },
             });
         }
         Ok(Self {
-            shared: Param::from_tensor(checkpoint.tensor(embed_name, device, dtype)?),
-            relative_attention_bias: Param::from_tensor(checkpoint.tensor(
+            shared: Param::from_tensor(load.tensor(embed_name, [config.vocab_size, d])?),
+            relative_attention_bias: Param::from_tensor(load.tensor(
                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                device,
-                dtype,
+                [config.relative_attention_num_buckets, config.num_heads],
             )?),
             block,
             final_layer_norm: norm("encoder.final_layer_norm.weight".into())?,

@@ -6,7 +6,8 @@
 //! with the file(s) before any tensor is built, so a wrong file fails with an error that
 //! names the tensor instead of producing a wrong image.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::nn::{Conv2d, GroupNorm, LayerNorm};
 
 /// A tensor a model expects: its name in the file and its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,35 +198,43 @@ impl Checkpoint {
     /// dtype we read, and that every other tensor in the file is one `ignorable` accepts.
     pub fn check(&self, expected: &[TensorSpec], ignorable: impl Fn(&str) -> bool) -> Result<()> {
         for spec in expected {
-            let entry = self.entry(&spec.name)?;
-            if entry.shape != spec.shape {
-                return Err(Error::ShapeMismatch {
-                    name: spec.name.clone(),
-                    path: self.files[entry.file].path.clone(),
-                    expected: spec.shape.clone(),
-                    actual: entry.shape.clone(),
-                });
-            }
-            if float_dtype(entry.dtype).is_none() {
-                return Err(Error::UnsupportedDtype {
-                    name: spec.name.clone(),
-                    path: self.files[entry.file].path.clone(),
-                    dtype: format!("{:?}", entry.dtype),
-                });
-            }
+            self.check_spec(spec)?;
         }
-        let wanted: std::collections::HashSet<&str> =
-            expected.iter().map(|s| s.name.as_str()).collect();
-        if let Some(extra) = self
-            .names()
-            .find(|name| !wanted.contains(name) && !ignorable(name))
-        {
-            return Err(Error::UnexpectedTensor {
+        let wanted: BTreeSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
+        self.reject_unexpected(|name| wanted.contains(name) || ignorable(name))
+    }
+
+    /// Errors on the first tensor that `accepted` does not accept: the config and the file
+    /// describe different models.
+    fn reject_unexpected(&self, accepted: impl Fn(&str) -> bool) -> Result<()> {
+        match self.names().find(|name| !accepted(name)) {
+            Some(extra) => Err(Error::UnexpectedTensor {
                 name: extra.to_string(),
                 path: self.files[self.entries[extra].file].path.clone(),
                 hint: "the config describes a different model than this file holds (check the \
                        number of layers, heads and widths)"
                     .into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that one tensor is present with the expected shape and a float dtype we read.
+    pub fn check_spec(&self, spec: &TensorSpec) -> Result<()> {
+        let entry = self.entry(&spec.name)?;
+        if entry.shape != spec.shape {
+            return Err(Error::ShapeMismatch {
+                name: spec.name.clone(),
+                path: self.files[entry.file].path.clone(),
+                expected: spec.shape.clone(),
+                actual: entry.shape.clone(),
+            });
+        }
+        if float_dtype(entry.dtype).is_none() {
+            return Err(Error::UnsupportedDtype {
+                name: spec.name.clone(),
+                path: self.files[entry.file].path.clone(),
+                dtype: format!("{:?}", entry.dtype),
             });
         }
         Ok(())
@@ -235,29 +245,6 @@ impl Checkpoint {
             name: name.to_string(),
             path: self.origin.clone(),
         })
-    }
-
-    /// Reads one tensor and converts it to `dtype` on `device`.
-    pub fn tensor<B: Backend, const D: usize>(
-        &self,
-        name: &str,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Tensor<B, D>> {
-        check_precision::<B>(device, dtype)?;
-        let data = self.data(name)?;
-        if data.shape.len() != D {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                path: self.origin.clone(),
-                expected: vec![0; D],
-                actual: data.shape.to_vec(),
-            });
-        }
-        Ok(Tensor::from_data(
-            data.convert_dtype(dtype),
-            (device, dtype),
-        ))
     }
 
     /// Reads one tensor's values as stored (F32, F16 or BF16), on the host.
@@ -277,21 +264,119 @@ impl Checkpoint {
             dtype,
         ))
     }
+}
 
-    /// Reads a PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
-    pub fn linear<B: Backend>(
+/// Builds modules from a checkpoint: every read names the tensor and the shape the model's
+/// config implies, so a wrong file fails on the first mismatching tensor with an error that
+/// names it; [`Loader::finish`] then reports tensors the model did not use.
+pub struct Loader<'a, B: Backend> {
+    checkpoint: &'a Checkpoint,
+    device: &'a B::Device,
+    dtype: DType,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    /// Reads from `checkpoint` into `dtype` tensors on `device`.
+    pub fn new(checkpoint: &'a Checkpoint, device: &'a B::Device, dtype: DType) -> Self {
+        Self {
+            checkpoint,
+            device,
+            dtype,
+            used: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        self.checkpoint
+    }
+
+    /// Host data of `name` after checking its shape and dtype.
+    pub fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        self.checkpoint.check_spec(&TensorSpec::new(name, shape))?;
+        self.used.borrow_mut().insert(name.to_string());
+        self.checkpoint.data(name)
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        check_precision::<B>(self.device, self.dtype)?;
+        let data = self.data(name, &shape)?;
+        Ok(Tensor::from_data(
+            data.convert_dtype(self.dtype),
+            (self.device, self.dtype),
+        ))
+    }
+
+    /// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
+    pub fn linear(
         &self,
         prefix: &str,
+        d_input: usize,
+        d_output: usize,
         bias: bool,
-        device: &B::Device,
-        dtype: DType,
     ) -> Result<Linear<B>> {
-        let weight = self.data(&format!("{prefix}.weight"))?;
+        let weight = self.data(&format!("{prefix}.weight"), &[d_output, d_input])?;
         let bias = match bias {
-            true => Some(self.data(&format!("{prefix}.bias"))?),
+            true => Some(self.data(&format!("{prefix}.bias"), &[d_output])?),
             false => None,
         };
-        linear_from_torch(weight, bias, device, dtype)
+        linear_from_torch(weight, bias, self.device, self.dtype)
+    }
+
+    /// A PyTorch `nn.Conv2d` with a bias.
+    pub fn conv2d(
+        &self,
+        prefix: &str,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d<B>> {
+        let [c_in, c_out] = channels;
+        Ok(Conv2d {
+            weight: Param::from_tensor(
+                self.tensor(&format!("{prefix}.weight"), [c_out, c_in, kernel, kernel])?,
+            ),
+            bias: Some(Param::from_tensor(
+                self.tensor(&format!("{prefix}.bias"), [c_out])?,
+            )),
+            stride,
+            padding,
+        })
+    }
+
+    /// A PyTorch `nn.GroupNorm` (affine).
+    pub fn group_norm(
+        &self,
+        prefix: &str,
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<GroupNorm<B>> {
+        Ok(GroupNorm {
+            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [channels])?),
+            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
+            groups,
+            eps,
+        })
+    }
+
+    /// A PyTorch `nn.LayerNorm` (affine).
+    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm<B>> {
+        Ok(LayerNorm {
+            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [dim])?),
+            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [dim])?),
+            eps,
+        })
+    }
+
+    /// Errors on the first tensor of the checkpoint that no read used and `ignorable`
+    /// does not accept: the config and the file describe different models.
+    pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        let used = self.used.into_inner();
+        self.checkpoint
+            .reject_unexpected(|name| used.contains(name) || ignorable(name))
     }
 }
 
