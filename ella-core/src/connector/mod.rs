@@ -6,5 +6,5 @@ mod model;
 pub use config::ConnectorConfig;
 pub use model::{
     AdaLayerNorm, Connector, MultiheadAttention, PerceiverAttentionBlock, PerceiverResampler,
-    ProjOut, TimestepEmbedding,
+    ProjOut,
 };

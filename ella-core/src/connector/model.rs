@@ -18,15 +18,8 @@ use burn::tensor::{DType, Tensor};
 
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::nn::{LayerNorm, layer_norm, multi_head_attention, timestep_features};
+use crate::nn::{LayerNorm, TimestepEmbedding, layer_norm, multi_head_attention, timestep_features};
 use crate::weights::{Checkpoint, Loader, linear_from_torch, split_rows};
-
-/// diffusers' `TimestepEmbedding`: `linear_2(SiLU(linear_1(features)))`.
-#[derive(Module, Debug)]
-pub struct TimestepEmbedding<B: Backend> {
-    pub linear_1: Linear<B>,
-    pub linear_2: Linear<B>,
-}
 
 /// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
 /// `norm(x) · (1 + scale) + shift`, with `[shift | scale] = linear(SiLU(temb))`.
@@ -188,10 +181,7 @@ impl<B: Backend> Connector<B> {
             None => None,
         };
         Ok(Self {
-            time_embedding: TimestepEmbedding {
-                linear_1: load.linear("time_embedding.linear_1", config.time_channel, t, true)?,
-                linear_2: load.linear("time_embedding.linear_2", t, t, true)?,
-            },
+            time_embedding: TimestepEmbedding::load(&load, "time_embedding", config.time_channel, t)?,
             connector: PerceiverResampler {
                 latents: Param::from_tensor(
                     load.tensor("connector.latents", [config.num_latents, w])?,
@@ -243,10 +233,7 @@ impl<B: Backend> Connector<B> {
         .cast(dtype)
         .reshape([timesteps.len(), 1, channels])
         .expand([batch, 1, channels]);
-        let temb = self
-            .time_embedding
-            .linear_2
-            .forward(silu(self.time_embedding.linear_1.forward(features)));
+        let temb = self.time_embedding.forward(features);
 
         let resampler = &self.connector;
         let [num_latents, width] = resampler.latents.dims();

@@ -3,10 +3,15 @@
 //! nearest-neighbour resize, and the sinusoidal timestep features of diffusers' `Timesteps`.
 
 use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+
+use crate::error::Result;
+use crate::weights::Loader;
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
@@ -174,4 +179,24 @@ pub fn resize_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B
     };
     x.select(2, indices(height, size[0]))
         .select(3, indices(width, size[1]))
+}
+
+/// diffusers' `TimestepEmbedding`: `linear_2(SiLU(linear_1(features)))`.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedding<B: Backend> {
+    pub linear_1: Linear<B>,
+    pub linear_2: Linear<B>,
+}
+
+impl<B: Backend> TimestepEmbedding<B> {
+    pub fn load(load: &Loader<B>, prefix: &str, channels: usize, dim: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: load.linear(&format!("{prefix}.linear_1"), channels, dim, true)?,
+            linear_2: load.linear(&format!("{prefix}.linear_2"), dim, dim, true)?,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, features: Tensor<B, D>) -> Tensor<B, D> {
+        self.linear_2.forward(silu(self.linear_1.forward(features)))
+    }
 }

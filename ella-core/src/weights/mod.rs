@@ -71,25 +71,24 @@ struct ShardIndex {
 }
 
 impl Checkpoint {
-    /// Opens a safetensors file, a sharded checkpoint's `*.index.json`, or a folder holding
-    /// `model.safetensors` or `model.safetensors.index.json` (the HF layout).
+    /// Opens a safetensors file, a sharded checkpoint's `*.index.json`, or a folder in the
+    /// HF layout (`model.safetensors`, transformers) or the diffusers layout
+    /// (`diffusion_pytorch_model.safetensors`), each possibly sharded (`….index.json`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
-            let single = path.join("model.safetensors");
-            let index = path.join("model.safetensors.index.json");
-            return if single.exists() {
-                Self::open(single)
-            } else if index.exists() {
-                Self::open(index)
-            } else {
-                Err(Error::Io {
-                    path: single,
+            let candidates = ["model", "diffusion_pytorch_model"]
+                .iter()
+                .flat_map(|stem| [format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json")]);
+            return match candidates.map(|name| path.join(name)).find(|p| p.exists()) {
+                Some(file) => Self::open(file),
+                None => Err(Error::Io {
+                    path: path.join("model.safetensors"),
                     source: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
-                        "neither model.safetensors nor model.safetensors.index.json is in this folder",
+                        "no model.safetensors, diffusion_pytorch_model.safetensors or sharded index in this folder",
                     ),
-                })
+                }),
             };
         }
         if path.to_string_lossy().ends_with(".json") {

@@ -1,0 +1,207 @@
+//! `UNet2DConditionModel` (SD1.5): noisy latents, timestep and condition tokens in,
+//! predicted noise out. The condition tokens may be any number: ELLA's 64, CLIP's 77, or
+//! both concatenated.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use super::blocks::{DownBlock, MidBlock, ResnetBlock2D, ResnetSettings, Transformer2DModel, TransformerSettings, UpBlock};
+use super::config::{BlockKind, UNetConfig};
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
+use crate::weights::{Checkpoint, Loader};
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub down_blocks: Vec<DownBlock<B>>,
+    pub mid_block: MidBlock<B>,
+    pub up_blocks: Vec<UpBlock<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+    #[module(skip)]
+    pub config: UNetConfig,
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// Loads a diffusers `unet/` folder (`config.json`, `diffusion_pytorch_model.safetensors`
+    /// or its sharded index) with weights converted to `dtype`.
+    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+        let folder = folder.as_ref();
+        let config = UNetConfig::from_file(&folder.join("config.json"))?;
+        let checkpoint = Checkpoint::open(folder)?;
+        Self::from_checkpoint(config, &checkpoint, device, dtype)
+    }
+
+    /// Builds the U-Net from an opened checkpoint, checking every tensor against `config`.
+    pub fn from_checkpoint(config: UNetConfig, checkpoint: &Checkpoint, device: &B::Device, dtype: DType) -> Result<Self> {
+        config.validate().map_err(|reason| Error::InvalidConfig {
+            path: checkpoint.path().to_path_buf(),
+            reason,
+        })?;
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let resnet = ResnetSettings {
+            groups: config.norm_num_groups,
+            eps: config.norm_eps,
+            temb_channels: Some(config.time_embed_dim()),
+            output_scale_factor: config.resnet_out_scale_factor,
+        };
+        let transformer = |i: usize| TransformerSettings {
+            heads: config.heads(i),
+            cross_attention_dim: config.cross_attention_dim.get(i),
+            layers: config.transformer_layers_per_block.get(i),
+            groups: config.norm_num_groups,
+            linear_projection: config.use_linear_projection,
+        };
+        let kind_error = |reason: String| Error::InvalidConfig {
+            path: checkpoint.path().to_path_buf(),
+            reason,
+        };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let prefix = format!("down_blocks.{i}");
+            let c_out = channels[i];
+            let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
+            let cross = config.down_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
+            let layers = config.layers_per_block.get(i);
+            let mut resnets = Vec::with_capacity(layers);
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let width_in = if j == 0 { c_in } else { c_out };
+                resnets.push(ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], resnet)?);
+                if cross {
+                    attentions.push(Transformer2DModel::load(&load, &format!("{prefix}.attentions.{j}"), c_out, transformer(i))?);
+                }
+            }
+            let downsampler = match i + 1 < n {
+                true => Some(load.conv2d(&format!("{prefix}.downsamplers.0.conv"), [c_out, c_out], 3, 2, config.downsample_padding)?),
+                false => None,
+            };
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
+        }
+
+        let mid = channels[n - 1];
+        let mid_resnet = ResnetSettings {
+            output_scale_factor: config.mid_block_scale_factor,
+            ..resnet
+        };
+        let mid_block = MidBlock {
+            resnets: vec![
+                ResnetBlock2D::load(&load, "mid_block.resnets.0", [mid, mid], mid_resnet)?,
+                ResnetBlock2D::load(&load, "mid_block.resnets.1", [mid, mid], mid_resnet)?,
+            ],
+            attentions: vec![Transformer2DModel::load(&load, "mid_block.attentions.0", mid, transformer(n - 1))?],
+        };
+
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev_output = channels[n - 1];
+        for i in 0..n {
+            // Up block i mirrors down block n-1-i.
+            let level = n - 1 - i;
+            let prefix = format!("up_blocks.{i}");
+            let c_out = channels[level];
+            let c_in = channels[level.saturating_sub(1)];
+            let cross = config.up_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
+            let layers = config.layers_per_block.get(level) + 1;
+            let mut resnets = Vec::with_capacity(layers);
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip = if j + 1 == layers { c_in } else { c_out };
+                let width_in = if j == 0 { prev_output } else { c_out };
+                resnets.push(ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in + skip, c_out], resnet)?);
+                if cross {
+                    attentions.push(Transformer2DModel::load(&load, &format!("{prefix}.attentions.{j}"), c_out, transformer(level))?);
+                }
+            }
+            let upsampler = match i + 1 < n {
+                true => Some(load.conv2d(&format!("{prefix}.upsamplers.0.conv"), [c_out, c_out], 3, 1, 1)?),
+                false => None,
+            };
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
+            prev_output = c_out;
+        }
+
+        let time_dim = config.time_embed_dim();
+        let unet = Self {
+            conv_in: load.conv2d("conv_in", [config.in_channels, channels[0]], config.conv_in_kernel, 1, config.conv_in_kernel / 2)?,
+            time_embedding: TimestepEmbedding::load(&load, "time_embedding", channels[0], time_dim)?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: load.group_norm("conv_norm_out", config.norm_num_groups, channels[0], config.norm_eps)?,
+            conv_out: load.conv2d("conv_out", [channels[0], config.out_channels], config.conv_out_kernel, 1, config.conv_out_kernel / 2)?,
+            config,
+        };
+        load.finish(|_| false)?;
+        Ok(unet)
+    }
+
+    /// Noise prediction `[batch, out_channels, h, w]` for `sample` `[batch, in_channels, h, w]`
+    /// at `timesteps` (one, or one per sample; fractional allowed) with condition tokens
+    /// `context` `[batch, tokens, cross_attention_dim]`.
+    pub fn forward(&self, sample: Tensor<B, 4>, timesteps: &[f32], context: Tensor<B, 3>) -> Result<Tensor<B, 4>> {
+        let [batch, channels, height, width] = sample.dims();
+        let [context_batch, tokens, context_dim] = context.dims();
+        let expected_dim = self.config.cross_attention_dim.get(0);
+        if channels != self.config.in_channels || context_batch != batch || context_dim != expected_dim || tokens == 0 {
+            return Err(Error::InvalidInput(format!(
+                "U-Net inputs: sample {:?} needs {} channels and context {:?} needs the same batch and width {expected_dim}",
+                sample.dims(),
+                self.config.in_channels,
+                context.dims()
+            )));
+        }
+        if timesteps.len() != 1 && timesteps.len() != batch {
+            return Err(Error::InvalidInput(format!("{} timesteps for a batch of {batch}", timesteps.len())));
+        }
+        let device = sample.device();
+        let dtype = sample.dtype();
+        let time_channels = self.config.block_out_channels[0];
+        let features = Tensor::<B, 2>::from_data(
+            timestep_features(timesteps, time_channels, self.config.flip_sin_to_cos, self.config.freq_shift),
+            (&device, DType::F32),
+        )
+        .cast(dtype)
+        .expand([batch, time_channels]);
+        // Every resnet applies SiLU to the embedding first; do it once here.
+        let temb = silu(self.time_embedding.forward(features));
+
+        let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            x = block.forward(x, Some(&temb), Some(&context), &mut skips);
+        }
+        x = self.mid_block.forward(x, &temb, &context);
+        // A latent size the downsampling does not divide: upsample to each skip's size.
+        let factor = self.config.downsample_factor();
+        let resize = height % factor != 0 || width % factor != 0;
+        let last = self.up_blocks.len() - 1;
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let consumed = block.resnets.len();
+            let upsample_size = (resize && i < last).then(|| {
+                let [_, _, h, w] = skips[skips.len() - consumed - 1].dims();
+                [h, w]
+            });
+            x = block.forward(x, &temb, &context, &mut skips, upsample_size);
+        }
+        let x = silu(self.conv_norm_out.forward(x));
+        Ok(self.conv_out.forward(x))
+    }
+}

@@ -1,0 +1,41 @@
+//! The SD1.5-style U-Net and the VAE against diffusers 0.42.1 (`scripts/sd_fixtures.py`).
+//! Tolerance: max abs error ≤ 1e-3 in f32.
+
+mod common;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use common::{Reference, assert_close, fixture};
+use ella_core::UNet2DConditionModel;
+
+const TOLERANCE: f32 = 1e-3;
+
+fn unet<B: Backend>() -> UNet2DConditionModel<B> {
+    UNet2DConditionModel::load(fixture("sd/unet"), &Default::default(), DType::F32).unwrap()
+}
+
+/// A CFG-style batch of two with one timestep each and 8 condition tokens.
+fn unet_forward<B: Backend>() {
+    let reference = Reference::open("sd.safetensors");
+    let device = Default::default();
+    let sample = Tensor::<B, 4>::from_data(reference.data("unet.sample"), &device);
+    let cond = Tensor::<B, 3>::from_data(reference.data("unet.cond"), &device);
+    let out = unet::<B>().forward(sample, &[999.0, 250.0], cond).unwrap();
+    assert_close(out, &reference.data("unet.out"), TOLERANCE, "unet");
+}
+
+/// 13 condition tokens, a fractional timestep, and a 9×7 latent that the U-Net's 2×
+/// downsampling does not divide (the up path resizes to the skip connections).
+fn unet_odd_sizes<B: Backend>() {
+    let reference = Reference::open("sd.safetensors");
+    let device = Default::default();
+    let sample = Tensor::<B, 4>::from_data(reference.data("unet_odd.sample"), &device);
+    let cond = Tensor::<B, 3>::from_data(reference.data("unet_odd.cond"), &device);
+    let out = unet::<B>().forward(sample, &[741.5], cond).unwrap();
+    assert_close(out, &reference.data("unet_odd.out"), TOLERANCE, "unet odd");
+}
+
+backend_tests! {
+    unet_forward => unet_forward,
+    unet_odd_sizes => unet_odd_sizes,
+}
