@@ -31,12 +31,14 @@ pub mod nn;
 pub mod scheduler;
 pub mod t5;
 pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use unet::{UNet2DConditionModel, UNetConfig};
+pub use vae::{AutoencoderKL, VaeConfig};
 pub use t5::{T5Config, T5Encoder, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use weights::Checkpoint;
 

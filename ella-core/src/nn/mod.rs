@@ -7,7 +7,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv2d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::ops::{AttentionModuleOptions, PaddedConvOptions};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -142,26 +142,28 @@ impl<B: Backend> GroupNorm<B> {
     }
 }
 
-/// PyTorch `nn.Conv2d` (square kernel, symmetric padding), weight `[out, in, k, k]`.
+/// PyTorch `nn.Conv2d` (square kernel), weight `[out, in, k, k]`.
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {
     pub weight: Param<Tensor<B, 4>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     pub stride: usize,
+    /// Zero padding on every side.
     #[module(skip)]
     pub padding: usize,
+    /// Extra zero padding at the bottom and right only (the VAE encoder's downsamplers pad
+    /// `(0, 1, 0, 1)` before a padding-free conv).
+    #[module(skip)]
+    pub extra_end_padding: usize,
 }
 
 impl<B: Backend> Conv2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(Param::val),
-            options,
-        )
+        let start = [self.padding; 2];
+        let end = [self.padding + self.extra_end_padding; 2];
+        let options = PaddedConvOptions::asymmetric([self.stride; 2], start, end, [1, 1], 1);
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), options)
     }
 }
 

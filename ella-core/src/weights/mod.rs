@@ -342,6 +342,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             )),
             stride,
             padding,
+            extra_end_padding: 0,
         })
     }
 

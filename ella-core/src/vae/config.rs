@@ -1,0 +1,111 @@
+//! `VaeConfig`: diffusers' `AutoencoderKL` `config.json`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::read_json;
+
+/// The fields of an `AutoencoderKL` config; names and defaults are diffusers'.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "groups")]
+    pub norm_num_groups: usize,
+    /// Latents are divided by this before decoding (0.18215 for SD1.5).
+    #[serde(default = "scaling")]
+    pub scaling_factor: f32,
+    #[serde(default)]
+    pub shift_factor: Option<f32>,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn one() -> usize {
+    1
+}
+fn four() -> usize {
+    4
+}
+fn groups() -> usize {
+    32
+}
+fn scaling() -> f32 {
+    0.18215
+}
+fn yes() -> bool {
+    true
+}
+fn silu() -> String {
+    "silu".into()
+}
+
+impl VaeConfig {
+    /// SD1.5's VAE (`runwayml/stable-diffusion-v1-5/vae/config.json`).
+    pub fn sd15() -> Self {
+        let json = r#"{
+            "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "sample_size": 512,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+        }"#;
+        serde_json::from_str(json).expect("valid built-in config")
+    }
+
+    /// Reads and validates `vae/config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = read_json(path)?;
+        config.validate().map_err(|reason| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err("`block_out_channels`, `down_block_types` and `up_block_types` must have the same, non-zero length".into());
+        }
+        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
+            return Err(format!("down block type `{t}` is not supported"));
+        }
+        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            return Err(format!("up block type `{t}` is not supported"));
+        }
+        if self.act_fn != "silu" {
+            return Err(format!("`act_fn` {} is not supported", self.act_fn));
+        }
+        if let Some(c) = self.block_out_channels.iter().find(|c| *c % self.norm_num_groups != 0) {
+            return Err(format!("block width {c} is not divisible by `norm_num_groups` {}", self.norm_num_groups));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err("`scaling_factor` must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// How many pixels one latent covers per side: 2^(levels − 1), 8 for SD1.5.
+    pub fn downscale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}

@@ -1,0 +1,8 @@
+//! The SD1.5 VAE (diffusers' `AutoencoderKL`): the decoder turns latents into an image, the
+//! encoder (for img2img) an image into latents.
+
+mod config;
+mod model;
+
+pub use config::VaeConfig;
+pub use model::{AutoencoderKL, Decoder, Encoder, VaeAttention, VaeMidBlock};

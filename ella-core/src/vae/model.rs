@@ -1,0 +1,265 @@
+//! `AutoencoderKL`: encoder and decoder of resnets, a single-head attention in the middle,
+//! and 2× resampling between levels.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use super::config::VaeConfig;
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, GroupNorm, resize_nearest};
+use crate::unet::blocks::{Attention, ResnetBlock2D, ResnetSettings};
+use crate::weights::{Checkpoint, Loader};
+
+/// The VAE's mid-block attention: GroupNorm, one head over all `h·w` positions, residual.
+#[derive(Module, Debug)]
+pub struct VaeAttention<B: Backend> {
+    pub group_norm: GroupNorm<B>,
+    pub attention: Attention<B>,
+}
+
+impl<B: Backend> VaeAttention<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, channels, height, width] = x.dims();
+        let tokens = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([batch, channels, height * width])
+            .swap_dims(1, 2);
+        let out = self.attention.forward(tokens, None);
+        out.swap_dims(1, 2).reshape([batch, channels, height, width]) + x
+    }
+}
+
+/// `UNetMidBlock2D` without timestep: resnet, attention, resnet.
+#[derive(Module, Debug)]
+pub struct VaeMidBlock<B: Backend> {
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub attention: Option<VaeAttention<B>>,
+}
+
+impl<B: Backend> VaeMidBlock<B> {
+    fn load(load: &Loader<B>, prefix: &str, channels: usize, config: &VaeConfig) -> Result<Self> {
+        let settings = resnet_settings(config);
+        Ok(Self {
+            resnets: vec![
+                ResnetBlock2D::load(load, &format!("{prefix}.resnets.0"), [channels, channels], settings)?,
+                ResnetBlock2D::load(load, &format!("{prefix}.resnets.1"), [channels, channels], settings)?,
+            ],
+            attention: match config.mid_block_add_attention {
+                true => {
+                    let attn = format!("{prefix}.attentions.0");
+                    Some(VaeAttention {
+                        group_norm: load.group_norm(&format!("{attn}.group_norm"), config.norm_num_groups, channels, 1e-6)?,
+                        attention: Attention::load(load, &attn, [channels, channels], 1, true)?,
+                    })
+                }
+                false => None,
+            },
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = self.resnets[0].forward(x, None);
+        let x = match &self.attention {
+            Some(attention) => attention.forward(x),
+            None => x,
+        };
+        self.resnets[1].forward(x, None)
+    }
+}
+
+fn resnet_settings(config: &VaeConfig) -> ResnetSettings {
+    ResnetSettings {
+        groups: config.norm_num_groups,
+        eps: 1e-6,
+        temb_channels: None,
+        output_scale_factor: 1.0,
+    }
+}
+
+/// One level of the decoder: resnets, then nearest 2× upsampling and a conv (but the last).
+#[derive(Module, Debug)]
+pub struct DecoderUpBlock<B: Backend> {
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub upsampler: Option<Conv2d<B>>,
+}
+
+/// One level of the encoder: resnets, then a stride-2 conv (but the last).
+#[derive(Module, Debug)]
+pub struct EncoderDownBlock<B: Backend> {
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub downsampler: Option<Conv2d<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub mid_block: VaeMidBlock<B>,
+    pub up_blocks: Vec<DecoderUpBlock<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub down_blocks: Vec<EncoderDownBlock<B>>,
+    pub mid_block: VaeMidBlock<B>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+}
+
+/// The VAE: `encode` an image to latents, `decode` latents to an image.
+#[derive(Module, Debug)]
+pub struct AutoencoderKL<B: Backend> {
+    pub encoder: Encoder<B>,
+    pub quant_conv: Option<Conv2d<B>>,
+    pub post_quant_conv: Option<Conv2d<B>>,
+    pub decoder: Decoder<B>,
+    #[module(skip)]
+    pub config: VaeConfig,
+}
+
+impl<B: Backend> AutoencoderKL<B> {
+    /// Loads a diffusers `vae/` folder (`config.json`, `diffusion_pytorch_model.safetensors`).
+    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+        let folder = folder.as_ref();
+        let config = VaeConfig::from_file(&folder.join("config.json"))?;
+        let checkpoint = Checkpoint::open(folder)?;
+        Self::from_checkpoint(config, &checkpoint, device, dtype)
+    }
+
+    /// Builds the VAE from an opened checkpoint, checking every tensor against `config`.
+    pub fn from_checkpoint(config: VaeConfig, checkpoint: &Checkpoint, device: &B::Device, dtype: DType) -> Result<Self> {
+        config.validate().map_err(|reason| Error::InvalidConfig {
+            path: checkpoint.path().to_path_buf(),
+            reason,
+        })?;
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let latent = config.latent_channels;
+        let settings = resnet_settings(&config);
+        let groups = config.norm_num_groups;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for (i, &c_out) in channels.iter().enumerate() {
+            let prefix = format!("encoder.down_blocks.{i}");
+            let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
+            let resnets = (0..config.layers_per_block)
+                .map(|j| {
+                    let width_in = if j == 0 { c_in } else { c_out };
+                    ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], settings)
+                })
+                .collect::<Result<_>>()?;
+            let downsampler = match i + 1 < n {
+                true => {
+                    let mut conv = load.conv2d(&format!("{prefix}.downsamplers.0.conv"), [c_out, c_out], 3, 2, 0)?;
+                    conv.extra_end_padding = 1;
+                    Some(conv)
+                }
+                false => None,
+            };
+            down_blocks.push(EncoderDownBlock { resnets, downsampler });
+        }
+        let top = channels[n - 1];
+        let encoder = Encoder {
+            conv_in: load.conv2d("encoder.conv_in", [config.in_channels, channels[0]], 3, 1, 1)?,
+            down_blocks,
+            mid_block: VaeMidBlock::load(&load, "encoder.mid_block", top, &config)?,
+            conv_norm_out: load.group_norm("encoder.conv_norm_out", groups, top, 1e-6)?,
+            conv_out: load.conv2d("encoder.conv_out", [top, 2 * latent], 3, 1, 1)?,
+        };
+
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev = top;
+        for i in 0..n {
+            let c_out = channels[n - 1 - i];
+            let prefix = format!("decoder.up_blocks.{i}");
+            let resnets = (0..=config.layers_per_block)
+                .map(|j| {
+                    let width_in = if j == 0 { prev } else { c_out };
+                    ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], settings)
+                })
+                .collect::<Result<_>>()?;
+            let upsampler = match i + 1 < n {
+                true => Some(load.conv2d(&format!("{prefix}.upsamplers.0.conv"), [c_out, c_out], 3, 1, 1)?),
+                false => None,
+            };
+            up_blocks.push(DecoderUpBlock { resnets, upsampler });
+            prev = c_out;
+        }
+        let decoder = Decoder {
+            conv_in: load.conv2d("decoder.conv_in", [latent, top], 3, 1, 1)?,
+            mid_block: VaeMidBlock::load(&load, "decoder.mid_block", top, &config)?,
+            up_blocks,
+            conv_norm_out: load.group_norm("decoder.conv_norm_out", groups, channels[0], 1e-6)?,
+            conv_out: load.conv2d("decoder.conv_out", [channels[0], config.out_channels], 3, 1, 1)?,
+        };
+        let quant_conv = match config.use_quant_conv {
+            true => Some(load.conv2d("quant_conv", [2 * latent, 2 * latent], 1, 1, 0)?),
+            false => None,
+        };
+        let post_quant_conv = match config.use_post_quant_conv {
+            true => Some(load.conv2d("post_quant_conv", [latent, latent], 1, 1, 0)?),
+            false => None,
+        };
+        let vae = Self {
+            encoder,
+            quant_conv,
+            post_quant_conv,
+            decoder,
+            config,
+        };
+        load.finish(|_| false)?;
+        Ok(vae)
+    }
+
+    /// Decodes latents `[batch, latent_channels, h, w]` (already divided by the scaling
+    /// factor, as diffusers' `vae.decode`) to an image `[batch, out_channels, h·f, w·f]` in
+    /// about [-1, 1].
+    pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = match &self.post_quant_conv {
+            Some(conv) => conv.forward(latents),
+            None => latents,
+        };
+        let decoder = &self.decoder;
+        x = decoder.mid_block.forward(decoder.conv_in.forward(x));
+        for block in &decoder.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, None);
+            }
+            if let Some(conv) = &block.upsampler {
+                let [_, _, height, width] = x.dims();
+                x = conv.forward(resize_nearest(x, [2 * height, 2 * width]));
+            }
+        }
+        decoder.conv_out.forward(silu(decoder.conv_norm_out.forward(x)))
+    }
+
+    /// The mean of the latent distribution of an image `[batch, in_channels, H, W]` in
+    /// [-1, 1] (multiply by the scaling factor for the U-Net).
+    pub fn encode_mean(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
+        let encoder = &self.encoder;
+        let mut x = encoder.conv_in.forward(image);
+        for block in &encoder.down_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x, None);
+            }
+            if let Some(conv) = &block.downsampler {
+                x = conv.forward(x);
+            }
+        }
+        x = encoder.mid_block.forward(x);
+        let moments = encoder.conv_out.forward(silu(encoder.conv_norm_out.forward(x)));
+        let moments = match &self.quant_conv {
+            Some(conv) => conv.forward(moments),
+            None => moments,
+        };
+        moments.narrow(1, 0, self.config.latent_channels)
+    }
+}
