@@ -68,6 +68,15 @@ pub enum Error {
     /// Inputs to a model call disagree with each other or with the model.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// Models that do not fit together (e.g. a connector whose output width is not the
+    /// U-Net's cross-attention width).
+    #[error("incompatible models: {0}")]
+    IncompatibleModels(String),
+
+    /// The caller cancelled a generation; the pipeline stays usable.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// `Result` with [`Error`].

@@ -28,6 +28,7 @@
 pub mod connector;
 pub mod error;
 pub mod nn;
+pub mod pipeline;
 pub mod scheduler;
 pub mod t5;
 pub mod unet;
@@ -36,10 +37,11 @@ pub mod weights;
 
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
+pub use pipeline::{GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PromptStates};
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
+pub use t5::{T5Config, T5Encoder, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use unet::{UNet2DConditionModel, UNetConfig};
 pub use vae::{AutoencoderKL, VaeConfig};
-pub use t5::{T5Config, T5Encoder, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use weights::Checkpoint;
 
 /// The CPU backend of this build: Burn's pure-Rust `flex` backend when the `flex` feature

@@ -35,7 +35,6 @@ fn unet_odd_sizes<B: Backend>() {
     assert_close(out, &reference.data("unet_odd.out"), TOLERANCE, "unet odd");
 }
 
-
 fn vae<B: Backend>() -> ella_core::AutoencoderKL<B> {
     ella_core::AutoencoderKL::load(fixture("sd/vae"), &Default::default(), DType::F32).unwrap()
 }
@@ -46,9 +45,19 @@ fn vae_decode_and_encode<B: Backend>() {
     let device = Default::default();
     let vae = vae::<B>();
     let latents = Tensor::<B, 4>::from_data(reference.data("vae.latents"), &device);
-    assert_close(vae.decode(latents), &reference.data("vae.decoded"), TOLERANCE, "vae decode");
+    assert_close(
+        vae.decode(latents),
+        &reference.data("vae.decoded"),
+        TOLERANCE,
+        "vae decode",
+    );
     let image = Tensor::<B, 4>::from_data(reference.data("vae.image"), &device);
-    assert_close(vae.encode_mean(image), &reference.data("vae.encoded_mean"), TOLERANCE, "vae encode");
+    assert_close(
+        vae.encode_mean(image),
+        &reference.data("vae.encoded_mean"),
+        TOLERANCE,
+        "vae encode",
+    );
 }
 
 backend_tests! {

@@ -18,7 +18,9 @@ use burn::tensor::{DType, Tensor};
 
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::nn::{LayerNorm, TimestepEmbedding, layer_norm, multi_head_attention, timestep_features};
+use crate::nn::{
+    LayerNorm, TimestepEmbedding, layer_norm, multi_head_attention, timestep_features,
+};
 use crate::weights::{Checkpoint, Loader, linear_from_torch, split_rows};
 
 /// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
@@ -181,7 +183,12 @@ impl<B: Backend> Connector<B> {
             None => None,
         };
         Ok(Self {
-            time_embedding: TimestepEmbedding::load(&load, "time_embedding", config.time_channel, t)?,
+            time_embedding: TimestepEmbedding::load(
+                &load,
+                "time_embedding",
+                config.time_channel,
+                t,
+            )?,
             connector: PerceiverResampler {
                 latents: Param::from_tensor(
                     load.tensor("connector.latents", [config.num_latents, w])?,

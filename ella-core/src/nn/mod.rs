@@ -163,7 +163,12 @@ impl<B: Backend> Conv2d<B> {
         let start = [self.padding; 2];
         let end = [self.padding + self.extra_end_padding; 2];
         let options = PaddedConvOptions::asymmetric([self.stride; 2], start, end, [1, 1], 1);
-        conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), options)
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+            options,
+        )
     }
 }
 

@@ -199,7 +199,7 @@ impl<B: Backend> DpmSolver<B> {
         let phi = (-h).exp() - 1.0;
         let last = index + 1 == self.timesteps.len();
         let previous = self.previous.replace(x0.clone());
-        let prev_sample = match previous {
+        match previous {
             Some(m1)
                 if self.solver_order == 2 && index > 0 && !(last && self.first_order_last_step) =>
             {
@@ -213,7 +213,6 @@ impl<B: Backend> DpmSolver<B> {
                 }
             }
             _ => sample * (sigma_t / sigma_s0) - x0 * (alpha_t * phi),
-        };
-        prev_sample
+        }
     }
 }

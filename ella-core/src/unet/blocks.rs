@@ -37,7 +37,12 @@ pub struct ResnetSettings {
 }
 
 impl<B: Backend> ResnetBlock2D<B> {
-    pub fn load(load: &Loader<B>, prefix: &str, channels: [usize; 2], s: ResnetSettings) -> Result<Self> {
+    pub fn load(
+        load: &Loader<B>,
+        prefix: &str,
+        channels: [usize; 2],
+        s: ResnetSettings,
+    ) -> Result<Self> {
         let [c_in, c_out] = channels;
         Ok(Self {
             norm1: load.group_norm(&format!("{prefix}.norm1"), s.groups, c_in, s.eps)?,
@@ -49,7 +54,9 @@ impl<B: Backend> ResnetBlock2D<B> {
             norm2: load.group_norm(&format!("{prefix}.norm2"), s.groups, c_out, s.eps)?,
             conv2: load.conv2d(&format!("{prefix}.conv2"), [c_out, c_out], 3, 1, 1)?,
             conv_shortcut: match c_in != c_out {
-                true => Some(load.conv2d(&format!("{prefix}.conv_shortcut"), [c_in, c_out], 1, 1, 0)?),
+                true => {
+                    Some(load.conv2d(&format!("{prefix}.conv_shortcut"), [c_in, c_out], 1, 1, 0)?)
+                }
                 false => None,
             },
             output_scale_factor: s.output_scale_factor,
@@ -91,7 +98,13 @@ pub struct Attention<B: Backend> {
 
 impl<B: Backend> Attention<B> {
     /// `dims` = `[query width, context width]`; `bias` for the q/k/v projections.
-    pub fn load(load: &Loader<B>, prefix: &str, dims: [usize; 2], heads: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        load: &Loader<B>,
+        prefix: &str,
+        dims: [usize; 2],
+        heads: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let [query, context] = dims;
         Ok(Self {
             to_q: load.linear(&format!("{prefix}.to_q"), query, query, bias)?,
@@ -133,13 +146,25 @@ pub struct BasicTransformerBlock<B: Backend> {
 }
 
 impl<B: Backend> BasicTransformerBlock<B> {
-    fn load(load: &Loader<B>, prefix: &str, dim: usize, cross_dim: usize, heads: usize) -> Result<Self> {
+    fn load(
+        load: &Loader<B>,
+        prefix: &str,
+        dim: usize,
+        cross_dim: usize,
+        heads: usize,
+    ) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
             norm1: load.layer_norm(&format!("{prefix}.norm1"), dim, 1e-5)?,
             attn1: Attention::load(load, &format!("{prefix}.attn1"), [dim, dim], heads, false)?,
             norm2: load.layer_norm(&format!("{prefix}.norm2"), dim, 1e-5)?,
-            attn2: Attention::load(load, &format!("{prefix}.attn2"), [dim, cross_dim], heads, false)?,
+            attn2: Attention::load(
+                load,
+                &format!("{prefix}.attn2"),
+                [dim, cross_dim],
+                heads,
+                false,
+            )?,
             norm3: load.layer_norm(&format!("{prefix}.norm3"), dim, 1e-5)?,
             ff_proj: load.linear(&format!("{prefix}.ff.net.0.proj"), dim, 2 * inner, true)?,
             ff_out: load.linear(&format!("{prefix}.ff.net.2"), inner, dim, true)?,
@@ -195,10 +220,20 @@ pub struct TransformerSettings {
 }
 
 impl<B: Backend> Transformer2DModel<B> {
-    pub fn load(load: &Loader<B>, prefix: &str, channels: usize, s: TransformerSettings) -> Result<Self> {
+    pub fn load(
+        load: &Loader<B>,
+        prefix: &str,
+        channels: usize,
+        s: TransformerSettings,
+    ) -> Result<Self> {
         Ok(Self {
             norm: load.group_norm(&format!("{prefix}.norm"), s.groups, channels, 1e-6)?,
-            proj_in: Projection::load(load, &format!("{prefix}.proj_in"), channels, s.linear_projection)?,
+            proj_in: Projection::load(
+                load,
+                &format!("{prefix}.proj_in"),
+                channels,
+                s.linear_projection,
+            )?,
             transformer_blocks: (0..s.layers)
                 .map(|k| {
                     BasicTransformerBlock::load(
@@ -210,14 +245,25 @@ impl<B: Backend> Transformer2DModel<B> {
                     )
                 })
                 .collect::<Result<_>>()?,
-            proj_out: Projection::load(load, &format!("{prefix}.proj_out"), channels, s.linear_projection)?,
+            proj_out: Projection::load(
+                load,
+                &format!("{prefix}.proj_out"),
+                channels,
+                s.linear_projection,
+            )?,
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, channels, height, width] = x.dims();
-        let to_tokens = |x: Tensor<B, 4>| x.permute([0, 2, 3, 1]).reshape([batch, height * width, channels]);
-        let to_image = |x: Tensor<B, 3>| x.reshape([batch, height, width, channels]).permute([0, 3, 1, 2]);
+        let to_tokens = |x: Tensor<B, 4>| {
+            x.permute([0, 2, 3, 1])
+                .reshape([batch, height * width, channels])
+        };
+        let to_image = |x: Tensor<B, 3>| {
+            x.reshape([batch, height, width, channels])
+                .permute([0, 3, 1, 2])
+        };
         let normed = self.norm.forward(x.clone());
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(normed)),
@@ -275,7 +321,12 @@ pub struct MidBlock<B: Backend> {
 }
 
 impl<B: Backend> MidBlock<B> {
-    pub fn forward(&self, x: Tensor<B, 4>, temb: &Tensor<B, 2>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+        context: &Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
         let mut x = self.resnets[0].forward(x, Some(temb));
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             x = resnet.forward(attention.forward(x, context), Some(temb));
@@ -306,7 +357,9 @@ impl<B: Backend> UpBlock<B> {
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().expect("the down path leaves one skip per up resnet");
+            let skip = skips
+                .pop()
+                .expect("the down path leaves one skip per up resnet");
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
             if let Some(attention) = self.attentions.get(j) {
                 x = attention.forward(x, context);
@@ -314,7 +367,10 @@ impl<B: Backend> UpBlock<B> {
         }
         if let Some(upsampler) = &self.upsampler {
             let [_, _, height, width] = x.dims();
-            x = upsampler.forward(resize_nearest(x, upsample_size.unwrap_or([2 * height, 2 * width])));
+            x = upsampler.forward(resize_nearest(
+                x,
+                upsample_size.unwrap_or([2 * height, 2 * width]),
+            ));
         }
         x
     }

@@ -210,7 +210,10 @@ impl UNetConfig {
         for (name, per_block) in [
             ("layers_per_block", &self.layers_per_block),
             ("cross_attention_dim", &self.cross_attention_dim),
-            ("transformer_layers_per_block", &self.transformer_layers_per_block),
+            (
+                "transformer_layers_per_block",
+                &self.transformer_layers_per_block,
+            ),
             ("attention_head_dim", &self.attention_head_dim),
         ] {
             if !per_block.len_ok(n) {
@@ -221,33 +224,59 @@ impl UNetConfig {
             self.down_block(i)?;
             self.up_block(i)?;
             let channels = self.block_out_channels[i];
-            if channels % self.norm_num_groups != 0 {
-                return Err(format!("block width {channels} is not divisible by `norm_num_groups` {}", self.norm_num_groups));
+            if !channels.is_multiple_of(self.norm_num_groups) {
+                return Err(format!(
+                    "block width {channels} is not divisible by `norm_num_groups` {}",
+                    self.norm_num_groups
+                ));
             }
-            if channels % self.heads(i) != 0 {
-                return Err(format!("block width {channels} is not divisible by its {} heads", self.heads(i)));
+            if !channels.is_multiple_of(self.heads(i)) {
+                return Err(format!(
+                    "block width {channels} is not divisible by its {} heads",
+                    self.heads(i)
+                ));
             }
         }
         if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
-            return Err(format!("`mid_block_type` {:?} is not supported", self.mid_block_type));
+            return Err(format!(
+                "`mid_block_type` {:?} is not supported",
+                self.mid_block_type
+            ));
         }
         let unsupported = [
             ("act_fn", self.act_fn != "silu"),
-            ("resnet_time_scale_shift", self.resnet_time_scale_shift != "default"),
-            ("time_embedding_type", self.time_embedding_type != "positional"),
-            ("class_embed_type", self.class_embed_type.is_some() || self.num_class_embeds.is_some()),
+            (
+                "resnet_time_scale_shift",
+                self.resnet_time_scale_shift != "default",
+            ),
+            (
+                "time_embedding_type",
+                self.time_embedding_type != "positional",
+            ),
+            (
+                "class_embed_type",
+                self.class_embed_type.is_some() || self.num_class_embeds.is_some(),
+            ),
             ("addition_embed_type", self.addition_embed_type.is_some()),
             ("time_cond_proj_dim", self.time_cond_proj_dim.is_some()),
             ("encoder_hid_dim", self.encoder_hid_dim.is_some()),
             ("timestep_post_act", self.timestep_post_act.is_some()),
-            ("time_embedding_act_fn", self.time_embedding_act_fn.is_some()),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_some(),
+            ),
             ("dual_cross_attention", self.dual_cross_attention),
-            ("only_cross_attention", self.only_cross_attention != FlagPerBlock::One(false)),
-            ("conv_in_kernel", self.conv_in_kernel % 2 == 0),
-            ("conv_out_kernel", self.conv_out_kernel % 2 == 0),
+            (
+                "only_cross_attention",
+                self.only_cross_attention != FlagPerBlock::One(false),
+            ),
+            ("conv_in_kernel", self.conv_in_kernel.is_multiple_of(2)),
+            ("conv_out_kernel", self.conv_out_kernel.is_multiple_of(2)),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, bad)| *bad) {
-            return Err(format!("`{name}` has a value this U-Net does not support (SD1.5-style U-Nets only)"));
+            return Err(format!(
+                "`{name}` has a value this U-Net does not support (SD1.5-style U-Nets only)"
+            ));
         }
         Ok(())
     }
@@ -270,12 +299,16 @@ impl UNetConfig {
 
     /// Attention heads of down block `i` (diffusers: `num_attention_heads or attention_head_dim`).
     pub fn heads(&self, i: usize) -> usize {
-        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(i)
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .get(i)
     }
 
     /// Width of the timestep embedding (4 × the first block's width).
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim.unwrap_or(self.block_out_channels[0] * 4)
+        self.time_embedding_dim
+            .unwrap_or(self.block_out_channels[0] * 4)
     }
 
     /// How much the U-Net downsamples: 2^(number of downsampling blocks).

@@ -9,7 +9,10 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-use super::blocks::{DownBlock, MidBlock, ResnetBlock2D, ResnetSettings, Transformer2DModel, TransformerSettings, UpBlock};
+use super::blocks::{
+    DownBlock, MidBlock, ResnetBlock2D, ResnetSettings, Transformer2DModel, TransformerSettings,
+    UpBlock,
+};
 use super::config::{BlockKind, UNetConfig};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
@@ -39,7 +42,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
     }
 
     /// Builds the U-Net from an opened checkpoint, checking every tensor against `config`.
-    pub fn from_checkpoint(config: UNetConfig, checkpoint: &Checkpoint, device: &B::Device, dtype: DType) -> Result<Self> {
+    pub fn from_checkpoint(
+        config: UNetConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate().map_err(|reason| Error::InvalidConfig {
             path: checkpoint.path().to_path_buf(),
             reason,
@@ -76,13 +84,29 @@ impl<B: Backend> UNet2DConditionModel<B> {
             let mut attentions = Vec::new();
             for j in 0..layers {
                 let width_in = if j == 0 { c_in } else { c_out };
-                resnets.push(ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], resnet)?);
+                resnets.push(ResnetBlock2D::load(
+                    &load,
+                    &format!("{prefix}.resnets.{j}"),
+                    [width_in, c_out],
+                    resnet,
+                )?);
                 if cross {
-                    attentions.push(Transformer2DModel::load(&load, &format!("{prefix}.attentions.{j}"), c_out, transformer(i))?);
+                    attentions.push(Transformer2DModel::load(
+                        &load,
+                        &format!("{prefix}.attentions.{j}"),
+                        c_out,
+                        transformer(i),
+                    )?);
                 }
             }
             let downsampler = match i + 1 < n {
-                true => Some(load.conv2d(&format!("{prefix}.downsamplers.0.conv"), [c_out, c_out], 3, 2, config.downsample_padding)?),
+                true => Some(load.conv2d(
+                    &format!("{prefix}.downsamplers.0.conv"),
+                    [c_out, c_out],
+                    3,
+                    2,
+                    config.downsample_padding,
+                )?),
                 false => None,
             };
             down_blocks.push(DownBlock {
@@ -102,7 +126,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 ResnetBlock2D::load(&load, "mid_block.resnets.0", [mid, mid], mid_resnet)?,
                 ResnetBlock2D::load(&load, "mid_block.resnets.1", [mid, mid], mid_resnet)?,
             ],
-            attentions: vec![Transformer2DModel::load(&load, "mid_block.attentions.0", mid, transformer(n - 1))?],
+            attentions: vec![Transformer2DModel::load(
+                &load,
+                "mid_block.attentions.0",
+                mid,
+                transformer(n - 1),
+            )?],
         };
 
         let mut up_blocks = Vec::with_capacity(n);
@@ -120,13 +149,29 @@ impl<B: Backend> UNet2DConditionModel<B> {
             for j in 0..layers {
                 let skip = if j + 1 == layers { c_in } else { c_out };
                 let width_in = if j == 0 { prev_output } else { c_out };
-                resnets.push(ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in + skip, c_out], resnet)?);
+                resnets.push(ResnetBlock2D::load(
+                    &load,
+                    &format!("{prefix}.resnets.{j}"),
+                    [width_in + skip, c_out],
+                    resnet,
+                )?);
                 if cross {
-                    attentions.push(Transformer2DModel::load(&load, &format!("{prefix}.attentions.{j}"), c_out, transformer(level))?);
+                    attentions.push(Transformer2DModel::load(
+                        &load,
+                        &format!("{prefix}.attentions.{j}"),
+                        c_out,
+                        transformer(level),
+                    )?);
                 }
             }
             let upsampler = match i + 1 < n {
-                true => Some(load.conv2d(&format!("{prefix}.upsamplers.0.conv"), [c_out, c_out], 3, 1, 1)?),
+                true => Some(load.conv2d(
+                    &format!("{prefix}.upsamplers.0.conv"),
+                    [c_out, c_out],
+                    3,
+                    1,
+                    1,
+                )?),
                 false => None,
             };
             up_blocks.push(UpBlock {
@@ -139,13 +184,35 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
         let time_dim = config.time_embed_dim();
         let unet = Self {
-            conv_in: load.conv2d("conv_in", [config.in_channels, channels[0]], config.conv_in_kernel, 1, config.conv_in_kernel / 2)?,
-            time_embedding: TimestepEmbedding::load(&load, "time_embedding", channels[0], time_dim)?,
+            conv_in: load.conv2d(
+                "conv_in",
+                [config.in_channels, channels[0]],
+                config.conv_in_kernel,
+                1,
+                config.conv_in_kernel / 2,
+            )?,
+            time_embedding: TimestepEmbedding::load(
+                &load,
+                "time_embedding",
+                channels[0],
+                time_dim,
+            )?,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: load.group_norm("conv_norm_out", config.norm_num_groups, channels[0], config.norm_eps)?,
-            conv_out: load.conv2d("conv_out", [channels[0], config.out_channels], config.conv_out_kernel, 1, config.conv_out_kernel / 2)?,
+            conv_norm_out: load.group_norm(
+                "conv_norm_out",
+                config.norm_num_groups,
+                channels[0],
+                config.norm_eps,
+            )?,
+            conv_out: load.conv2d(
+                "conv_out",
+                [channels[0], config.out_channels],
+                config.conv_out_kernel,
+                1,
+                config.conv_out_kernel / 2,
+            )?,
             config,
         };
         load.finish(|_| false)?;
@@ -155,11 +222,20 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// Noise prediction `[batch, out_channels, h, w]` for `sample` `[batch, in_channels, h, w]`
     /// at `timesteps` (one, or one per sample; fractional allowed) with condition tokens
     /// `context` `[batch, tokens, cross_attention_dim]`.
-    pub fn forward(&self, sample: Tensor<B, 4>, timesteps: &[f32], context: Tensor<B, 3>) -> Result<Tensor<B, 4>> {
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: &[f32],
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>> {
         let [batch, channels, height, width] = sample.dims();
         let [context_batch, tokens, context_dim] = context.dims();
         let expected_dim = self.config.cross_attention_dim.get(0);
-        if channels != self.config.in_channels || context_batch != batch || context_dim != expected_dim || tokens == 0 {
+        if channels != self.config.in_channels
+            || context_batch != batch
+            || context_dim != expected_dim
+            || tokens == 0
+        {
             return Err(Error::InvalidInput(format!(
                 "U-Net inputs: sample {:?} needs {} channels and context {:?} needs the same batch and width {expected_dim}",
                 sample.dims(),
@@ -168,13 +244,21 @@ impl<B: Backend> UNet2DConditionModel<B> {
             )));
         }
         if timesteps.len() != 1 && timesteps.len() != batch {
-            return Err(Error::InvalidInput(format!("{} timesteps for a batch of {batch}", timesteps.len())));
+            return Err(Error::InvalidInput(format!(
+                "{} timesteps for a batch of {batch}",
+                timesteps.len()
+            )));
         }
         let device = sample.device();
         let dtype = sample.dtype();
         let time_channels = self.config.block_out_channels[0];
         let features = Tensor::<B, 2>::from_data(
-            timestep_features(timesteps, time_channels, self.config.flip_sin_to_cos, self.config.freq_shift),
+            timestep_features(
+                timesteps,
+                time_channels,
+                self.config.flip_sin_to_cos,
+                self.config.freq_shift,
+            ),
             (&device, DType::F32),
         )
         .cast(dtype)
@@ -182,7 +266,11 @@ impl<B: Backend> UNet2DConditionModel<B> {
         // Every resnet applies SiLU to the embedding first; do it once here.
         let temb = silu(self.time_embedding.forward(features));
 
-        let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample };
+        let sample = if self.config.center_input_sample {
+            sample * 2.0 - 1.0
+        } else {
+            sample
+        };
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {

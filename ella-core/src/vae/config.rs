@@ -86,17 +86,32 @@ impl VaeConfig {
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err("`block_out_channels`, `down_block_types` and `up_block_types` must have the same, non-zero length".into());
         }
-        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
+        if let Some(t) = self
+            .down_block_types
+            .iter()
+            .find(|t| *t != "DownEncoderBlock2D")
+        {
             return Err(format!("down block type `{t}` is not supported"));
         }
-        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+        if let Some(t) = self
+            .up_block_types
+            .iter()
+            .find(|t| *t != "UpDecoderBlock2D")
+        {
             return Err(format!("up block type `{t}` is not supported"));
         }
         if self.act_fn != "silu" {
             return Err(format!("`act_fn` {} is not supported", self.act_fn));
         }
-        if let Some(c) = self.block_out_channels.iter().find(|c| *c % self.norm_num_groups != 0) {
-            return Err(format!("block width {c} is not divisible by `norm_num_groups` {}", self.norm_num_groups));
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|c| *c % self.norm_num_groups != 0)
+        {
+            return Err(format!(
+                "block width {c} is not divisible by `norm_num_groups` {}",
+                self.norm_num_groups
+            ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
             return Err("`scaling_factor` must be positive".into());

@@ -30,7 +30,9 @@ impl<B: Backend> VaeAttention<B> {
             .reshape([batch, channels, height * width])
             .swap_dims(1, 2);
         let out = self.attention.forward(tokens, None);
-        out.swap_dims(1, 2).reshape([batch, channels, height, width]) + x
+        out.swap_dims(1, 2)
+            .reshape([batch, channels, height, width])
+            + x
     }
 }
 
@@ -46,14 +48,29 @@ impl<B: Backend> VaeMidBlock<B> {
         let settings = resnet_settings(config);
         Ok(Self {
             resnets: vec![
-                ResnetBlock2D::load(load, &format!("{prefix}.resnets.0"), [channels, channels], settings)?,
-                ResnetBlock2D::load(load, &format!("{prefix}.resnets.1"), [channels, channels], settings)?,
+                ResnetBlock2D::load(
+                    load,
+                    &format!("{prefix}.resnets.0"),
+                    [channels, channels],
+                    settings,
+                )?,
+                ResnetBlock2D::load(
+                    load,
+                    &format!("{prefix}.resnets.1"),
+                    [channels, channels],
+                    settings,
+                )?,
             ],
             attention: match config.mid_block_add_attention {
                 true => {
                     let attn = format!("{prefix}.attentions.0");
                     Some(VaeAttention {
-                        group_norm: load.group_norm(&format!("{attn}.group_norm"), config.norm_num_groups, channels, 1e-6)?,
+                        group_norm: load.group_norm(
+                            &format!("{attn}.group_norm"),
+                            config.norm_num_groups,
+                            channels,
+                            1e-6,
+                        )?,
                         attention: Attention::load(load, &attn, [channels, channels], 1, true)?,
                     })
                 }
@@ -134,7 +151,12 @@ impl<B: Backend> AutoencoderKL<B> {
     }
 
     /// Builds the VAE from an opened checkpoint, checking every tensor against `config`.
-    pub fn from_checkpoint(config: VaeConfig, checkpoint: &Checkpoint, device: &B::Device, dtype: DType) -> Result<Self> {
+    pub fn from_checkpoint(
+        config: VaeConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate().map_err(|reason| Error::InvalidConfig {
             path: checkpoint.path().to_path_buf(),
             reason,
@@ -153,22 +175,42 @@ impl<B: Backend> AutoencoderKL<B> {
             let resnets = (0..config.layers_per_block)
                 .map(|j| {
                     let width_in = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], settings)
+                    ResnetBlock2D::load(
+                        &load,
+                        &format!("{prefix}.resnets.{j}"),
+                        [width_in, c_out],
+                        settings,
+                    )
                 })
                 .collect::<Result<_>>()?;
             let downsampler = match i + 1 < n {
                 true => {
-                    let mut conv = load.conv2d(&format!("{prefix}.downsamplers.0.conv"), [c_out, c_out], 3, 2, 0)?;
+                    let mut conv = load.conv2d(
+                        &format!("{prefix}.downsamplers.0.conv"),
+                        [c_out, c_out],
+                        3,
+                        2,
+                        0,
+                    )?;
                     conv.extra_end_padding = 1;
                     Some(conv)
                 }
                 false => None,
             };
-            down_blocks.push(EncoderDownBlock { resnets, downsampler });
+            down_blocks.push(EncoderDownBlock {
+                resnets,
+                downsampler,
+            });
         }
         let top = channels[n - 1];
         let encoder = Encoder {
-            conv_in: load.conv2d("encoder.conv_in", [config.in_channels, channels[0]], 3, 1, 1)?,
+            conv_in: load.conv2d(
+                "encoder.conv_in",
+                [config.in_channels, channels[0]],
+                3,
+                1,
+                1,
+            )?,
             down_blocks,
             mid_block: VaeMidBlock::load(&load, "encoder.mid_block", top, &config)?,
             conv_norm_out: load.group_norm("encoder.conv_norm_out", groups, top, 1e-6)?,
@@ -183,11 +225,22 @@ impl<B: Backend> AutoencoderKL<B> {
             let resnets = (0..=config.layers_per_block)
                 .map(|j| {
                     let width_in = if j == 0 { prev } else { c_out };
-                    ResnetBlock2D::load(&load, &format!("{prefix}.resnets.{j}"), [width_in, c_out], settings)
+                    ResnetBlock2D::load(
+                        &load,
+                        &format!("{prefix}.resnets.{j}"),
+                        [width_in, c_out],
+                        settings,
+                    )
                 })
                 .collect::<Result<_>>()?;
             let upsampler = match i + 1 < n {
-                true => Some(load.conv2d(&format!("{prefix}.upsamplers.0.conv"), [c_out, c_out], 3, 1, 1)?),
+                true => Some(load.conv2d(
+                    &format!("{prefix}.upsamplers.0.conv"),
+                    [c_out, c_out],
+                    3,
+                    1,
+                    1,
+                )?),
                 false => None,
             };
             up_blocks.push(DecoderUpBlock { resnets, upsampler });
@@ -198,7 +251,13 @@ impl<B: Backend> AutoencoderKL<B> {
             mid_block: VaeMidBlock::load(&load, "decoder.mid_block", top, &config)?,
             up_blocks,
             conv_norm_out: load.group_norm("decoder.conv_norm_out", groups, channels[0], 1e-6)?,
-            conv_out: load.conv2d("decoder.conv_out", [channels[0], config.out_channels], 3, 1, 1)?,
+            conv_out: load.conv2d(
+                "decoder.conv_out",
+                [channels[0], config.out_channels],
+                3,
+                1,
+                1,
+            )?,
         };
         let quant_conv = match config.use_quant_conv {
             true => Some(load.conv2d("quant_conv", [2 * latent, 2 * latent], 1, 1, 0)?),
@@ -238,7 +297,9 @@ impl<B: Backend> AutoencoderKL<B> {
                 x = conv.forward(resize_nearest(x, [2 * height, 2 * width]));
             }
         }
-        decoder.conv_out.forward(silu(decoder.conv_norm_out.forward(x)))
+        decoder
+            .conv_out
+            .forward(silu(decoder.conv_norm_out.forward(x)))
     }
 
     /// The mean of the latent distribution of an image `[batch, in_channels, H, W]` in
@@ -255,7 +316,9 @@ impl<B: Backend> AutoencoderKL<B> {
             }
         }
         x = encoder.mid_block.forward(x);
-        let moments = encoder.conv_out.forward(silu(encoder.conv_norm_out.forward(x)));
+        let moments = encoder
+            .conv_out
+            .forward(silu(encoder.conv_norm_out.forward(x)));
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(moments),
             None => moments,

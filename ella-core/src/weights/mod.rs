@@ -79,7 +79,12 @@ impl Checkpoint {
         if path.is_dir() {
             let candidates = ["model", "diffusion_pytorch_model"]
                 .iter()
-                .flat_map(|stem| [format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json")]);
+                .flat_map(|stem| {
+                    [
+                        format!("{stem}.safetensors"),
+                        format!("{stem}.safetensors.index.json"),
+                    ]
+                });
             return match candidates.map(|name| path.join(name)).find(|p| p.exists()) {
                 Some(file) => Self::open(file),
                 None => Err(Error::Io {

@@ -41,18 +41,22 @@ impl Reference {
             .collect()
     }
 
-    pub fn data_int(&self, name: &str) -> TensorData {
-        // Int tensors are not float, so read the raw bytes through safetensors directly.
+    /// A non-float tensor's dtype, shape and bytes (the loaders read floats only).
+    pub fn raw(&self, name: &str) -> (safetensors::Dtype, Vec<usize>, Vec<u8>) {
         let bytes = std::fs::read(self.0.path()).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(view.dtype(), safetensors::Dtype::I32, "{name}");
-        let values: Vec<i32> = view
-            .data()
+        (view.dtype(), view.shape().to_vec(), view.data().to_vec())
+    }
+
+    pub fn data_int(&self, name: &str) -> TensorData {
+        let (dtype, shape, bytes) = self.raw(name);
+        assert_eq!(dtype, safetensors::Dtype::I32, "{name}");
+        let values: Vec<i32> = bytes
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        TensorData::new(values, view.shape().to_vec())
+        TensorData::new(values, shape)
     }
 
     pub fn int_tensor<B: Backend>(&self, name: &str, device: &B::Device) -> Tensor<B, 2, Int> {

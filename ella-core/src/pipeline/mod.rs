@@ -1,0 +1,304 @@
+//! `Pipeline<B>`: ELLA text-to-image. T5 encodes the prompt and the negative prompt once;
+//! at every denoising step the connector turns them into condition tokens for exactly the
+//! timestep the U-Net gets, classifier-free guidance runs both branches as one U-Net batch
+//! (negative first, as diffusers), the scheduler steps, and the VAE decodes the result.
+
+mod image;
+pub mod noise;
+mod request;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+
+pub use image::Image;
+pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
+
+use crate::connector::{Connector, ConnectorConfig};
+use crate::error::{Error, Result};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::t5::{TextEncoder, TokenMode};
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
+
+/// Where the model files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPaths {
+    /// The T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`).
+    pub t5: PathBuf,
+    /// The connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
+    pub ella: PathBuf,
+    /// The connector's sizes as JSON; `None` for the official file.
+    pub ella_config: Option<PathBuf>,
+    /// An SD1.5 folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`).
+    pub sd: PathBuf,
+}
+
+/// T5 hidden states of a request's negative and positive prompt, `[1, tokens, d_model]`
+/// each. Compute them once to sample several times, or without keeping T5 loaded.
+#[derive(Debug, Clone)]
+pub struct PromptStates<B: Backend> {
+    pub uncond: Tensor<B, 3>,
+    pub cond: Tensor<B, 3>,
+}
+
+/// Receives `(steps done, total steps)`.
+pub type ProgressFn<'a> = Box<dyn FnMut(usize, usize) + 'a>;
+/// Receives a named intermediate tensor.
+pub type TensorSink<'a> = Box<dyn FnMut(&str, TensorData) + 'a>;
+
+/// Optional callbacks of a generation.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Called after each denoising step with `(steps done, total steps)`.
+    pub progress: Option<ProgressFn<'a>>,
+    /// Checked before every step; when set, the call returns [`Error::Cancelled`].
+    pub cancel: Option<&'a AtomicBool>,
+    /// Receives the intermediate tensors (see `examples/generate.rs --dump-dir` for names).
+    pub tensors: Option<TensorSink<'a>>,
+}
+
+impl Hooks<'_> {
+    fn dump<const D: usize, B: Backend>(&mut self, name: &str, tensor: &Tensor<B, D>) {
+        if let Some(sink) = &mut self.tensors {
+            sink(name, tensor.to_data().convert::<f32>());
+        }
+    }
+}
+
+/// ELLA on SD1.5: tokenizer and T5, connector, U-Net, VAE and the scheduler config.
+#[derive(Debug)]
+pub struct Pipeline<B: Backend> {
+    text_encoder: Option<TextEncoder<B>>,
+    pub connector: Connector<B>,
+    pub unet: UNet2DConditionModel<B>,
+    pub vae: AutoencoderKL<B>,
+    pub scheduler_config: SchedulerConfig,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Loads all models with weights in `dtype` (F32 on CPU backends).
+    pub fn load(paths: &ModelPaths, device: &B::Device, dtype: DType) -> Result<Self> {
+        let config = match &paths.ella_config {
+            Some(path) => ConnectorConfig::from_file(path)?,
+            None => ConnectorConfig::default(),
+        };
+        Self::from_parts(
+            Some(TextEncoder::load_with_dtype(&paths.t5, device, dtype)?),
+            Connector::load(&paths.ella, &config, device, dtype)?,
+            UNet2DConditionModel::load(paths.sd.join("unet"), device, dtype)?,
+            AutoencoderKL::load(paths.sd.join("vae"), device, dtype)?,
+            SchedulerConfig::from_file(&paths.sd.join("scheduler").join("scheduler_config.json"))?,
+        )
+    }
+
+    /// Assembles a pipeline from loaded models, checking that they fit together.
+    pub fn from_parts(
+        text_encoder: Option<TextEncoder<B>>,
+        connector: Connector<B>,
+        unet: UNet2DConditionModel<B>,
+        vae: AutoencoderKL<B>,
+        scheduler_config: SchedulerConfig,
+    ) -> Result<Self> {
+        let incompatible = |m: String| Err(Error::IncompatibleModels(m));
+        let tokens = connector.config.output_width();
+        let unet_config = &unet.config;
+        if let Some(width) = (0..unet_config.block_out_channels.len())
+            .map(|i| unet_config.cross_attention_dim.get(i))
+            .find(|&w| w != tokens)
+        {
+            return incompatible(format!(
+                "the connector makes {tokens}-wide condition tokens but the U-Net's cross-attention is {width} wide \
+                 (ELLA's SD1.5 connector needs an SD1.5 U-Net, 768)"
+            ));
+        }
+        if let Some(t5) = &text_encoder
+            && t5.encoder.config.d_model != connector.config.input_dim
+        {
+            return incompatible(format!(
+                "the T5 encoder is {} wide but the connector reads {}-wide states",
+                t5.encoder.config.d_model, connector.config.input_dim
+            ));
+        }
+        let latent = vae.config.latent_channels;
+        if unet_config.in_channels != latent || unet_config.out_channels != latent {
+            return incompatible(format!(
+                "the VAE has {latent} latent channels but the U-Net takes {} and predicts {}",
+                unet_config.in_channels, unet_config.out_channels
+            ));
+        }
+        Ok(Self {
+            text_encoder,
+            connector,
+            unet,
+            vae,
+            scheduler_config,
+        })
+    }
+
+    /// The T5 encoder, unless it was unloaded.
+    pub fn text_encoder(&self) -> Option<&TextEncoder<B>> {
+        self.text_encoder.as_ref()
+    }
+
+    /// Takes T5 out of the pipeline so that sampling does not hold its 1.2 B parameters;
+    /// encode prompts first ([`Pipeline::encode_prompts`]) and pass them to
+    /// [`Pipeline::generate_with`].
+    pub fn unload_text_encoder(&mut self) -> Option<TextEncoder<B>> {
+        self.text_encoder.take()
+    }
+
+    /// T5 states of the negative and positive prompts. In flexible mode each keeps its own
+    /// length (never padded, as the reference); in fixed mode both have the fixed length.
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative: &str,
+        mode: TokenMode,
+    ) -> Result<PromptStates<B>> {
+        let t5 = self.text_encoder.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "the text encoder was unloaded; pass prompt states encoded before".into(),
+            )
+        })?;
+        Ok(PromptStates {
+            uncond: t5.encode(negative, mode)?,
+            cond: t5.encode(prompt, mode)?,
+        })
+    }
+
+    /// Generates `request.batch_size` images.
+    pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Image>> {
+        self.generate_with(request, None, &mut Hooks::default())
+    }
+
+    /// Generates with precomputed prompt states (else T5 encodes the request's prompts)
+    /// and callbacks for progress, cancellation and intermediate tensors.
+    pub fn generate_with(
+        &self,
+        request: &GenerateRequest,
+        states: Option<&PromptStates<B>>,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Image>> {
+        let latent_channels = self.vae.config.latent_channels;
+        let [latent_h, latent_w] =
+            request.validate(self.vae.config.downscale_factor(), latent_channels)?;
+        let mut scheduler = Scheduler::<B>::new(
+            request.scheduler,
+            &self.scheduler_config,
+            &request.schedule(),
+        )?;
+        let encoded;
+        let states = match states {
+            Some(states) => states,
+            None => {
+                encoded = self.encode_prompts(
+                    &request.prompt,
+                    &request.negative_prompt,
+                    request.token_mode,
+                )?;
+                &encoded
+            }
+        };
+        match request.token_mode {
+            TokenMode::Fixed(_) => hooks.dump(
+                "t5_hidden",
+                &Tensor::cat(vec![states.uncond.clone(), states.cond.clone()], 0),
+            ),
+            TokenMode::Flexible => {
+                hooks.dump("t5_hidden_uncond", &states.uncond);
+                hooks.dump("t5_hidden_cond", &states.cond);
+            }
+        }
+
+        let device = self.unet.conv_in.weight.device();
+        let dtype = self.unet.conv_in.weight.val().dtype();
+        let batch = request.batch_size;
+        let shape = [batch, latent_channels, latent_h, latent_w];
+        let noise = match &request.init_latents {
+            Some(latents) => latents.clone(),
+            None => noise::initial_noise(request.seed, shape),
+        };
+        let mut latents = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype))
+            * scheduler.init_noise_sigma();
+        let guided = request.guidance_scale > 1.0;
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            if hooks
+                .cancel
+                .is_some_and(|flag| flag.load(Ordering::Relaxed))
+            {
+                return Err(Error::Cancelled);
+            }
+            let per_sample = |tokens: Tensor<B, 3>| {
+                let [_, n, d] = tokens.dims();
+                tokens.expand([batch, n, d])
+            };
+            let cond = self.connector.forward(states.cond.clone(), &[t])?;
+            hooks.dump(&format!("connector_cond_step{i}"), &cond);
+            let (model_input, context) = if guided {
+                let uncond = self.connector.forward(states.uncond.clone(), &[t])?;
+                hooks.dump(&format!("connector_uncond_step{i}"), &uncond);
+                (
+                    Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+                    Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
+                )
+            } else {
+                (latents.clone(), per_sample(cond))
+            };
+            let model_input = scheduler.scale_model_input(model_input, i);
+            let prediction = self.unet.forward(model_input, &[t], context)?;
+            let prediction = if guided {
+                let uncond = prediction.clone().narrow(0, 0, batch);
+                let cond = prediction.narrow(0, batch, batch);
+                uncond.clone() + (cond - uncond) * request.guidance_scale
+            } else {
+                prediction
+            };
+            latents = scheduler.step(prediction, i, latents);
+            hooks.dump(&format!("latents_step{i}"), &latents);
+            if let Some(progress) = &mut hooks.progress {
+                progress(i + 1, total);
+            }
+        }
+        hooks.dump("final_latents", &latents);
+        let decoded = self.vae.decode(latents / self.vae.config.scaling_factor);
+        let images = to_images(decoded.into_data());
+        if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
+            sink(
+                "image",
+                TensorData::new(first.pixels.clone(), [first.height, first.width, 3]),
+            );
+        }
+        Ok(images)
+    }
+}
+
+/// `[batch, 3, H, W]` in about [-1, 1] → RGB8, as diffusers' image processor:
+/// `round((x/2 + 0.5).clamp(0, 1) · 255)` in f32, ties to even.
+fn to_images(data: TensorData) -> Vec<Image> {
+    let [batch, channels, height, width] =
+        [data.shape[0], data.shape[1], data.shape[2], data.shape[3]];
+    let values: Vec<f32> = data.iter::<f32>().collect();
+    let plane = height * width;
+    (0..batch)
+        .map(|b| {
+            let mut pixels = Vec::with_capacity(plane * 3);
+            for p in 0..plane {
+                for c in 0..3.min(channels) {
+                    let x = values[(b * channels + c) * plane + p];
+                    let v = (x / 2.0 + 0.5).clamp(0.0, 1.0);
+                    pixels.push((v * 255.0).round_ties_even() as u8);
+                }
+            }
+            Image {
+                width,
+                height,
+                pixels,
+            }
+        })
+        .collect()
+}

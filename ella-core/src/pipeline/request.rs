@@ -1,0 +1,123 @@
+//! `GenerateRequest`: what one `Pipeline::generate` call makes, validated at the edge.
+
+use burn::tensor::TensorData;
+
+use crate::error::{Error, Result};
+use crate::scheduler::{SchedulerKind, TimestepSchedule};
+use crate::t5::TokenMode;
+
+/// The largest image side accepted (a guard against sizes that cannot be allocated).
+pub const MAX_IMAGE_SIDE: usize = 4096;
+/// The largest batch accepted.
+pub const MAX_BATCH: usize = 64;
+
+/// One text-to-image request. `Default` follows the official ELLA demo: DPM-Solver++ 2M,
+/// 25 steps, guidance 10, flexible token length, 512×512, seed 1000, empty negative prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Encoded by T5 like the prompt; `""` (one `</s>` token) by default, as the reference.
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale; guidance is off at 1 or below (as in diffusers).
+    pub guidance_scale: f32,
+    /// Sample `i` of the batch draws its noise from seed `seed + i` (see [`crate::pipeline::noise`]).
+    pub seed: u64,
+    pub batch_size: usize,
+    pub token_mode: TokenMode,
+    pub scheduler: SchedulerKind,
+    /// Custom timesteps (e.g. [`TimestepSchedule::align_your_steps`]) instead of `steps`.
+    pub timesteps: Option<Vec<f32>>,
+    /// Unit-variance initial noise `[batch, latent_channels, height/f, width/f]` instead of
+    /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does.
+    pub init_latents: Option<TensorData>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 25,
+            guidance_scale: 10.0,
+            seed: 1000,
+            batch_size: 1,
+            token_mode: TokenMode::Flexible,
+            scheduler: SchedulerKind::DpmSolverMultistep,
+            timesteps: None,
+            init_latents: None,
+        }
+    }
+}
+
+impl GenerateRequest {
+    /// A request for `prompt` with every other setting at its default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The timestep schedule this request asks for.
+    pub fn schedule(&self) -> TimestepSchedule {
+        match &self.timesteps {
+            Some(list) => TimestepSchedule::Custom(list.clone()),
+            None => TimestepSchedule::Steps(self.steps),
+        }
+    }
+
+    /// Checks the sizes and numbers, given the VAE's downscale factor and the latent
+    /// channels; returns the latent `[height, width]`.
+    pub fn validate(&self, factor: usize, latent_channels: usize) -> Result<[usize; 2]> {
+        let invalid = |m: String| Err(Error::InvalidInput(m));
+        for (name, side) in [("width", self.width), ("height", self.height)] {
+            if side == 0 || side % factor != 0 || side > MAX_IMAGE_SIDE {
+                return invalid(format!(
+                    "{name} {side} must be a positive multiple of {factor} (the VAE's downscale factor) up to {MAX_IMAGE_SIDE}"
+                ));
+            }
+        }
+        if self.timesteps.is_none() && !(1..=1000).contains(&self.steps) {
+            return invalid(format!("steps {} must be between 1 and 1000", self.steps));
+        }
+        if !self.guidance_scale.is_finite() {
+            return invalid(format!(
+                "guidance scale {} is not a finite number",
+                self.guidance_scale
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return invalid(format!(
+                "batch size {} must be between 1 and {MAX_BATCH}",
+                self.batch_size
+            ));
+        }
+        if let TokenMode::Fixed(0) = self.token_mode {
+            return invalid("a fixed token length must be at least 1".into());
+        }
+        if let Some(list) = &self.timesteps
+            && (list.is_empty() || list.iter().any(|t| !t.is_finite()))
+        {
+            return invalid("custom timesteps must be a non-empty list of numbers".into());
+        }
+        let latent = [self.height / factor, self.width / factor];
+        if let Some(latents) = &self.init_latents {
+            let expected = [self.batch_size, latent_channels, latent[0], latent[1]];
+            if latents.shape.as_slice() != expected {
+                return invalid(format!(
+                    "initial latents have shape {:?}, expected {expected:?} for this request",
+                    latents.shape
+                ));
+            }
+            if latents.iter::<f32>().any(|v| !v.is_finite()) {
+                return invalid("initial latents contain NaN or infinity".into());
+            }
+        }
+        Ok(latent)
+    }
+}

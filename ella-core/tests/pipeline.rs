@@ -1,0 +1,286 @@
+//! Whole ELLA samplings (tiny T5 + connector + U-Net + VAE, 4 steps with classifier-free
+//! guidance, from given initial latents) against the reference pipeline: diffusers'
+//! `StableDiffusionPipeline` with the official `ELLAProxyUNet` (`scripts/sd_fixtures.py`).
+//! Tolerances: connector tokens 1e-4, latents 1e-3 relative to their scale, the decoded
+//! image within 1/255 on ≥ 99% of the pixel values.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use common::{Reference, assert_close, fixture};
+use ella_core::t5::TokenMode;
+use ella_core::{Error, GenerateRequest, Hooks, ModelPaths, Pipeline};
+use serde_json::Value;
+
+fn paths() -> ModelPaths {
+    ModelPaths {
+        t5: fixture("t5"),
+        ella: fixture("ella/ella.safetensors"),
+        ella_config: Some(fixture("ella/config.json")),
+        sd: fixture("sd"),
+    }
+}
+
+fn pipeline<B: Backend>() -> Pipeline<B> {
+    Pipeline::load(&paths(), &Default::default(), DType::F32).unwrap()
+}
+
+fn runs() -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(fixture("reference/pipelines.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
+    GenerateRequest {
+        prompt: run["prompt"].as_str().unwrap().into(),
+        negative_prompt: run["negative"].as_str().unwrap().into(),
+        width: run["width"].as_u64().unwrap() as usize,
+        height: run["height"].as_u64().unwrap() as usize,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance"].as_f64().unwrap() as f32,
+        token_mode: match run["mode"].as_str().unwrap() {
+            "fixed" => TokenMode::FIXED_128,
+            _ => TokenMode::Flexible,
+        },
+        scheduler: run["scheduler"].as_str().unwrap().parse().unwrap(),
+        init_latents: Some(reference.data("init_latents")),
+        ..GenerateRequest::default()
+    }
+}
+
+fn scale_of(data: &TensorData) -> f32 {
+    data.iter::<f32>().map(f32::abs).fold(1.0, f32::max)
+}
+
+/// Every intermediate tensor and the final image of each reference run.
+fn samplings_match_the_reference<B: Backend>() {
+    let pipeline = pipeline::<B>();
+    for (name, run) in runs() {
+        let reference = Reference::open(&format!("pipeline_{name}.safetensors"));
+        let request = request_for(&run, &reference);
+        let mut dumped = BTreeMap::new();
+        let mut hooks = Hooks {
+            tensors: Some(Box::new(|key: &str, data: TensorData| {
+                dumped.insert(key.to_string(), data);
+            })),
+            ..Hooks::default()
+        };
+        let images = pipeline.generate_with(&request, None, &mut hooks).unwrap();
+        drop(hooks);
+        let device = Default::default();
+        let check = |key: &str, tolerance: f32| {
+            let expected = reference.data(key);
+            let ours = dumped
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: no `{key}` dumped"));
+            let tol = tolerance * scale_of(&expected);
+            assert_close(
+                Tensor::<B, 1>::from_data(flat(ours), &device),
+                &flat(&expected),
+                tol,
+                &format!("{name}: {key}"),
+            );
+        };
+        let t5_keys: &[&str] = if run["mode"] == "fixed" {
+            &["t5_hidden"]
+        } else {
+            &["t5_hidden_uncond", "t5_hidden_cond"]
+        };
+        for key in t5_keys {
+            check(key, 1e-4);
+        }
+        for i in 0..4 {
+            check(&format!("connector_cond_step{i}"), 1e-4);
+            check(&format!("connector_uncond_step{i}"), 1e-4);
+            check(&format!("latents_step{i}"), 1e-3);
+        }
+        check("final_latents", 1e-3);
+
+        let (_, shape, expected) = reference.raw("image");
+        let image = &images[0];
+        assert_eq!(
+            [image.height, image.width, 3],
+            [shape[0], shape[1], shape[2]],
+            "{name}: image size"
+        );
+        let close = image
+            .pixels
+            .iter()
+            .zip(&expected)
+            .filter(|(a, b)| a.abs_diff(**b) <= 1)
+            .count();
+        let fraction = close as f64 / expected.len() as f64;
+        assert!(
+            fraction >= 0.99,
+            "{name}: only {:.2}% of pixel values within 1/255",
+            fraction * 100.0
+        );
+        let spread = expected.iter().map(|&v| v as i32).max().unwrap()
+            - expected.iter().map(|&v| v as i32).min().unwrap();
+        assert!(
+            spread > 100,
+            "{name}: the reference image is nearly flat; the test would prove little"
+        );
+    }
+}
+
+fn flat(data: &TensorData) -> TensorData {
+    let values: Vec<f32> = data.iter::<f32>().collect();
+    let n = values.len();
+    TensorData::new(values, [n])
+}
+
+backend_tests! {
+    samplings_match_the_reference => samplings_match_the_reference,
+}
+
+#[test]
+fn seeds_are_reproducible_and_per_sample() {
+    let pipeline = pipeline::<burn::backend::Flex>();
+    let request = GenerateRequest {
+        prompt: "a red book".into(),
+        width: 32,
+        height: 32,
+        steps: 2,
+        seed: 7,
+        batch_size: 2,
+        ..GenerateRequest::default()
+    };
+    let a = pipeline.generate(&request).unwrap();
+    let b = pipeline.generate(&request).unwrap();
+    assert_eq!(a, b, "the same seed gives the same images");
+    assert_ne!(a[0], a[1], "samples in a batch get different seeds");
+    // Sample 1 of seed 7 is sample 0 of seed 8.
+    let single = pipeline
+        .generate(&GenerateRequest {
+            seed: 8,
+            batch_size: 1,
+            ..request.clone()
+        })
+        .unwrap();
+    assert_eq!(single[0], a[1]);
+}
+
+#[test]
+fn progress_cancel_and_unloaded_text_encoder() {
+    let mut pipeline = pipeline::<burn::backend::Flex>();
+    let request = GenerateRequest {
+        prompt: "a red book".into(),
+        width: 32,
+        height: 32,
+        steps: 3,
+        ..GenerateRequest::default()
+    };
+    let mut seen = Vec::new();
+    let mut hooks = Hooks {
+        progress: Some(Box::new(|step, total| seen.push((step, total)))),
+        ..Hooks::default()
+    };
+    let with_t5 = pipeline.generate_with(&request, None, &mut hooks).unwrap();
+    drop(hooks);
+    assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+
+    let cancel = AtomicBool::new(true);
+    let mut hooks = Hooks {
+        cancel: Some(&cancel),
+        ..Hooks::default()
+    };
+    assert!(matches!(
+        pipeline.generate_with(&request, None, &mut hooks),
+        Err(Error::Cancelled)
+    ));
+    // Still usable after a cancel; and with T5 unloaded, from states encoded before.
+    let states = pipeline
+        .encode_prompts("a red book", "", TokenMode::Flexible)
+        .unwrap();
+    assert!(pipeline.unload_text_encoder().is_some());
+    assert!(matches!(
+        pipeline.generate(&request),
+        Err(Error::InvalidInput(_))
+    ));
+    let without_t5 = pipeline
+        .generate_with(&request, Some(&states), &mut Hooks::default())
+        .unwrap();
+    assert_eq!(with_t5, without_t5);
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let pipeline = pipeline::<burn::backend::Flex>();
+    let ok = GenerateRequest {
+        prompt: "x".into(),
+        width: 32,
+        height: 32,
+        steps: 1,
+        ..GenerateRequest::default()
+    };
+    let bad = [
+        GenerateRequest {
+            width: 0,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            height: 33,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            width: 1 << 20,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            steps: 0,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            guidance_scale: f32::NAN,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            batch_size: 0,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            token_mode: TokenMode::Fixed(0),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            timesteps: Some(vec![]),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_latents: Some(TensorData::new(vec![0f32; 16], [1, 4, 2, 2])),
+            ..ok.clone()
+        },
+    ];
+    for request in bad {
+        let err = pipeline.generate(&request).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{request:?}: {err}");
+    }
+    assert!(pipeline.generate(&ok).is_ok());
+}
+
+#[test]
+fn mismatched_models_are_refused() {
+    let device = Default::default();
+    type B = burn::backend::Flex;
+    let p = pipeline::<B>();
+    // A connector of another width than the U-Net's cross-attention.
+    let config =
+        ella_core::ConnectorConfig::from_file(&fixture("ella/config-proj-out.json")).unwrap();
+    let connector = ella_core::Connector::<B>::load(
+        fixture("ella/ella-proj-out.safetensors"),
+        &config,
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    let err = Pipeline::from_parts(None, connector, p.unet, p.vae, p.scheduler_config).unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleModels(m) if m.contains("cross-attention")),
+        "{err}"
+    );
+}

@@ -1,0 +1,302 @@
+//! Prompt → image with ELLA on SD1.5, on the CPU.
+//!
+//! With the tiny test models in the repository (no download):
+//!     cargo run --example generate -- --t5 ella-core/tests/fixtures/t5 \
+//!         --ella ella-core/tests/fixtures/ella/ella.safetensors \
+//!         --ella-config ella-core/tests/fixtures/ella/config.json \
+//!         --sd ella-core/tests/fixtures/sd --width 64 --height 64 --steps 8 --out tiny.png
+//! With the official weights (docs/models.md), found in the Hugging Face cache or downloaded
+//! when a weight flag is left out:
+//!     cargo run --release --example generate -- --prompt "a red book on a wooden table" --out book.png
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use clap::{Parser, ValueEnum};
+use ella_core::burn::tensor::{DType, TensorData};
+use ella_core::t5::TokenMode;
+use ella_core::{
+    Checkpoint, DefaultBackend as B, GenerateRequest, Hooks, ModelPaths, Pipeline, SchedulerKind,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Flexible,
+    Fixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Timesteps {
+    /// SD1.5's 10-step Align Your Steps schedule (overrides --steps).
+    Ays,
+}
+
+#[derive(Parser)]
+#[command(
+    about = "Generate an image with ELLA (T5 + timestep-aware connector) on Stable Diffusion 1.5"
+)]
+struct Args {
+    #[arg(
+        long,
+        default_value = "a red book on a wooden table, morning light, photograph"
+    )]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    #[arg(long, default_value_t = 10.0)]
+    guidance: f32,
+    #[arg(long, default_value_t = 1000)]
+    seed: u64,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Images per prompt (sample i uses seed + i).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// ddim, euler, dpm++2m or dpm++2m-karras; other settings come from the SD folder's
+    /// scheduler/scheduler_config.json.
+    #[arg(long, default_value = "dpm++2m")]
+    scheduler: String,
+    #[arg(long, value_enum)]
+    timesteps: Option<Timesteps>,
+    #[arg(long, value_enum, default_value = "flexible")]
+    token_mode: Mode,
+    /// Token length in fixed mode.
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    /// ELLA connector file (default: QQGYLab/ELLA's ella-sd1.5-tsc-t5xl.safetensors).
+    #[arg(long)]
+    ella: Option<PathBuf>,
+    /// JSON with the connector's sizes (for connectors other than the official one).
+    #[arg(long)]
+    ella_config: Option<PathBuf>,
+    /// T5 encoder folder (default: QQGYLab/ELLA's models--google--flan-t5-xl--text_encoder).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// SD1.5 folder in the diffusers layout (default: stable-diffusion-v1-5/stable-diffusion-v1-5).
+    #[arg(long)]
+    sd: Option<PathBuf>,
+    #[arg(long, default_value = "image.png")]
+    out: PathBuf,
+    /// safetensors file with a tensor `latents`: unit-variance initial noise [batch, 4, h/8, w/8].
+    #[arg(long)]
+    init_latents: Option<PathBuf>,
+    /// Write the intermediate tensors here as safetensors, to compare with a PyTorch run.
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
+    /// Never download: use the paths given or the Hugging Face cache only.
+    #[arg(long)]
+    offline: bool,
+}
+
+const ELLA_REPO: &str = "QQGYLab/ELLA";
+const ELLA_FILE: &str = "ella-sd1.5-tsc-t5xl.safetensors";
+const T5_DIR: &str = "models--google--flan-t5-xl--text_encoder";
+const T5_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+const SD_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+const SD_FILES: [&str; 5] = [
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+];
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let paths = ModelPaths {
+        ella: match &args.ella {
+            Some(path) => path.clone(),
+            None => fetch(ELLA_REPO, &[ELLA_FILE], args.offline)?,
+        },
+        t5: match &args.t5 {
+            Some(path) => path.clone(),
+            None => folder_of(fetch(
+                ELLA_REPO,
+                &T5_FILES.map(|f| format!("{T5_DIR}/{f}")),
+                args.offline,
+            )?),
+        },
+        sd: match &args.sd {
+            Some(path) => path.clone(),
+            None => folder_of(folder_of(fetch(SD_REPO, &SD_FILES, args.offline)?)),
+        },
+        ella_config: args.ella_config.clone(),
+    };
+    let init_latents = match &args.init_latents {
+        Some(path) => Some(
+            Checkpoint::open(path)
+                .and_then(|c| c.data("latents"))
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let request = GenerateRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative.clone(),
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance_scale: args.guidance,
+        seed: args.seed,
+        batch_size: args.batch,
+        token_mode: match args.token_mode {
+            Mode::Flexible => TokenMode::Flexible,
+            Mode::Fixed => TokenMode::Fixed(args.max_length),
+        },
+        scheduler: args
+            .scheduler
+            .parse::<SchedulerKind>()
+            .map_err(|e| e.to_string())?,
+        timesteps: args
+            .timesteps
+            .map(|Timesteps::Ays| ella_core::scheduler::ALIGN_YOUR_STEPS_SD15.to_vec()),
+        init_latents,
+    };
+
+    let device = Default::default();
+    let start = std::time::Instant::now();
+    let pipeline = Pipeline::<B>::load(&paths, &device, DType::F32).map_err(|e| e.to_string())?;
+    eprintln!("loaded the models in {:.1?}", start.elapsed());
+
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta})")
+            .expect("valid template"),
+    );
+    let dumped: Mutex<Vec<(String, TensorData)>> = Mutex::new(Vec::new());
+    let mut hooks = Hooks {
+        progress: Some(Box::new(|step, total| {
+            bar.set_length(total as u64);
+            bar.set_position(step as u64);
+        })),
+        tensors: args.dump_dir.as_ref().map(|_| {
+            Box::new(|name: &str, data: TensorData| {
+                dumped
+                    .lock()
+                    .expect("not poisoned")
+                    .push((name.to_string(), data))
+            }) as Box<dyn FnMut(&str, TensorData)>
+        }),
+        ..Hooks::default()
+    };
+    let start = std::time::Instant::now();
+    let images = pipeline
+        .generate_with(&request, None, &mut hooks)
+        .map_err(|e| e.to_string())?;
+    drop(hooks);
+    bar.finish();
+    eprintln!(
+        "generated {} image(s) in {:.1?}",
+        images.len(),
+        start.elapsed()
+    );
+
+    for (i, image) in images.iter().enumerate() {
+        let path = numbered(&args.out, i, images.len());
+        image.save_png(&path).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(dir) = &args.dump_dir {
+        write_dump(dir, dumped.into_inner().expect("not poisoned"))?;
+    }
+    Ok(())
+}
+
+/// `image.png`, or `image-0.png`, `image-1.png`, … for a batch.
+fn numbered(path: &Path, i: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or("png".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+/// One safetensors file per tensor, `DIR/NAME.safetensors` holding the tensor `NAME`.
+fn write_dump(dir: &Path, tensors: Vec<(String, TensorData)>) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, data) in tensors {
+        let dtype = if name == "image" {
+            safetensors::Dtype::U8
+        } else {
+            safetensors::Dtype::F32
+        };
+        let view =
+            safetensors::tensor::TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
+                .map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{name}.safetensors"));
+        safetensors::serialize_to_file([(name.as_str(), view)], None, &path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    eprintln!("wrote the intermediate tensors to {}", dir.display());
+    Ok(())
+}
+
+fn folder_of(path: PathBuf) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or(path)
+}
+
+/// The files of a Hugging Face repository from the local cache, or downloaded; returns the
+/// path of the first one. Fails with the exact list of files to get when neither works.
+fn fetch(repo: &str, files: &[impl AsRef<str>], offline: bool) -> Result<PathBuf, String> {
+    let cache = hf_hub::Cache::from_env().model(repo.to_string());
+    let cached: Option<Vec<PathBuf>> = files.iter().map(|f| cache.get(f.as_ref())).collect();
+    if let Some(paths) = cached {
+        return Ok(paths[0].clone());
+    }
+    let instructions = || {
+        let list: Vec<String> = files
+            .iter()
+            .map(|f| {
+                format!(
+                    "  https://huggingface.co/{repo}/resolve/main/{}",
+                    f.as_ref()
+                )
+            })
+            .collect();
+        format!(
+            "the weights are not in the Hugging Face cache{}. Get these files:\n{}\n\
+             and pass their folder with --ella / --t5 / --sd (see docs/models.md)",
+            if offline {
+                ""
+            } else {
+                " and could not be downloaded"
+            },
+            list.join("\n")
+        )
+    };
+    if offline {
+        return Err(instructions());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| format!("{e}; {}", instructions()))?;
+    let repo_api = api.model(repo.to_string());
+    let mut first = None;
+    for file in files {
+        let path = repo_api
+            .get(file.as_ref())
+            .map_err(|e| format!("{e}; {}", instructions()))?;
+        first.get_or_insert(path);
+    }
+    first.ok_or_else(instructions)
+}
