@@ -8,13 +8,10 @@ use std::path::Path;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
-use ella_core::weights::TensorSpec;
 use ella_core::{
     Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder, TextEncoder,
     TokenMode,
 };
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 
 /// flan-t5-base: 12 layers of width 768, gated-GELU.
 fn flan_t5_base() -> T5Config {
@@ -29,42 +26,12 @@ fn flan_t5_base() -> T5Config {
     }
 }
 
-/// Writes small uniform random weights with these names and shapes (the values do not
-/// matter for timing; their scale keeps activations finite).
-fn random_checkpoint(specs: &[TensorSpec], path: &Path) -> Checkpoint {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let buffers: Vec<Vec<u8>> = specs
-        .iter()
-        .map(|spec| {
-            let n: usize = spec.shape.iter().product();
-            (0..n)
-                .flat_map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-                    ((unit - 0.5) * 0.1).to_le_bytes()
-                })
-                .collect()
-        })
-        .collect();
-    let views = specs.iter().zip(&buffers).map(|(spec, data)| {
-        (
-            spec.name.clone(),
-            TensorView::new(Dtype::F32, spec.shape.clone(), data).unwrap(),
-        )
-    });
-    safetensors::serialize_to_file(views, None, path).unwrap();
-    Checkpoint::open(path).unwrap()
-}
-
 fn fixture(path: &str) -> String {
     format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn benches(c: &mut Criterion) {
     let device = Default::default();
-    let dir = tempfile::tempdir().unwrap();
     let prompt = "a red book on a wooden table next to a cup of coffee, morning light";
 
     // Tiny test models.
@@ -89,8 +56,7 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10);
     // flan-t5-base sizes, one prompt of 128 tokens.
     let base = flan_t5_base();
-    let checkpoint =
-        random_checkpoint(&base.expected_tensors(), &dir.path().join("t5.safetensors"));
+    let checkpoint = Checkpoint::random(1);
     let encoder = T5Encoder::<B>::from_checkpoint(base, &checkpoint, &device, DType::F32).unwrap();
     let ids = Tensor::<B, 2, Int>::from_data(
         TensorData::new(
@@ -106,10 +72,7 @@ fn benches(c: &mut Criterion) {
     });
     // The official connector's sizes on 128 flan-t5-xl-wide states.
     let full = ConnectorConfig::default();
-    let checkpoint = random_checkpoint(
-        &full.expected_tensors(),
-        &dir.path().join("ella.safetensors"),
-    );
+    let checkpoint = Checkpoint::random(2);
     let ella = Connector::<B>::from_checkpoint(&full, &checkpoint, &device, DType::F32).unwrap();
     let states = Tensor::<B, 3>::from_data(
         TensorData::new(

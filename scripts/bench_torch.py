@@ -33,9 +33,34 @@ def timeit(fn, min_runs=10, min_seconds=3.0):
     return statistics.median(times)
 
 
+def sd_benches():
+    """benches/sd.rs: one CFG U-Net step (batch 2, 64 tokens) and one VAE decode at 256×256."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from make_manifests import SD15_UNET, SD15_VAE
+
+    results = {}
+    latents = torch.randn(2, 4, 32, 32)
+    context = torch.randn(2, 64, 768)
+    for name, widths in [("mid-size", (160, 320, 640, 640)), ("sd15", SD15_UNET["block_out_channels"])]:
+        unet = UNet2DConditionModel(**{**SD15_UNET, "block_out_channels": widths}).eval()
+        t = torch.tensor([500])
+        results[f"sd/unet step/{name}/256x256 cfg"] = timeit(
+            lambda: unet(latents, t, encoder_hidden_states=context).sample, min_runs=3, min_seconds=10
+        )
+        del unet
+    z = torch.randn(1, 4, 32, 32)
+    for name, widths in [("mid-size", (64, 128, 256, 256)), ("sd15", SD15_VAE["block_out_channels"])]:
+        vae = AutoencoderKL(**{**SD15_VAE, "block_out_channels": widths}).eval()
+        results[f"sd/vae decode/{name}/256x256"] = timeit(lambda: vae.decode(z).sample, min_runs=3, min_seconds=10)
+        del vae
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sd", action="store_true", help="also time the U-Net and VAE (benches/sd.rs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
@@ -67,6 +92,9 @@ def main():
     full = ella_reference.ELLA().eval()
     states = torch.randn(1, 128, 2048)
     results["mid-size/tsc/full/128 tokens"] = timeit(lambda: full(states, 500))
+
+    if args.sd:
+        results.update(sd_benches())
 
     print(f"PyTorch {torch.__version__}, {args.threads} threads")
     for name, seconds in results.items():

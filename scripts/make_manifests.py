@@ -6,6 +6,7 @@ the reference modules built on PyTorch's meta device (no weights, no download):
                             (transformers' T5EncoderModel at flan-t5-xl sizes; `wo` stored in
                             F32, the rest in F16, no separate `encoder.embed_tokens.weight`)
   ella-sd1.5-tsc-t5xl.json  `ella-sd1.5-tsc-t5xl.safetensors` (all F16)
+  sd15-unet.json, sd15-vae.json  stable-diffusion-v1-5's diffusers `unet/` and `vae/` (F32)
 
 The dtypes and the absence of `encoder.embed_tokens.weight` follow from the published file
 sizes (see ella-spec.md 2.5 and 3.3); the Rust test checks that arithmetic too.
@@ -19,6 +20,19 @@ import torch
 from transformers import T5Config, T5EncoderModel
 
 import ella_reference
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+# runwayml/stable-diffusion-v1-5 unet/config.json and vae/config.json (the non-default keys).
+SD15_UNET = dict(
+    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=2, norm_num_groups=32, sample_size=64,
+)
+SD15_VAE = dict(
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
 
 OUT = Path(__file__).resolve().parent.parent / "ella-core" / "tests" / "fixtures" / "manifests"
 
@@ -43,11 +57,15 @@ def main():
             )
         )
         ella = ella_reference.ELLA()
+        unet = UNet2DConditionModel(**SD15_UNET)
+        vae = AutoencoderKL(**SD15_VAE)
     t5_manifest = manifest(
         t5, lambda n: "F32" if n.endswith("wo.weight") else "F16", skip={"encoder.embed_tokens.weight"}
     )
     ella_manifest = manifest(ella, lambda n: "F16")
-    for name, data in [("flan-t5-xl-encoder.json", t5_manifest), ("ella-sd1.5-tsc-t5xl.json", ella_manifest)]:
+    f32 = lambda n: "F32"
+    for name, data in [("flan-t5-xl-encoder.json", t5_manifest), ("ella-sd1.5-tsc-t5xl.json", ella_manifest),
+                       ("sd15-unet.json", manifest(unet, f32)), ("sd15-vae.json", manifest(vae, f32))]:
         (OUT / name).write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
         print(name, len(data), "tensors")
 

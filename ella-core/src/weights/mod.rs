@@ -62,6 +62,8 @@ pub struct Checkpoint {
     origin: PathBuf,
     files: Vec<MappedFile>,
     entries: BTreeMap<String, Entry>,
+    /// For [`Checkpoint::random`]: the seed of the generated weights.
+    random_seed: Option<u64>,
 }
 
 /// The part of an HF `model.safetensors.index.json` that says which shard holds which tensor.
@@ -73,18 +75,24 @@ struct ShardIndex {
 impl Checkpoint {
     /// Opens a safetensors file, a sharded checkpoint's `*.index.json`, or a folder in the
     /// HF layout (`model.safetensors`, transformers) or the diffusers layout
-    /// (`diffusion_pytorch_model.safetensors`), each possibly sharded (`….index.json`).
+    /// (`diffusion_pytorch_model.safetensors`), each possibly sharded (`….index.json`) or
+    /// as the `.fp16` variant.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
-            let candidates = ["model", "diffusion_pytorch_model"]
-                .iter()
-                .flat_map(|stem| {
-                    [
-                        format!("{stem}.safetensors"),
-                        format!("{stem}.safetensors.index.json"),
-                    ]
-                });
+            let candidates = [
+                "model",
+                "diffusion_pytorch_model",
+                "model.fp16",
+                "diffusion_pytorch_model.fp16",
+            ]
+            .iter()
+            .flat_map(|stem| {
+                [
+                    format!("{stem}.safetensors"),
+                    format!("{stem}.safetensors.index.json"),
+                ]
+            });
             return match candidates.map(|name| path.join(name)).find(|p| p.exists()) {
                 Some(file) => Self::open(file),
                 None => Err(Error::Io {
@@ -103,6 +111,7 @@ impl Checkpoint {
                 origin: path.to_path_buf(),
                 files: Vec::new(),
                 entries: BTreeMap::new(),
+                random_seed: None,
             };
             checkpoint.add_file(path, None)?;
             Ok(checkpoint)
@@ -127,6 +136,7 @@ impl Checkpoint {
             origin: index_path.to_path_buf(),
             files: Vec::new(),
             entries: BTreeMap::new(),
+            random_seed: None,
         };
         for (shard, tensors) in shards {
             checkpoint.add_file(&folder.join(shard), Some(&tensors))?;
@@ -183,6 +193,18 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// A checkpoint that has every tensor a model asks for, filled with small uniform random
+    /// values (deterministic per seed and name): models in real shapes for benchmarks and
+    /// memory measurements without the weight files.
+    pub fn random(seed: u64) -> Self {
+        Self {
+            origin: PathBuf::from(format!("<random weights, seed {seed}>")),
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            random_seed: Some(seed),
+        }
+    }
+
     /// The file (or index) this checkpoint was opened from.
     pub fn path(&self) -> &Path {
         &self.origin
@@ -225,6 +247,9 @@ impl Checkpoint {
 
     /// Checks that one tensor is present with the expected shape and a float dtype we read.
     pub fn check_spec(&self, spec: &TensorSpec) -> Result<()> {
+        if self.random_seed.is_some() {
+            return Ok(());
+        }
         let entry = self.entry(&spec.name)?;
         if entry.shape != spec.shape {
             return Err(Error::ShapeMismatch {
@@ -299,7 +324,10 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
         self.checkpoint.check_spec(&TensorSpec::new(name, shape))?;
         self.used.borrow_mut().insert(name.to_string());
-        self.checkpoint.data(name)
+        match self.checkpoint.random_seed {
+            Some(seed) => Ok(random_data(seed, name, shape)),
+            None => self.checkpoint.data(name),
+        }
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -450,6 +478,23 @@ fn check_precision<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
             backend: B::name(device),
         })
     }
+}
+
+/// Uniform values in ±0.05 from a xorshift stream seeded by `seed` and the tensor's name.
+fn random_data(seed: u64, name: &str, shape: &[usize]) -> TensorData {
+    let mut state = name.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    let count: usize = shape.iter().product();
+    let values: Vec<f32> = (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect();
+    TensorData::new(values, shape.to_vec())
 }
 
 /// Burn's dtype for the safetensors float dtypes we read.
