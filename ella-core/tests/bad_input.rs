@@ -320,3 +320,55 @@ fn flan_t5_xl_config_is_valid() {
     .unwrap();
     assert_eq!(T5Config::from_file(&path).unwrap(), T5Config::flan_t5_xl());
 }
+
+/// The tiny U-Net's weights with an edited `config.json`.
+fn unet_with_config(
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> ella_core::Result<ella_core::UNet2DConditionModel<B>> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("sd/unet/config.json")).unwrap())
+            .unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture("sd/unet/diffusion_pytorch_model.safetensors"),
+        dir.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    ella_core::UNet2DConditionModel::load(dir.path(), &Default::default(), DType::F32)
+}
+
+#[test]
+fn unet_config_and_weights_that_disagree_are_errors() {
+    // One resnet per level instead of two: the up path's skip widths change first.
+    let err = unet_with_config(|c| c["layers_per_block"] = 1.into()).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { name, .. } if name.starts_with("up_blocks.0.resnets.1")),
+        "{err}"
+    );
+    // Three: a tensor the file lacks.
+    let err = unet_with_config(|c| c["layers_per_block"] = 3.into()).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name.contains("resnets.2")),
+        "{err}"
+    );
+    let err = unet_with_config(|c| c["cross_attention_dim"] = 768.into()).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { name, expected, .. } if name.contains("attn2.to_k") && expected == &vec![16, 768]),
+        "{err}"
+    );
+    let err = unet_with_config(|c| c["down_block_types"][0] = "SimpleCrossAttnDownBlock2D".into())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("SimpleCrossAttnDownBlock2D")),
+        "{err}"
+    );
+    let err = unet_with_config(|c| c["addition_embed_type"] = "text_time".into()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("addition_embed_type")),
+        "{err}"
+    );
+    // Sanity: the unedited config loads.
+    assert!(unet_with_config(|_| {}).is_ok());
+}
