@@ -114,7 +114,7 @@ fn sparse_checkpoint(
         offset += len;
     }
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut file = std::fs::File::create(path).unwrap();

@@ -1,9 +1,28 @@
-//! The C ABI of ella, built as `libella.so` / `libella.a`; its header `include/ella.h` is
-//! generated from this file by cbindgen (see `tests/header.rs`).
+//! The C ABI of ella, built as `libella.so` / `libella.a`. Its header `include/ella.h` is
+//! generated from this file by cbindgen (`tests/header.rs` checks it is current).
 //!
-//! So far it reports the library version; model handles and generation follow.
+//! Conventions (stated in the header too):
+//! - Every function that can fail returns an [`EllaStatus`]; `ella_last_error_message()`
+//!   gives the text of the calling thread's last error. No Rust panic crosses the boundary.
+//! - A model handle is immutable and may be shared by threads; a context is one job at a
+//!   time. `ella_cancel` may be called from any thread.
+//! - Params and request structs start with `struct_size`: fill them from the `*_default()`
+//!   functions; the library reads only the fields the given size covers, so programs built
+//!   against an older header keep working when fields are appended.
 
-use std::ffi::c_char;
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ella_core::burn::tensor::{DType, Tensor, TensorData};
+use ella_core::t5::TokenMode;
+use ella_core::{
+    DefaultBackend as B, Error, GenerateRequest, Hooks, ModelPaths, Pipeline, SchedulerKind,
+};
 
 /// Major version of the library and of this header.
 pub const ELLA_VERSION_MAJOR: u32 = 0;
@@ -12,10 +31,780 @@ pub const ELLA_VERSION_MINOR: u32 = 1;
 /// Patch version: fixes only.
 pub const ELLA_VERSION_PATCH: u32 = 0;
 
+/// The result of every fallible call. Details: `ella_last_error_message()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaStatus {
+    Ok = 0,
+    /// A null pointer, invalid UTF-8, an out-of-range number or size, a wrong `struct_size`.
+    InvalidArgument = 1,
+    /// A file is missing or unreadable.
+    Io = 2,
+    /// A weight or config file is damaged or does not match the model (names the tensor).
+    InvalidModel = 3,
+    /// The request needs something this build does not have (e.g. a backend, a precision).
+    Unsupported = 4,
+    /// `ella_cancel` stopped the generation; the context stays usable.
+    Cancelled = 5,
+    /// The caller's buffer is too small for the image.
+    BufferTooSmall = 6,
+    /// A bug in ella (a caught panic); the message says where.
+    Internal = 7,
+}
+
+/// Compute backend. Only the CPU is compiled into this build.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaBackend {
+    Cpu = 0,
+}
+
+/// Sampler; the other scheduler settings come from the SD folder's scheduler config.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaScheduler {
+    /// DPM-Solver++ 2M (the official ELLA demo's).
+    DpmSolverMultistep = 0,
+    DpmSolverMultistepKarras = 1,
+    Euler = 2,
+    Ddim = 3,
+}
+
+/// Pixel layout of an image.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPixelFormat {
+    Rgb8 = 0,
+    /// RGB8 plus an opaque alpha channel (255).
+    Rgba8 = 1,
+}
+
+/// Severity of a log message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaLogLevel {
+    Info = 0,
+    Warning = 1,
+}
+
+/// Receives log messages of one model handle (`message` is valid during the call only).
+pub type EllaLogCallback = Option<
+    unsafe extern "C" fn(level: EllaLogLevel, message: *const c_char, user_data: *mut c_void),
+>;
+
+/// Called after every denoising step, on the thread that runs `ella_generate`.
+pub type EllaProgressCallback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, step: u32, total: u32)>;
+
+/// How to load a model. Start from `ella_model_default_params()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaModelParams {
+    /// `sizeof(ella_model_params)`.
+    pub struct_size: u32,
+    /// T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`).
+    pub t5_path: *const c_char,
+    /// ELLA connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
+    pub ella_path: *const c_char,
+    /// JSON file with the connector's sizes; NULL for the official connector.
+    pub ella_config_path: *const c_char,
+    /// SD1.5 folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`).
+    pub sd_path: *const c_char,
+    /// An `ella_backend` (a plain integer here, so that any value is safe to pass).
+    pub backend: u32,
+    pub log_callback: EllaLogCallback,
+    pub log_user_data: *mut c_void,
+}
+
+/// Per-context settings. Start from `ella_context_default_params()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaContextParams {
+    /// `sizeof(ella_context_params)`.
+    pub struct_size: u32,
+    pub progress_callback: EllaProgressCallback,
+    pub progress_user_data: *mut c_void,
+}
+
+/// One text-to-image request. Start from `ella_generate_request_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaGenerateRequest {
+    /// `sizeof(ella_generate_request)`.
+    pub struct_size: u32,
+    /// UTF-8 prompt; required.
+    pub prompt: *const c_char,
+    /// UTF-8 negative prompt; NULL means "".
+    pub negative_prompt: *const c_char,
+    /// Multiples of 8 (the VAE's factor for SD1.5), up to 4096. Default 512.
+    pub width: u32,
+    pub height: u32,
+    /// Default 25.
+    pub steps: u32,
+    /// Default 10; guidance is off at 1 or below.
+    pub guidance_scale: f32,
+    /// Default 1000.
+    pub seed: u64,
+    /// An `ella_scheduler`.
+    pub scheduler: u32,
+    /// 0: flexible (the prompt's own length, default); N: pad/truncate to N tokens (128 is
+    /// ELLA's training length).
+    pub max_tokens: u32,
+    /// An `ella_pixel_format`.
+    pub pixel_format: u32,
+}
+
+/// An image owned by the library until `ella_image_free`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct EllaImage {
+    pub width: u32,
+    pub height: u32,
+    /// 3 (RGB8) or 4 (RGBA8).
+    pub channels: u32,
+    /// `height` rows of `width * channels` bytes, top to bottom.
+    pub pixels: *mut u8,
+}
+
+/// A float tensor owned by the library until `ella_tensor_free` (row-major).
+#[repr(C)]
+#[derive(Debug)]
+pub struct EllaTensor {
+    /// Number of dimensions used in `shape`.
+    pub rank: u32,
+    pub shape: [u64; 4],
+    pub data: *mut f32,
+}
+
+/// A loaded model: T5, connector, U-Net, VAE. Immutable; share it between contexts and threads.
+pub struct EllaModel {
+    pipeline: Arc<Pipeline<B>>,
+    log: Logger,
+}
+
+/// One job's state: cancellation flag and progress callback. Use from one thread at a time
+/// (`ella_cancel` excepted).
+pub struct EllaContext {
+    model: Arc<Pipeline<B>>,
+    log: Logger,
+    params: EllaContextParams,
+    cancel: AtomicBool,
+    busy: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct Logger {
+    callback: EllaLogCallback,
+    user_data: *mut c_void,
+}
+
+// SAFETY: the host promises (header) that its log callback and user data may be used from
+// the threads it calls the library on; the library never calls them from its own threads.
+unsafe impl Send for Logger {}
+unsafe impl Sync for Logger {}
+// SAFETY: the progress callback is only called from the thread running `ella_generate`.
+unsafe impl Send for EllaContext {}
+unsafe impl Sync for EllaContext {}
+
+impl Logger {
+    fn log(&self, level: EllaLogLevel, message: &str) {
+        if let (Some(callback), Ok(text)) = (self.callback, CString::new(message)) {
+            // SAFETY: a host-provided callback with the documented signature.
+            unsafe { callback(level, text.as_ptr(), self.user_data) };
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(message: &str) {
+    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = text);
+}
+
+/// A failure: the status and the message for `ella_last_error_message`.
+struct Failure(EllaStatus, String);
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let status = match &error {
+            Error::Io { .. } => EllaStatus::Io,
+            Error::InvalidSafetensors { .. }
+            | Error::InvalidJson { .. }
+            | Error::InvalidConfig { .. }
+            | Error::MissingTensor { .. }
+            | Error::ShapeMismatch { .. }
+            | Error::UnsupportedDtype { .. }
+            | Error::UnexpectedTensor { .. }
+            | Error::Tokenizer { .. }
+            | Error::IncompatibleModels(_) => EllaStatus::InvalidModel,
+            Error::UnsupportedPrecision { .. } => EllaStatus::Unsupported,
+            Error::InvalidInput(_) => EllaStatus::InvalidArgument,
+            Error::Cancelled => EllaStatus::Cancelled,
+        };
+        Failure(status, error.to_string())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure(EllaStatus::InvalidArgument, message.into())
+}
+
+/// Runs `body`, turning errors and panics into a status and the thread's error message.
+fn guard(body: impl FnOnce() -> Result<(), Failure>) -> EllaStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_error("");
+            EllaStatus::Ok
+        }
+        Ok(Err(Failure(status, message))) => {
+            set_error(&message);
+            status
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_error(&format!("internal error (please report): {what}"));
+            EllaStatus::Internal
+        }
+    }
+}
+
+/// A required UTF-8 string argument.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string.
+unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// A params struct read through its `struct_size`: fields past the given size keep their
+/// defaults, bytes past our size are ignored.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `struct_size` readable bytes.
+unsafe fn read_struct<T: Copy>(ptr: *const T, default: T, what: &str) -> Result<T, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: every params struct starts with a u32 `struct_size`.
+    let size = unsafe { *(ptr as *const u32) } as usize;
+    if !(8..=1 << 16).contains(&size) {
+        return Err(invalid(format!(
+            "{what}.struct_size {size} is not a plausible struct size"
+        )));
+    }
+    let mut value = default;
+    let count = size.min(std::mem::size_of::<T>());
+    // SAFETY: `count` bytes are readable at `ptr` (the caller's size) and writable in `value`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, count)
+    };
+    Ok(value)
+}
+
+fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, and the caller passes a writable location.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
 /// The library version as "MAJOR.MINOR.PATCH". The string is static: do not free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn ella_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The message of the calling thread's last failed call ("" after a success). Valid until
+/// the thread's next call into the library; do not free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Defaults: CPU backend, no logger, all paths NULL (to be set).
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_model_default_params() -> EllaModelParams {
+    EllaModelParams {
+        struct_size: std::mem::size_of::<EllaModelParams>() as u32,
+        t5_path: std::ptr::null(),
+        ella_path: std::ptr::null(),
+        ella_config_path: std::ptr::null(),
+        sd_path: std::ptr::null(),
+        backend: EllaBackend::Cpu as u32,
+        log_callback: None,
+        log_user_data: std::ptr::null_mut(),
+    }
+}
+
+/// Loads the models. On success `*out_model` owns them; free with `ella_model_free`.
+///
+/// # Safety
+/// `params` points to an `ella_model_params` whose strings are NUL-terminated; `out_model`
+/// is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_model_load(
+    params: *const EllaModelParams,
+    out_model: *mut *mut EllaModel,
+) -> EllaStatus {
+    guard(|| {
+        if out_model.is_null() {
+            return Err(invalid("out_model is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let params = unsafe { read_struct(params, ella_model_default_params(), "params")? };
+        let path = |ptr, what| unsafe { text(ptr, what) }.map(PathBuf::from);
+        let paths = ModelPaths {
+            t5: path(params.t5_path, "params.t5_path")?,
+            ella: path(params.ella_path, "params.ella_path")?,
+            ella_config: match params.ella_config_path.is_null() {
+                true => None,
+                false => Some(path(params.ella_config_path, "params.ella_config_path")?),
+            },
+            sd: path(params.sd_path, "params.sd_path")?,
+        };
+        if params.backend != EllaBackend::Cpu as u32 {
+            return Err(Failure(
+                EllaStatus::Unsupported,
+                format!(
+                    "backend {} is not compiled into this build (CPU only)",
+                    params.backend
+                ),
+            ));
+        }
+        let log = Logger {
+            callback: params.log_callback,
+            user_data: params.log_user_data,
+        };
+        let start = Instant::now();
+        let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32)?;
+        log.log(
+            EllaLogLevel::Info,
+            &format!("ella: loaded the models in {:.2?}", start.elapsed()),
+        );
+        let model = Box::new(EllaModel {
+            pipeline: Arc::new(pipeline),
+            log,
+        });
+        write_out(out_model, Box::into_raw(model), "out_model")
+    })
+}
+
+/// Frees a model. Contexts made from it keep it alive until they are freed. NULL is a no-op.
+///
+/// # Safety
+/// `model` is NULL or a handle from `ella_model_load`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_model_free(model: *mut EllaModel) {
+    if !model.is_null() {
+        // SAFETY: a handle from ella_model_load, freed once.
+        drop(unsafe { Box::from_raw(model) });
+    }
+}
+
+/// Defaults: no progress callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_context_default_params() -> EllaContextParams {
+    EllaContextParams {
+        struct_size: std::mem::size_of::<EllaContextParams>() as u32,
+        progress_callback: None,
+        progress_user_data: std::ptr::null_mut(),
+    }
+}
+
+/// Makes a context (one job at a time) on a model. `params` may be NULL for the defaults.
+///
+/// # Safety
+/// `model` is a live handle; `params` is NULL or valid; `out_context` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_new(
+    model: *const EllaModel,
+    params: *const EllaContextParams,
+    out_context: *mut *mut EllaContext,
+) -> EllaStatus {
+    guard(|| {
+        if out_context.is_null() {
+            return Err(invalid("out_context is NULL"));
+        }
+        // SAFETY: NULL or a live handle.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        let params = match params.is_null() {
+            true => ella_context_default_params(),
+            // SAFETY: per this function's contract.
+            false => unsafe { read_struct(params, ella_context_default_params(), "params")? },
+        };
+        let context = Box::new(EllaContext {
+            model: Arc::clone(&model.pipeline),
+            log: model.log,
+            params,
+            cancel: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+        });
+        write_out(out_context, Box::into_raw(context), "out_context")
+    })
+}
+
+/// Frees a context. NULL is a no-op. Not while a call on it is running.
+///
+/// # Safety
+/// `context` is NULL or a handle from `ella_context_new`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_free(context: *mut EllaContext) {
+    if !context.is_null() {
+        // SAFETY: a handle from ella_context_new, freed once.
+        drop(unsafe { Box::from_raw(context) });
+    }
+}
+
+/// Asks the generation running on `context` to stop: it returns `ELLA_STATUS_CANCELLED`
+/// after the current step, and the context stays usable. Safe from any thread; no effect
+/// when nothing runs.
+///
+/// # Safety
+/// `context` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_cancel(context: *const EllaContext) {
+    // SAFETY: NULL or a live handle; only the atomic flag is touched.
+    if let Some(context) = unsafe { context.as_ref() } {
+        context.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Defaults of the official demo: 512×512, 25 steps, guidance 10, seed 1000, DPM-Solver++
+/// 2M, flexible tokens, RGB8. `prompt` must still be set.
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
+    let d = GenerateRequest::default();
+    EllaGenerateRequest {
+        struct_size: std::mem::size_of::<EllaGenerateRequest>() as u32,
+        prompt: std::ptr::null(),
+        negative_prompt: std::ptr::null(),
+        width: d.width as u32,
+        height: d.height as u32,
+        steps: d.steps as u32,
+        guidance_scale: d.guidance_scale,
+        seed: d.seed,
+        scheduler: EllaScheduler::DpmSolverMultistep as u32,
+        max_tokens: 0,
+        pixel_format: EllaPixelFormat::Rgb8 as u32,
+    }
+}
+
+/// Bytes per pixel of an `ella_pixel_format`.
+fn channels(format: u32) -> Result<u32, Failure> {
+    match format {
+        x if x == EllaPixelFormat::Rgb8 as u32 => Ok(3),
+        x if x == EllaPixelFormat::Rgba8 as u32 => Ok(4),
+        other => Err(invalid(format!(
+            "pixel format {other} is not an ella_pixel_format"
+        ))),
+    }
+}
+
+/// Runs one request on a context; returns the pixels in the request's format.
+///
+/// # Safety
+/// `context` is a live handle; `request` points to a valid request.
+unsafe fn run(
+    context: *const EllaContext,
+    request: *const EllaGenerateRequest,
+) -> Result<(Vec<u8>, u32, u32, u32), Failure> {
+    // SAFETY: NULL or a live handle.
+    let context = unsafe { context.as_ref() }.ok_or_else(|| invalid("context is NULL"))?;
+    // SAFETY: per the caller's contract.
+    let request = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
+    let channels = channels(request.pixel_format)?;
+    let generate = GenerateRequest {
+        // SAFETY: strings per the caller's contract.
+        prompt: unsafe { text(request.prompt, "request.prompt") }?.to_string(),
+        negative_prompt: match request.negative_prompt.is_null() {
+            true => String::new(),
+            false => {
+                unsafe { text(request.negative_prompt, "request.negative_prompt") }?.to_string()
+            }
+        },
+        width: request.width as usize,
+        height: request.height as usize,
+        steps: request.steps as usize,
+        guidance_scale: request.guidance_scale,
+        seed: request.seed,
+        batch_size: 1,
+        token_mode: match request.max_tokens {
+            0 => TokenMode::Flexible,
+            n => TokenMode::Fixed(n as usize),
+        },
+        scheduler: match request.scheduler {
+            x if x == EllaScheduler::DpmSolverMultistep as u32 => SchedulerKind::DpmSolverMultistep,
+            x if x == EllaScheduler::DpmSolverMultistepKarras as u32 => {
+                SchedulerKind::DpmSolverMultistepKarras
+            }
+            x if x == EllaScheduler::Euler as u32 => SchedulerKind::Euler,
+            x if x == EllaScheduler::Ddim as u32 => SchedulerKind::Ddim,
+            other => {
+                return Err(invalid(format!(
+                    "request.scheduler {other} is not an ella_scheduler"
+                )));
+            }
+        },
+        timesteps: None,
+        init_latents: None,
+    };
+    if context.busy.swap(true, Ordering::SeqCst) {
+        return Err(invalid(
+            "another call is running on this context; use one context per thread",
+        ));
+    }
+    context.cancel.store(false, Ordering::SeqCst);
+    let params = context.params;
+    let mut hooks = Hooks {
+        cancel: Some(&context.cancel),
+        progress: params.progress_callback.map(|callback| {
+            Box::new(move |step: usize, total: usize| {
+                // SAFETY: the host's callback with the documented signature.
+                unsafe { callback(params.progress_user_data, step as u32, total as u32) }
+            }) as ella_core::pipeline::ProgressFn
+        }),
+        ..Hooks::default()
+    };
+    let start = Instant::now();
+    let result = context.model.generate_with(&generate, None, &mut hooks);
+    drop(hooks);
+    context.busy.store(false, Ordering::SeqCst);
+    let image = result?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure(EllaStatus::Internal, "no image".into()))?;
+    context.log.log(
+        EllaLogLevel::Info,
+        &format!(
+            "ella: generated {}×{} in {:.2?}",
+            image.width,
+            image.height,
+            start.elapsed()
+        ),
+    );
+    let pixels = match channels {
+        3 => image.pixels,
+        _ => image
+            .pixels
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+    };
+    Ok((pixels, image.width as u32, image.height as u32, channels))
+}
+
+/// Generates an image; on success `*out_image` owns it (free with `ella_image_free`).
+///
+/// # Safety
+/// `context` is a live handle, `request` a valid request, `out_image` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_generate(
+    context: *mut EllaContext,
+    request: *const EllaGenerateRequest,
+    out_image: *mut *mut EllaImage,
+) -> EllaStatus {
+    guard(|| {
+        if out_image.is_null() {
+            return Err(invalid("out_image is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let (pixels, width, height, channels) = unsafe { run(context, request)? };
+        let pixels = Box::into_raw(pixels.into_boxed_slice()) as *mut u8;
+        let image = Box::new(EllaImage {
+            width,
+            height,
+            channels,
+            pixels,
+        });
+        write_out(out_image, Box::into_raw(image), "out_image")
+    })
+}
+
+/// Generates an image into the caller's buffer: `height` rows of `width * channels` bytes,
+/// each starting `row_pitch` bytes after the previous one. `ELLA_STATUS_BUFFER_TOO_SMALL`
+/// (checked before any work) when `row_pitch` or `buffer_size` cannot hold it.
+///
+/// # Safety
+/// `buffer` points to `buffer_size` writable bytes; the rest as `ella_generate`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_generate_into(
+    context: *mut EllaContext,
+    request: *const EllaGenerateRequest,
+    buffer: *mut u8,
+    buffer_size: usize,
+    row_pitch: usize,
+) -> EllaStatus {
+    guard(|| {
+        if buffer.is_null() {
+            return Err(invalid("buffer is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let peek = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
+        let row = peek.width as usize * channels(peek.pixel_format)? as usize;
+        let needed = row_pitch
+            .checked_mul(peek.height.saturating_sub(1) as usize)
+            .and_then(|n| n.checked_add(row));
+        if row_pitch < row || needed.is_none_or(|n| n > buffer_size) {
+            return Err(Failure(
+                EllaStatus::BufferTooSmall,
+                format!(
+                    "a {}×{} image needs a row pitch ≥ {row} and {} bytes",
+                    peek.width,
+                    peek.height,
+                    needed.unwrap_or(usize::MAX)
+                ),
+            ));
+        }
+        // SAFETY: per this function's contract.
+        let (pixels, _, height, _) = unsafe { run(context, request)? };
+        for (y, source) in pixels.chunks_exact(row).take(height as usize).enumerate() {
+            // SAFETY: row y lies within buffer_size, checked above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(source.as_ptr(), buffer.add(y * row_pitch), row)
+            };
+        }
+        Ok(())
+    })
+}
+
+/// Frees an image from `ella_generate`. NULL is a no-op.
+///
+/// # Safety
+/// `image` is NULL or from `ella_generate`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_image_free(image: *mut EllaImage) {
+    if image.is_null() {
+        return;
+    }
+    // SAFETY: allocated by ella_generate as a boxed image and a boxed slice of this length.
+    unsafe {
+        let image = Box::from_raw(image);
+        let len = (image.width * image.height * image.channels) as usize;
+        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            image.pixels,
+            len,
+        )));
+    }
+}
+
+fn tensor_out(tensor: Tensor<B, 3>, out: *mut *mut EllaTensor) -> Result<(), Failure> {
+    let dims = tensor.dims();
+    let values: Vec<f32> = tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| Failure(EllaStatus::Internal, format!("{e:?}")))?;
+    let data = Box::into_raw(values.into_boxed_slice()) as *mut f32;
+    let tensor = Box::new(EllaTensor {
+        rank: 3,
+        shape: [dims[0] as u64, dims[1] as u64, dims[2] as u64, 0],
+        data,
+    });
+    write_out(out, Box::into_raw(tensor), "out_tensor")
+}
+
+/// T5 hidden states of one prompt, `[1, tokens, d_model]` (for hosts that run their own
+/// U-Net). `max_tokens` as in the request (0 = flexible). Free with `ella_tensor_free`.
+///
+/// # Safety
+/// `model` is a live handle; `prompt` NUL-terminated; `out_tensor` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_encode_prompt(
+    model: *const EllaModel,
+    prompt: *const c_char,
+    max_tokens: u32,
+    out_tensor: *mut *mut EllaTensor,
+) -> EllaStatus {
+    guard(|| {
+        if out_tensor.is_null() {
+            return Err(invalid("out_tensor is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        let prompt = unsafe { text(prompt, "prompt")? };
+        let t5 = model
+            .pipeline
+            .text_encoder()
+            .ok_or_else(|| invalid("the model has no text encoder"))?;
+        let mode = match max_tokens {
+            0 => TokenMode::Flexible,
+            n => TokenMode::Fixed(n as usize),
+        };
+        tensor_out(t5.encode(prompt, mode)?, out_tensor)
+    })
+}
+
+/// One connector step: T5 states `[1, tokens, width]` (row-major floats) at a U-Net
+/// timestep → condition tokens `[1, num_latents, cross_attention_dim]`. Free the result with
+/// `ella_tensor_free`.
+///
+/// # Safety
+/// `states` points to `tokens * width` floats; the rest as `ella_encode_prompt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_connector_step(
+    model: *const EllaModel,
+    states: *const f32,
+    tokens: usize,
+    width: usize,
+    timestep: f32,
+    out_tensor: *mut *mut EllaTensor,
+) -> EllaStatus {
+    guard(|| {
+        if out_tensor.is_null() || states.is_null() {
+            return Err(invalid("states and out_tensor must not be NULL"));
+        }
+        // SAFETY: NULL or a live handle.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        let count = tokens
+            .checked_mul(width)
+            .filter(|&n| n > 0 && n <= 1 << 28)
+            .ok_or_else(|| invalid("tokens × width is 0 or absurdly large"))?;
+        // SAFETY: `count` readable floats per this function's contract.
+        let values = unsafe { std::slice::from_raw_parts(states, count) }.to_vec();
+        let states = Tensor::<B, 3>::from_data(
+            TensorData::new(values, [1, tokens, width]),
+            &Default::default(),
+        );
+        tensor_out(
+            model.pipeline.connector.forward(states, &[timestep])?,
+            out_tensor,
+        )
+    })
+}
+
+/// Frees a tensor. NULL is a no-op.
+///
+/// # Safety
+/// `tensor` is NULL or from this library, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_tensor_free(tensor: *mut EllaTensor) {
+    if tensor.is_null() {
+        return;
+    }
+    // SAFETY: allocated by tensor_out as a boxed tensor and a boxed slice of this length.
+    unsafe {
+        let tensor = Box::from_raw(tensor);
+        let len = tensor.shape[..tensor.rank as usize].iter().product::<u64>() as usize;
+        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            tensor.data,
+            len,
+        )));
+    }
 }
 
 #[cfg(test)]
@@ -24,8 +813,14 @@ mod tests {
 
     #[test]
     fn version_matches_the_header_constants() {
-        let version = unsafe { std::ffi::CStr::from_ptr(ella_version()) };
+        let version = unsafe { CStr::from_ptr(ella_version()) };
         let expected = format!("{ELLA_VERSION_MAJOR}.{ELLA_VERSION_MINOR}.{ELLA_VERSION_PATCH}");
         assert_eq!(version.to_str().unwrap(), expected);
+    }
+
+    #[test]
+    fn the_model_handle_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Pipeline<B>>();
     }
 }

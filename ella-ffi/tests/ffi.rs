@@ -1,0 +1,494 @@
+//! Every C ABI function's success and error paths, called as a C host would.
+
+use std::ffi::{CStr, CString, c_void};
+use std::path::PathBuf;
+use std::ptr::{null, null_mut};
+
+use ella::*;
+
+fn fixture(path: &str) -> CString {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ella-core/tests/fixtures")
+        .join(path);
+    CString::new(path.to_str().unwrap()).unwrap()
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(ella_last_error_message()) }
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+struct Paths {
+    t5: CString,
+    ella: CString,
+    config: CString,
+    sd: CString,
+}
+
+fn paths() -> Paths {
+    Paths {
+        t5: fixture("t5"),
+        ella: fixture("ella/ella.safetensors"),
+        config: fixture("ella/config.json"),
+        sd: fixture("sd"),
+    }
+}
+
+fn params(p: &Paths) -> EllaModelParams {
+    EllaModelParams {
+        t5_path: p.t5.as_ptr(),
+        ella_path: p.ella.as_ptr(),
+        ella_config_path: p.config.as_ptr(),
+        sd_path: p.sd.as_ptr(),
+        ..ella_model_default_params()
+    }
+}
+
+fn load() -> *mut EllaModel {
+    let p = paths();
+    let mut model = null_mut();
+    assert_eq!(
+        unsafe { ella_model_load(&params(&p), &mut model) },
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    assert!(!model.is_null());
+    assert_eq!(last_error(), "", "a success clears the message");
+    model
+}
+
+fn request(prompt: &CString) -> EllaGenerateRequest {
+    EllaGenerateRequest {
+        prompt: prompt.as_ptr(),
+        width: 32,
+        height: 32,
+        steps: 2,
+        ..ella_generate_request_default()
+    }
+}
+
+#[test]
+fn model_load_error_paths() {
+    let p = paths();
+    let mut model = null_mut();
+    let status = |params: &EllaModelParams, out: *mut *mut EllaModel| unsafe {
+        ella_model_load(params, out)
+    };
+    assert_eq!(
+        unsafe { ella_model_load(null(), &mut model) },
+        EllaStatus::InvalidArgument
+    );
+    assert!(last_error().contains("params is NULL"));
+    assert_eq!(status(&params(&p), null_mut()), EllaStatus::InvalidArgument);
+    for size in [0u32, 4, 1 << 20] {
+        let bad = EllaModelParams {
+            struct_size: size,
+            ..params(&p)
+        };
+        assert_eq!(
+            status(&bad, &mut model),
+            EllaStatus::InvalidArgument,
+            "struct_size {size}"
+        );
+    }
+    let no_t5 = EllaModelParams {
+        t5_path: null(),
+        ..params(&p)
+    };
+    assert_eq!(status(&no_t5, &mut model), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("t5_path"));
+    let not_utf8 = CString::new(vec![0xff, 0xfe, b'x']).unwrap();
+    let bad = EllaModelParams {
+        sd_path: not_utf8.as_ptr(),
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("UTF-8"));
+    let missing = CString::new("/nonexistent/ella.safetensors").unwrap();
+    let bad = EllaModelParams {
+        ella_path: missing.as_ptr(),
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::Io);
+    assert!(
+        last_error().contains("/nonexistent/ella.safetensors"),
+        "{}",
+        last_error()
+    );
+    // A truncated weight file is an invalid model, not a crash.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("ella/ella.safetensors").to_str().unwrap()).unwrap();
+    let truncated = dir.path().join("cut.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let truncated = CString::new(truncated.to_str().unwrap()).unwrap();
+    let bad = EllaModelParams {
+        ella_path: truncated.as_ptr(),
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidModel);
+    // The official connector's sizes on the tiny file: a mismatch names the tensor.
+    let bad = EllaModelParams {
+        ella_config_path: null(),
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidModel);
+    assert!(last_error().contains("shape"), "{}", last_error());
+    let bad = EllaModelParams {
+        backend: 7,
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::Unsupported);
+    assert!(model.is_null(), "no handle on failure");
+    unsafe { ella_model_free(null_mut()) };
+}
+
+#[test]
+fn generate_error_paths_and_success() {
+    let model = load();
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(null(), null(), &mut ctx) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), null_mut()) },
+        EllaStatus::InvalidArgument
+    );
+    let bad_params = EllaContextParams {
+        struct_size: 2,
+        ..ella_context_default_params()
+    };
+    assert_eq!(
+        unsafe { ella_context_new(model, &bad_params, &mut ctx) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+
+    let prompt = CString::new("a red book").unwrap();
+    let mut image = null_mut();
+    let generate =
+        |r: &EllaGenerateRequest, out: *mut *mut EllaImage| unsafe { ella_generate(ctx, r, out) };
+    assert_eq!(
+        unsafe { ella_generate(null_mut(), &request(&prompt), &mut image) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_generate(ctx, null(), &mut image) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        generate(&request(&prompt), null_mut()),
+        EllaStatus::InvalidArgument
+    );
+    let cases = [
+        EllaGenerateRequest {
+            prompt: null(),
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            width: 0,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            height: 31,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            width: 1 << 30,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            steps: 0,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            guidance_scale: f32::NAN,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            scheduler: 9,
+            ..request(&prompt)
+        },
+        EllaGenerateRequest {
+            pixel_format: 9,
+            ..request(&prompt)
+        },
+    ];
+    for case in cases {
+        assert_eq!(
+            generate(&case, &mut image),
+            EllaStatus::InvalidArgument,
+            "{case:?}"
+        );
+        assert!(!last_error().is_empty());
+    }
+    let not_utf8 = CString::new(vec![0xc3, 0x28]).unwrap();
+    let bad = EllaGenerateRequest {
+        negative_prompt: not_utf8.as_ptr(),
+        ..request(&prompt)
+    };
+    assert_eq!(generate(&bad, &mut image), EllaStatus::InvalidArgument);
+    assert!(image.is_null());
+
+    assert_eq!(
+        generate(&request(&prompt), &mut image),
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    let img = unsafe { &*image };
+    assert_eq!((img.width, img.height, img.channels), (32, 32, 3));
+    let rgb = unsafe { std::slice::from_raw_parts(img.pixels, 32 * 32 * 3) }.to_vec();
+    unsafe { ella_image_free(image) };
+
+    // A caller built against an older header: its request ends before `pixel_format`.
+    let old = EllaGenerateRequest {
+        struct_size: std::mem::offset_of!(EllaGenerateRequest, pixel_format) as u32,
+        pixel_format: 1,
+        ..request(&prompt)
+    };
+    let mut buffer = vec![0u8; 32 * 32 * 3];
+    assert_eq!(
+        unsafe { ella_generate_into(ctx, &old, buffer.as_mut_ptr(), buffer.len(), 96) },
+        EllaStatus::Ok
+    );
+    assert_eq!(
+        buffer, rgb,
+        "the missing field took its default (RGB8), and the seed gives the same image"
+    );
+
+    // The caller's buffer: RGBA with a padded pitch; too small is refused before any work.
+    let rgba = EllaGenerateRequest {
+        pixel_format: 1,
+        ..request(&prompt)
+    };
+    let mut buffer = vec![0u8; 136 * 32];
+    let into = |b: *mut u8, size: usize, pitch: usize| unsafe {
+        ella_generate_into(ctx, &rgba, b, size, pitch)
+    };
+    assert_eq!(into(null_mut(), 0, 136), EllaStatus::InvalidArgument);
+    // The last row needs only width × 4 bytes, not a whole pitch.
+    let needed = 136 * 31 + 128;
+    assert_eq!(
+        into(buffer.as_mut_ptr(), needed - 1, 136),
+        EllaStatus::BufferTooSmall
+    );
+    assert_eq!(
+        into(buffer.as_mut_ptr(), buffer.len(), 100),
+        EllaStatus::BufferTooSmall
+    );
+    assert_eq!(
+        into(buffer.as_mut_ptr(), buffer.len(), usize::MAX),
+        EllaStatus::BufferTooSmall
+    );
+    assert_eq!(into(buffer.as_mut_ptr(), buffer.len(), 136), EllaStatus::Ok);
+    for y in 0..32 {
+        for x in 0..32 {
+            let px = &buffer[y * 136 + x * 4..][..4];
+            assert_eq!(
+                px,
+                [
+                    rgb[(y * 32 + x) * 3],
+                    rgb[(y * 32 + x) * 3 + 1],
+                    rgb[(y * 32 + x) * 3 + 2],
+                    255
+                ]
+            );
+        }
+    }
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+        ella_context_free(null_mut());
+        ella_image_free(null_mut());
+    }
+}
+
+struct CancelAfter {
+    ctx: *const EllaContext,
+    calls: Vec<(u32, u32)>,
+}
+
+unsafe extern "C" fn cancel_in_callback(user_data: *mut c_void, step: u32, total: u32) {
+    let state = unsafe { &mut *(user_data as *mut CancelAfter) };
+    state.calls.push((step, total));
+    if step == 2 {
+        unsafe { ella_cancel(state.ctx) };
+    }
+}
+
+#[test]
+fn progress_and_cancel_leave_the_context_usable() {
+    let model = load();
+    let mut state = CancelAfter {
+        ctx: null(),
+        calls: Vec::new(),
+    };
+    let params = EllaContextParams {
+        progress_callback: Some(cancel_in_callback),
+        progress_user_data: &mut state as *mut CancelAfter as *mut c_void,
+        ..ella_context_default_params()
+    };
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, &params, &mut ctx) },
+        EllaStatus::Ok
+    );
+    state.ctx = ctx;
+    let prompt = CString::new("a red book").unwrap();
+    let long = EllaGenerateRequest {
+        steps: 6,
+        ..request(&prompt)
+    };
+    let mut image = null_mut();
+    assert_eq!(
+        unsafe { ella_generate(ctx, &long, &mut image) },
+        EllaStatus::Cancelled
+    );
+    assert_eq!(
+        state.calls,
+        vec![(1, 6), (2, 6)],
+        "stopped after the step that cancelled"
+    );
+    assert!(image.is_null());
+    // A cancel while idle does not affect the next run; the context works again.
+    unsafe { ella_cancel(ctx) };
+    state.calls.clear();
+    let again = EllaGenerateRequest {
+        steps: 3,
+        ..request(&prompt)
+    };
+    assert_eq!(
+        unsafe { ella_generate(ctx, &again, &mut image) },
+        EllaStatus::Cancelled,
+        "step 2 cancels again"
+    );
+    assert_eq!(state.calls, vec![(1, 3), (2, 3)]);
+    let one = EllaGenerateRequest {
+        steps: 1,
+        ..request(&prompt)
+    };
+    assert_eq!(
+        unsafe { ella_generate(ctx, &one, &mut image) },
+        EllaStatus::Ok
+    );
+    unsafe {
+        ella_image_free(image);
+        ella_cancel(null());
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+#[test]
+fn encode_and_connector_step() {
+    let model = load();
+    let prompt = CString::new("a red book on a wooden table").unwrap();
+    let mut states = null_mut();
+    assert_eq!(
+        unsafe { ella_encode_prompt(null(), prompt.as_ptr(), 0, &mut states) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_encode_prompt(model, null(), 0, &mut states) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, null_mut()) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 128, &mut states) },
+        EllaStatus::Ok
+    );
+    assert_eq!(
+        unsafe { (*states).shape },
+        [1, 128, 32, 0],
+        "fixed mode pads to 128"
+    );
+    unsafe { ella_tensor_free(states) };
+    assert_eq!(
+        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, &mut states) },
+        EllaStatus::Ok
+    );
+    let s = unsafe { &*states };
+    assert_eq!((s.rank, s.shape), (3, [1, 17, 32, 0]));
+    let mut tokens = null_mut();
+    let step = |data: *const f32, n: usize, w: usize, t: f32, out: *mut *mut EllaTensor| unsafe {
+        ella_connector_step(model, data, n, w, t, out)
+    };
+    assert_eq!(
+        step(null(), 17, 32, 1.0, &mut tokens),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        step(s.data, 17, 32, 1.0, null_mut()),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        step(s.data, 0, 32, 1.0, &mut tokens),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        step(s.data, usize::MAX, 2, 1.0, &mut tokens),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        step(s.data, 16, 34, 1.0, &mut tokens),
+        EllaStatus::InvalidArgument,
+        "wrong width"
+    );
+    assert_eq!(
+        step(s.data, 17, 32, f32::INFINITY, &mut tokens),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(step(s.data, 17, 32, 999.0, &mut tokens), EllaStatus::Ok);
+    assert_eq!(
+        unsafe { ((*tokens).rank, (*tokens).shape) },
+        (3, [1, 8, 32, 0])
+    );
+    unsafe {
+        ella_tensor_free(tokens);
+        ella_tensor_free(states);
+        ella_tensor_free(null_mut());
+        ella_model_free(model);
+    }
+}
+
+#[test]
+fn a_model_is_shared_by_contexts_on_several_threads() {
+    let model = load() as usize;
+    let handles: Vec<_> = (0..2)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let model = model as *const EllaModel;
+                let mut ctx = null_mut();
+                assert_eq!(
+                    unsafe { ella_context_new(model, null(), &mut ctx) },
+                    EllaStatus::Ok
+                );
+                let prompt = CString::new("a red book").unwrap();
+                let r = EllaGenerateRequest {
+                    seed,
+                    steps: 1,
+                    ..request(&prompt)
+                };
+                let mut buffer = vec![0u8; 32 * 32 * 3];
+                let status =
+                    unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
+                unsafe { ella_context_free(ctx) };
+                assert_eq!(status, EllaStatus::Ok);
+                buffer
+            })
+        })
+        .collect();
+    let images: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_ne!(images[0], images[1], "different seeds");
+    unsafe { ella_model_free(model as *mut EllaModel) };
+}
