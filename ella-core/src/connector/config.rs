@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::weights::{TensorSpec, linear_specs, read_json};
+use crate::error::Result;
+use crate::weights::{TensorSpec, linear_specs, read_config};
 
 /// Sizes of the Timestep-Aware Semantic Connector. `Default` is the official SD1.5 file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,12 +49,7 @@ impl Default for ConnectorConfig {
 impl ConnectorConfig {
     /// Reads a JSON file with any of the fields (the rest keep the official values).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        read_config(path, Self::validate)
     }
 
     /// Checks that the sizes describe a buildable connector.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::nn::{
     LayerNorm, TimestepEmbedding, layer_norm, multi_head_attention, timestep_features,
 };
-use crate::weights::{Checkpoint, Loader, linear_from_torch, split_rows};
+use crate::weights::{Checkpoint, Loader, check_config, linear_from_torch, split_rows};
 
 /// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
 /// `norm(x) · (1 + scale) + shift`, with `[shift | scale] = linear(SiLU(temb))`.
@@ -139,10 +139,7 @@ impl<B: Backend> Connector<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: checkpoint.path().to_path_buf(),
-            reason,
-        })?;
+        check_config(config.validate(), checkpoint.path())?;
         checkpoint.check(&config.expected_tensors(), |_| false)?;
         let load = Loader::<B>::new(checkpoint, device, dtype);
         let (w, t) = (config.width, config.time_embed_dim);

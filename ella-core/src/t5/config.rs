@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::weights::{TensorSpec, read_json};
+use crate::error::Result;
+use crate::weights::{TensorSpec, read_config};
 
 /// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,17 +79,12 @@ impl T5Config {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate(path)?;
-        Ok(config)
+        read_config(path, Self::validate)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        self.feed_forward().map_err(|e| invalid(e.to_string()))?;
+    /// Checks that the sizes describe a buildable encoder.
+    pub fn validate(&self) -> Result<(), String> {
+        self.feed_forward()?;
         let sizes = [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
@@ -103,14 +98,12 @@ impl T5Config {
             ),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(invalid(format!("`{name}` must be positive")));
+            return Err(format!("`{name}` must be positive"));
         }
         if self.relative_attention_num_buckets < 4
             || !self.relative_attention_num_buckets.is_multiple_of(2)
         {
-            return Err(invalid(
-                "`relative_attention_num_buckets` must be an even number ≥ 4".into(),
-            ));
+            return Err("`relative_attention_num_buckets` must be an even number ≥ 4".into());
         }
         Ok(())
     }

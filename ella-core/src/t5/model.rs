@@ -16,9 +16,9 @@ use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::config::{Activation, T5Config};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::multi_head_attention;
-use crate::weights::{Checkpoint, Loader};
+use crate::weights::{Checkpoint, Loader, check_config};
 
 /// T5's layer norm: `x / sqrt(mean(x²) + eps) · weight`, with the statistics in f32.
 #[derive(Module, Debug)]
@@ -183,12 +183,8 @@ impl<B: Backend> T5Encoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
-        let (activation, gated) = config
-            .feed_forward()
-            .map_err(|reason| Error::InvalidConfig {
-                path: checkpoint.path().to_path_buf(),
-                reason,
-            })?;
+        check_config(config.validate(), checkpoint.path())?;
+        let (activation, gated) = check_config(config.feed_forward(), checkpoint.path())?;
         let embed_name = if checkpoint.shape("shared.weight").is_none()
             && checkpoint.shape("encoder.embed_tokens.weight").is_some()
         {

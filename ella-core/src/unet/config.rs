@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::weights::read_json;
+use crate::error::Result;
+use crate::weights::read_config;
 
 /// A config value given once for all blocks or once per block, as diffusers allows.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -192,12 +192,7 @@ impl UNetConfig {
 
     /// Reads and validates `unet/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        read_config(path, Self::validate)
     }
 
     /// Checks that the config describes a U-Net this module builds (SD1.5-style), and says

@@ -16,7 +16,7 @@ use super::blocks::{
 use super::config::{BlockKind, UNetConfig};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
-use crate::weights::{Checkpoint, Loader};
+use crate::weights::{Checkpoint, Loader, check_config};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
@@ -48,10 +48,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: checkpoint.path().to_path_buf(),
-            reason,
-        })?;
+        check_config(config.validate(), checkpoint.path())?;
         let load = Loader::<B>::new(checkpoint, device, dtype);
         let channels = &config.block_out_channels;
         let n = channels.len();

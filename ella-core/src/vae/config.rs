@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::weights::read_json;
+use crate::error::Result;
+use crate::weights::read_config;
 
 /// The fields of an `AutoencoderKL` config; names and defaults are diffusers'.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,12 +73,7 @@ impl VaeConfig {
 
     /// Reads and validates `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        read_config(path, Self::validate)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -9,10 +9,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use super::config::VaeConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, resize_nearest};
 use crate::unet::blocks::{Attention, ResnetBlock2D, ResnetSettings};
-use crate::weights::{Checkpoint, Loader};
+use crate::weights::{Checkpoint, Loader, check_config};
 
 /// The VAE's mid-block attention: GroupNorm, one head over all `h·w` positions, residual.
 #[derive(Module, Debug)]
@@ -157,10 +157,7 @@ impl<B: Backend> AutoencoderKL<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
-        config.validate().map_err(|reason| Error::InvalidConfig {
-            path: checkpoint.path().to_path_buf(),
-            reason,
-        })?;
+        check_config(config.validate(), checkpoint.path())?;
         let load = Loader::<B>::new(checkpoint, device, dtype);
         let channels = &config.block_out_channels;
         let n = channels.len();

@@ -519,6 +519,24 @@ pub fn linear_specs(prefix: &str, d_input: usize, d_output: usize, bias: bool) -
     specs
 }
 
+/// Turns a config's own complaint (from its `validate`) into an error naming `path`.
+pub fn check_config<T>(validated: Result<T, String>, path: &Path) -> Result<T> {
+    validated.map_err(|reason| Error::InvalidConfig {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Reads a JSON config file and checks it with `validate`.
+pub fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> Result<T> {
+    let config: T = read_json(path)?;
+    check_config(validate(&config), path)?;
+    Ok(config)
+}
+
 /// Reads a JSON config file into `T`, with errors that name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
