@@ -68,6 +68,14 @@ typedef enum ella_backend {
   ELLA_BACKEND_CPU = 0,
 } ella_backend;
 
+// Float type of the weights and the computation.
+typedef enum ella_precision {
+  ELLA_PRECISION_F32 = 0,
+  // Half precision (the official ELLA setting on GPUs); on the CPU only with the `flex` backend.
+  ELLA_PRECISION_F16 = 1,
+  ELLA_PRECISION_BF16 = 2,
+} ella_precision;
+
 // Sampler; the other scheduler settings come from the SD folder's scheduler config.
 typedef enum ella_scheduler {
   // DPM-Solver++ 2M (the official ELLA demo's).
@@ -108,6 +116,8 @@ typedef struct ella_model_params {
   const char *sd_path;
   // An `ella_backend` (a plain integer here, so that any value is safe to pass).
   uint32_t backend;
+  // An `ella_precision`; default F32.
+  uint32_t precision;
   ella_log_callback log_callback;
   void *log_user_data;
 } ella_model_params;

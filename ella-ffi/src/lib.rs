@@ -70,6 +70,16 @@ pub enum EllaScheduler {
     Ddim = 3,
 }
 
+/// Float type of the weights and the computation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPrecision {
+    F32 = 0,
+    /// Half precision (the official ELLA setting on GPUs); on the CPU only with the `flex` backend.
+    F16 = 1,
+    Bf16 = 2,
+}
+
 /// Pixel layout of an image.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +122,8 @@ pub struct EllaModelParams {
     pub sd_path: *const c_char,
     /// An `ella_backend` (a plain integer here, so that any value is safe to pass).
     pub backend: u32,
+    /// An `ella_precision`; default F32.
+    pub precision: u32,
     pub log_callback: EllaLogCallback,
     pub log_user_data: *mut c_void,
 }
@@ -346,6 +358,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         ella_config_path: std::ptr::null(),
         sd_path: std::ptr::null(),
         backend: EllaBackend::Cpu as u32,
+        precision: EllaPrecision::F32 as u32,
         log_callback: None,
         log_user_data: std::ptr::null_mut(),
     }
@@ -386,12 +399,22 @@ pub unsafe extern "C" fn ella_model_load(
                 ),
             ));
         }
+        let dtype = match params.precision {
+            x if x == EllaPrecision::F32 as u32 => DType::F32,
+            x if x == EllaPrecision::F16 as u32 => DType::F16,
+            x if x == EllaPrecision::Bf16 as u32 => DType::BF16,
+            other => {
+                return Err(invalid(format!(
+                    "params.precision {other} is not an ella_precision"
+                )));
+            }
+        };
         let log = Logger {
             callback: params.log_callback,
             user_data: params.log_user_data,
         };
         let start = Instant::now();
-        let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32)?;
+        let pipeline = Pipeline::<B>::load(&paths, &Default::default(), dtype)?;
         log.log(
             EllaLogLevel::Info,
             &format!("ella: loaded the models in {:.2?}", start.elapsed()),

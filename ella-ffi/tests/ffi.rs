@@ -492,3 +492,44 @@ fn a_model_is_shared_by_contexts_on_several_threads() {
     assert_ne!(images[0], images[1], "different seeds");
     unsafe { ella_model_free(model as *mut EllaModel) };
 }
+
+#[test]
+fn half_precision_model() {
+    let p = paths();
+    let mut model = null_mut();
+    let half = EllaModelParams {
+        precision: 1,
+        ..params(&p)
+    };
+    assert_eq!(
+        unsafe { ella_model_load(&half, &mut model) },
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    let mut buffer = vec![0u8; 32 * 32 * 3];
+    let r = EllaGenerateRequest {
+        steps: 1,
+        ..request(&prompt)
+    };
+    assert_eq!(
+        unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) },
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    assert!(
+        buffer.iter().any(|&v| v != buffer[0]),
+        "a non-constant image"
+    );
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
