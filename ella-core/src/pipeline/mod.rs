@@ -2,6 +2,23 @@
 //! at every denoising step the connector turns them into condition tokens for exactly the
 //! timestep the U-Net gets, classifier-free guidance runs both branches as one U-Net batch
 //! (negative first, as diffusers), the scheduler steps, and the VAE decodes the result.
+//!
+//! ```no_run
+//! use ella_core::burn::tensor::DType;
+//! use ella_core::{DefaultBackend as B, GenerateRequest, ModelPaths, Pipeline};
+//!
+//! # fn main() -> ella_core::Result<()> {
+//! let paths = ModelPaths {
+//!     t5: "models--google--flan-t5-xl--text_encoder".into(),
+//!     ella: "ella-sd1.5-tsc-t5xl.safetensors".into(),
+//!     ella_config: None,
+//!     sd: "stable-diffusion-v1-5".into(), // diffusers layout: unet/, vae/, scheduler/
+//! };
+//! let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32)?;
+//! let images = pipeline.generate(&GenerateRequest::new("a red book on a wooden table"))?;
+//! images[0].save_png("book.png")
+//! # }
+//! ```
 
 mod image;
 pub mod noise;
