@@ -591,6 +591,14 @@ unsafe fn run(
             "another call is running on this context; use one context per thread",
         ));
     }
+    // Frees the context again however the call ends, a caught panic included.
+    struct Busy<'a>(&'a AtomicBool);
+    impl Drop for Busy<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _busy = Busy(&context.busy);
     context.cancel.store(false, Ordering::SeqCst);
     let params = context.params;
     let mut hooks = Hooks {
@@ -606,7 +614,6 @@ unsafe fn run(
     let start = Instant::now();
     let result = context.model.generate_with(&generate, None, &mut hooks);
     drop(hooks);
-    context.busy.store(false, Ordering::SeqCst);
     let image = result?
         .into_iter()
         .next()

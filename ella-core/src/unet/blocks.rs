@@ -294,13 +294,13 @@ impl<B: Backend> DownBlock<B> {
     pub fn forward(
         &self,
         mut x: Tensor<B, 4>,
-        temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        temb: &Tensor<B, 2>,
+        context: &Tensor<B, 3>,
         skips: &mut Vec<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(x, temb);
-            if let (Some(attention), Some(context)) = (self.attentions.get(j), context) {
+            x = resnet.forward(x, Some(temb));
+            if let Some(attention) = self.attentions.get(j) {
                 x = attention.forward(x, context);
             }
             skips.push(x.clone());

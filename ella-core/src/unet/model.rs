@@ -271,7 +271,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
-            x = block.forward(x, Some(&temb), Some(&context), &mut skips);
+            x = block.forward(x, &temb, &context, &mut skips);
         }
         x = self.mid_block.forward(x, &temb, &context);
         // A latent size the downsampling does not divide: upsample to each skip's size.
