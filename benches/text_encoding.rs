@@ -9,8 +9,8 @@ use std::path::Path;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ella_core::{
-    Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder, TextEncoder,
-    TokenMode,
+    Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder, T5Precision,
+    TextEncoder, TokenMode,
 };
 
 /// flan-t5-base: 12 layers of width 768, gated-GELU.
@@ -57,7 +57,8 @@ fn benches(c: &mut Criterion) {
     // flan-t5-base sizes, one prompt of 128 tokens.
     let base = flan_t5_base();
     let checkpoint = Checkpoint::random(1);
-    let encoder = T5Encoder::<B>::from_checkpoint(base, &checkpoint, &device, DType::F32).unwrap();
+    let encoder =
+        T5Encoder::<B>::from_checkpoint(base, &checkpoint, &device, T5Precision::F32).unwrap();
     let ids = Tensor::<B, 2, Int>::from_data(
         TensorData::new(
             (0..128)

@@ -1,4 +1,5 @@
-//! Prompt → image with ELLA on SD1.5, on the CPU.
+//! Prompt → image with ELLA on SD1.5, on the CPU (default) or a GPU (`--backend wgpu|cuda`
+//! in builds with those features).
 //!
 //! With the tiny test models in the repository (no download):
 //!     cargo run --example generate -- --t5 ella-core/tests/fixtures/t5 \
@@ -14,10 +15,12 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::{Parser, ValueEnum};
+use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, DefaultBackend as B, GenerateRequest, Hooks, ModelPaths, Pipeline, SchedulerKind,
+    Checkpoint, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, SchedulerKind,
+    T5Precision, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,6 +28,38 @@ use indicatif::{ProgressBar, ProgressStyle};
 enum Mode {
     Flexible,
     Fixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendName {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Float {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum T5Float {
+    /// The same as --precision, the whole encoder (the official code's F16 on GPUs).
+    Auto,
+    F32,
+    F16,
+    /// F16 with the feed-forward output projections in F32.
+    F16WoF32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Decode {
+    Whole,
+    Sliced,
+    Tiled,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +127,20 @@ struct Args {
     /// Never download: use the paths given or the Hugging Face cache only.
     #[arg(long)]
     offline: bool,
+    /// cpu, or wgpu / cuda in builds with those cargo features.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendName,
+    /// Float type of the connector, U-Net and VAE (F16 or BF16 on GPUs).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Float,
+    #[arg(long, value_enum, default_value = "auto")]
+    t5_precision: T5Float,
+    /// VAE decoding: sliced (one image at a time) or tiled (bounded memory for big images).
+    #[arg(long, value_enum, default_value = "whole")]
+    vae_decode: Decode,
+    /// Encode the prompts, free T5, then sample (less memory while sampling).
+    #[arg(long)]
+    free_t5: bool,
 }
 
 const ELLA_REPO: &str = "QQGYLab/ELLA";
@@ -166,12 +215,70 @@ fn run(args: Args) -> Result<(), String> {
             .timesteps
             .map(|Timesteps::Ays| ella_core::scheduler::ALIGN_YOUR_STEPS_SD15.to_vec()),
         init_latents,
+        vae_decode: match args.vae_decode {
+            Decode::Whole => VaeDecode::Whole,
+            Decode::Sliced => VaeDecode::Sliced,
+            Decode::Tiled => VaeDecode::Tiled,
+        },
     };
+    let dtype = match args.precision {
+        Float::F32 => DType::F32,
+        Float::F16 => DType::F16,
+        Float::Bf16 => DType::BF16,
+    };
+    let precision = Precision {
+        text_encoder: match args.t5_precision {
+            T5Float::Auto => T5Precision::uniform(dtype).map_err(|e| e.to_string())?,
+            T5Float::F32 => T5Precision::F32,
+            T5Float::F16 => T5Precision::F16,
+            T5Float::F16WoF32 => T5Precision::F16WoF32,
+            T5Float::Bf16 => T5Precision::BF16,
+        },
+        diffusion: dtype,
+    };
+    let images = match args.backend {
+        BackendName::Cpu => generate::<ella_core::DefaultBackend>(&args, &paths, precision, &request)?,
+        #[cfg(feature = "wgpu")]
+        BackendName::Wgpu => generate::<ella_core::Wgpu>(&args, &paths, precision, &request)?,
+        #[cfg(feature = "cuda")]
+        BackendName::Cuda => generate::<ella_core::Cuda>(&args, &paths, precision, &request)?,
+        #[allow(unreachable_patterns)]
+        _ => return Err("this backend is not compiled in: build with `--features ella-core/wgpu` or `ella-core/cuda`".into()),
+    };
+    for (i, image) in images.iter().enumerate() {
+        let path = numbered(&args.out, i, images.len());
+        image.save_png(&path).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
 
+/// Loads the pipeline on backend `B` and runs the request with a progress bar.
+fn generate<B: Backend>(
+    args: &Args,
+    paths: &ModelPaths,
+    precision: Precision,
+    request: &GenerateRequest,
+) -> Result<Vec<Image>, String> {
     let device = Default::default();
     let start = std::time::Instant::now();
-    let pipeline = Pipeline::<B>::load(&paths, &device, DType::F32).map_err(|e| e.to_string())?;
+    let mut pipeline =
+        Pipeline::<B>::load_with_precision(paths, &device, precision).map_err(|e| e.to_string())?;
     eprintln!("loaded the models in {:.1?}", start.elapsed());
+    let states = match args.free_t5 {
+        true => {
+            let states = pipeline
+                .encode_prompts(
+                    &request.prompt,
+                    &request.negative_prompt,
+                    request.token_mode,
+                )
+                .map_err(|e| e.to_string())?;
+            pipeline.free_text_encoder();
+            Some(states)
+        }
+        false => None,
+    };
 
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta})")
@@ -195,7 +302,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let start = std::time::Instant::now();
     let images = pipeline
-        .generate_with(&request, None, &mut hooks)
+        .generate_with(request, states.as_ref(), &mut hooks)
         .map_err(|e| e.to_string())?;
     drop(hooks);
     bar.finish();
@@ -204,16 +311,10 @@ fn run(args: Args) -> Result<(), String> {
         images.len(),
         start.elapsed()
     );
-
-    for (i, image) in images.iter().enumerate() {
-        let path = numbered(&args.out, i, images.len());
-        image.save_png(&path).map_err(|e| e.to_string())?;
-        println!("wrote {}", path.display());
-    }
     if let Some(dir) = &args.dump_dir {
         write_dump(dir, dumped.into_inner().expect("not poisoned"))?;
     }
-    Ok(())
+    Ok(images)
 }
 
 /// `image.png`, or `image-0.png`, `image-1.png`, … for a batch.

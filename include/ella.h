@@ -10,8 +10,9 @@
  * released with their ella_*_free function (each accepts NULL). Strings passed in are read
  * during the call only.
  *
- * Threads: an ella_model is immutable and may be used by any number of threads at once
- * (ella_context_new, ella_encode_prompt, ella_connector_step). An ella_context runs one call
+ * Threads: an ella_model may be used by any number of threads at once
+ * (ella_context_new, ella_encode_prompt, ella_prompt_encode, ella_connector_step);
+ * ella_model_free_text_encoder waits for the calls running on it. An ella_context runs one call
  * at a time: give each thread or job its own. ella_cancel(ctx) may be called from any thread
  * while ella_generate(ctx, ...) runs. Log and progress callbacks are called on the thread that
  * made the call; callbacks must not call back into the same context.
@@ -63,9 +64,15 @@ typedef enum ella_status {
   ELLA_STATUS_INTERNAL = 7,
 } ella_status;
 
-// Compute backend. Only the CPU is compiled into this build.
+// Compute backend. A backend not compiled into the library (cargo features `wgpu`,
+// `cuda`) is refused with `ELLA_STATUS_UNSUPPORTED`.
 typedef enum ella_backend {
+  // Burn's `flex` CPU backend (or `ndarray` in builds without `flex`).
   ELLA_BACKEND_CPU = 0,
+  // Vulkan, Metal or DX12 through wgpu (F32 and F16).
+  ELLA_BACKEND_WGPU = 1,
+  // NVIDIA GPUs (F32, F16 and BF16); needs the driver and NVRTC at run time only.
+  ELLA_BACKEND_CUDA = 2,
 } ella_backend;
 
 // Float type of the weights and the computation.
@@ -75,6 +82,28 @@ typedef enum ella_precision {
   ELLA_PRECISION_F16 = 1,
   ELLA_PRECISION_BF16 = 2,
 } ella_precision;
+
+// Precision of the T5 encoder.
+typedef enum ella_t5_precision {
+  // The model's `precision`, the whole encoder (F16 is what the official ELLA code runs).
+  ELLA_T5_PRECISION_AUTO = 0,
+  ELLA_T5_PRECISION_F32 = 1,
+  ELLA_T5_PRECISION_F16 = 2,
+  // F16 with the feed-forward output projections in F32 (transformers' F16 loading).
+  ELLA_T5_PRECISION_F16_WO_F32 = 3,
+  ELLA_T5_PRECISION_BF16 = 4,
+} ella_t5_precision;
+
+// How the VAE decodes (memory against speed).
+typedef enum ella_vae_decode {
+  // Everything at once (fastest).
+  ELLA_VAE_DECODE_WHOLE = 0,
+  // One image at a time: same pixels.
+  ELLA_VAE_DECODE_SLICED = 1,
+  // Overlapping 512×512 tiles (diffusers' tiling): bounded memory for any size, pixels
+  // differ slightly near tile seams.
+  ELLA_VAE_DECODE_TILED = 2,
+} ella_vae_decode;
 
 // Sampler; the other scheduler settings come from the SD folder's scheduler config.
 typedef enum ella_scheduler {
@@ -96,8 +125,12 @@ typedef enum ella_pixel_format {
 // (`ella_cancel` excepted).
 typedef struct ella_context ella_context;
 
-// A loaded model: T5, connector, U-Net, VAE. Immutable; share it between contexts and threads.
+// A loaded model: T5, connector, U-Net, VAE. Share it between contexts and threads.
 typedef struct ella_model ella_model;
+
+// The T5 states of a prompt and its negative prompt, kept in host memory: generate from
+// them any number of times, also after `ella_model_free_text_encoder`.
+typedef struct ella_prompt ella_prompt;
 
 // Receives log messages of one model handle (`message` is valid during the call only).
 typedef void (*ella_log_callback)(enum ella_log_level level, const char *message, void *user_data);
@@ -116,10 +149,12 @@ typedef struct ella_model_params {
   const char *sd_path;
   // An `ella_backend` (a plain integer here, so that any value is safe to pass).
   uint32_t backend;
-  // An `ella_precision`; default F32.
+  // An `ella_precision` of the connector, U-Net and VAE; default F32.
   uint32_t precision;
   ella_log_callback log_callback;
   void *log_user_data;
+  // An `ella_t5_precision`; default AUTO (the same as `precision`).
+  uint32_t t5_precision;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.
@@ -157,6 +192,12 @@ typedef struct ella_generate_request {
   uint32_t max_tokens;
   // An `ella_pixel_format`.
   uint32_t pixel_format;
+  // An `ella_vae_decode`; default WHOLE.
+  uint32_t vae_decode;
+  // Prompt states from `ella_prompt_encode`, used instead of encoding `prompt` and
+  // `negative_prompt` (which may then be NULL); NULL by default. Required once the
+  // model's text encoder was freed.
+  const struct ella_prompt *prompt_cache;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.
@@ -282,6 +323,33 @@ enum ella_status ella_connector_step(const struct ella_model *model,
                                      size_t width,
                                      float timestep,
                                      struct ella_tensor **out_tensor);
+
+// Encodes a prompt and its negative prompt (NULL means "") with T5, once: pass the result as
+// `ella_generate_request.prompt_cache` to generate from it any number of times, also after
+// `ella_model_free_text_encoder`. `max_tokens` as in the request. Free with
+// `ella_prompt_free`.
+//
+// # Safety
+// `model` is a live handle; the strings are NUL-terminated; `out_prompt` is writable.
+enum ella_status ella_prompt_encode(const struct ella_model *model,
+                                    const char *prompt,
+                                    const char *negative_prompt,
+                                    uint32_t max_tokens,
+                                    struct ella_prompt **out_prompt);
+
+// Frees prompt states. NULL is a no-op.
+//
+// # Safety
+// `prompt` is NULL or from `ella_prompt_encode`, not used after this call.
+void ella_prompt_free(struct ella_prompt *prompt);
+
+// Drops the model's T5 encoder (about 2.4 GB in F16 for flan-t5-xl) and returns its memory
+// to the device. Afterwards generation needs `prompt_cache` from `ella_prompt_encode`, and
+// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish.
+//
+// # Safety
+// `model` is NULL or a live handle.
+enum ella_status ella_model_free_text_encoder(const struct ella_model *model);
 
 // Frees a tensor. NULL is a no-op.
 //

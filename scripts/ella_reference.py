@@ -14,7 +14,7 @@ from torch import nn
 def timestep_features(timesteps, channels, flip_sin_to_cos=True, downscale_freq_shift=0.0):
     """diffusers' get_timestep_embedding: [B] -> [B, channels], computed in f32."""
     half = channels // 2
-    exponent = -math.log(10000) * torch.arange(0, half, dtype=torch.float32)
+    exponent = -math.log(10000) * torch.arange(0, half, dtype=torch.float32, device=timesteps.device)
     exponent = exponent / (half - downscale_freq_shift)
     freqs = torch.exp(exponent)
     args = timesteps[:, None].float() * freqs[None, :]

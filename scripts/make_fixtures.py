@@ -295,8 +295,9 @@ def make_ella(t5_ref):
 
 
 def main():
-    """`make_fixtures.py [text|sd|all]`: the T5 + connector part, the SD part (which uses the
-    text part's files), or both (default)."""
+    """`make_fixtures.py [text|sd|vae-tiling|all]`: the T5 + connector part, the SD part (which
+    uses the text part's files), only the tiled-VAE reference (from the committed tiny VAE),
+    or all (default)."""
     part = sys.argv[1] if len(sys.argv) > 1 else "all"
     torch.set_num_threads(1)
     for sub in ["t5", "reference"]:
@@ -313,6 +314,10 @@ def main():
         import sd_fixtures
 
         sd_fixtures.make_sd(OUT, ELLA_TINY)
+    if part == "vae-tiling":
+        import sd_fixtures
+
+        sd_fixtures.make_vae_tiling(OUT)
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"fixtures written to {OUT} ({total / 1e6:.2f} MB)")
 

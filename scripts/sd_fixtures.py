@@ -4,7 +4,8 @@ for make_fixtures.py. Writes:
   sd/unet/       config.json, diffusion_pytorch_model.safetensors (UNet2DConditionModel)
   sd/vae/        config.json, diffusion_pytorch_model.safetensors (AutoencoderKL)
   sd/scheduler/  scheduler_config.json (SD1.5's own: a PNDMScheduler config)
-  reference/sd.safetensors, reference/schedulers.json, reference/pipeline_*.safetensors
+  reference/sd.safetensors, reference/schedulers.json, reference/pipeline_*.safetensors,
+  reference/vae_tiling.safetensors
 """
 
 import json
@@ -237,6 +238,20 @@ def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, pro
             "scheduler": name.split("_")[0], "height": height, "width": width}
 
 
+def make_vae_tiling(out):
+    """diffusers' tiled VAE decode (enable_tiling) of two latents larger than one tile of the
+    tiny VAE (sample_size 32: 16-latent tiles, stride 12, 8-pixel blends; the last row of
+    tiles is exactly one blend high), and the whole decode of the same latents."""
+    vae = AutoencoderKL.from_pretrained(str(out / "sd" / "vae")).eval()
+    latents = torch.randn(2, 4, 40, 30, generator=torch.Generator().manual_seed(51))
+    ref = {"latents": latents}
+    with torch.no_grad():
+        ref["whole"] = vae.decode(latents).sample
+        vae.enable_tiling()
+        ref["tiled"] = vae.decode(latents).sample
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference" / "vae_tiling.safetensors"))
+
+
 def make_sd(out, ella_config):
     sd = out / "sd"
     unet = tiny_unet(ella_config["width"])
@@ -270,6 +285,7 @@ def make_sd(out, ella_config):
         ref["vae.image"] = image
         ref["vae.encoded_mean"] = vae.encode(image).latent_dist.mean
     save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference" / "sd.safetensors"))
+    make_vae_tiling(out)
     scheduler_fixtures(out)
 
     # Complete 4-step CFG samplings with the tiny T5 + connector + U-Net + VAE.

@@ -37,11 +37,11 @@ pub mod weights;
 
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
-pub use pipeline::{GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PromptStates};
+pub use pipeline::{GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, PromptStates};
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
-pub use t5::{T5Config, T5Encoder, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
+pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use unet::{UNet2DConditionModel, UNetConfig};
-pub use vae::{AutoencoderKL, VaeConfig};
+pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};
 pub use weights::Checkpoint;
 
 /// The CPU backend of this build: Burn's pure-Rust `flex` backend when the `flex` feature
@@ -52,6 +52,16 @@ pub type DefaultBackend = burn::backend::Flex;
 /// is on (the default), otherwise `ndarray`.
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type DefaultBackend = burn::backend::NdArray;
+
+/// Burn's CUDA backend without the kernel-fusion layer (which panics on these models in Burn
+/// 0.21; see `Cargo.toml`). F32 matmuls run in TF32 on tensor cores, as PyTorch's
+/// `allow_tf32`; use F16 or BF16 weights for speed.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// Burn's wgpu backend (Vulkan, Metal, DX12) without the kernel-fusion layer.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// Re-export of the Burn version this crate is built on.
 pub use burn;

@@ -18,11 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ella_core::burn::tensor::{DType, Tensor, TensorData};
-use ella_core::t5::TokenMode;
+use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::{
-    DefaultBackend as B, Error, GenerateRequest, Hooks, ModelPaths, Pipeline, SchedulerKind,
+    Error, GenerateRequest, Hooks, ModelPaths, Precision, SchedulerKind, T5Precision, TokenMode,
+    VaeDecode,
 };
+
+mod engine;
+use engine::{Engine, HostPrompt};
 
 /// Major version of the library and of this header.
 pub const ELLA_VERSION_MAJOR: u32 = 0;
@@ -52,11 +55,17 @@ pub enum EllaStatus {
     Internal = 7,
 }
 
-/// Compute backend. Only the CPU is compiled into this build.
+/// Compute backend. A backend not compiled into the library (cargo features `wgpu`,
+/// `cuda`) is refused with `ELLA_STATUS_UNSUPPORTED`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EllaBackend {
+    /// Burn's `flex` CPU backend (or `ndarray` in builds without `flex`).
     Cpu = 0,
+    /// Vulkan, Metal or DX12 through wgpu (F32 and F16).
+    Wgpu = 1,
+    /// NVIDIA GPUs (F32, F16 and BF16); needs the driver and NVRTC at run time only.
+    Cuda = 2,
 }
 
 /// Sampler; the other scheduler settings come from the SD folder's scheduler config.
@@ -78,6 +87,32 @@ pub enum EllaPrecision {
     /// Half precision (the official ELLA setting on GPUs); on the CPU only with the `flex` backend.
     F16 = 1,
     Bf16 = 2,
+}
+
+/// Precision of the T5 encoder.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaT5Precision {
+    /// The model's `precision`, the whole encoder (F16 is what the official ELLA code runs).
+    Auto = 0,
+    F32 = 1,
+    F16 = 2,
+    /// F16 with the feed-forward output projections in F32 (transformers' F16 loading).
+    F16WoF32 = 3,
+    Bf16 = 4,
+}
+
+/// How the VAE decodes (memory against speed).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaVaeDecode {
+    /// Everything at once (fastest).
+    Whole = 0,
+    /// One image at a time: same pixels.
+    Sliced = 1,
+    /// Overlapping 512×512 tiles (diffusers' tiling): bounded memory for any size, pixels
+    /// differ slightly near tile seams.
+    Tiled = 2,
 }
 
 /// Pixel layout of an image.
@@ -122,10 +157,12 @@ pub struct EllaModelParams {
     pub sd_path: *const c_char,
     /// An `ella_backend` (a plain integer here, so that any value is safe to pass).
     pub backend: u32,
-    /// An `ella_precision`; default F32.
+    /// An `ella_precision` of the connector, U-Net and VAE; default F32.
     pub precision: u32,
     pub log_callback: EllaLogCallback,
     pub log_user_data: *mut c_void,
+    /// An `ella_t5_precision`; default AUTO (the same as `precision`).
+    pub t5_precision: u32,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -164,6 +201,12 @@ pub struct EllaGenerateRequest {
     pub max_tokens: u32,
     /// An `ella_pixel_format`.
     pub pixel_format: u32,
+    /// An `ella_vae_decode`; default WHOLE.
+    pub vae_decode: u32,
+    /// Prompt states from `ella_prompt_encode`, used instead of encoding `prompt` and
+    /// `negative_prompt` (which may then be NULL); NULL by default. Required once the
+    /// model's text encoder was freed.
+    pub prompt_cache: *const EllaPrompt,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -188,16 +231,22 @@ pub struct EllaTensor {
     pub data: *mut f32,
 }
 
-/// A loaded model: T5, connector, U-Net, VAE. Immutable; share it between contexts and threads.
+/// A loaded model: T5, connector, U-Net, VAE. Share it between contexts and threads.
 pub struct EllaModel {
-    pipeline: Arc<Pipeline<B>>,
+    engine: Arc<dyn Engine>,
     log: Logger,
+}
+
+/// The T5 states of a prompt and its negative prompt, kept in host memory: generate from
+/// them any number of times, also after `ella_model_free_text_encoder`.
+pub struct EllaPrompt {
+    states: HostPrompt,
 }
 
 /// One job's state: cancellation flag and progress callback. Use from one thread at a time
 /// (`ella_cancel` excepted).
 pub struct EllaContext {
-    model: Arc<Pipeline<B>>,
+    model: Arc<dyn Engine>,
     log: Logger,
     params: EllaContextParams,
     cancel: AtomicBool,
@@ -361,6 +410,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         precision: EllaPrecision::F32 as u32,
         log_callback: None,
         log_user_data: std::ptr::null_mut(),
+        t5_precision: EllaT5Precision::Auto as u32,
     }
 }
 
@@ -390,15 +440,6 @@ pub unsafe extern "C" fn ella_model_load(
             },
             sd: path(params.sd_path, "params.sd_path")?,
         };
-        if params.backend != EllaBackend::Cpu as u32 {
-            return Err(Failure(
-                EllaStatus::Unsupported,
-                format!(
-                    "backend {} is not compiled into this build (CPU only)",
-                    params.backend
-                ),
-            ));
-        }
         let dtype = match params.precision {
             x if x == EllaPrecision::F32 as u32 => DType::F32,
             x if x == EllaPrecision::F16 as u32 => DType::F16,
@@ -409,18 +450,34 @@ pub unsafe extern "C" fn ella_model_load(
                 )));
             }
         };
+        let text_encoder = match params.t5_precision {
+            x if x == EllaT5Precision::Auto as u32 => T5Precision::uniform(dtype)?,
+            x if x == EllaT5Precision::F32 as u32 => T5Precision::F32,
+            x if x == EllaT5Precision::F16 as u32 => T5Precision::F16,
+            x if x == EllaT5Precision::F16WoF32 as u32 => T5Precision::F16WoF32,
+            x if x == EllaT5Precision::Bf16 as u32 => T5Precision::BF16,
+            other => {
+                return Err(invalid(format!(
+                    "params.t5_precision {other} is not an ella_t5_precision"
+                )));
+            }
+        };
+        let precision = Precision {
+            text_encoder,
+            diffusion: dtype,
+        };
         let log = Logger {
             callback: params.log_callback,
             user_data: params.log_user_data,
         };
         let start = Instant::now();
-        let pipeline = Pipeline::<B>::load(&paths, &Default::default(), dtype)?;
+        let engine = engine::load(params.backend, &paths, precision)?;
         log.log(
             EllaLogLevel::Info,
             &format!("ella: loaded the models in {:.2?}", start.elapsed()),
         );
         let model = Box::new(EllaModel {
-            pipeline: Arc::new(pipeline),
+            engine: Arc::from(engine),
             log,
         });
         write_out(out_model, Box::into_raw(model), "out_model")
@@ -471,7 +528,7 @@ pub unsafe extern "C" fn ella_context_new(
             false => unsafe { read_struct(params, ella_context_default_params(), "params")? },
         };
         let context = Box::new(EllaContext {
-            model: Arc::clone(&model.pipeline),
+            model: Arc::clone(&model.engine),
             log: model.log,
             params,
             cancel: AtomicBool::new(false),
@@ -524,6 +581,16 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         scheduler: EllaScheduler::DpmSolverMultistep as u32,
         max_tokens: 0,
         pixel_format: EllaPixelFormat::Rgb8 as u32,
+        vae_decode: EllaVaeDecode::Whole as u32,
+        prompt_cache: std::ptr::null(),
+    }
+}
+
+/// An `ella_generate_request.max_tokens` as a token mode.
+fn token_mode(max_tokens: u32) -> TokenMode {
+    match max_tokens {
+        0 => TokenMode::Flexible,
+        n => TokenMode::Fixed(n as usize),
     }
 }
 
@@ -551,25 +618,27 @@ unsafe fn run(
     // SAFETY: per the caller's contract.
     let request = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
     let channels = channels(request.pixel_format)?;
-    let generate = GenerateRequest {
+    // SAFETY: NULL or a live handle, per the caller's contract.
+    let cache = unsafe { request.prompt_cache.as_ref() };
+    let optional_text = |ptr: *const c_char, what| match ptr.is_null() {
+        true => Ok(String::new()),
         // SAFETY: strings per the caller's contract.
-        prompt: unsafe { text(request.prompt, "request.prompt") }?.to_string(),
-        negative_prompt: match request.negative_prompt.is_null() {
-            true => String::new(),
-            false => {
-                unsafe { text(request.negative_prompt, "request.negative_prompt") }?.to_string()
-            }
+        false => unsafe { text(ptr, what) }.map(str::to_string),
+    };
+    let generate = GenerateRequest {
+        prompt: match cache {
+            Some(_) => optional_text(request.prompt, "request.prompt")?,
+            // SAFETY: strings per the caller's contract.
+            None => unsafe { text(request.prompt, "request.prompt") }?.to_string(),
         },
+        negative_prompt: optional_text(request.negative_prompt, "request.negative_prompt")?,
         width: request.width as usize,
         height: request.height as usize,
         steps: request.steps as usize,
         guidance_scale: request.guidance_scale,
         seed: request.seed,
         batch_size: 1,
-        token_mode: match request.max_tokens {
-            0 => TokenMode::Flexible,
-            n => TokenMode::Fixed(n as usize),
-        },
+        token_mode: token_mode(request.max_tokens),
         scheduler: match request.scheduler {
             x if x == EllaScheduler::DpmSolverMultistep as u32 => SchedulerKind::DpmSolverMultistep,
             x if x == EllaScheduler::DpmSolverMultistepKarras as u32 => {
@@ -585,6 +654,16 @@ unsafe fn run(
         },
         timesteps: None,
         init_latents: None,
+        vae_decode: match request.vae_decode {
+            x if x == EllaVaeDecode::Whole as u32 => VaeDecode::Whole,
+            x if x == EllaVaeDecode::Sliced as u32 => VaeDecode::Sliced,
+            x if x == EllaVaeDecode::Tiled as u32 => VaeDecode::Tiled,
+            other => {
+                return Err(invalid(format!(
+                    "request.vae_decode {other} is not an ella_vae_decode"
+                )));
+            }
+        },
     };
     if context.busy.swap(true, Ordering::SeqCst) {
         return Err(invalid(
@@ -612,7 +691,9 @@ unsafe fn run(
         ..Hooks::default()
     };
     let start = Instant::now();
-    let result = context.model.generate_with(&generate, None, &mut hooks);
+    let result = context
+        .model
+        .generate(&generate, cache.map(|c| &c.states), &mut hooks);
     drop(hooks);
     let image = result?
         .into_iter()
@@ -732,11 +813,9 @@ pub unsafe extern "C" fn ella_image_free(image: *mut EllaImage) {
     }
 }
 
-fn tensor_out(tensor: Tensor<B, 3>, out: *mut *mut EllaTensor) -> Result<(), Failure> {
-    let dims = tensor.dims();
-    let values: Vec<f32> = tensor
-        .into_data()
-        .convert::<f32>()
+fn tensor_out(data: TensorData, out: *mut *mut EllaTensor) -> Result<(), Failure> {
+    let dims = data.shape.clone();
+    let values: Vec<f32> = data
         .to_vec()
         .map_err(|e| Failure(EllaStatus::Internal, format!("{e:?}")))?;
     let data = Box::into_raw(values.into_boxed_slice()) as *mut f32;
@@ -767,15 +846,10 @@ pub unsafe extern "C" fn ella_encode_prompt(
         // SAFETY: per this function's contract.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
         let prompt = unsafe { text(prompt, "prompt")? };
-        let t5 = model
-            .pipeline
-            .text_encoder()
-            .ok_or_else(|| invalid("the model has no text encoder"))?;
-        let mode = match max_tokens {
-            0 => TokenMode::Flexible,
-            n => TokenMode::Fixed(n as usize),
-        };
-        tensor_out(t5.encode(prompt, mode)?, out_tensor)
+        tensor_out(
+            model.engine.encode(prompt, token_mode(max_tokens))?,
+            out_tensor,
+        )
     })
 }
 
@@ -806,14 +880,75 @@ pub unsafe extern "C" fn ella_connector_step(
             .ok_or_else(|| invalid("tokens × width is 0 or absurdly large"))?;
         // SAFETY: `count` readable floats per this function's contract.
         let values = unsafe { std::slice::from_raw_parts(states, count) }.to_vec();
-        let states = Tensor::<B, 3>::from_data(
-            TensorData::new(values, [1, tokens, width]),
-            &Default::default(),
-        );
-        tensor_out(
-            model.pipeline.connector.forward(states, &[timestep])?,
-            out_tensor,
+        let states = TensorData::new(values, [1, tokens, width]);
+        tensor_out(model.engine.connector_step(states, timestep)?, out_tensor)
+    })
+}
+
+/// Encodes a prompt and its negative prompt (NULL means "") with T5, once: pass the result as
+/// `ella_generate_request.prompt_cache` to generate from it any number of times, also after
+/// `ella_model_free_text_encoder`. `max_tokens` as in the request. Free with
+/// `ella_prompt_free`.
+///
+/// # Safety
+/// `model` is a live handle; the strings are NUL-terminated; `out_prompt` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_prompt_encode(
+    model: *const EllaModel,
+    prompt: *const c_char,
+    negative_prompt: *const c_char,
+    max_tokens: u32,
+    out_prompt: *mut *mut EllaPrompt,
+) -> EllaStatus {
+    guard(|| {
+        if out_prompt.is_null() {
+            return Err(invalid("out_prompt is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        let prompt = unsafe { text(prompt, "prompt")? };
+        let negative = match negative_prompt.is_null() {
+            true => "",
+            false => unsafe { text(negative_prompt, "negative_prompt")? },
+        };
+        let mode = token_mode(max_tokens);
+        let states = HostPrompt {
+            uncond: model.engine.encode(negative, mode)?,
+            cond: model.engine.encode(prompt, mode)?,
+        };
+        write_out(
+            out_prompt,
+            Box::into_raw(Box::new(EllaPrompt { states })),
+            "out_prompt",
         )
+    })
+}
+
+/// Frees prompt states. NULL is a no-op.
+///
+/// # Safety
+/// `prompt` is NULL or from `ella_prompt_encode`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_prompt_free(prompt: *mut EllaPrompt) {
+    if !prompt.is_null() {
+        // SAFETY: a handle from ella_prompt_encode, freed once.
+        drop(unsafe { Box::from_raw(prompt) });
+    }
+}
+
+/// Drops the model's T5 encoder (about 2.4 GB in F16 for flan-t5-xl) and returns its memory
+/// to the device. Afterwards generation needs `prompt_cache` from `ella_prompt_encode`, and
+/// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish.
+///
+/// # Safety
+/// `model` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_model_free_text_encoder(model: *const EllaModel) -> EllaStatus {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        model.engine.free_text_encoder();
+        Ok(())
     })
 }
 
@@ -851,6 +986,7 @@ mod tests {
     #[test]
     fn the_model_handle_can_be_shared_between_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<Pipeline<B>>();
+        assert_send_sync::<EllaModel>();
+        assert_send_sync::<EllaPrompt>();
     }
 }

@@ -140,7 +140,22 @@ fn model_load_error_paths() {
         backend: 7,
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::Unsupported);
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let bad = EllaModelParams {
+            backend: EllaBackend::Cuda as u32,
+            ..params(&p)
+        };
+        assert_eq!(status(&bad, &mut model), EllaStatus::Unsupported);
+        assert!(last_error().contains("`cuda`"), "{}", last_error());
+    }
+    let bad = EllaModelParams {
+        t5_precision: 9,
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("t5_precision"), "{}", last_error());
     assert!(model.is_null(), "no handle on failure");
     unsafe { ella_model_free(null_mut()) };
 }
@@ -532,4 +547,151 @@ fn half_precision_model() {
         ella_context_free(ctx);
         ella_model_free(model);
     }
+}
+
+/// Generates one 32×32 image into a buffer.
+fn generate_32(ctx: *mut EllaContext, request: &EllaGenerateRequest) -> Result<Vec<u8>, String> {
+    let mut buffer = vec![0u8; 32 * 32 * 3];
+    match unsafe { ella_generate_into(ctx, request, buffer.as_mut_ptr(), buffer.len(), 96) } {
+        EllaStatus::Ok => Ok(buffer),
+        status => Err(format!("{status:?}: {}", last_error())),
+    }
+}
+
+#[test]
+fn prompt_cache_and_freed_text_encoder() {
+    let model = load();
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    let negative = CString::new("blurry").unwrap();
+    let r = EllaGenerateRequest {
+        negative_prompt: negative.as_ptr(),
+        ..request(&prompt)
+    };
+    let direct = generate_32(ctx, &r).unwrap();
+
+    let mut cache = null_mut();
+    let encode = |p, n, out| unsafe { ella_prompt_encode(model, p, n, 0, out) };
+    assert_eq!(
+        encode(null(), negative.as_ptr(), &mut cache),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        encode(prompt.as_ptr(), negative.as_ptr(), null_mut()),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_prompt_encode(null(), prompt.as_ptr(), null(), 0, &mut cache) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        encode(prompt.as_ptr(), negative.as_ptr(), &mut cache),
+        EllaStatus::Ok
+    );
+    let cached = EllaGenerateRequest {
+        prompt: null(),
+        negative_prompt: null(),
+        prompt_cache: cache,
+        ..r
+    };
+    assert_eq!(generate_32(ctx, &cached).unwrap(), direct, "same states");
+
+    assert_eq!(
+        unsafe { ella_model_free_text_encoder(null()) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_model_free_text_encoder(model) },
+        EllaStatus::Ok
+    );
+    let error = generate_32(ctx, &r).unwrap_err();
+    assert!(error.contains("text encoder was freed"), "{error}");
+    let mut states = null_mut();
+    assert_eq!(
+        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, &mut states) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        generate_32(ctx, &cached).unwrap(),
+        direct,
+        "the cache outlives T5"
+    );
+    unsafe {
+        ella_prompt_free(cache);
+        ella_prompt_free(null_mut());
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+#[test]
+fn vae_decode_modes() {
+    let model = load();
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    let whole = generate_32(ctx, &request(&prompt)).unwrap();
+    for mode in [EllaVaeDecode::Sliced, EllaVaeDecode::Tiled] {
+        let r = EllaGenerateRequest {
+            vae_decode: mode as u32,
+            ..request(&prompt)
+        };
+        // 32×32 is one tile of the tiny VAE: every mode gives the same pixels.
+        assert_eq!(generate_32(ctx, &r).unwrap(), whole, "{mode:?}");
+    }
+    let bad = EllaGenerateRequest {
+        vae_decode: 3,
+        ..request(&prompt)
+    };
+    assert!(generate_32(ctx, &bad).unwrap_err().contains("vae_decode"));
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+/// The same request on the wgpu backend (Vulkan; lavapipe in CI) as on the CPU.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_matches_the_cpu() {
+    let p = paths();
+    let prompt = CString::new("a red book").unwrap();
+    let mut images = Vec::new();
+    for backend in [EllaBackend::Cpu, EllaBackend::Wgpu] {
+        let mut model = null_mut();
+        let params = EllaModelParams {
+            backend: backend as u32,
+            ..params(&p)
+        };
+        assert_eq!(
+            unsafe { ella_model_load(&params, &mut model) },
+            EllaStatus::Ok,
+            "{}",
+            last_error()
+        );
+        let mut ctx = null_mut();
+        assert_eq!(
+            unsafe { ella_context_new(model, null(), &mut ctx) },
+            EllaStatus::Ok
+        );
+        images.push(generate_32(ctx, &request(&prompt)).unwrap());
+        unsafe {
+            ella_context_free(ctx);
+            ella_model_free(model);
+        }
+    }
+    let max_diff = images[0]
+        .iter()
+        .zip(&images[1])
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max_diff <= 1, "wgpu and CPU pixels differ by {max_diff}");
 }

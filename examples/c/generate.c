@@ -1,7 +1,7 @@
 /*
  * libella from C: loads the models, generates an image into a PPM file, and exercises the
  * error paths (NULL arguments, bad paths, invalid UTF-8, bad sizes, a small buffer, a cancel
- * from a second thread, progress counts). Exits non-zero on the first unexpected result.
+ * from a second thread, progress counts), and samples from a cached prompt after freeing T5. Exits non-zero on the first unexpected result.
  *
  *   generate T5_DIR ELLA_FILE ELLA_CONFIG_OR_- SD_DIR OUT.ppm [STEPS [SIZE]]
  */
@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
     CHECK(ella_model_load(&bad_size, &model) == ELLA_STATUS_INVALID_ARGUMENT, "struct_size 0");
     ella_model_params bad_backend = params;
     bad_backend.backend = 99;
-    CHECK(ella_model_load(&bad_backend, &model) == ELLA_STATUS_UNSUPPORTED, "unknown backend");
+    CHECK(ella_model_load(&bad_backend, &model) == ELLA_STATUS_INVALID_ARGUMENT, "unknown backend");
 
     params.log_callback = on_log;
     CHECK(ella_model_load(&params, &model) == ELLA_STATUS_OK, "load");
@@ -190,6 +190,18 @@ int main(int argc, char **argv) {
            (unsigned long long)tokens->shape[2]);
     ella_tensor_free(states);
     ella_tensor_free(tokens);
+
+    /* Encode once, free T5, then sample from the cached states (tiled VAE decoding too). */
+    ella_prompt *cached = NULL;
+    CHECK(ella_prompt_encode(model, "a red book", NULL, 0, &cached) == ELLA_STATUS_OK, "prompt encode");
+    CHECK(ella_model_free_text_encoder(model) == ELLA_STATUS_OK, "free T5");
+    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "no T5, no cache");
+    request.prompt = NULL;
+    request.prompt_cache = cached;
+    request.vae_decode = ELLA_VAE_DECODE_TILED;
+    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate from the cache");
+    ella_image_free(image);
+    ella_prompt_free(cached);
 
     ella_context_free(ctx);
     ella_model_free(model);

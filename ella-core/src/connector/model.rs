@@ -228,7 +228,10 @@ impl<B: Backend> Connector<B> {
             return Err(Error::InvalidInput(format!("timestep {t} is not finite")));
         }
         let device = text_states.device();
-        let dtype = text_states.dtype();
+        // The connector computes in its own weights' dtype, whatever T5 ran in (the
+        // official code runs T5 in f16 and casts its states to the pipeline's dtype).
+        let dtype = self.connector.latents.val().dtype();
+        let text_states = text_states.cast(dtype);
         let channels = self.config.time_channel;
         let features = Tensor::<B, 2>::from_data(
             timestep_features(timesteps, channels, true, 0.0),

@@ -36,7 +36,7 @@ pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
 use crate::connector::{Connector, ConnectorConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::t5::{TextEncoder, TokenMode};
+use crate::t5::{T5Precision, TextEncoder, TokenMode};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
@@ -95,15 +95,49 @@ pub struct Pipeline<B: Backend> {
     pub scheduler_config: SchedulerConfig,
 }
 
+/// The float types a pipeline computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// T5's (the official code: the whole encoder in F16).
+    pub text_encoder: T5Precision,
+    /// The connector's, the U-Net's and the VAE's.
+    pub diffusion: DType,
+}
+
+impl Precision {
+    /// Every model in `dtype` (F32, F16 or BF16), T5 included, `wo` too.
+    pub fn uniform(dtype: DType) -> Result<Self> {
+        Ok(Self {
+            text_encoder: T5Precision::uniform(dtype)?,
+            diffusion: dtype,
+        })
+    }
+}
+
 impl<B: Backend> Pipeline<B> {
-    /// Loads all models with weights in `dtype` (F32 on CPU backends).
+    /// Loads all models with weights in `dtype` (F32 on CPU backends; F16 as the official
+    /// code on GPUs, BF16 on CUDA).
     pub fn load(paths: &ModelPaths, device: &B::Device, dtype: DType) -> Result<Self> {
+        Self::load_with_precision(paths, device, Precision::uniform(dtype)?)
+    }
+
+    /// Loads all models, T5 and the diffusion models each in their own precision.
+    pub fn load_with_precision(
+        paths: &ModelPaths,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = match &paths.ella_config {
             Some(path) => ConnectorConfig::from_file(path)?,
             None => ConnectorConfig::default(),
         };
+        let dtype = precision.diffusion;
         Self::from_parts(
-            Some(TextEncoder::load_with_dtype(&paths.t5, device, dtype)?),
+            Some(TextEncoder::load_with_precision(
+                &paths.t5,
+                device,
+                precision.text_encoder,
+            )?),
             Connector::load(&paths.ella, &config, device, dtype)?,
             UNet2DConditionModel::load(paths.sd.join("unet"), device, dtype)?,
             AutoencoderKL::load(paths.sd.join("vae"), device, dtype)?,
@@ -167,6 +201,17 @@ impl<B: Backend> Pipeline<B> {
         self.text_encoder.take()
     }
 
+    /// Drops T5 and returns its memory to the device (Burn's GPU backends keep freed
+    /// buffers pooled until asked): sampling from encoded prompts then needs only the
+    /// connector, U-Net and VAE resident.
+    pub fn free_text_encoder(&mut self) {
+        if let Some(t5) = self.text_encoder.take() {
+            let device = t5.encoder.shared.device();
+            drop(t5);
+            B::memory_cleanup(&device);
+        }
+    }
+
     /// T5 states of the negative and positive prompts. In flexible mode each keeps its own
     /// length (never padded, as the reference); in fixed mode both have the fixed length.
     pub fn encode_prompts(
@@ -175,15 +220,20 @@ impl<B: Backend> Pipeline<B> {
         negative: &str,
         mode: TokenMode,
     ) -> Result<PromptStates<B>> {
+        Ok(PromptStates {
+            uncond: self.encode_prompt(negative, mode)?,
+            cond: self.encode_prompt(prompt, mode)?,
+        })
+    }
+
+    /// T5 states `[1, tokens, d_model]` of one prompt.
+    pub fn encode_prompt(&self, prompt: &str, mode: TokenMode) -> Result<Tensor<B, 3>> {
         let t5 = self.text_encoder.as_ref().ok_or_else(|| {
             Error::InvalidInput(
-                "the text encoder was unloaded; pass prompt states encoded before".into(),
+                "the text encoder was freed; pass prompt states encoded before".into(),
             )
         })?;
-        Ok(PromptStates {
-            uncond: t5.encode(negative, mode)?,
-            cond: t5.encode(prompt, mode)?,
-        })
+        t5.encode(prompt, mode)
     }
 
     /// Generates `request.batch_size` images.
@@ -282,7 +332,9 @@ impl<B: Backend> Pipeline<B> {
             }
         }
         hooks.dump("final_latents", &latents);
-        let decoded = self.vae.decode(latents / self.vae.config.scaling_factor);
+        let decoded = self
+            .vae
+            .decode_with(latents / self.vae.config.scaling_factor, request.vae_decode);
         let images = to_images(decoded.into_data());
         if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
             sink(

@@ -5,6 +5,7 @@ use burn::tensor::TensorData;
 use crate::error::{Error, Result};
 use crate::scheduler::{SchedulerKind, TimestepSchedule};
 use crate::t5::TokenMode;
+use crate::vae::VaeDecode;
 
 /// The largest image side accepted (a guard against sizes that cannot be allocated).
 pub const MAX_IMAGE_SIDE: usize = 4096;
@@ -33,6 +34,8 @@ pub struct GenerateRequest {
     /// Unit-variance initial noise `[batch, latent_channels, height/f, width/f]` instead of
     /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does.
     pub init_latents: Option<TensorData>,
+    /// How the VAE decodes: whole batch, sliced or tiled (bounded memory for big images).
+    pub vae_decode: VaeDecode,
 }
 
 impl Default for GenerateRequest {
@@ -50,6 +53,7 @@ impl Default for GenerateRequest {
             scheduler: SchedulerKind::DpmSolverMultistep,
             timesteps: None,
             init_latents: None,
+            vae_decode: VaeDecode::Whole,
         }
     }
 }

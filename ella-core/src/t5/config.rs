@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::Result;
+use burn::tensor::DType;
+
+use crate::error::{Error, Result};
 use crate::weights::{TensorSpec, read_config};
 
 /// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
@@ -174,5 +176,52 @@ impl T5Config {
             specs.push(TensorSpec::new(format!("{ff}.layer_norm.weight"), &[d]));
         }
         specs
+    }
+}
+
+/// The precision T5 runs in. The official ELLA code moves the whole encoder to f16
+/// (`.to(torch.float16)`, `wo` included), and the connector was trained on those states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum T5Precision {
+    /// f32 throughout: the CPU default.
+    #[default]
+    F32,
+    /// Everything in f16, `wo` included, as the official code (the GPU default).
+    F16,
+    /// f16 with the feed-forward output projections `wo` in f32, as transformers loads T5 in
+    /// f16 (`_keep_in_fp32_modules`): flan-t5's largest activations come out of `wo`.
+    F16WoF32,
+    /// bf16 throughout (CUDA): f32's range, about three fewer significant bits than f16.
+    BF16,
+}
+
+impl T5Precision {
+    /// The dtype of the weights and activations.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 | Self::F16WoF32 => DType::F16,
+            Self::BF16 => DType::BF16,
+        }
+    }
+
+    /// The dtype of the `wo` projections.
+    pub fn wo_dtype(self) -> DType {
+        match self {
+            Self::F16WoF32 => DType::F32,
+            other => other.dtype(),
+        }
+    }
+
+    /// The whole encoder in `dtype` (F32, F16 or BF16).
+    pub fn uniform(dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 => Ok(Self::F32),
+            DType::F16 => Ok(Self::F16),
+            DType::BF16 => Ok(Self::BF16),
+            other => Err(Error::InvalidInput(format!(
+                "T5 runs in F32, F16 or BF16, not {other:?}"
+            ))),
+        }
     }
 }

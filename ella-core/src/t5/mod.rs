@@ -7,9 +7,9 @@ mod tokenizer;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
-pub use config::{Activation, T5Config};
+pub use config::{Activation, T5Config, T5Precision};
 pub use model::{
     T5Attention, T5Block, T5Encoder, T5FeedForward, T5LayerNorm, relative_position_buckets,
 };
@@ -29,21 +29,21 @@ pub struct TextEncoder<B: Backend> {
 impl<B: Backend> TextEncoder<B> {
     /// Loads the folder with f32 weights (the CPU default).
     pub fn load(folder: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        Self::load_with_dtype(folder, device, DType::F32)
+        Self::load_with_precision(folder, device, T5Precision::F32)
     }
 
-    /// Loads the folder with weights and activations in `dtype`. The official ELLA code
-    /// runs T5 in F16, and the connector was trained on F16 T5 outputs; use F16 on backends
-    /// that have it.
-    pub fn load_with_dtype(
+    /// Loads the folder with weights and activations in `precision`. The official ELLA
+    /// code runs T5 in F16 ([`T5Precision::F16`]), and the connector was trained on F16 T5
+    /// outputs; use it on backends that have F16.
+    pub fn load_with_precision(
         folder: impl AsRef<Path>,
         device: &B::Device,
-        dtype: DType,
+        precision: T5Precision,
     ) -> Result<Self> {
         let folder = folder.as_ref();
         Ok(Self {
             tokenizer: T5Tokenizer::from_file(folder.join("tokenizer.json"))?,
-            encoder: T5Encoder::load(folder, device, dtype)?,
+            encoder: T5Encoder::load(folder, device, precision)?,
         })
     }
 

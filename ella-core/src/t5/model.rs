@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
-use super::config::{Activation, T5Config};
+use super::config::{Activation, T5Config, T5Precision};
 use crate::error::Result;
 use crate::nn::multi_head_attention;
 use crate::weights::{Checkpoint, Loader, check_config};
@@ -165,13 +165,17 @@ fn clamp_half<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
 
 impl<B: Backend> T5Encoder<B> {
     /// Loads an HF T5 encoder folder: `config.json` and `model.safetensors` (or a sharded
-    /// `model.safetensors.index.json`). Weights are converted to `dtype` (F32 on CPU; F16 is
-    /// what the official ELLA code runs T5 in).
-    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+    /// `model.safetensors.index.json`). Weights are converted to `precision`'s dtypes (F32
+    /// on CPU; F16 is what the official ELLA code runs T5 in).
+    pub fn load(
+        folder: impl AsRef<Path>,
+        device: &B::Device,
+        precision: T5Precision,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let config = T5Config::from_file(&folder.join("config.json"))?;
         let checkpoint = Checkpoint::open(folder)?;
-        Self::from_checkpoint(config, &checkpoint, device, dtype)
+        Self::from_checkpoint(config, &checkpoint, device, precision)
     }
 
     /// Builds the encoder from an opened checkpoint after checking every tensor name, shape
@@ -181,7 +185,7 @@ impl<B: Backend> T5Encoder<B> {
         config: T5Config,
         checkpoint: &Checkpoint,
         device: &B::Device,
-        dtype: DType,
+        precision: T5Precision,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
         let (activation, gated) = check_config(config.feed_forward(), checkpoint.path())?;
@@ -201,7 +205,7 @@ impl<B: Backend> T5Encoder<B> {
                 || name.starts_with("lm_head.")
         })?;
 
-        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let load = Loader::<B>::new(checkpoint, device, precision.dtype());
         let (d, inner, d_ff) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
         let norm = |name: String| -> Result<T5LayerNorm<B>> {
             Ok(T5LayerNorm {
@@ -234,7 +238,13 @@ impl<B: Backend> T5Encoder<B> {
                 feed_forward: T5FeedForward {
                     wi_0,
                     wi_1,
-                    wo: load.linear(&format!("{ff}.wo"), d_ff, d, false)?,
+                    wo: load.linear_as(
+                        &format!("{ff}.wo"),
+                        d_ff,
+                        d,
+                        false,
+                        precision.wo_dtype(),
+                    )?,
                     activation,
                 },
             });

@@ -36,10 +36,17 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    /// The image side the VAE was trained on (512 for SD1.5): tiled decoding works in tiles
+    /// of this size, as diffusers' `enable_tiling`.
+    #[serde(default = "thirty_two")]
+    pub sample_size: usize,
 }
 
 fn three() -> usize {
     3
+}
+fn thirty_two() -> usize {
+    32
 }
 fn one() -> usize {
     1
@@ -106,6 +113,13 @@ impl VaeConfig {
             return Err(format!(
                 "block width {c} is not divisible by `norm_num_groups` {}",
                 self.norm_num_groups
+            ));
+        }
+        if self.sample_size < self.downscale_factor() {
+            return Err(format!(
+                "`sample_size` {} is smaller than one latent ({} pixels)",
+                self.sample_size,
+                self.downscale_factor()
             ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {

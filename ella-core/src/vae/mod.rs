@@ -5,4 +5,4 @@ mod config;
 mod model;
 
 pub use config::VaeConfig;
-pub use model::{AutoencoderKL, Decoder, Encoder, VaeAttention, VaeMidBlock};
+pub use model::{AutoencoderKL, Decoder, Encoder, VaeAttention, VaeDecode, VaeMidBlock};

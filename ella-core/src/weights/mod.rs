@@ -348,12 +348,24 @@ impl<'a, B: Backend> Loader<'a, B> {
         d_output: usize,
         bias: bool,
     ) -> Result<Linear<B>> {
+        self.linear_as(prefix, d_input, d_output, bias, self.dtype)
+    }
+
+    /// [`Loader::linear`] in `dtype` instead of the loader's (T5's `wo` kept in f32).
+    pub fn linear_as(
+        &self,
+        prefix: &str,
+        d_input: usize,
+        d_output: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Linear<B>> {
         let weight = self.data(&format!("{prefix}.weight"), &[d_output, d_input])?;
         let bias = match bias {
             true => Some(self.data(&format!("{prefix}.bias"), &[d_output])?),
             false => None,
         };
-        linear_from_torch(weight, bias, self.device, self.dtype)
+        linear_from_torch(weight, bias, self.device, dtype)
     }
 
     /// A PyTorch `nn.Conv2d` with a bias.
@@ -430,7 +442,7 @@ pub fn linear_from_torch<B: Backend>(
         )))
     };
     check_precision::<B>(device, dtype)?;
-    let weight = transpose(weight).convert_dtype(dtype);
+    let weight = transpose(weight.convert_dtype(dtype));
     Ok(Linear {
         weight: Param::from_tensor(Tensor::from_data(weight, (device, dtype))),
         bias: bias.map(upload).transpose()?,
@@ -454,17 +466,32 @@ pub fn split_rows<const N: usize>(data: &TensorData) -> [TensorData; N] {
 /// Host transpose of a 2-D tensor of any element size.
 fn transpose(data: TensorData) -> TensorData {
     let (rows, cols) = (data.shape[0], data.shape[1]);
-    let size = data.dtype.size();
     let bytes = data.as_bytes();
+    let out = match data.dtype.size() {
+        2 => transpose_blocked::<2>(bytes, rows, cols),
+        4 => transpose_blocked::<4>(bytes, rows, cols),
+        _ => transpose_blocked::<8>(bytes, rows, cols),
+    };
+    TensorData::from_bytes_vec(out, [cols, rows], data.dtype)
+}
+
+/// Row-major `[rows, cols]` of `N`-byte elements → `[cols, rows]`, in 32×32 blocks so that
+/// reads and writes both stay in cache (billions of weights at load time).
+fn transpose_blocked<const N: usize>(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    const BLOCK: usize = 32;
     let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let from = (r * cols + c) * size;
-            let to = (c * rows + r) * size;
-            out[to..to + size].copy_from_slice(&bytes[from..from + size]);
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    let from = (r * cols + c) * N;
+                    let to = (c * rows + r) * N;
+                    out[to..to + N].copy_from_slice(&bytes[from..from + N]);
+                }
+            }
         }
     }
-    TensorData::from_bytes_vec(out, [cols, rows], data.dtype)
+    out
 }
 
 /// Errors unless `dtype` is a float type the backend computes in.

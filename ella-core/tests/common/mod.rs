@@ -11,9 +11,14 @@ use ella_core::Checkpoint;
 /// Max abs error allowed against the PyTorch reference when both sides run in f32.
 pub const F32_TOLERANCE: f32 = 1e-4;
 
+/// A file under `tests/fixtures`, or under `$ELLA_FIXTURES` when set (test binaries run on
+/// another machine, as `scripts/gpu-check.sh` does).
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("ELLA_FIXTURES")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+            PathBuf::from,
+        )
         .join(path)
 }
 
@@ -66,14 +71,28 @@ impl Reference {
     }
 }
 
-/// Asserts equal shapes and a max abs error ≤ `tolerance`; returns the error seen.
+/// Relative tolerance on backends whose F32 matmuls run in TF32 (10-bit mantissa) on tensor
+/// cores: CUDA, as PyTorch with `allow_tf32`.
+pub const TF32_RELATIVE_TOLERANCE: f32 = 1e-2;
+
+/// Whether `B` multiplies F32 matrices in TF32.
+pub fn matmul_in_tf32<B: Backend>() -> bool {
+    B::name(&Default::default()).to_lowercase().contains("cuda")
+}
+
+/// Asserts equal shapes and a max abs error ≤ `tolerance` (at least
+/// [`TF32_RELATIVE_TOLERANCE`] × the reference's scale on TF32 backends); returns the error.
 pub fn assert_close<B: Backend, const D: usize>(
     actual: Tensor<B, D>,
     expected: &TensorData,
     tolerance: f32,
     what: &str,
 ) -> f32 {
-    let actual = actual.into_data();
+    let tolerance = match matmul_in_tf32::<B>() {
+        true => tolerance.max(TF32_RELATIVE_TOLERANCE * max_abs(expected)),
+        false => tolerance,
+    };
+    let actual = actual.into_data().convert::<f32>();
     assert_eq!(actual.shape, expected.shape, "{what}: shape");
     let max_err = actual
         .iter::<f32>()
@@ -86,7 +105,7 @@ pub fn assert_close<B: Backend, const D: usize>(
             }
         })
         .fold(0.0f32, f32::max);
-    let scale = expected.iter::<f32>().map(f32::abs).fold(0.0f32, f32::max);
+    let scale = max_abs(expected);
     assert!(
         max_err <= tolerance,
         "{what}: max abs error {max_err:e} > {tolerance:e} (reference max |x| = {scale})"
@@ -98,7 +117,12 @@ pub fn assert_close<B: Backend, const D: usize>(
     max_err
 }
 
-/// Runs `body::<Backend>()` as one `#[test]` per CPU backend compiled in.
+fn max_abs(data: &TensorData) -> f32 {
+    data.iter::<f32>().map(f32::abs).fold(0.0f32, f32::max)
+}
+
+/// Runs `body::<Backend>()` as one `#[test]` per backend compiled in, in a module named
+/// after it (`cargo test cuda::` runs the CUDA ones).
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident => $body:ident),* $(,)?) => {
@@ -109,6 +133,14 @@ macro_rules! backend_tests {
         #[cfg(feature = "ndarray")]
         mod ndarray {
             $(#[test] fn $name() { super::$body::<burn::backend::NdArray>(); })*
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(#[test] fn $name() { super::$body::<ella_core::Wgpu>(); })*
+        }
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(#[test] fn $name() { super::$body::<ella_core::Cuda>(); })*
         }
     };
 }

@@ -1,12 +1,10 @@
 //! The SD1.5-style U-Net and the VAE against diffusers 0.42.1 (`scripts/sd_fixtures.py`).
 //! Tolerance: max abs error ≤ 1e-3 in f32.
 
-mod common;
-
+use crate::common::{Reference, assert_close, fixture};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use common::{Reference, assert_close, fixture};
-use ella_core::UNet2DConditionModel;
+use ella_core::{UNet2DConditionModel, VaeDecode};
 
 const TOLERANCE: f32 = 1e-3;
 
@@ -60,8 +58,24 @@ fn vae_decode_and_encode<B: Backend>() {
     );
 }
 
+/// diffusers' tiled decode (`enable_tiling`) of latents larger than a tile, the whole
+/// decode of the same latents, and sliced decoding (one image at a time, same pixels).
+fn vae_tiled_and_sliced_decode<B: Backend>() {
+    let reference = Reference::open("vae_tiling.safetensors");
+    let device = Default::default();
+    let vae = vae::<B>();
+    let latents = Tensor::<B, 4>::from_data(reference.data("latents"), &device);
+    let tiled = vae.decode_with(latents.clone(), VaeDecode::Tiled);
+    assert_close(tiled, &reference.data("tiled"), TOLERANCE, "tiled decode");
+    let sliced = vae.decode_with(latents.clone(), VaeDecode::Sliced);
+    assert_close(sliced, &reference.data("whole"), TOLERANCE, "sliced decode");
+    let whole = vae.decode_with(latents, VaeDecode::Whole);
+    assert_close(whole, &reference.data("whole"), TOLERANCE, "whole decode");
+}
+
 backend_tests! {
     unet_forward => unet_forward,
     unet_odd_sizes => unet_odd_sizes,
     vae_decode_and_encode => vae_decode_and_encode,
+    vae_tiled_and_sliced_decode => vae_tiled_and_sliced_decode,
 }

@@ -1,11 +1,9 @@
 //! ELLA's connector (TSC) against the PyTorch reference module written from the paper and the
 //! official description (`scripts/ella_reference.py`). Tolerance: max abs error ≤ 1e-4 in f32.
 
-mod common;
-
+use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use common::{F32_TOLERANCE, Reference, assert_close, fixture};
 use ella_core::nn::timestep_features;
 use ella_core::{Connector, ConnectorConfig, Error};
 

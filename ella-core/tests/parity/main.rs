@@ -1,0 +1,13 @@
+//! Parity with the PyTorch reference (transformers, diffusers, the official ELLA code) on
+//! every backend compiled in: one test binary, so that Burn's kernels are instantiated once
+//! per backend. Tests are named `<model>::<backend>::<test>`: `cargo test --test parity cuda::`
+//! runs the CUDA ones.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod connector;
+mod pipeline;
+mod t5;
+mod unet_vae;

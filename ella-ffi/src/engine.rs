@@ -1,0 +1,130 @@
+//! One handle type for every backend: the C ABI holds a `dyn Engine`, implemented by
+//! `Pipeline<B>` for each backend compiled in, so no C function is generic.
+
+use std::sync::RwLock;
+
+use crate::{EllaBackend, Failure, invalid};
+use ella_core::burn::tensor::backend::Backend;
+use ella_core::burn::tensor::{Tensor, TensorData};
+use ella_core::{
+    GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, PromptStates, Result, TokenMode,
+};
+
+/// Prompt states kept on the host, so that a cached prompt works with any backend.
+#[derive(Debug, Clone)]
+pub struct HostPrompt {
+    pub uncond: TensorData,
+    pub cond: TensorData,
+}
+
+/// What the C functions need from a pipeline, whatever its backend.
+pub trait Engine: Send + Sync {
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        prompt: Option<&HostPrompt>,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Image>>;
+    /// T5 states `[1, tokens, d_model]` of one prompt.
+    fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData>;
+    fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData>;
+    /// Drops T5 and returns its memory to the device.
+    fn free_text_encoder(&self);
+}
+
+/// A pipeline behind a lock: generation and encoding share it, freeing T5 takes it alone.
+pub struct Locked<B: Backend>(RwLock<Pipeline<B>>);
+
+impl<B: Backend> Locked<B> {
+    pub fn load(paths: &ModelPaths, precision: Precision) -> Result<Self> {
+        let device = B::Device::default();
+        Ok(Self(RwLock::new(Pipeline::load_with_precision(
+            paths, &device, precision,
+        )?)))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Pipeline<B>> {
+        // A panic during a call is caught at the boundary; the pipeline itself is immutable
+        // during reads, so a poisoned lock holds nothing half-written.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<B: Backend> Engine for Locked<B>
+where
+    Pipeline<B>: Send + Sync,
+{
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        prompt: Option<&HostPrompt>,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Image>> {
+        let pipeline = self.read();
+        let device = pipeline.unet.conv_in.weight.device();
+        let states = prompt.map(|p| PromptStates::<B> {
+            uncond: Tensor::from_data(p.uncond.clone(), &device),
+            cond: Tensor::from_data(p.cond.clone(), &device),
+        });
+        pipeline.generate_with(request, states.as_ref(), hooks)
+    }
+
+    fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData> {
+        let states = self.read().encode_prompt(prompt, mode)?;
+        Ok(states.into_data().convert::<f32>())
+    }
+
+    fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData> {
+        let pipeline = self.read();
+        let device = pipeline.unet.conv_in.weight.device();
+        let tokens = pipeline
+            .connector
+            .forward(Tensor::<B, 3>::from_data(states, &device), &[timestep])?;
+        Ok(tokens.into_data().convert::<f32>())
+    }
+
+    fn free_text_encoder(&self) {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .free_text_encoder();
+    }
+}
+
+/// Loads a pipeline on the backend numbered `backend` (an `ella_backend`).
+pub fn load(
+    backend: u32,
+    paths: &ModelPaths,
+    precision: Precision,
+) -> std::result::Result<Box<dyn Engine>, Failure> {
+    match backend {
+        x if x == EllaBackend::Cpu as u32 => Ok(Box::new(
+            Locked::<ella_core::DefaultBackend>::load(paths, precision)?,
+        )),
+        #[cfg(feature = "wgpu")]
+        x if x == EllaBackend::Wgpu as u32 => {
+            Ok(Box::new(Locked::<ella_core::Wgpu>::load(paths, precision)?))
+        }
+        #[cfg(not(feature = "wgpu"))]
+        x if x == EllaBackend::Wgpu as u32 => Err(not_built("WGPU", "wgpu")),
+        #[cfg(feature = "cuda")]
+        x if x == EllaBackend::Cuda as u32 => {
+            Ok(Box::new(Locked::<ella_core::Cuda>::load(paths, precision)?))
+        }
+        #[cfg(not(feature = "cuda"))]
+        x if x == EllaBackend::Cuda as u32 => Err(not_built("CUDA", "cuda")),
+        other => Err(invalid(format!(
+            "params.backend {other} is not an ella_backend"
+        ))),
+    }
+}
+
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
+fn not_built(name: &str, feature: &str) -> Failure {
+    Failure(
+        crate::EllaStatus::Unsupported,
+        format!("the {name} backend is not compiled into this library (cargo feature `{feature}`)"),
+    )
+}
