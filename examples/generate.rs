@@ -39,6 +39,8 @@ enum BackendName {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Float {
+    /// F32 on the CPU, F16 (the official setting) on GPUs.
+    Auto,
     F32,
     F16,
     Bf16,
@@ -130,8 +132,8 @@ struct Args {
     /// cpu, or wgpu / cuda in builds with those cargo features.
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendName,
-    /// Float type of the connector, U-Net and VAE (F16 or BF16 on GPUs).
-    #[arg(long, value_enum, default_value = "f32")]
+    /// Float type of the connector, U-Net and VAE.
+    #[arg(long, value_enum, default_value = "auto")]
     precision: Float,
     #[arg(long, value_enum, default_value = "auto")]
     t5_precision: T5Float,
@@ -222,6 +224,10 @@ fn run(args: Args) -> Result<(), String> {
         },
     };
     let dtype = match args.precision {
+        Float::Auto => match args.backend {
+            BackendName::Cpu => DType::F32,
+            BackendName::Wgpu | BackendName::Cuda => DType::F16,
+        },
         Float::F32 => DType::F32,
         Float::F16 => DType::F16,
         Float::Bf16 => DType::BF16,

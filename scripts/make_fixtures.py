@@ -295,9 +295,9 @@ def make_ella(t5_ref):
 
 
 def main():
-    """`make_fixtures.py [text|sd|vae-tiling|all]`: the T5 + connector part, the SD part (which
-    uses the text part's files), only the tiled-VAE reference (from the committed tiny VAE),
-    or all (default)."""
+    """`make_fixtures.py [text|sd|vae-tiling|clip|all]`: the T5 + connector part, the SD part
+    (which uses the text part's files), only the tiled-VAE reference (from the committed tiny
+    VAE), the CLIP text encoder and tokenizer, or all (default)."""
     part = sys.argv[1] if len(sys.argv) > 1 else "all"
     torch.set_num_threads(1)
     for sub in ["t5", "reference"]:
@@ -314,6 +314,10 @@ def main():
         import sd_fixtures
 
         sd_fixtures.make_sd(OUT, ELLA_TINY)
+    if part in ("clip", "all"):
+        import clip_fixtures
+
+        clip_fixtures.make_clip(OUT)
     if part == "vae-tiling":
         import sd_fixtures
 

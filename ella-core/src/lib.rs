@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clip;
 pub mod connector;
 pub mod error;
 pub mod nn;
@@ -35,6 +36,7 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
+pub use clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
 pub use pipeline::{GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, PromptStates};

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+use crate::weights::open_tokenizer;
 
 /// How prompts are cut into T5 tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,21 +63,11 @@ impl std::fmt::Debug for T5Tokenizer {
 impl T5Tokenizer {
     /// Loads `tokenizer.json` (a file, or the folder holding it).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let mut path = path.as_ref().to_path_buf();
-        if path.is_dir() {
-            path = path.join("tokenizer.json");
-        }
-        if !path.is_file() {
-            return Err(Error::Io {
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
+        let (mut inner, path) = open_tokenizer(path.as_ref())?;
         let failed = |reason: String| Error::Tokenizer {
             path: path.clone(),
             reason,
         };
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| failed(e.to_string()))?;
         let pad_id = inner
             .token_to_id("<pad>")
             .ok_or_else(|| failed("no `<pad>` token".into()))?;

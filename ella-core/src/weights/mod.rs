@@ -534,6 +534,26 @@ fn float_dtype(dtype: Dtype) -> Option<DType> {
     }
 }
 
+/// Opens a Hugging Face `tokenizer.json` (the file, or the folder holding it); returns the
+/// tokenizer and the file's path for error messages.
+pub fn open_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, PathBuf)> {
+    let mut path = path.to_path_buf();
+    if path.is_dir() {
+        path = path.join("tokenizer.json");
+    }
+    if !path.is_file() {
+        return Err(Error::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((tokenizer, path))
+}
+
 /// `[out, in]` expected shape of a PyTorch `nn.Linear` weight (and its bias).
 pub fn linear_specs(prefix: &str, d_input: usize, d_output: usize, bias: bool) -> Vec<TensorSpec> {
     let mut specs = vec![TensorSpec::new(

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod clip;
 mod connector;
 mod pipeline;
 mod t5;

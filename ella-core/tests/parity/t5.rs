@@ -265,7 +265,7 @@ fn precisions_against_f32<B: Backend>() {
     for (precision, tolerance) in [
         (T5Precision::F16, 8e-2),
         (T5Precision::F16WoF32, 8e-2),
-        (T5Precision::BF16, 4e-1),
+        (T5Precision::BF16, 6e-1),
     ] {
         if !B::supports_dtype(&device, precision.dtype()) {
             continue;

@@ -1,0 +1,140 @@
+//! `ClipTextConfig`: the fields of a transformers `CLIPTextConfig` (`text_encoder/config.json`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::Result;
+use crate::weights::{TensorSpec, linear_specs, read_config};
+
+/// Names and defaults are transformers'; `sd15()` is SD1.5's text encoder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClipTextConfig {
+    #[serde(default = "vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "positions")]
+    pub max_position_embeddings: usize,
+    /// `quick_gelu` (OpenAI CLIP, SD1.5) or `gelu`.
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn vocab() -> usize {
+    49408
+}
+fn hidden() -> usize {
+    512
+}
+fn intermediate() -> usize {
+    2048
+}
+fn layers() -> usize {
+    12
+}
+fn heads() -> usize {
+    8
+}
+fn positions() -> usize {
+    77
+}
+fn quick_gelu() -> String {
+    "quick_gelu".into()
+}
+fn eps() -> f64 {
+    1e-5
+}
+
+impl ClipTextConfig {
+    /// SD1.5's `text_encoder/config.json` (openai/clip-vit-large-patch14's text model).
+    pub fn sd15() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_attention_heads: 12,
+            ..serde_json::from_str("{}").expect("defaults")
+        }
+    }
+
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        read_config(path, Self::validate)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(format!(
+                "`hidden_size` {} is not divisible by `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(format!("`hidden_act` {} is not supported", self.hidden_act));
+        }
+        if self.vocab_size == 0 || self.max_position_embeddings == 0 || self.num_hidden_layers == 0
+        {
+            return Err("sizes must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Every tensor of `text_encoder/model.safetensors` with its shape; names start with
+    /// `prefix` (`text_model.` in SD1.5's file, nothing in files saved by transformers 5).
+    pub fn expected_tensors(&self, prefix: &str) -> Vec<TensorSpec> {
+        let d = self.hidden_size;
+        let mut specs = vec![
+            TensorSpec::new(
+                format!("{prefix}embeddings.token_embedding.weight"),
+                &[self.vocab_size, d],
+            ),
+            TensorSpec::new(
+                format!("{prefix}embeddings.position_embedding.weight"),
+                &[self.max_position_embeddings, d],
+            ),
+        ];
+        let norm = |name: String| {
+            [
+                TensorSpec::new(format!("{name}.weight"), &[d]),
+                TensorSpec::new(format!("{name}.bias"), &[d]),
+            ]
+        };
+        for i in 0..self.num_hidden_layers {
+            let layer = format!("{prefix}encoder.layers.{i}");
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                specs.extend(linear_specs(
+                    &format!("{layer}.self_attn.{proj}"),
+                    d,
+                    d,
+                    true,
+                ));
+            }
+            specs.extend(norm(format!("{layer}.layer_norm1")));
+            specs.extend(linear_specs(
+                &format!("{layer}.mlp.fc1"),
+                d,
+                self.intermediate_size,
+                true,
+            ));
+            specs.extend(linear_specs(
+                &format!("{layer}.mlp.fc2"),
+                self.intermediate_size,
+                d,
+                true,
+            ));
+            specs.extend(norm(format!("{layer}.layer_norm2")));
+        }
+        specs.extend(norm(format!("{prefix}final_layer_norm")));
+        specs
+    }
+}

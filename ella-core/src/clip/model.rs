@@ -1,0 +1,170 @@
+//! `ClipTextModel`: token and position embeddings, pre-norm transformer layers with causal
+//! self-attention and a QuickGELU MLP, a final LayerNorm; `last_hidden_state` out.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::embedding;
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+
+use super::config::ClipTextConfig;
+use crate::error::{Error, Result};
+use crate::nn::{LayerNorm, multi_head_attention};
+use crate::weights::{Checkpoint, Loader, check_config};
+
+/// One encoder layer: `x + attn(ln1(x))`, then `x + fc2(act(fc1(ln2(x))))`.
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer<B: Backend> {
+    pub layer_norm1: LayerNorm<B>,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub layer_norm2: LayerNorm<B>,
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+    #[module(skip)]
+    pub heads: usize,
+    /// `quick_gelu` (x·σ(1.702x)) rather than the exact GELU.
+    #[module(skip)]
+    pub quick_gelu: bool,
+}
+
+impl<B: Backend> ClipEncoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let h = self.layer_norm1.forward(x.clone());
+        let attended = multi_head_attention(
+            self.q_proj.forward(h.clone()),
+            self.k_proj.forward(h.clone()),
+            self.v_proj.forward(h),
+            self.heads,
+            None,
+            Some(causal),
+            None,
+        );
+        let x = x + self.out_proj.forward(attended);
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        let h = match self.quick_gelu {
+            true => h.clone() * sigmoid(h * 1.702),
+            false => gelu(h),
+        };
+        x + self.fc2.forward(h)
+    }
+}
+
+/// transformers' `CLIPTextModel` (no projection head).
+#[derive(Module, Debug)]
+pub struct ClipTextModel<B: Backend> {
+    /// `text_model.embeddings.token_embedding.weight` `[vocab, hidden]`.
+    pub token_embedding: Param<Tensor<B, 2>>,
+    /// `text_model.embeddings.position_embedding.weight` `[positions, hidden]`.
+    pub position_embedding: Param<Tensor<B, 2>>,
+    pub layers: Vec<ClipEncoderLayer<B>>,
+    pub final_layer_norm: LayerNorm<B>,
+    #[module(skip)]
+    pub config: ClipTextConfig,
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// Loads a `text_encoder/` folder (`config.json`, `model.safetensors`) in `dtype`.
+    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+        let folder = folder.as_ref();
+        let config = ClipTextConfig::from_file(&folder.join("config.json"))?;
+        Self::from_checkpoint(config, &Checkpoint::open(folder)?, device, dtype)
+    }
+
+    /// Builds the model after checking every tensor against `config`. Names with or without
+    /// the `text_model.` prefix are read; the `position_ids` buffer older files carry is
+    /// ignored.
+    pub fn from_checkpoint(
+        config: ClipTextConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        check_config(config.validate(), checkpoint.path())?;
+        let prefix = match checkpoint.shape("embeddings.token_embedding.weight") {
+            Some(_) => "",
+            None => "text_model.",
+        };
+        let position_ids = format!("{prefix}embeddings.position_ids");
+        let ignorable = |name: &str| name == position_ids;
+        checkpoint.check(&config.expected_tensors(prefix), ignorable)?;
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let (d, eps) = (config.hidden_size, config.layer_norm_eps);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let layer = format!("{prefix}encoder.layers.{i}");
+            let attn = |proj: &str| load.linear(&format!("{layer}.self_attn.{proj}"), d, d, true);
+            layers.push(ClipEncoderLayer {
+                layer_norm1: load.layer_norm(&format!("{layer}.layer_norm1"), d, eps)?,
+                q_proj: attn("q_proj")?,
+                k_proj: attn("k_proj")?,
+                v_proj: attn("v_proj")?,
+                out_proj: attn("out_proj")?,
+                layer_norm2: load.layer_norm(&format!("{layer}.layer_norm2"), d, eps)?,
+                fc1: load.linear(
+                    &format!("{layer}.mlp.fc1"),
+                    d,
+                    config.intermediate_size,
+                    true,
+                )?,
+                fc2: load.linear(
+                    &format!("{layer}.mlp.fc2"),
+                    config.intermediate_size,
+                    d,
+                    true,
+                )?,
+                heads: config.num_attention_heads,
+                quick_gelu: config.hidden_act == "quick_gelu",
+            });
+        }
+        let model = Self {
+            token_embedding: Param::from_tensor(load.tensor(
+                &format!("{prefix}embeddings.token_embedding.weight"),
+                [config.vocab_size, d],
+            )?),
+            position_embedding: Param::from_tensor(load.tensor(
+                &format!("{prefix}embeddings.position_embedding.weight"),
+                [config.max_position_embeddings, d],
+            )?),
+            layers,
+            final_layer_norm: load.layer_norm(&format!("{prefix}final_layer_norm"), d, eps)?,
+            config,
+        };
+        load.finish(ignorable)?;
+        Ok(model)
+    }
+
+    /// `last_hidden_state` `[batch, seq, hidden]` of token ids `[batch, seq]` (seq ≤ the
+    /// position embeddings, 77): what SD's U-Net cross-attends to.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = input_ids.dims();
+        let positions = self.config.max_position_embeddings;
+        if seq == 0 || seq > positions {
+            return Err(Error::InvalidInput(format!(
+                "{seq} CLIP tokens; the text encoder takes 1 to {positions}"
+            )));
+        }
+        let device = input_ids.device();
+        let h = embedding(self.token_embedding.val(), input_ids)
+            + self
+                .position_embedding
+                .val()
+                .narrow(0, 0, seq)
+                .unsqueeze::<3>();
+        // Causal: token q sees keys 0..=q (true = masked).
+        let mask: Vec<bool> = (0..seq * seq).map(|i| i % seq > i / seq).collect();
+        let causal = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [seq, seq]), &device)
+            .reshape([1, 1, seq, seq])
+            .expand([batch, self.config.num_attention_heads, seq, seq]);
+        let h = self
+            .layers
+            .iter()
+            .fold(h, |h, layer| layer.forward(h, causal.clone()));
+        Ok(self.final_layer_norm.forward(h))
+    }
+}

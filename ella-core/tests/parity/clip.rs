@@ -1,0 +1,122 @@
+//! The CLIP text encoder and tokenizer against transformers' `CLIPTextModel` and
+//! `CLIPTokenizer` (`scripts/clip_fixtures.py`). Tolerance: max abs error ≤ 1e-4 in f32.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use ella_core::{ClipTextModel, ClipTokenizer, Error};
+use serde_json::Value;
+
+use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
+
+/// Token ids of every reference prompt (empty, repeated spaces, case, punctuation,
+/// non-ASCII, longer than 77 tokens), padded to 77.
+#[test]
+fn tokenizer_matches_transformers() {
+    let tokenizer = ClipTokenizer::from_file(fixture("clip/tokenizer")).unwrap();
+    let text = std::fs::read_to_string(fixture("reference/clip_tokens.json")).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tokenizer.encode(&[prompt]).unwrap()[0],
+            expected,
+            "{prompt:?}"
+        );
+    }
+}
+
+fn hidden_states_match_transformers<B: Backend>() {
+    let reference = Reference::open("clip.safetensors");
+    let device = Default::default();
+    let model =
+        ClipTextModel::<B>::load(fixture("clip/text_encoder"), &device, DType::F32).unwrap();
+    let ids = reference.int_tensor::<B>("input_ids", &device);
+    assert_close(
+        model.forward(ids).unwrap(),
+        &reference.data("last_hidden_state"),
+        F32_TOLERANCE,
+        "clip",
+    );
+    // The same weights as transformers 5 saves them (no `text_model.` prefix) load too.
+    let bytes = std::fs::read(fixture("clip/text_encoder/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name.trim_start_matches("text_model.").to_string(), view))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("clip/text_encoder/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors")).unwrap();
+    let unprefixed = ClipTextModel::<B>::load(dir.path(), &device, DType::F32).unwrap();
+    let ids = reference.int_tensor::<B>("input_ids", &device);
+    assert_close(
+        unprefixed.forward(ids).unwrap(),
+        &reference.data("last_hidden_state"),
+        F32_TOLERANCE,
+        "clip without prefix",
+    );
+
+    let too_long =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64; 78], [1, 78]), &device);
+    assert!(matches!(
+        model.forward(too_long),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+backend_tests! {
+    hidden_states_match_transformers => hidden_states_match_transformers,
+}
+
+/// A config that does not fit the file names the tensor; a tokenizer without CLIP's special
+/// tokens is refused.
+#[test]
+fn mismatches_are_typed_errors() {
+    let folder = fixture("clip/text_encoder");
+    let checkpoint = ella_core::Checkpoint::open(&folder).unwrap();
+    let config = ella_core::ClipTextConfig::from_file(&folder.join("config.json")).unwrap();
+    let deeper = ella_core::ClipTextConfig {
+        num_hidden_layers: config.num_hidden_layers + 1,
+        ..config.clone()
+    };
+    let device = Default::default();
+    let result = ClipTextModel::<ella_core::DefaultBackend>::from_checkpoint(
+        deeper,
+        &checkpoint,
+        &device,
+        DType::F32,
+    );
+    assert!(
+        matches!(&result, Err(Error::MissingTensor { name, .. }) if name.contains("layers.2")),
+        "{result:?}"
+    );
+    let wider = ella_core::ClipTextConfig {
+        hidden_size: config.hidden_size * 2,
+        ..config
+    };
+    let result = ClipTextModel::<ella_core::DefaultBackend>::from_checkpoint(
+        wider,
+        &checkpoint,
+        &device,
+        DType::F32,
+    );
+    assert!(
+        matches!(result, Err(Error::ShapeMismatch { .. })),
+        "{result:?}"
+    );
+    assert!(matches!(
+        ClipTokenizer::from_file(fixture("t5/tokenizer.json")),
+        Err(Error::Tokenizer { .. })
+    ));
+}
