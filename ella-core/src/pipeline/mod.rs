@@ -194,9 +194,10 @@ impl<B: Backend> Pipeline<B> {
         self.text_encoder.as_ref()
     }
 
-    /// Takes T5 out of the pipeline so that sampling does not hold its 1.2 B parameters;
+    /// Takes T5 out of the pipeline and hands it to the caller (to keep or move elsewhere);
     /// encode prompts first ([`Pipeline::encode_prompts`]) and pass them to
-    /// [`Pipeline::generate_with`].
+    /// [`Pipeline::generate_with`]. To release its memory, use
+    /// [`Pipeline::free_text_encoder`].
     pub fn unload_text_encoder(&mut self) -> Option<TextEncoder<B>> {
         self.text_encoder.take()
     }
@@ -205,7 +206,7 @@ impl<B: Backend> Pipeline<B> {
     /// buffers pooled until asked): sampling from encoded prompts then needs only the
     /// connector, U-Net and VAE resident.
     pub fn free_text_encoder(&mut self) {
-        if let Some(t5) = self.text_encoder.take() {
+        if let Some(t5) = self.unload_text_encoder() {
             let device = t5.encoder.shared.device();
             drop(t5);
             B::memory_cleanup(&device);
