@@ -22,8 +22,8 @@ use burn::tensor::backend::Backend;
 use ella_core::Cuda;
 use ella_core::{
     AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, Pipeline,
-    SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder,
-    TokenMode, UNet2DConditionModel, UNetConfig, VaeConfig,
+    PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision, T5Tokenizer,
+    TextEncoder, TokenMode, UNet2DConditionModel, UNetConfig, VaeConfig,
 };
 
 type B = Cuda;
@@ -125,23 +125,29 @@ fn main() -> ella_core::Result<()> {
             T5Precision::uniform(dtype)?,
         )?,
     };
-    let mut pipeline = Pipeline::from_parts(
-        Some(t5),
-        Connector::from_checkpoint(
+    let mut pipeline = Pipeline::from_parts(PipelineParts {
+        text_encoder: Some(t5),
+        connector: Some(Connector::from_checkpoint(
             &ConnectorConfig::default(),
             &Checkpoint::random(2),
             &device,
             dtype,
-        )?,
-        UNet2DConditionModel::from_checkpoint(
+        )?),
+        clip: None,
+        unet: UNet2DConditionModel::from_checkpoint(
             UNetConfig::sd15(),
             &Checkpoint::random(3),
             &device,
             dtype,
         )?,
-        AutoencoderKL::from_checkpoint(VaeConfig::sd15(), &Checkpoint::random(4), &device, dtype)?,
-        SchedulerConfig::from_file(&fixtures().join("sd/scheduler/scheduler_config.json"))?,
-    )?;
+        vae: AutoencoderKL::from_checkpoint(
+            VaeConfig::sd15(),
+            &Checkpoint::random(4),
+            &device,
+            dtype,
+        )?,
+        scheduler_config: SchedulerConfig::sd15(),
+    })?;
     B::sync(&device).expect("sync");
     println!(
         "ella {dtype:?}: random weights generated and uploaded in {:.1} s",
@@ -217,6 +223,7 @@ fn main() -> ella_core::Result<()> {
         &request.prompt,
         &request.negative_prompt,
         request.token_mode,
+        request.conditioning,
     )?;
     pipeline.free_text_encoder();
     time("T5 freed", &mut |hooks| {

@@ -6,6 +6,9 @@
 //!         --ella ella-core/tests/fixtures/ella/ella.safetensors \
 //!         --ella-config ella-core/tests/fixtures/ella/config.json \
 //!         --sd ella-core/tests/fixtures/sd --width 64 --height 64 --steps 8 --out tiny.png
+//! A community single-file checkpoint (LDM layout), ELLA's tokens followed by CLIP's:
+//!     cargo run --release --example generate -- --checkpoint dreamshaper_8.safetensors \
+//!         --sd-config stable-diffusion-v1-5 --clip-concat --prompt "..."
 //! With the official weights (docs/models.md), found in the Hugging Face cache or downloaded
 //! when a weight flag is left out:
 //!     cargo run --release --example generate -- --prompt "a red book on a wooden table" --out book.png
@@ -19,8 +22,8 @@ use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, SchedulerKind,
-    T5Precision, VaeDecode,
+    Checkpoint, Conditioning, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
+    Precision, SchedulerKind, T5Precision, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -62,6 +65,16 @@ enum Decode {
     Whole,
     Sliced,
     Tiled,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Cond {
+    /// ELLA's tokens (T5 + connector), the official way.
+    Ella,
+    /// ELLA's tokens followed by CLIP's (ComfyUI-ELLA's concat mode; keeps LoRA trigger words).
+    EllaClip,
+    /// SD1.5's own CLIP conditioning (plain SD; loads no T5).
+    Clip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,8 +129,26 @@ struct Args {
     #[arg(long)]
     t5: Option<PathBuf>,
     /// SD1.5 folder in the diffusers layout (default: stable-diffusion-v1-5/stable-diffusion-v1-5).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "checkpoint")]
     sd: Option<PathBuf>,
+    /// SD1.5 single-file checkpoint (.safetensors in the LDM layout, as from CivitAI)
+    /// instead of --sd; SD2.x and SDXL files are refused.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// With --checkpoint: a diffusers-layout folder with its configs and CLIP tokenizer
+    /// (default: SD1.5's built-in configs; CLIP then needs this folder).
+    #[arg(long, requires = "checkpoint")]
+    sd_config: Option<PathBuf>,
+    /// A VAE replacing SD's: a diffusers vae/ folder or a .safetensors file (diffusers or
+    /// LDM layout, e.g. vae-ft-mse-840000-ema-pruned.safetensors).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// What the U-Net is conditioned on.
+    #[arg(long, value_enum, default_value = "ella")]
+    conditioning: Cond,
+    /// Shorthand for --conditioning ella-clip.
+    #[arg(long, conflicts_with = "conditioning")]
+    clip_concat: bool,
     #[arg(long, default_value = "image.png")]
     out: PathBuf,
     /// safetensors file with a tensor `latents`: unit-variance initial noise [batch, 4, h/8, w/8].
@@ -150,6 +181,13 @@ const ELLA_FILE: &str = "ella-sd1.5-tsc-t5xl.safetensors";
 const T5_DIR: &str = "models--google--flan-t5-xl--text_encoder";
 const T5_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 const SD_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+/// What CLIP conditioning needs besides SD_FILES.
+const SD_CLIP_FILES: [&str; 4] = [
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
 const SD_FILES: [&str; 5] = [
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
@@ -169,24 +207,44 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let conditioning = match (args.clip_concat, args.conditioning) {
+        (true, _) | (false, Cond::EllaClip) => Conditioning::EllaClip,
+        (false, Cond::Ella) => Conditioning::Ella,
+        (false, Cond::Clip) => Conditioning::Clip,
+    };
+    let ella = match conditioning.uses_t5() {
+        false => None,
+        true => Some(EllaPaths {
+            connector: match &args.ella {
+                Some(path) => path.clone(),
+                None => fetch(ELLA_REPO, &[ELLA_FILE], args.offline)?,
+            },
+            t5: match &args.t5 {
+                Some(path) => path.clone(),
+                None => folder_of(fetch(
+                    ELLA_REPO,
+                    &T5_FILES.map(|f| format!("{T5_DIR}/{f}")),
+                    args.offline,
+                )?),
+            },
+            config: args.ella_config.clone(),
+        }),
+    };
     let paths = ModelPaths {
-        ella: match &args.ella {
-            Some(path) => path.clone(),
-            None => fetch(ELLA_REPO, &[ELLA_FILE], args.offline)?,
+        sd: match (&args.checkpoint, &args.sd) {
+            (Some(path), _) | (None, Some(path)) => path.clone(),
+            (None, None) => {
+                let files: Vec<&str> = match conditioning.uses_clip() {
+                    true => SD_FILES.iter().chain(&SD_CLIP_FILES).copied().collect(),
+                    false => SD_FILES.to_vec(),
+                };
+                folder_of(folder_of(fetch(SD_REPO, &files, args.offline)?))
+            }
         },
-        t5: match &args.t5 {
-            Some(path) => path.clone(),
-            None => folder_of(fetch(
-                ELLA_REPO,
-                &T5_FILES.map(|f| format!("{T5_DIR}/{f}")),
-                args.offline,
-            )?),
-        },
-        sd: match &args.sd {
-            Some(path) => path.clone(),
-            None => folder_of(folder_of(fetch(SD_REPO, &SD_FILES, args.offline)?)),
-        },
-        ella_config: args.ella_config.clone(),
+        sd_config: args.sd_config.clone(),
+        vae: args.vae.clone(),
+        ella,
+        clip: conditioning.uses_clip(),
     };
     let init_latents = match &args.init_latents {
         Some(path) => Some(
@@ -222,6 +280,7 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Sliced => VaeDecode::Sliced,
             Decode::Tiled => VaeDecode::Tiled,
         },
+        conditioning,
     };
     let dtype = match args.precision {
         Float::Auto => match args.backend {
@@ -278,6 +337,7 @@ fn generate<B: Backend>(
                     &request.prompt,
                     &request.negative_prompt,
                     request.token_mode,
+                    request.conditioning,
                 )
                 .map_err(|e| e.to_string())?;
             pipeline.free_text_encoder();

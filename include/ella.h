@@ -105,6 +105,17 @@ typedef enum ella_vae_decode {
   ELLA_VAE_DECODE_TILED = 2,
 } ella_vae_decode;
 
+// What the U-Net is conditioned on.
+typedef enum ella_conditioning {
+  // ELLA's 64 tokens from T5 (the official way; the default).
+  ELLA_CONDITIONING_ELLA = 0,
+  // ELLA's tokens followed by CLIP's 77 (ComfyUI-ELLA's concat mode: LoRA trigger words
+  // keep working). Needs `load_clip`.
+  ELLA_CONDITIONING_ELLA_CLIP = 1,
+  // SD1.5's own CLIP conditioning (plain SD). Needs `load_clip`.
+  ELLA_CONDITIONING_CLIP = 2,
+} ella_conditioning;
+
 // Sampler; the other scheduler settings come from the SD folder's scheduler config.
 typedef enum ella_scheduler {
   // DPM-Solver++ 2M (the official ELLA demo's).
@@ -139,13 +150,16 @@ typedef void (*ella_log_callback)(enum ella_log_level level, const char *message
 typedef struct ella_model_params {
   // `sizeof(ella_model_params)`.
   uint32_t struct_size;
-  // T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`).
+  // T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`); NULL
+  // together with `ella_path` to load SD with CLIP only.
   const char *t5_path;
   // ELLA connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
   const char *ella_path;
   // JSON file with the connector's sizes; NULL for the official connector.
   const char *ella_config_path;
-  // SD1.5 folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`).
+  // SD1.5: a folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`, and
+  // `text_encoder/` + `tokenizer/` for CLIP) or a single-file checkpoint (`.safetensors`,
+  // LDM layout, as from CivitAI; SD2.x and SDXL files are refused as UNSUPPORTED).
   const char *sd_path;
   // An `ella_backend` (a plain integer here, so that any value is safe to pass).
   uint32_t backend;
@@ -155,6 +169,14 @@ typedef struct ella_model_params {
   void *log_user_data;
   // An `ella_t5_precision`; default AUTO (the same as `precision`).
   uint32_t t5_precision;
+  // For a single-file `sd_path`: a diffusers-layout folder with its configs and CLIP
+  // tokenizer; NULL for SD1.5's built-in configs (then CLIP cannot load).
+  const char *sd_config_path;
+  // A VAE replacing SD's (diffusers folder or file, or an LDM-layout file); NULL for none.
+  const char *vae_path;
+  // 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
+  // default 0.
+  uint32_t load_clip;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.
@@ -198,6 +220,8 @@ typedef struct ella_generate_request {
   // `negative_prompt` (which may then be NULL); NULL by default. Required once the
   // model's text encoder was freed.
   const struct ella_prompt *prompt_cache;
+  // An `ella_conditioning`; default ELLA.
+  uint32_t conditioning;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.
@@ -324,7 +348,8 @@ enum ella_status ella_connector_step(const struct ella_model *model,
                                      float timestep,
                                      struct ella_tensor **out_tensor);
 
-// Encodes a prompt and its negative prompt (NULL means "") with T5, once: pass the result as
+// Encodes a prompt and its negative prompt (NULL means "") once, with T5 (while loaded) and
+// CLIP (when loaded), for any conditioning: pass the result as
 // `ella_generate_request.prompt_cache` to generate from it any number of times, also after
 // `ella_model_free_text_encoder`. `max_tokens` as in the request. Free with
 // `ella_prompt_free`.

@@ -2,8 +2,8 @@
 `tokenizer/` folders, transformers' `CLIPTextModel` and `CLIPTokenizer`), with reference token
 ids and hidden states, for make_fixtures.py. Writes:
 
-  clip/text_encoder/  config.json, model.safetensors
-  clip/tokenizer/     tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, ...
+  sd/text_encoder/  config.json, model.safetensors
+  sd/tokenizer/     tokenizer.json, vocab.json, merges.txt, tokenizer_config.json
   reference/clip.safetensors, reference/clip_tokens.json
 """
 
@@ -50,13 +50,25 @@ def tiny_tokenizer(out):
     vocab["<|endoftext|>"] = len(vocab)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
     tokenizer.model_max_length = 77
-    tokenizer.save_pretrained(str(out / "clip" / "tokenizer"))
+    folder = out / "sd" / "tokenizer"
+    tokenizer.save_pretrained(str(folder))
+    # SD1.5's hosted tokenizer/ folder has these two files and no tokenizer.json.
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return tokenizer, len(vocab)
 
 
 def make_clip(out):
     tokenizer, vocab_size = tiny_tokenizer(out)
     ids = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True).input_ids
+    # transformers reads a folder with only vocab.json + merges.txt (SD1.5's) to the same ids.
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ["vocab.json", "merges.txt"]:
+            shutil.copy(out / "sd" / "tokenizer" / name, tmp)
+        from_files = CLIPTokenizer.from_pretrained(tmp)
+        assert from_files(PROMPTS, padding="max_length", max_length=77, truncation=True).input_ids == ids
     (out / "reference" / "clip_tokens.json").write_text(
         json.dumps([{"prompt": p, "ids": i} for p, i in zip(PROMPTS, ids)], indent=1, ensure_ascii=False) + "\n")
 
@@ -69,11 +81,11 @@ def make_clip(out):
         for name, p in model.named_parameters():
             if "layer_norm" in name:
                 p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
-    model.save_pretrained(str(out / "clip" / "text_encoder"), safe_serialization=True)
+    model.save_pretrained(str(out / "sd" / "text_encoder"), safe_serialization=True)
     # transformers 5 saves without the `text_model.` prefix; SD1.5's hosted file (and every
     # older save) has it: rewrite the file in that official layout.
     from safetensors.torch import load_file
-    weights = out / "clip" / "text_encoder" / "model.safetensors"
+    weights = out / "sd" / "text_encoder" / "model.safetensors"
     state = load_file(str(weights))
     save_file({f"text_model.{k}": v for k, v in state.items()}, str(weights), metadata={"format": "pt"})
     with torch.no_grad():

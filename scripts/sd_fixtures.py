@@ -88,8 +88,8 @@ def tiny_unet(cross_attention_dim):
     return unet
 
 
-def tiny_vae():
-    torch.manual_seed(13)
+def tiny_vae(seed=13):
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -102,7 +102,7 @@ def tiny_vae():
         sample_size=32,
         scaling_factor=0.18215,
     ).eval()
-    randomize_norms(vae, torch.Generator().manual_seed(14))
+    randomize_norms(vae, torch.Generator().manual_seed(seed + 1))
     return vae
 
 
@@ -162,12 +162,15 @@ def scheduler_fixtures(out):
 
 class ELLAProxyUNet(torch.nn.Module):
     """The official inference.py's proxy: ELLA runs on every U-Net call with the U-Net's
-    timestep; in flexible mode each row is cut back to its own token count first."""
+    timestep; in flexible mode each row is cut back to its own token count first.
+    `ella=None` passes the pipeline's own (CLIP) states through; `clip_states` ([negative;
+    positive]) are appended after ELLA's tokens, as ComfyUI-ELLA's concat mode does."""
 
-    def __init__(self, ella, unet):
+    def __init__(self, ella, unet, clip_states=None):
         super().__init__()
         self.ella = ella
         self.unet = unet
+        self.clip_states = clip_states
         self.config = unet.config
         self.dtype = unet.dtype
         self.device = unet.device
@@ -175,7 +178,9 @@ class ELLAProxyUNet(torch.nn.Module):
         self.conditions = []
 
     def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
-        if self.flexible_max_length_workaround is not None:
+        if self.ella is None:
+            cond = encoder_hidden_states
+        elif self.flexible_max_length_workaround is not None:
             rows = [
                 self.ella(encoder_hidden_states[i : i + 1, :length], timestep)
                 for i, length in enumerate(self.flexible_max_length_workaround)
@@ -183,12 +188,43 @@ class ELLAProxyUNet(torch.nn.Module):
             cond = torch.cat(rows, dim=0)
         else:
             cond = self.ella(encoder_hidden_states, timestep)
+        if self.clip_states is not None:
+            cond = torch.cat([cond, self.clip_states], dim=1)
         self.conditions.append(cond)
         return self.unet(sample=sample, timestep=timestep, encoder_hidden_states=cond, **kwargs)
 
 
-def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, prompt, negative, guidance, latents):
-    proxy = ELLAProxyUNet(ella, unet)
+def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, **prompts):
+    """Runs `pipe` for 4 steps from `latents` and saves every step's latents and condition
+    tokens (recorded by `proxy`), the final latents and the image to pipeline_{name}."""
+    steps = []
+
+    def on_step(pipe_, i, t, kwargs):
+        steps.append((float(t), kwargs["latents"].clone()))
+        return kwargs
+
+    height, width = latents.shape[2] * 2, latents.shape[3] * 2
+    with torch.no_grad():
+        image = pipe(
+            **prompts, guidance_scale=guidance, num_inference_steps=4, latents=latents.clone(), height=height,
+            width=width, output_type="np", callback_on_step_end=on_step,
+        ).images[0]
+    tensors = {**tensors, "init_latents": latents}
+    for i, (t, lat) in enumerate(steps):
+        tensors[f"latents_step{i}"] = lat
+        uncond, cond = proxy.conditions[i].chunk(2)
+        tensors[f"condition_uncond_step{i}"] = uncond
+        tensors[f"condition_cond_step{i}"] = cond
+    tensors["final_latents"] = steps[-1][1].clone()
+    tensors["image"] = torch.from_numpy(np.round(image * 255).astype(np.uint8))
+    tensors["timesteps"] = torch.tensor([t for t, _ in steps], dtype=torch.float32)
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(out / "reference" / f"pipeline_{name}.safetensors"))
+    return height, width
+
+
+def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, prompt, negative, guidance, latents,
+                 clip_states=None):
+    proxy = ELLAProxyUNet(ella, unet, clip_states)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=proxy, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -211,31 +247,57 @@ def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, pro
         t5_tensors = {"t5_hidden_uncond": neg_states, "t5_hidden_cond": pos_states}
         pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[1]))
         neg_states, pos_states = pad(neg_states), pad(pos_states)
-    steps = []
-
-    def on_step(pipe_, i, t, kwargs):
-        steps.append((float(t), kwargs["latents"].clone()))
-        return kwargs
-
-    height, width = latents.shape[2] * 2, latents.shape[3] * 2
-    with torch.no_grad():
-        image = pipe(
-            prompt_embeds=pos_states, negative_prompt_embeds=neg_states, guidance_scale=guidance,
-            num_inference_steps=4, latents=latents.clone(), height=height, width=width,
-            output_type="np", callback_on_step_end=on_step,
-        ).images[0]
-    tensors = {**t5_tensors, "init_latents": latents}
-    for i, (t, lat) in enumerate(steps):
-        tensors[f"latents_step{i}"] = lat
-        uncond, cond = proxy.conditions[i].chunk(2)
-        tensors[f"connector_uncond_step{i}"] = uncond
-        tensors[f"connector_cond_step{i}"] = cond
-    tensors["final_latents"] = steps[-1][1].clone()
-    tensors["image"] = torch.from_numpy(np.round(image * 255).astype(np.uint8))
-    tensors["timesteps"] = torch.tensor([t for t, _ in steps], dtype=torch.float32)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "reference" / f"pipeline_{name}.safetensors"))
+    height, width = sample_and_save(out, name, pipe, proxy, latents, guidance, t5_tensors,
+                                    prompt_embeds=pos_states, negative_prompt_embeds=neg_states)
     return {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": 4, "mode": mode,
-            "scheduler": name.split("_")[0], "height": height, "width": width}
+            "scheduler": name.split("_")[0], "height": height, "width": width,
+            "conditioning": "ella" if clip_states is None else "ella-clip"}
+
+
+def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, prompt, negative, guidance, latents):
+    """Plain SD1.5: diffusers' StableDiffusionPipeline with its CLIP text encoder."""
+    proxy = ELLAProxyUNet(None, unet)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=proxy, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    height, width = sample_and_save(out, name, pipe, proxy, latents, guidance, {}, prompt=prompt,
+                                    negative_prompt=negative)
+    return {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": 4, "mode": "flexible",
+            "scheduler": name.split("_")[0], "height": height, "width": width, "conditioning": "clip"}
+
+
+def make_conditioning(out, ella_config):
+    """Samplings conditioned on the tiny CLIP (sd/text_encoder, sd/tokenizer): plain SD, and
+    ELLA's tokens followed by CLIP's. Adds them to reference/pipelines.json."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd = out / "sd"
+    unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
+    vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
+    text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder")).eval()
+    clip_tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
+    t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
+    tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
+    ella = ella_reference.ELLA(**ella_config).eval()
+    ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(42))
+    prompt, negative = "the red hat and the other book", "a red book"
+    runs = json.loads((out / "reference" / "pipelines.json").read_text())
+    runs["dpm++2m_clip"] = run_clip_pipeline(out, "dpm++2m_clip", text_encoder, clip_tokenizer, unet, vae,
+                                             make_scheduler("dpm++2m"), prompt, negative, 7.5, latents)
+    # diffusers' own prompt encoding gives the CLIP states the concat mode appends.
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer, unet=unet,
+                                   scheduler=make_scheduler("dpm++2m"), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt(prompt, "cpu", 1, True, negative)
+    runs["dpm++2m_ella-clip"] = run_pipeline(out, "dpm++2m_ella-clip", t5, tokenizer, ella, unet, vae,
+                                             make_scheduler("dpm++2m"), "flexible", prompt, negative, 7.5, latents,
+                                             clip_states=torch.cat([neg, pos]))
+    (out / "reference" / "pipelines.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
 def make_vae_tiling(out):

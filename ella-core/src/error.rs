@@ -65,6 +65,11 @@ pub enum Error {
     #[error("tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
 
+    /// A model file of a kind ella does not run (an SD2.x or SDXL checkpoint, a file that is
+    /// not a single-file checkpoint at all).
+    #[error("{path} is {reason}")]
+    UnsupportedModel { path: PathBuf, reason: String },
+
     /// Inputs to a model call disagree with each other or with the model.
     #[error("invalid input: {0}")]
     InvalidInput(String),

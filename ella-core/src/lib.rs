@@ -36,10 +36,13 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
-pub use clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
-pub use pipeline::{GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, PromptStates};
+pub use pipeline::{
+    Conditioning, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PipelineParts,
+    Precision, PromptStates, StatePair,
+};
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use unet::{UNet2DConditionModel, UNetConfig};

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex as B;
 use burn::tensor::DType;
 use common::fixture;
-use ella_core::{Checkpoint, Connector, ConnectorConfig, Error, T5Config, TextEncoder, TokenMode};
+use ella_core::{
+    Checkpoint, Conditioning, Connector, ConnectorConfig, Error, GenerateRequest, ModelPaths,
+    Pipeline, T5Config, TextEncoder, TokenMode,
+};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -371,4 +374,178 @@ fn unet_config_and_weights_that_disagree_are_errors() {
     );
     // Sanity: the unedited config loads.
     assert!(unet_with_config(|_| {}).is_ok());
+}
+
+/// The tiny single-file checkpoint with one edit applied, in a temp folder.
+fn edited_single_file(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
+    let mut tensors = read_tensors(&fixture("sd-single-file.safetensors"));
+    edit(&mut tensors);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write_tensors(&path, &tensors);
+    (dir, path)
+}
+
+/// SD only (CLIP, no ELLA) from `sd`, with the tiny configs.
+fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipeline<B>> {
+    let paths = ModelPaths {
+        sd,
+        sd_config,
+        vae: None,
+        ella: None,
+        clip: true,
+    };
+    Pipeline::load(&paths, &Default::default(), DType::F32)
+}
+
+fn f32_tensor(shape: &[usize]) -> (Dtype, Vec<usize>, Vec<u8>) {
+    let bytes = shape.iter().product::<usize>() * 4;
+    (Dtype::F32, shape.to_vec(), vec![0; bytes])
+}
+
+#[test]
+fn sd2_sdxl_and_other_files_are_refused_as_checkpoints() {
+    let sd_config = Some(fixture("sd"));
+    let refused = |edit: fn(&mut Tensors), expected: &str| {
+        let (_dir, path) = edited_single_file(edit);
+        let err = load_sd(path, sd_config.clone()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsupportedModel { reason, .. } if reason.contains(expected)),
+            "{expected}: {err}"
+        );
+    };
+    refused(
+        |t| {
+            t.insert(
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+                    .into(),
+                f32_tensor(&[16, 1024]),
+            );
+        },
+        "SD2",
+    );
+    refused(
+        |t| {
+            t.insert(
+                "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight".into(),
+                f32_tensor(&[6, 2]),
+            );
+        },
+        "SD2",
+    );
+    refused(
+        |t| {
+            t.insert(
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight".into(),
+                f32_tensor(&[4]),
+            );
+        },
+        "SDXL",
+    );
+    refused(
+        |t| {
+            t.insert(
+                "model.diffusion_model.label_emb.0.0.weight".into(),
+                f32_tensor(&[4, 4]),
+            );
+        },
+        "SDXL",
+    );
+    // A connector file is no checkpoint.
+    let err = load_sd(fixture("ella/ella.safetensors"), sd_config.clone()).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedModel { reason, .. } if reason.contains("model.diffusion_model")),
+        "{err}"
+    );
+    // Sanity: the unedited file loads.
+    let (_dir, path) = edited_single_file(|_| {});
+    assert!(load_sd(path, sd_config).is_ok());
+}
+
+#[test]
+fn single_file_with_missing_or_unknown_tensors_is_named() {
+    let sd_config = Some(fixture("sd"));
+    let (_dir, path) = edited_single_file(|t| {
+        t.remove("model.diffusion_model.out.2.weight");
+    });
+    let err = load_sd(path, sd_config.clone()).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "conv_out.weight"),
+        "{err}"
+    );
+    let (_dir, path) = edited_single_file(|t| {
+        t.insert(
+            "model.diffusion_model.input_blocks.1.7.weight".into(),
+            f32_tensor(&[2]),
+        );
+    });
+    let err = load_sd(path, sd_config.clone()).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { name, .. } if name == "model.diffusion_model.input_blocks.1.7.weight"),
+        "{err}"
+    );
+    // A VAE missing a tensor: named with its diffusers name.
+    let (_dir, path) = edited_single_file(|t| {
+        t.remove("first_stage_model.decoder.mid.attn_1.q.weight");
+    });
+    let err = load_sd(path, sd_config).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "decoder.mid_block.attentions.0.to_q.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn conditioning_without_its_models_is_an_error() {
+    // CLIP from a single file needs a tokenizer, which only a config folder has.
+    let err = load_sd(fixture("sd-single-file.safetensors"), None).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("tokenizer")),
+        "{err}"
+    );
+    // Nothing to condition on.
+    let paths = ModelPaths {
+        clip: false,
+        ella: None,
+        ..ModelPaths::ella("", "", fixture("sd"))
+    };
+    let err = Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap_err();
+    assert!(matches!(&err, Error::IncompatibleModels(_)), "{err}");
+
+    let clip_only = load_sd(fixture("sd"), None).unwrap();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        steps: 1,
+        ..GenerateRequest::new("a red book")
+    };
+    for conditioning in [Conditioning::Ella, Conditioning::EllaClip] {
+        let err = clip_only
+            .generate(&GenerateRequest {
+                conditioning,
+                ..request.clone()
+            })
+            .unwrap_err();
+        assert!(matches!(&err, Error::InvalidInput(_)), "{err}");
+    }
+    let image = clip_only
+        .generate(&GenerateRequest {
+            conditioning: Conditioning::Clip,
+            ..request.clone()
+        })
+        .unwrap();
+    assert_eq!([image[0].width, image[0].height], [32, 32]);
+
+    let ella_only =
+        Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
+    let err = ella_only
+        .generate(&GenerateRequest {
+            conditioning: Conditioning::Clip,
+            ..request
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("CLIP")),
+        "{err}"
+    );
 }

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
-use common::fixture;
-use ella_core::{DefaultBackend as B, GenerateRequest, Hooks, ModelPaths, Pipeline, VaeDecode};
+use ella_core::{DefaultBackend as B, GenerateRequest, Hooks, Pipeline, VaeDecode};
 
 /// Counts allocations, allocated bytes, live bytes and the peak of live bytes.
 struct Counting;
@@ -80,12 +79,7 @@ fn within(what: &str, measured: usize, budget: usize) {
 /// One test only: the counters are process-wide, and a parallel test would disturb them.
 #[test]
 fn generation_and_memory_budgets() {
-    let paths = ModelPaths {
-        t5: fixture("t5"),
-        ella: fixture("ella/ella.safetensors"),
-        ella_config: Some(fixture("ella/config.json")),
-        sd: fixture("sd"),
-    };
+    let paths = common::tiny_paths();
     let device = Default::default();
     let (pipeline, _) = count(|| Pipeline::<B>::load(&paths, &device, DType::F32).unwrap());
     let mut pipeline = pipeline;
@@ -117,7 +111,12 @@ fn generation_and_memory_budgets() {
     // Freeing T5 releases its weights (the tiny T5 is ~0.6 MB of f32).
     let live = LIVE.load(Ordering::SeqCst);
     let states = pipeline
-        .encode_prompts(&request.prompt, "", request.token_mode)
+        .encode_prompts(
+            &request.prompt,
+            "",
+            request.token_mode,
+            request.conditioning,
+        )
         .unwrap();
     let t5_bytes = pipeline.text_encoder().unwrap().encoder.num_params() * 4; // f32
     pipeline.free_text_encoder();

@@ -7,14 +7,16 @@ use crate::{EllaBackend, Failure, invalid};
 use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{Tensor, TensorData};
 use ella_core::{
-    GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision, PromptStates, Result, TokenMode,
+    Conditioning, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision,
+    PromptStates, Result, StatePair, TokenMode,
 };
 
-/// Prompt states kept on the host, so that a cached prompt works with any backend.
+/// Prompt states kept on the host, so that a cached prompt works with any backend: T5's
+/// and CLIP's `[negative, positive]`, each when the model has that encoder.
 #[derive(Debug, Clone)]
 pub struct HostPrompt {
-    pub uncond: TensorData,
-    pub cond: TensorData,
+    pub t5: Option<[TensorData; 2]>,
+    pub clip: Option<[TensorData; 2]>,
 }
 
 /// What the C functions need from a pipeline, whatever its backend.
@@ -27,6 +29,9 @@ pub trait Engine: Send + Sync {
     ) -> Result<Vec<Image>>;
     /// T5 states `[1, tokens, d_model]` of one prompt.
     fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData>;
+    /// The states of a prompt and its negative for every conditioning this model can run
+    /// (T5's while T5 is loaded, CLIP's when CLIP is).
+    fn encode_prompts(&self, prompt: &str, negative: &str, mode: TokenMode) -> Result<HostPrompt>;
     fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData>;
     /// Drops T5 and returns its memory to the device.
     fn free_text_encoder(&self);
@@ -64,11 +69,34 @@ where
     ) -> Result<Vec<Image>> {
         let pipeline = self.read();
         let device = pipeline.unet.conv_in.weight.device();
-        let states = prompt.map(|p| PromptStates::<B> {
-            uncond: Tensor::from_data(p.uncond.clone(), &device),
-            cond: Tensor::from_data(p.cond.clone(), &device),
+        let upload = |pair: &Option<[TensorData; 2]>| {
+            pair.as_ref().map(|[uncond, cond]| StatePair::<B> {
+                uncond: Tensor::from_data(uncond.clone(), &device),
+                cond: Tensor::from_data(cond.clone(), &device),
+            })
+        };
+        let states = prompt.map(|p| PromptStates {
+            t5: upload(&p.t5),
+            clip: upload(&p.clip),
         });
         pipeline.generate_with(request, states.as_ref(), hooks)
+    }
+
+    fn encode_prompts(&self, prompt: &str, negative: &str, mode: TokenMode) -> Result<HostPrompt> {
+        let pipeline = self.read();
+        let conditioning = match (pipeline.text_encoder(), pipeline.clip()) {
+            (Some(_), Some(_)) => Conditioning::EllaClip,
+            (None, Some(_)) => Conditioning::Clip,
+            _ => Conditioning::Ella,
+        };
+        let states = pipeline.encode_prompts(prompt, negative, mode, conditioning)?;
+        let download = |pair: Option<StatePair<B>>| {
+            pair.map(|p| [p.uncond, p.cond].map(|states| states.into_data().convert::<f32>()))
+        };
+        Ok(HostPrompt {
+            t5: download(states.t5),
+            clip: download(states.clip),
+        })
     }
 
     fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData> {
@@ -79,9 +107,10 @@ where
     fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData> {
         let pipeline = self.read();
         let device = pipeline.unet.conv_in.weight.device();
-        let tokens = pipeline
-            .connector
-            .forward(Tensor::<B, 3>::from_data(states, &device), &[timestep])?;
+        let connector = pipeline.connector.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this model was loaded without ELLA's connector".into())
+        })?;
+        let tokens = connector.forward(Tensor::<B, 3>::from_data(states, &device), &[timestep])?;
         Ok(tokens.into_data().convert::<f32>())
     }
 

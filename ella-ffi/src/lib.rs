@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::{
-    Error, GenerateRequest, Hooks, ModelPaths, Precision, SchedulerKind, T5Precision, TokenMode,
-    VaeDecode,
+    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, ModelPaths, Precision, SchedulerKind,
+    T5Precision, TokenMode, VaeDecode,
 };
 
 mod engine;
@@ -115,6 +115,19 @@ pub enum EllaVaeDecode {
     Tiled = 2,
 }
 
+/// What the U-Net is conditioned on.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaConditioning {
+    /// ELLA's 64 tokens from T5 (the official way; the default).
+    Ella = 0,
+    /// ELLA's tokens followed by CLIP's 77 (ComfyUI-ELLA's concat mode: LoRA trigger words
+    /// keep working). Needs `load_clip`.
+    EllaClip = 1,
+    /// SD1.5's own CLIP conditioning (plain SD). Needs `load_clip`.
+    Clip = 2,
+}
+
 /// Pixel layout of an image.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +160,16 @@ pub type EllaProgressCallback =
 pub struct EllaModelParams {
     /// `sizeof(ella_model_params)`.
     pub struct_size: u32,
-    /// T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`).
+    /// T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`); NULL
+    /// together with `ella_path` to load SD with CLIP only.
     pub t5_path: *const c_char,
     /// ELLA connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
     pub ella_path: *const c_char,
     /// JSON file with the connector's sizes; NULL for the official connector.
     pub ella_config_path: *const c_char,
-    /// SD1.5 folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`).
+    /// SD1.5: a folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`, and
+    /// `text_encoder/` + `tokenizer/` for CLIP) or a single-file checkpoint (`.safetensors`,
+    /// LDM layout, as from CivitAI; SD2.x and SDXL files are refused as UNSUPPORTED).
     pub sd_path: *const c_char,
     /// An `ella_backend` (a plain integer here, so that any value is safe to pass).
     pub backend: u32,
@@ -163,6 +179,14 @@ pub struct EllaModelParams {
     pub log_user_data: *mut c_void,
     /// An `ella_t5_precision`; default AUTO (the same as `precision`).
     pub t5_precision: u32,
+    /// For a single-file `sd_path`: a diffusers-layout folder with its configs and CLIP
+    /// tokenizer; NULL for SD1.5's built-in configs (then CLIP cannot load).
+    pub sd_config_path: *const c_char,
+    /// A VAE replacing SD's (diffusers folder or file, or an LDM-layout file); NULL for none.
+    pub vae_path: *const c_char,
+    /// 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
+    /// default 0.
+    pub load_clip: u32,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -207,6 +231,8 @@ pub struct EllaGenerateRequest {
     /// `negative_prompt` (which may then be NULL); NULL by default. Required once the
     /// model's text encoder was freed.
     pub prompt_cache: *const EllaPrompt,
+    /// An `ella_conditioning`; default ELLA.
+    pub conditioning: u32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -301,7 +327,9 @@ impl From<Error> for Failure {
             | Error::UnexpectedTensor { .. }
             | Error::Tokenizer { .. }
             | Error::IncompatibleModels(_) => EllaStatus::InvalidModel,
-            Error::UnsupportedPrecision { .. } => EllaStatus::Unsupported,
+            Error::UnsupportedPrecision { .. } | Error::UnsupportedModel { .. } => {
+                EllaStatus::Unsupported
+            }
             Error::InvalidInput(_) => EllaStatus::InvalidArgument,
             Error::Cancelled => EllaStatus::Cancelled,
         };
@@ -411,6 +439,9 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         log_callback: None,
         log_user_data: std::ptr::null_mut(),
         t5_precision: EllaT5Precision::Auto as u32,
+        sd_config_path: std::ptr::null(),
+        vae_path: std::ptr::null(),
+        load_clip: 0,
     }
 }
 
@@ -431,14 +462,34 @@ pub unsafe extern "C" fn ella_model_load(
         // SAFETY: per this function's contract.
         let params = unsafe { read_struct(params, ella_model_default_params(), "params")? };
         let path = |ptr, what| unsafe { text(ptr, what) }.map(PathBuf::from);
+        let optional_path = |ptr: *const c_char, what| match ptr.is_null() {
+            true => Ok(None),
+            false => path(ptr, what).map(Some),
+        };
+        let ella = match (params.t5_path.is_null(), params.ella_path.is_null()) {
+            (true, true) => None,
+            _ => Some(EllaPaths {
+                t5: path(params.t5_path, "params.t5_path")?,
+                connector: path(params.ella_path, "params.ella_path")?,
+                config: optional_path(params.ella_config_path, "params.ella_config_path")?,
+            }),
+        };
+        let clip = match params.load_clip {
+            0 => false,
+            1 => true,
+            other => return Err(invalid(format!("params.load_clip {other} is not 0 or 1"))),
+        };
+        if ella.is_none() && !clip {
+            return Err(invalid(
+                "params.t5_path and params.ella_path are NULL and load_clip is 0: no text encoder",
+            ));
+        }
         let paths = ModelPaths {
-            t5: path(params.t5_path, "params.t5_path")?,
-            ella: path(params.ella_path, "params.ella_path")?,
-            ella_config: match params.ella_config_path.is_null() {
-                true => None,
-                false => Some(path(params.ella_config_path, "params.ella_config_path")?),
-            },
             sd: path(params.sd_path, "params.sd_path")?,
+            sd_config: optional_path(params.sd_config_path, "params.sd_config_path")?,
+            vae: optional_path(params.vae_path, "params.vae_path")?,
+            ella,
+            clip,
         };
         let dtype = match params.precision {
             x if x == EllaPrecision::F32 as u32 => DType::F32,
@@ -583,6 +634,7 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         pixel_format: EllaPixelFormat::Rgb8 as u32,
         vae_decode: EllaVaeDecode::Whole as u32,
         prompt_cache: std::ptr::null(),
+        conditioning: EllaConditioning::Ella as u32,
     }
 }
 
@@ -661,6 +713,16 @@ unsafe fn run(
             other => {
                 return Err(invalid(format!(
                     "request.vae_decode {other} is not an ella_vae_decode"
+                )));
+            }
+        },
+        conditioning: match request.conditioning {
+            x if x == EllaConditioning::Ella as u32 => Conditioning::Ella,
+            x if x == EllaConditioning::EllaClip as u32 => Conditioning::EllaClip,
+            x if x == EllaConditioning::Clip as u32 => Conditioning::Clip,
+            other => {
+                return Err(invalid(format!(
+                    "request.conditioning {other} is not an ella_conditioning"
                 )));
             }
         },
@@ -885,7 +947,8 @@ pub unsafe extern "C" fn ella_connector_step(
     })
 }
 
-/// Encodes a prompt and its negative prompt (NULL means "") with T5, once: pass the result as
+/// Encodes a prompt and its negative prompt (NULL means "") once, with T5 (while loaded) and
+/// CLIP (when loaded), for any conditioning: pass the result as
 /// `ella_generate_request.prompt_cache` to generate from it any number of times, also after
 /// `ella_model_free_text_encoder`. `max_tokens` as in the request. Free with
 /// `ella_prompt_free`.
@@ -911,11 +974,9 @@ pub unsafe extern "C" fn ella_prompt_encode(
             true => "",
             false => unsafe { text(negative_prompt, "negative_prompt")? },
         };
-        let mode = token_mode(max_tokens);
-        let states = HostPrompt {
-            uncond: model.engine.encode(negative, mode)?,
-            cond: model.engine.encode(prompt, mode)?,
-        };
+        let states = model
+            .engine
+            .encode_prompts(prompt, negative, token_mode(max_tokens))?;
         write_out(
             out_prompt,
             Box::into_raw(Box::new(EllaPrompt { states })),

@@ -695,3 +695,159 @@ fn wgpu_backend_matches_the_cpu() {
         .unwrap();
     assert!(max_diff <= 1, "wgpu and CPU pixels differ by {max_diff}");
 }
+
+/// Loads `params` or fails with the library's message.
+fn load_with(params: &EllaModelParams) -> *mut EllaModel {
+    let mut model = null_mut();
+    let status = unsafe { ella_model_load(params, &mut model) };
+    assert_eq!(status, EllaStatus::Ok, "{}", last_error());
+    model
+}
+
+/// One 32×32 image per conditioning from a new context on `model`.
+fn images_by_conditioning(
+    model: *mut EllaModel,
+    conditionings: &[EllaConditioning],
+) -> Vec<Result<Vec<u8>, String>> {
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("the red hat").unwrap();
+    let images = conditionings
+        .iter()
+        .map(|&conditioning| {
+            let r = EllaGenerateRequest {
+                conditioning: conditioning as u32,
+                ..request(&prompt)
+            };
+            generate_32(ctx, &r)
+        })
+        .collect();
+    unsafe { ella_context_free(ctx) };
+    images
+}
+
+#[test]
+fn single_file_checkpoint_clip_and_concat_conditioning() {
+    use EllaConditioning::{Clip, Ella, EllaClip};
+    let p = paths();
+    let (single, vae) = (
+        fixture("sd-single-file.safetensors"),
+        fixture("vae-ldm.safetensors"),
+    );
+    let with_clip = EllaModelParams {
+        load_clip: 1,
+        ..params(&p)
+    };
+    let folder = load_with(&with_clip);
+    let expected = images_by_conditioning(folder, &[Ella, EllaClip, Clip]);
+    let expected: Vec<Vec<u8>> = expected.into_iter().map(Result::unwrap).collect();
+    assert!(
+        expected[0] != expected[1] && expected[1] != expected[2],
+        "each conditioning gives another image"
+    );
+    let prompt = CString::new("x").unwrap();
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(folder, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let r = EllaGenerateRequest {
+        conditioning: 3,
+        ..request(&prompt)
+    };
+    assert!(generate_32(ctx, &r).unwrap_err().contains("conditioning"));
+    unsafe { ella_context_free(ctx) };
+
+    // The same models from the single-file checkpoint (whose VAE the LDM VAE file replaces).
+    let single_params = EllaModelParams {
+        sd_path: single.as_ptr(),
+        sd_config_path: p.sd.as_ptr(),
+        vae_path: vae.as_ptr(),
+        ..with_clip
+    };
+    let model = load_with(&single_params);
+    let images = images_by_conditioning(model, &[Ella, EllaClip, Clip]);
+    for (image, expected) in images.into_iter().zip(&expected) {
+        assert_eq!(&image.unwrap(), expected);
+    }
+    unsafe { ella_model_free(model) };
+
+    // CLIP only: no T5, no connector; ELLA requests are refused; prompt caches work.
+    let clip_only = load_with(&EllaModelParams {
+        t5_path: null(),
+        ella_path: null(),
+        ..with_clip
+    });
+    let images = images_by_conditioning(clip_only, &[Ella, EllaClip, Clip]);
+    assert!(images[0].as_ref().unwrap_err().contains("T5"));
+    assert!(images[1].is_err());
+    assert_eq!(images[2].as_ref().unwrap(), &expected[2]);
+    let the_red_hat = CString::new("the red hat").unwrap();
+    let mut cache = null_mut();
+    assert_eq!(
+        unsafe { ella_prompt_encode(clip_only, the_red_hat.as_ptr(), null(), 0, &mut cache) },
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(clip_only, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let cached = EllaGenerateRequest {
+        prompt: null(),
+        prompt_cache: cache,
+        conditioning: Clip as u32,
+        ..request(&the_red_hat)
+    };
+    assert_eq!(&generate_32(ctx, &cached).unwrap(), &expected[2]);
+    unsafe {
+        ella_context_free(ctx);
+        ella_prompt_free(cache);
+        ella_model_free(clip_only);
+        ella_model_free(folder);
+    }
+
+    // Refusals.
+    let mut model = null_mut();
+    let load = |params: &EllaModelParams, model: &mut *mut EllaModel| unsafe {
+        ella_model_load(params, model)
+    };
+    let not_a_checkpoint = fixture("ella/ella.safetensors");
+    let status = load(
+        &EllaModelParams {
+            sd_path: not_a_checkpoint.as_ptr(),
+            ..with_clip
+        },
+        &mut model,
+    );
+    assert_eq!(status, EllaStatus::Unsupported);
+    assert!(
+        last_error().contains("model.diffusion_model"),
+        "{}",
+        last_error()
+    );
+    let status = load(
+        &EllaModelParams {
+            load_clip: 2,
+            ..with_clip
+        },
+        &mut model,
+    );
+    assert_eq!(status, EllaStatus::InvalidArgument);
+    let status = load(
+        &EllaModelParams {
+            t5_path: null(),
+            ella_path: null(),
+            load_clip: 0,
+            ..with_clip
+        },
+        &mut model,
+    );
+    assert_eq!(status, EllaStatus::InvalidArgument);
+    assert!(model.is_null());
+}

@@ -1,12 +1,13 @@
-//! CLIP's byte-level BPE tokenizer (`tokenizer.json`): `<|startoftext|>`, the prompt
-//! (lower-cased, truncated), `<|endoftext|>`, padded to 77 tokens as SD pipelines do.
+//! CLIP's byte-level BPE tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt` as in
+//! SD1.5's own `tokenizer/` folder): `<|startoftext|>`, the prompt (lower-cased, truncated),
+//! `<|endoftext|>`, padded to 77 tokens as SD pipelines do.
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::weights::open_tokenizer;
+use crate::weights::{open_tokenizer, read_json};
 
 /// The number of tokens SD's CLIP text encoder reads.
 pub const CLIP_TOKENS: usize = 77;
@@ -27,9 +28,15 @@ impl std::fmt::Debug for ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads `tokenizer.json` (the file, or the `tokenizer/` folder holding it).
+    /// Loads `tokenizer.json` (the file, or the `tokenizer/` folder holding it), or a folder
+    /// with `vocab.json` and `merges.txt` only (SD1.5's), read as transformers'
+    /// `CLIPTokenizer` reads them.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let (mut inner, path) = open_tokenizer(path.as_ref())?;
+        let path = path.as_ref();
+        let (mut inner, path) = match path.is_dir() && !path.join("tokenizer.json").exists() {
+            true => (from_vocab_and_merges(path)?, path.join("vocab.json")),
+            false => open_tokenizer(path)?,
+        };
         let failed = |reason: String| Error::Tokenizer {
             path: path.clone(),
             reason,
@@ -68,3 +75,68 @@ impl ClipTokenizer {
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 }
+
+/// CLIP's tokenizer from `vocab.json` (token → id) and `merges.txt` (BPE merges, one
+/// `left right` pair a line after a `#version` header), assembled exactly as transformers
+/// converts them (normalize NFC, collapse whitespace, lower-case; split into words, numbers and
+/// punctuation; byte-level BPE with `</w>` ending each word; `<|startoftext|>` … `<|endoftext|>`).
+fn from_vocab_and_merges(folder: &Path) -> Result<Tokenizer> {
+    let vocab_path = folder.join("vocab.json");
+    let merges_path = folder.join("merges.txt");
+    let failed = |path: &Path, reason: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> = read_json(&vocab_path)?;
+    let merges_text = std::fs::read_to_string(&merges_path).map_err(|source| Error::Io {
+        path: merges_path.clone(),
+        source,
+    })?;
+    let merges = merges_text
+        .lines()
+        .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
+        .map(|line| {
+            line.split_once(' ')
+                .map(|(left, right)| [left, right])
+                .ok_or_else(|| failed(&merges_path, format!("`{line}` is not a merge pair")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let id = |token: &str| {
+        vocab
+            .get(token)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| failed(&vocab_path, format!("no `{token}` token")))
+    };
+    let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+    let special = |id: u64, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(bos, "<|startoftext|>"), special(eos, "<|endoftext|>")],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": WORDS}, "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eos],
+            "cls": ["<|startoftext|>", bos], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>",
+            "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    json.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| failed(folder, e.to_string()))
+}
+
+/// CLIP's pre-tokenizer pattern: its special tokens, English contractions, letter runs,
+/// single digits, and runs of other non-space characters.
+const WORDS: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";

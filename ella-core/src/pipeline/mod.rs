@@ -3,17 +3,20 @@
 //! timestep the U-Net gets, classifier-free guidance runs both branches as one U-Net batch
 //! (negative first, as diffusers), the scheduler steps, and the VAE decodes the result.
 //!
+//! The same pipeline also conditions on SD's own CLIP text encoder (plain SD1.5, the
+//! baseline), or on ELLA's tokens followed by CLIP's (ComfyUI-ELLA's mode, which keeps LoRA
+//! trigger words working): see [`Conditioning`].
+//!
 //! ```no_run
 //! use ella_core::burn::tensor::DType;
 //! use ella_core::{DefaultBackend as B, GenerateRequest, ModelPaths, Pipeline};
 //!
 //! # fn main() -> ella_core::Result<()> {
-//! let paths = ModelPaths {
-//!     t5: "models--google--flan-t5-xl--text_encoder".into(),
-//!     ella: "ella-sd1.5-tsc-t5xl.safetensors".into(),
-//!     ella_config: None,
-//!     sd: "stable-diffusion-v1-5".into(), // diffusers layout: unet/, vae/, scheduler/
-//! };
+//! let paths = ModelPaths::ella(
+//!     "models--google--flan-t5-xl--text_encoder",
+//!     "ella-sd1.5-tsc-t5xl.safetensors",
+//!     "stable-diffusion-v1-5", // diffusers layout (unet/, vae/, scheduler/) or a single file
+//! );
 //! let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32)?;
 //! let images = pipeline.generate(&GenerateRequest::new("a red book on a wooden table"))?;
 //! images[0].save_png("book.png")
@@ -21,18 +24,20 @@
 //! ```
 
 mod image;
+mod load;
 pub mod noise;
 mod request;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
-pub use request::{GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
+pub use load::{EllaPaths, ModelPaths};
+pub use request::{Conditioning, GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
 
+use crate::clip::ClipTextEncoder;
 use crate::connector::{Connector, ConnectorConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -40,25 +45,23 @@ use crate::t5::{T5Precision, TextEncoder, TokenMode};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
-/// Where the model files are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelPaths {
-    /// The T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`).
-    pub t5: PathBuf,
-    /// The connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
-    pub ella: PathBuf,
-    /// The connector's sizes as JSON; `None` for the official file.
-    pub ella_config: Option<PathBuf>,
-    /// An SD1.5 folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`).
-    pub sd: PathBuf,
-}
-
-/// T5 hidden states of a request's negative and positive prompt, `[1, tokens, d_model]`
-/// each. Compute them once to sample several times, or without keeping T5 loaded.
+/// One text encoder's states of a request's negative and positive prompt, `[1, tokens,
+/// width]` each.
 #[derive(Debug, Clone)]
-pub struct PromptStates<B: Backend> {
+pub struct StatePair<B: Backend> {
     pub uncond: Tensor<B, 3>,
     pub cond: Tensor<B, 3>,
+}
+
+/// The encoded prompts a request's conditioning needs: T5's for ELLA, CLIP's for CLIP (and
+/// both for ELLA + CLIP). Compute them once to sample several times, or without keeping the
+/// text encoders loaded.
+#[derive(Debug, Clone)]
+pub struct PromptStates<B: Backend> {
+    /// T5's last hidden states (ELLA conditioning).
+    pub t5: Option<StatePair<B>>,
+    /// CLIP's last hidden states, 77 tokens (CLIP conditioning).
+    pub clip: Option<StatePair<B>>,
 }
 
 /// Receives `(steps done, total steps)`.
@@ -85,11 +88,24 @@ impl Hooks<'_> {
     }
 }
 
-/// ELLA on SD1.5: tokenizer and T5, connector, U-Net, VAE and the scheduler config.
+/// ELLA on SD1.5: T5 and the connector, SD's CLIP text encoder (each optional), the U-Net,
+/// the VAE and the scheduler config.
 #[derive(Debug)]
 pub struct Pipeline<B: Backend> {
     text_encoder: Option<TextEncoder<B>>,
-    pub connector: Connector<B>,
+    pub connector: Option<Connector<B>>,
+    clip: Option<ClipTextEncoder<B>>,
+    pub unet: UNet2DConditionModel<B>,
+    pub vae: AutoencoderKL<B>,
+    pub scheduler_config: SchedulerConfig,
+}
+
+/// The models of a pipeline, for [`Pipeline::from_parts`].
+#[derive(Debug)]
+pub struct PipelineParts<B: Backend> {
+    pub text_encoder: Option<TextEncoder<B>>,
+    pub connector: Option<Connector<B>>,
+    pub clip: Option<ClipTextEncoder<B>>,
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
@@ -100,7 +116,7 @@ pub struct Pipeline<B: Backend> {
 pub struct Precision {
     /// T5's (the official code: the whole encoder in F16).
     pub text_encoder: T5Precision,
-    /// The connector's, the U-Net's and the VAE's.
+    /// The connector's, CLIP's, the U-Net's and the VAE's.
     pub diffusion: DType,
 }
 
@@ -127,45 +143,65 @@ impl<B: Backend> Pipeline<B> {
         device: &B::Device,
         precision: Precision,
     ) -> Result<Self> {
-        let config = match &paths.ella_config {
-            Some(path) => ConnectorConfig::from_file(path)?,
-            None => ConnectorConfig::default(),
-        };
         let dtype = precision.diffusion;
-        Self::from_parts(
-            Some(TextEncoder::load_with_precision(
-                &paths.t5,
-                device,
-                precision.text_encoder,
-            )?),
-            Connector::load(&paths.ella, &config, device, dtype)?,
-            UNet2DConditionModel::load(paths.sd.join("unet"), device, dtype)?,
-            AutoencoderKL::load(paths.sd.join("vae"), device, dtype)?,
-            SchedulerConfig::from_file(&paths.sd.join("scheduler").join("scheduler_config.json"))?,
-        )
+        let (text_encoder, connector) = match &paths.ella {
+            Some(ella) => {
+                let config = match &ella.config {
+                    Some(path) => ConnectorConfig::from_file(path)?,
+                    None => ConnectorConfig::default(),
+                };
+                (
+                    Some(TextEncoder::load_with_precision(
+                        &ella.t5,
+                        device,
+                        precision.text_encoder,
+                    )?),
+                    Some(Connector::load(&ella.connector, &config, device, dtype)?),
+                )
+            }
+            None => (None, None),
+        };
+        let sd = load::load_sd(paths, device, dtype)?;
+        Self::from_parts(PipelineParts {
+            text_encoder,
+            connector,
+            clip: sd.clip,
+            unet: sd.unet,
+            vae: sd.vae,
+            scheduler_config: sd.scheduler_config,
+        })
     }
 
     /// Assembles a pipeline from loaded models, checking that they fit together.
-    pub fn from_parts(
-        text_encoder: Option<TextEncoder<B>>,
-        connector: Connector<B>,
-        unet: UNet2DConditionModel<B>,
-        vae: AutoencoderKL<B>,
-        scheduler_config: SchedulerConfig,
-    ) -> Result<Self> {
+    pub fn from_parts(parts: PipelineParts<B>) -> Result<Self> {
         let incompatible = |m: String| Err(Error::IncompatibleModels(m));
-        let tokens = connector.config.output_width();
-        let unet_config = &unet.config;
+        if parts.connector.is_none() && parts.clip.is_none() {
+            return incompatible(
+                "no text conditioning: load ELLA's connector, SD's CLIP text encoder, or both"
+                    .into(),
+            );
+        }
+        let unet_config = &parts.unet.config;
+        let context = unet_config.cross_attention_dim.get(0);
         if let Some(width) = (0..unet_config.block_out_channels.len())
             .map(|i| unet_config.cross_attention_dim.get(i))
-            .find(|&w| w != tokens)
+            .find(|&w| w != context)
         {
             return incompatible(format!(
-                "the connector makes {tokens}-wide condition tokens but the U-Net's cross-attention is {width} wide \
-                 (ELLA's SD1.5 connector needs an SD1.5 U-Net, 768)"
+                "the U-Net's cross-attention widths differ between blocks ({context} and {width})"
             ));
         }
-        if let Some(t5) = &text_encoder
+        if let Some(connector) = &parts.connector {
+            let tokens = connector.config.output_width();
+            if tokens != context {
+                return incompatible(format!(
+                    "the connector makes {tokens}-wide condition tokens but the U-Net's \
+                     cross-attention is {context} wide (ELLA's SD1.5 connector needs an SD1.5 \
+                     U-Net, 768)"
+                ));
+            }
+        }
+        if let (Some(t5), Some(connector)) = (&parts.text_encoder, &parts.connector)
             && t5.encoder.config.d_model != connector.config.input_dim
         {
             return incompatible(format!(
@@ -173,7 +209,15 @@ impl<B: Backend> Pipeline<B> {
                 t5.encoder.config.d_model, connector.config.input_dim
             ));
         }
-        let latent = vae.config.latent_channels;
+        if let Some(clip) = &parts.clip
+            && clip.model.config.hidden_size != context
+        {
+            return incompatible(format!(
+                "the CLIP text encoder is {} wide but the U-Net's cross-attention is {context}",
+                clip.model.config.hidden_size
+            ));
+        }
+        let latent = parts.vae.config.latent_channels;
         if unet_config.in_channels != latent || unet_config.out_channels != latent {
             return incompatible(format!(
                 "the VAE has {latent} latent channels but the U-Net takes {} and predicts {}",
@@ -181,17 +225,23 @@ impl<B: Backend> Pipeline<B> {
             ));
         }
         Ok(Self {
-            text_encoder,
-            connector,
-            unet,
-            vae,
-            scheduler_config,
+            text_encoder: parts.text_encoder,
+            connector: parts.connector,
+            clip: parts.clip,
+            unet: parts.unet,
+            vae: parts.vae,
+            scheduler_config: parts.scheduler_config,
         })
     }
 
-    /// The T5 encoder, unless it was unloaded.
+    /// The T5 encoder, unless it was unloaded (or never loaded).
     pub fn text_encoder(&self) -> Option<&TextEncoder<B>> {
         self.text_encoder.as_ref()
+    }
+
+    /// SD's CLIP text encoder, if it was loaded.
+    pub fn clip(&self) -> Option<&ClipTextEncoder<B>> {
+        self.clip.as_ref()
     }
 
     /// Takes T5 out of the pipeline and hands it to the caller (to keep or move elsewhere);
@@ -213,25 +263,48 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// T5 states of the negative and positive prompts. In flexible mode each keeps its own
-    /// length (never padded, as the reference); in fixed mode both have the fixed length.
+    /// The states `conditioning` needs of the negative and positive prompts. T5's: in
+    /// flexible mode each keeps its own length (never padded, as the reference); in fixed
+    /// mode both have the fixed length. CLIP's: 77 tokens each.
     pub fn encode_prompts(
         &self,
         prompt: &str,
         negative: &str,
         mode: TokenMode,
+        conditioning: Conditioning,
     ) -> Result<PromptStates<B>> {
-        Ok(PromptStates {
-            uncond: self.encode_prompt(negative, mode)?,
-            cond: self.encode_prompt(prompt, mode)?,
-        })
+        let t5 = match conditioning.uses_t5() {
+            true => Some(StatePair {
+                uncond: self.encode_prompt(negative, mode)?,
+                cond: self.encode_prompt(prompt, mode)?,
+            }),
+            false => None,
+        };
+        let clip = match conditioning.uses_clip() {
+            true => {
+                let clip = self.clip.as_ref().ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{conditioning:?} conditioning needs SD's CLIP text encoder; load it \
+                         (ModelPaths::clip)"
+                    ))
+                })?;
+                Some(StatePair {
+                    uncond: clip.encode(negative)?,
+                    cond: clip.encode(prompt)?,
+                })
+            }
+            false => None,
+        };
+        Ok(PromptStates { t5, clip })
     }
 
     /// T5 states `[1, tokens, d_model]` of one prompt.
     pub fn encode_prompt(&self, prompt: &str, mode: TokenMode) -> Result<Tensor<B, 3>> {
         let t5 = self.text_encoder.as_ref().ok_or_else(|| {
             Error::InvalidInput(
-                "the text encoder was freed; pass prompt states encoded before".into(),
+                "the T5 text encoder was freed or not loaded; pass prompt states encoded \
+                 before, or load ELLA"
+                    .into(),
             )
         })?;
         t5.encode(prompt, mode)
@@ -242,7 +315,40 @@ impl<B: Backend> Pipeline<B> {
         self.generate_with(request, None, &mut Hooks::default())
     }
 
-    /// Generates with precomputed prompt states (else T5 encodes the request's prompts)
+    /// The condition tokens `[1, tokens, width]` of one branch (`uncond` or `cond`) at
+    /// timestep `t`: the connector's (ELLA), CLIP's, or both along the token axis (ELLA's
+    /// first, as ComfyUI-ELLA concatenates them).
+    fn condition(
+        &self,
+        conditioning: Conditioning,
+        t5: Option<&Tensor<B, 3>>,
+        clip: Option<&Tensor<B, 3>>,
+        t: f32,
+    ) -> Result<Tensor<B, 3>> {
+        let ella = match conditioning.uses_t5() {
+            true => {
+                let connector = self.connector.as_ref().ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{conditioning:?} conditioning needs ELLA's connector, which was not loaded"
+                    ))
+                })?;
+                let states = t5.ok_or_else(|| missing_states("T5", conditioning))?;
+                Some(connector.forward(states.clone(), &[t])?)
+            }
+            false => None,
+        };
+        let clip = match conditioning.uses_clip() {
+            true => Some(
+                clip.ok_or_else(|| missing_states("CLIP", conditioning))?
+                    .clone(),
+            ),
+            false => None,
+        };
+        let parts: Vec<Tensor<B, 3>> = ella.into_iter().chain(clip).collect();
+        Ok(Tensor::cat(parts, 1))
+    }
+
+    /// Generates with precomputed prompt states (else the request's prompts are encoded)
     /// and callbacks for progress, cancellation and intermediate tensors.
     pub fn generate_with(
         &self,
@@ -266,18 +372,24 @@ impl<B: Backend> Pipeline<B> {
                     &request.prompt,
                     &request.negative_prompt,
                     request.token_mode,
+                    request.conditioning,
                 )?;
                 &encoded
             }
         };
-        match request.token_mode {
-            TokenMode::Fixed(_) => hooks.dump(
-                "t5_hidden",
-                &Tensor::cat(vec![states.uncond.clone(), states.cond.clone()], 0),
-            ),
-            TokenMode::Flexible => {
-                hooks.dump("t5_hidden_uncond", &states.uncond);
-                hooks.dump("t5_hidden_cond", &states.cond);
+        let conditioning = request.conditioning;
+        let t5 = states.t5.as_ref();
+        let clip = states.clip.as_ref();
+        if let Some(t5) = t5 {
+            match request.token_mode {
+                TokenMode::Fixed(_) => hooks.dump(
+                    "t5_hidden",
+                    &Tensor::cat(vec![t5.uncond.clone(), t5.cond.clone()], 0),
+                ),
+                TokenMode::Flexible => {
+                    hooks.dump("t5_hidden_uncond", &t5.uncond);
+                    hooks.dump("t5_hidden_cond", &t5.cond);
+                }
             }
         }
 
@@ -305,11 +417,17 @@ impl<B: Backend> Pipeline<B> {
                 let [_, n, d] = tokens.dims();
                 tokens.expand([batch, n, d])
             };
-            let cond = self.connector.forward(states.cond.clone(), &[t])?;
-            hooks.dump(&format!("connector_cond_step{i}"), &cond);
+            let cond =
+                self.condition(conditioning, t5.map(|s| &s.cond), clip.map(|s| &s.cond), t)?;
+            hooks.dump(&format!("condition_cond_step{i}"), &cond);
             let (model_input, context) = if guided {
-                let uncond = self.connector.forward(states.uncond.clone(), &[t])?;
-                hooks.dump(&format!("connector_uncond_step{i}"), &uncond);
+                let uncond = self.condition(
+                    conditioning,
+                    t5.map(|s| &s.uncond),
+                    clip.map(|s| &s.uncond),
+                    t,
+                )?;
+                hooks.dump(&format!("condition_uncond_step{i}"), &uncond);
                 (
                     Tensor::cat(vec![latents.clone(), latents.clone()], 0),
                     Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
@@ -345,6 +463,13 @@ impl<B: Backend> Pipeline<B> {
         }
         Ok(images)
     }
+}
+
+fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {
+    Error::InvalidInput(format!(
+        "{conditioning:?} conditioning needs the prompts' {encoder} states, which the given \
+         prompt states lack"
+    ))
 }
 
 /// `[batch, 3, H, W]` in about [-1, 1] → RGB8, as diffusers' image processor:

@@ -12,6 +12,31 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 /// The largest batch accepted.
 pub const MAX_BATCH: usize = 64;
 
+/// What the U-Net cross-attends to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Conditioning {
+    /// ELLA: the connector's 64 tokens from T5, recomputed at every step (the official way).
+    #[default]
+    Ella,
+    /// ELLA's tokens followed by CLIP's 77 (141 tokens, ComfyUI-ELLA's concat mode; not used
+    /// in ELLA's training): LoRA trigger words and textual inversions keep working.
+    EllaClip,
+    /// SD1.5's own CLIP conditioning (plain SD, the baseline); needs no T5 or connector.
+    Clip,
+}
+
+impl Conditioning {
+    /// Whether T5 and the connector take part.
+    pub fn uses_t5(self) -> bool {
+        matches!(self, Self::Ella | Self::EllaClip)
+    }
+
+    /// Whether SD's CLIP text encoder takes part.
+    pub fn uses_clip(self) -> bool {
+        matches!(self, Self::EllaClip | Self::Clip)
+    }
+}
+
 /// One text-to-image request. `Default` follows the official ELLA demo: DPM-Solver++ 2M,
 /// 25 steps, guidance 10, flexible token length, 512×512, seed 1000, empty negative prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +61,8 @@ pub struct GenerateRequest {
     pub init_latents: Option<TensorData>,
     /// How the VAE decodes: whole batch, sliced or tiled (bounded memory for big images).
     pub vae_decode: VaeDecode,
+    /// ELLA (default), ELLA + CLIP, or CLIP alone.
+    pub conditioning: Conditioning,
 }
 
 impl Default for GenerateRequest {
@@ -54,6 +81,7 @@ impl Default for GenerateRequest {
             timesteps: None,
             init_latents: None,
             vae_decode: VaeDecode::Whole,
+            conditioning: Conditioning::Ella,
         }
     }
 }

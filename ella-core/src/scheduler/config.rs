@@ -58,6 +58,22 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// SD1.5's `scheduler/scheduler_config.json` (written by `PNDMScheduler`), for
+    /// single-file checkpoints, which carry no scheduler config.
+    pub fn sd15() -> Self {
+        Self {
+            class_name: Some("PNDMScheduler".into()),
+            num_train_timesteps: Some(1000),
+            beta_start: Some(0.00085),
+            beta_end: Some(0.012),
+            beta_schedule: Some("scaled_linear".into()),
+            set_alpha_to_one: Some(false),
+            steps_offset: Some(1),
+            clip_sample: Some(false),
+            ..Self::default()
+        }
+    }
+
     /// Reads `scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let mut config: Self = read_json(path)?;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -22,6 +23,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, LayerNorm};
+
+pub mod ldm;
 
 /// A tensor a model expects: its name in the file and its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +43,7 @@ impl TensorSpec {
 }
 
 /// Where one tensor's bytes are, and how they are typed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     file: usize,
     dtype: Dtype,
@@ -60,7 +63,8 @@ struct MappedFile {
 pub struct Checkpoint {
     /// What the user pointed at; used in error messages.
     origin: PathBuf,
-    files: Vec<MappedFile>,
+    /// Shared with the [`Checkpoint::remap`] views of this checkpoint.
+    files: Vec<Arc<MappedFile>>,
     entries: BTreeMap<String, Entry>,
     /// For [`Checkpoint::random`]: the seed of the generated weights.
     random_seed: Option<u64>,
@@ -186,10 +190,10 @@ impl Checkpoint {
                 path: path.to_path_buf(),
             });
         }
-        self.files.push(MappedFile {
+        self.files.push(Arc::new(MappedFile {
             path: path.to_path_buf(),
             map,
-        });
+        }));
         Ok(())
     }
 
@@ -202,6 +206,35 @@ impl Checkpoint {
             files: Vec::new(),
             entries: BTreeMap::new(),
             random_seed: Some(seed),
+        }
+    }
+
+    /// A view of some of this checkpoint's tensors under other names, sharing its mapped
+    /// files: `rename` gives a tensor's new name, or `None` to leave it out. Reads a model
+    /// stored in another key layout (an LDM single-file checkpoint) with the loaders of the
+    /// diffusers layout.
+    pub fn remap(&self, rename: impl Fn(&str) -> Option<String>) -> Self {
+        let entries = self
+            .entries
+            .iter()
+            .filter_map(|(name, entry)| rename(name).map(|new| (new, entry.clone())))
+            .collect();
+        Self {
+            origin: self.origin.clone(),
+            files: self.files.clone(),
+            entries,
+            random_seed: self.random_seed,
+        }
+    }
+
+    /// Drops the trailing size-1 axes of a tensor's shape (a 1×1 conv kernel read as a
+    /// linear weight); other tensors are left as they are.
+    pub fn squeeze_trailing_ones(&mut self, name: &str, rank: usize) {
+        if let Some(entry) = self.entries.get_mut(name)
+            && entry.shape.len() > rank
+            && entry.shape[rank..].iter().all(|&d| d == 1)
+        {
+            entry.shape.truncate(rank);
         }
     }
 

@@ -22,6 +22,18 @@ pub fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The tiny test models: the T5 and connector fixtures on the tiny SD1.5 folder.
+pub fn tiny_paths() -> ella_core::ModelPaths {
+    ella_core::ModelPaths {
+        ella: Some(ella_core::EllaPaths {
+            t5: fixture("t5"),
+            connector: fixture("ella/ella.safetensors"),
+            config: Some(fixture("ella/config.json")),
+        }),
+        ..ella_core::ModelPaths::ella("", "", fixture("sd"))
+    }
+}
+
 /// A reference file of named tensors written by `scripts/make_fixtures.py`.
 pub struct Reference(Checkpoint);
 

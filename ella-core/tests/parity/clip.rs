@@ -12,7 +12,31 @@ use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
 /// non-ASCII, longer than 77 tokens), padded to 77.
 #[test]
 fn tokenizer_matches_transformers() {
-    let tokenizer = ClipTokenizer::from_file(fixture("clip/tokenizer")).unwrap();
+    check_token_ids(&ClipTokenizer::from_file(fixture("sd/tokenizer")).unwrap());
+}
+
+/// SD1.5's `tokenizer/` folder: `vocab.json` and `merges.txt`, no `tokenizer.json`.
+#[test]
+fn tokenizer_from_vocab_and_merges_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["vocab.json", "merges.txt"] {
+        std::fs::copy(
+            fixture(&format!("sd/tokenizer/{name}")),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    check_token_ids(&ClipTokenizer::from_file(dir.path()).unwrap());
+    // A damaged merges file is a tokenizer error naming it.
+    std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\nnospace\n").unwrap();
+    let err = ClipTokenizer::from_file(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tokenizer { path, reason } if path.ends_with("merges.txt") && reason.contains("nospace")),
+        "{err}"
+    );
+}
+
+fn check_token_ids(tokenizer: &ClipTokenizer) {
     let text = std::fs::read_to_string(fixture("reference/clip_tokens.json")).unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
     for case in cases {
@@ -34,8 +58,7 @@ fn tokenizer_matches_transformers() {
 fn hidden_states_match_transformers<B: Backend>() {
     let reference = Reference::open("clip.safetensors");
     let device = Default::default();
-    let model =
-        ClipTextModel::<B>::load(fixture("clip/text_encoder"), &device, DType::F32).unwrap();
+    let model = ClipTextModel::<B>::load(fixture("sd/text_encoder"), &device, DType::F32).unwrap();
     let ids = reference.int_tensor::<B>("input_ids", &device);
     assert_close(
         model.forward(ids).unwrap(),
@@ -44,7 +67,7 @@ fn hidden_states_match_transformers<B: Backend>() {
         "clip",
     );
     // The same weights as transformers 5 saves them (no `text_model.` prefix) load too.
-    let bytes = std::fs::read(fixture("clip/text_encoder/model.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture("sd/text_encoder/model.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let renamed: Vec<(String, safetensors::tensor::TensorView)> = file
         .tensors()
@@ -53,7 +76,7 @@ fn hidden_states_match_transformers<B: Backend>() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        fixture("clip/text_encoder/config.json"),
+        fixture("sd/text_encoder/config.json"),
         dir.path().join("config.json"),
     )
     .unwrap();
@@ -83,7 +106,7 @@ backend_tests! {
 /// tokens is refused.
 #[test]
 fn mismatches_are_typed_errors() {
-    let folder = fixture("clip/text_encoder");
+    let folder = fixture("sd/text_encoder");
     let checkpoint = ella_core::Checkpoint::open(&folder).unwrap();
     let config = ella_core::ClipTextConfig::from_file(&folder.join("config.json")).unwrap();
     let deeper = ella_core::ClipTextConfig {

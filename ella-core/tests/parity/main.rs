@@ -10,5 +10,6 @@ mod common;
 mod clip;
 mod connector;
 mod pipeline;
+mod single_file;
 mod t5;
 mod unet_vae;

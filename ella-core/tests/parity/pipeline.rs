@@ -1,25 +1,26 @@
 //! Whole ELLA samplings (tiny T5 + connector + U-Net + VAE, 4 steps with classifier-free
 //! guidance, from given initial latents) against the reference pipeline: diffusers'
-//! `StableDiffusionPipeline` with the official `ELLAProxyUNet` (`scripts/sd_fixtures.py`).
+//! `StableDiffusionPipeline` with the official `ELLAProxyUNet` (`scripts/sd_fixtures.py`);
+//! the same conditioned on CLIP alone (plain diffusers) and on ELLA's tokens followed by
+//! CLIP's (ComfyUI-ELLA's concat mode), and from a single-file checkpoint.
 //! Tolerances: connector tokens 1e-4, latents 1e-3 relative to their scale, the decoded
 //! image within 1/255 on ≥ 99% of the pixel values.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use crate::common::{Reference, assert_close, fixture, matmul_in_tf32};
+use crate::common::{Reference, assert_close, fixture, matmul_in_tf32, tiny_paths};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::t5::TokenMode;
-use ella_core::{Error, GenerateRequest, Hooks, ModelPaths, Pipeline};
+use ella_core::{Conditioning, Error, GenerateRequest, Hooks, ModelPaths, Pipeline, PipelineParts};
 use serde_json::Value;
 
+/// The tiny models with CLIP: every conditioning.
 fn paths() -> ModelPaths {
     ModelPaths {
-        t5: fixture("t5"),
-        ella: fixture("ella/ella.safetensors"),
-        ella_config: Some(fixture("ella/config.json")),
-        sd: fixture("sd"),
+        clip: true,
+        ..tiny_paths()
     }
 }
 
@@ -46,6 +47,12 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         },
         scheduler: run["scheduler"].as_str().unwrap().parse().unwrap(),
         init_latents: Some(reference.data("init_latents")),
+        conditioning: match run["conditioning"].as_str() {
+            None | Some("ella") => Conditioning::Ella,
+            Some("ella-clip") => Conditioning::EllaClip,
+            Some("clip") => Conditioning::Clip,
+            Some(other) => panic!("unknown conditioning {other}"),
+        },
         ..GenerateRequest::default()
     }
 }
@@ -58,78 +65,98 @@ fn scale_of(data: &TensorData) -> f32 {
 fn samplings_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
     for (name, run) in runs() {
-        let reference = Reference::open(&format!("pipeline_{name}.safetensors"));
-        let request = request_for(&run, &reference);
-        let mut dumped = BTreeMap::new();
-        let mut hooks = Hooks {
-            tensors: Some(Box::new(|key: &str, data: TensorData| {
-                dumped.insert(key.to_string(), data);
-            })),
-            ..Hooks::default()
-        };
-        let images = pipeline.generate_with(&request, None, &mut hooks).unwrap();
-        drop(hooks);
-        let device = Default::default();
-        let check = |key: &str, tolerance: f32| {
-            let expected = reference.data(key);
-            let ours = dumped
-                .get(key)
-                .unwrap_or_else(|| panic!("{name}: no `{key}` dumped"));
-            let tol = tolerance * scale_of(&expected);
-            assert_close(
-                Tensor::<B, 1>::from_data(flat(ours), &device),
-                &flat(&expected),
-                tol,
-                &format!("{name}: {key}"),
-            );
-        };
-        let t5_keys: &[&str] = if run["mode"] == "fixed" {
-            &["t5_hidden"]
-        } else {
-            &["t5_hidden_uncond", "t5_hidden_cond"]
-        };
-        for key in t5_keys {
-            check(key, 1e-4);
-        }
-        for i in 0..4 {
-            check(&format!("connector_cond_step{i}"), 1e-4);
-            check(&format!("connector_uncond_step{i}"), 1e-4);
-            check(&format!("latents_step{i}"), 1e-3);
-        }
-        check("final_latents", 1e-3);
-
-        let (_, shape, expected) = reference.raw("image");
-        let image = &images[0];
-        assert_eq!(
-            [image.height, image.width, 3],
-            [shape[0], shape[1], shape[2]],
-            "{name}: image size"
-        );
-        // TF32 matmuls (CUDA) move pixels by a few levels.
-        let pixel_tolerance = if matmul_in_tf32::<B>() { 8 } else { 1 };
-        let close = image
-            .pixels
-            .iter()
-            .zip(&expected)
-            .filter(|(a, b)| a.abs_diff(**b) <= pixel_tolerance)
-            .count();
-        let fraction = close as f64 / expected.len() as f64;
-        println!(
-            "{name}: {:.2}% of pixel values within {pixel_tolerance}/255",
-            fraction * 100.0
-        );
-        assert!(
-            fraction >= 0.99,
-            "{name}: only {:.2}% of pixel values within {pixel_tolerance}/255",
-            fraction * 100.0
-        );
-        let spread = expected.iter().map(|&v| v as i32).max().unwrap()
-            - expected.iter().map(|&v| v as i32).min().unwrap();
-        assert!(
-            spread > 100,
-            "{name}: the reference image is nearly flat; the test would prove little"
-        );
+        check_run(&pipeline, &name, &run);
     }
+}
+
+/// The ELLA + CLIP run from an LDM single-file checkpoint (the tiny U-Net and CLIP, and a
+/// *different* VAE) whose VAE is replaced by a standalone LDM-layout VAE file (the tiny VAE):
+/// the same tensors and image as from the diffusers folders.
+fn single_file_sampling_matches_the_reference<B: Backend>() {
+    let paths = ModelPaths {
+        sd: fixture("sd-single-file.safetensors"),
+        sd_config: Some(fixture("sd")),
+        vae: Some(fixture("vae-ldm.safetensors")),
+        ..paths()
+    };
+    let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap();
+    let name = "dpm++2m_ella-clip";
+    check_run(&pipeline, name, &runs()[name]);
+}
+
+/// Compares one generation with reference run `name`, tensor by tensor.
+fn check_run<B: Backend>(pipeline: &Pipeline<B>, name: &str, run: &Value) {
+    let reference = Reference::open(&format!("pipeline_{name}.safetensors"));
+    let request = request_for(run, &reference);
+    let mut dumped = BTreeMap::new();
+    let mut hooks = Hooks {
+        tensors: Some(Box::new(|key: &str, data: TensorData| {
+            dumped.insert(key.to_string(), data);
+        })),
+        ..Hooks::default()
+    };
+    let images = pipeline.generate_with(&request, None, &mut hooks).unwrap();
+    drop(hooks);
+    let device = Default::default();
+    let check = |key: &str, tolerance: f32| {
+        let expected = reference.data(key);
+        let ours = dumped
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}: no `{key}` dumped"));
+        let tol = tolerance * scale_of(&expected);
+        assert_close(
+            Tensor::<B, 1>::from_data(flat(ours), &device),
+            &flat(&expected),
+            tol,
+            &format!("{name}: {key}"),
+        );
+    };
+    let t5_keys: &[&str] = match (request.conditioning.uses_t5(), &run["mode"]) {
+        (false, _) => &[],
+        (true, mode) if mode == "fixed" => &["t5_hidden"],
+        (true, _) => &["t5_hidden_uncond", "t5_hidden_cond"],
+    };
+    for key in t5_keys {
+        check(key, 1e-4);
+    }
+    for i in 0..4 {
+        check(&format!("condition_cond_step{i}"), 1e-4);
+        check(&format!("condition_uncond_step{i}"), 1e-4);
+        check(&format!("latents_step{i}"), 1e-3);
+    }
+    check("final_latents", 1e-3);
+
+    let (_, shape, expected) = reference.raw("image");
+    let image = &images[0];
+    assert_eq!(
+        [image.height, image.width, 3],
+        [shape[0], shape[1], shape[2]],
+        "{name}: image size"
+    );
+    // TF32 matmuls (CUDA) move pixels by a few levels.
+    let pixel_tolerance = if matmul_in_tf32::<B>() { 8 } else { 1 };
+    let close = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a.abs_diff(**b) <= pixel_tolerance)
+        .count();
+    let fraction = close as f64 / expected.len() as f64;
+    println!(
+        "{name}: {:.2}% of pixel values within {pixel_tolerance}/255",
+        fraction * 100.0
+    );
+    assert!(
+        fraction >= 0.99,
+        "{name}: only {:.2}% of pixel values within {pixel_tolerance}/255",
+        fraction * 100.0
+    );
+    let spread = expected.iter().map(|&v| v as i32).max().unwrap()
+        - expected.iter().map(|&v| v as i32).min().unwrap();
+    assert!(
+        spread > 100,
+        "{name}: the reference image is nearly flat; the test would prove little"
+    );
 }
 
 /// F16 and BF16 pipelines (where the backend has them) against the f32 reference image:
@@ -144,7 +171,7 @@ fn half_precision_sampling<B: Backend>() {
         if !B::supports_dtype(&device, dtype) {
             continue;
         }
-        let pipeline = Pipeline::<B>::load(&paths(), &device, dtype).unwrap();
+        let pipeline = Pipeline::<B>::load(&tiny_paths(), &device, dtype).unwrap();
         let image = &pipeline.generate(&request).unwrap()[0];
         let errors: Vec<u8> = image
             .pixels
@@ -170,6 +197,7 @@ fn flat(data: &TensorData) -> TensorData {
 
 backend_tests! {
     samplings_match_the_reference => samplings_match_the_reference,
+    single_file_sampling_matches_the_reference => single_file_sampling_matches_the_reference,
     half_precision_sampling => half_precision_sampling,
 }
 
@@ -230,7 +258,7 @@ fn progress_cancel_and_unloaded_text_encoder() {
     ));
     // Still usable after a cancel; and with T5 unloaded, from states encoded before.
     let states = pipeline
-        .encode_prompts("a red book", "", TokenMode::Flexible)
+        .encode_prompts("a red book", "", TokenMode::Flexible, Conditioning::Ella)
         .unwrap();
     assert!(pipeline.unload_text_encoder().is_some());
     assert!(matches!(
@@ -313,7 +341,15 @@ fn mismatched_models_are_refused() {
         DType::F32,
     )
     .unwrap();
-    let err = Pipeline::from_parts(None, connector, p.unet, p.vae, p.scheduler_config).unwrap_err();
+    let err = Pipeline::from_parts(PipelineParts {
+        text_encoder: None,
+        connector: Some(connector),
+        clip: None,
+        unet: p.unet,
+        vae: p.vae,
+        scheduler_config: p.scheduler_config,
+    })
+    .unwrap_err();
     assert!(
         matches!(&err, Error::IncompatibleModels(m) if m.contains("cross-attention")),
         "{err}"

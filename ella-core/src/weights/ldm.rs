@@ -1,0 +1,378 @@
+//! The original Latent Diffusion (CompVis) key layout of single-file SD checkpoints — the
+//! `.safetensors` files A1111, ComfyUI and CivitAI use — mapped to the diffusers names our
+//! loaders read. One file holds the three models under three prefixes:
+//!
+//! | prefix | model | layout |
+//! |---|---|---|
+//! | `model.diffusion_model.` | U-Net | `input_blocks.K.P`, `middle_block.P`, `output_blocks.K.P` |
+//! | `first_stage_model.` | VAE | `encoder.down.I.block.J`, `decoder.up.I.block.J`, `mid.attn_1` (1×1 convs) |
+//! | `cond_stage_model.transformer.` | CLIP text model | transformers' names |
+//!
+//! Everything else in such a file (EMA copies, `alphas_cumprod`, optimizer state) is left out
+//! of the views. The mapping is checked against diffusers' own single-file loader by
+//! `scripts/single_file_fixtures.py`.
+
+use super::Checkpoint;
+use crate::error::{Error, Result};
+use crate::unet::{BlockKind, UNetConfig};
+
+/// The U-Net's prefix in a single-file checkpoint.
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// The VAE's prefix in a single-file checkpoint.
+pub const VAE_PREFIX: &str = "first_stage_model.";
+/// The CLIP text model's prefix in an SD1.x single-file checkpoint.
+pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+
+/// Errors unless `checkpoint` is an SD1.x single-file checkpoint; SD2.x and SDXL files are
+/// recognised and refused by name, since their U-Nets and text encoders differ.
+pub fn check_sd1(checkpoint: &Checkpoint) -> Result<()> {
+    let refuse = |reason: &str| {
+        Err(Error::UnsupportedModel {
+            path: checkpoint.path().to_path_buf(),
+            reason: reason.into(),
+        })
+    };
+    let has_prefix = |prefix: &str| checkpoint.names().any(|n| n.starts_with(prefix));
+    if has_prefix("conditioner.embedders.")
+        || checkpoint
+            .shape("model.diffusion_model.label_emb.0.0.weight")
+            .is_some()
+    {
+        return refuse(
+            "an SDXL checkpoint; ella runs SD1.x models (ELLA was released for SD1.5 only)",
+        );
+    }
+    let context_width = checkpoint
+        .shape("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
+        .and_then(|shape| shape.get(1).copied());
+    if has_prefix("cond_stage_model.model.") || context_width == Some(1024) {
+        return refuse(
+            "an SD2.x checkpoint (OpenCLIP text encoder, 1024-wide cross-attention); ella runs \
+             SD1.x models",
+        );
+    }
+    if !has_prefix(UNET_PREFIX) {
+        return refuse(
+            "not a single-file SD checkpoint: it has no `model.diffusion_model.*` tensors (pass a \
+             diffusers folder as a folder; LoRA and VAE files have their own options)",
+        );
+    }
+    Ok(())
+}
+
+/// The U-Net of a single-file checkpoint under diffusers' `UNet2DConditionModel` names.
+/// `config` says how many resnets each level has and which up blocks have attention, which
+/// the LDM numbering depends on.
+pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
+    let n = config.block_out_channels.len();
+    // LDM numbers the blocks of all levels in one sequence: down level `i` holds its resnets
+    // and then its downsampler (but the last); up level `i` its resnets (one more than the
+    // down level's), the last of which carries the upsampler.
+    let layers = |i: usize| config.layers_per_block.get(i);
+    let down: Vec<usize> = (0..n).map(|i| layers(i) + usize::from(i + 1 < n)).collect();
+    let up: Vec<usize> = (0..n).map(|i| layers(n - 1 - i) + 1).collect();
+    let up_attention: Vec<bool> = (0..n)
+        .map(|i| config.up_block(i) == Ok(BlockKind::CrossAttention))
+        .collect();
+    let layout = UNetLayout {
+        down,
+        up,
+        up_attention,
+    };
+    checkpoint.remap(|name| {
+        let rest = name.strip_prefix(UNET_PREFIX)?;
+        Some(layout.name(rest).unwrap_or_else(|| name.to_string()))
+    })
+}
+
+/// How many LDM blocks each level of a U-Net has, and which up levels have attention.
+struct UNetLayout {
+    down: Vec<usize>,
+    up: Vec<usize>,
+    up_attention: Vec<bool>,
+}
+
+/// `index` of a sequence of levels of `counts` blocks each → `(level, position in level)`.
+fn locate(mut index: usize, counts: &[usize]) -> Option<(usize, usize)> {
+    for (level, &count) in counts.iter().enumerate() {
+        if index < count {
+            return Some((level, index));
+        }
+        index -= count;
+    }
+    None
+}
+
+impl UNetLayout {
+    /// One LDM U-Net name (without the prefix) → diffusers', or `None` when it is not one.
+    fn name(&self, name: &str) -> Option<String> {
+        for (ldm, diffusers) in [
+            ("time_embed.0.", "time_embedding.linear_1."),
+            ("time_embed.2.", "time_embedding.linear_2."),
+            ("input_blocks.0.0.", "conv_in."),
+            ("out.0.", "conv_norm_out."),
+            ("out.2.", "conv_out."),
+        ] {
+            if let Some(rest) = name.strip_prefix(ldm) {
+                return Some(format!("{diffusers}{rest}"));
+            }
+        }
+        let (group, rest) = name.split_once('.')?;
+        if group == "middle_block" {
+            let (part, rest) = split_index(rest)?;
+            return match part {
+                0 | 2 => Some(format!(
+                    "mid_block.resnets.{}.{}",
+                    part / 2,
+                    resnet_name(rest)?
+                )),
+                1 => Some(format!("mid_block.attentions.0.{rest}")),
+                _ => None,
+            };
+        }
+        let (index, rest) = split_index(rest)?;
+        let (part, rest) = split_index(rest)?;
+        match group {
+            "input_blocks" => {
+                let (level, j) = locate(index.checked_sub(1)?, &self.down)?;
+                let block = format!("down_blocks.{level}");
+                let downsampler = level + 1 < self.down.len() && j + 1 == self.down[level];
+                match (downsampler, part) {
+                    (true, 0) => Some(format!(
+                        "{block}.downsamplers.0.conv.{}",
+                        rest.strip_prefix("op.")?
+                    )),
+                    (false, 0) => Some(format!("{block}.resnets.{j}.{}", resnet_name(rest)?)),
+                    (false, 1) => Some(format!("{block}.attentions.{j}.{rest}")),
+                    _ => None,
+                }
+            }
+            "output_blocks" => {
+                let (level, j) = locate(index, &self.up)?;
+                let block = format!("up_blocks.{level}");
+                match part {
+                    0 => Some(format!("{block}.resnets.{j}.{}", resnet_name(rest)?)),
+                    1 if self.up_attention[level] => Some(format!("{block}.attentions.{j}.{rest}")),
+                    1 | 2 => Some(format!("{block}.upsamplers.0.{rest}")),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// LDM `ResBlock` names → diffusers' `ResnetBlock2D`.
+fn resnet_name(rest: &str) -> Option<String> {
+    [
+        ("in_layers.0.", "norm1."),
+        ("in_layers.2.", "conv1."),
+        ("emb_layers.1.", "time_emb_proj."),
+        ("out_layers.0.", "norm2."),
+        ("out_layers.3.", "conv2."),
+        ("skip_connection.", "conv_shortcut."),
+    ]
+    .iter()
+    .find_map(|(ldm, diffusers)| {
+        rest.strip_prefix(ldm)
+            .map(|tail| format!("{diffusers}{tail}"))
+    })
+}
+
+/// `"12.rest"` → `(12, "rest")`.
+fn split_index(name: &str) -> Option<(usize, &str)> {
+    let (index, rest) = name.split_once('.')?;
+    Some((index.parse().ok()?, rest))
+}
+
+/// Whether a VAE file is in the LDM layout (a standalone VAE such as
+/// `vae-ft-mse-840000-ema-pruned.safetensors`, or a whole single-file checkpoint) rather
+/// than diffusers'.
+pub fn is_ldm_vae(checkpoint: &Checkpoint) -> bool {
+    checkpoint
+        .names()
+        .any(|n| n.starts_with("decoder.up.") || n.starts_with(VAE_PREFIX))
+}
+
+/// The VAE of an LDM-layout file under diffusers' `AutoencoderKL` names: the tensors under
+/// `first_stage_model.` in a single-file checkpoint, or every tensor of a standalone VAE
+/// file. `levels` is the number of resolution levels (`block_out_channels.len()`): the LDM
+/// decoder numbers its levels from the bottom, diffusers' from the top.
+pub fn vae(checkpoint: &Checkpoint, levels: usize) -> Checkpoint {
+    let single_file = checkpoint.names().any(|n| n.starts_with(VAE_PREFIX));
+    let mut view = checkpoint.remap(|name| {
+        let name = match single_file {
+            true => name.strip_prefix(VAE_PREFIX)?,
+            false => name,
+        };
+        Some(vae_name(name, levels).unwrap_or_else(|| name.to_string()))
+    });
+    for coder in ["encoder", "decoder"] {
+        for projection in ["to_q", "to_k", "to_v", "to_out.0"] {
+            let name = format!("{coder}.mid_block.attentions.0.{projection}.weight");
+            view.squeeze_trailing_ones(&name, 2);
+        }
+    }
+    view
+}
+
+/// One LDM VAE name → diffusers', or `None` for names that are the same in both
+/// (`quant_conv`, `conv_in`, …) or unknown.
+fn vae_name(name: &str, levels: usize) -> Option<String> {
+    let (coder, rest) = name.split_once('.')?;
+    let (block, rest) = rest.split_once('.')?;
+    let shortcut = |rest: &str| match rest.strip_prefix("nin_shortcut.") {
+        Some(tail) => format!("conv_shortcut.{tail}"),
+        None => rest.to_string(),
+    };
+    match block {
+        "norm_out" => Some(format!("{coder}.conv_norm_out.{rest}")),
+        "mid" => {
+            let (part, rest) = rest.split_once('.')?;
+            match part {
+                "block_1" => Some(format!("{coder}.mid_block.resnets.0.{}", shortcut(rest))),
+                "block_2" => Some(format!("{coder}.mid_block.resnets.1.{}", shortcut(rest))),
+                "attn_1" => {
+                    let (projection, tail) = rest.split_once('.')?;
+                    let projection = match projection {
+                        "norm" => "group_norm",
+                        "q" => "to_q",
+                        "k" => "to_k",
+                        "v" => "to_v",
+                        "proj_out" => "to_out.0",
+                        _ => return None,
+                    };
+                    Some(format!(
+                        "{coder}.mid_block.attentions.0.{projection}.{tail}"
+                    ))
+                }
+                _ => None,
+            }
+        }
+        "down" | "up" => {
+            let (level, rest) = split_index(rest)?;
+            let (kind, rest) = rest.split_once('.')?;
+            let (blocks, level) = match block {
+                "down" => ("down_blocks", level),
+                _ => ("up_blocks", levels.checked_sub(level + 1)?),
+            };
+            match kind {
+                "block" => {
+                    let (j, rest) = split_index(rest)?;
+                    Some(format!(
+                        "{coder}.{blocks}.{level}.resnets.{j}.{}",
+                        shortcut(rest)
+                    ))
+                }
+                "downsample" => Some(format!("{coder}.{blocks}.{level}.downsamplers.0.{rest}")),
+                "upsample" => Some(format!("{coder}.{blocks}.{level}.upsamplers.0.{rest}")),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The CLIP text model of a single-file SD1.x checkpoint, under transformers' names.
+pub fn clip(checkpoint: &Checkpoint) -> Checkpoint {
+    checkpoint.remap(|name| name.strip_prefix(CLIP_PREFIX).map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd15_unet_names() {
+        let layout = UNetLayout {
+            down: vec![3, 3, 3, 2],
+            up: vec![3; 4],
+            up_attention: vec![false, true, true, true],
+        };
+        let cases = [
+            ("time_embed.2.bias", "time_embedding.linear_2.bias"),
+            ("input_blocks.0.0.weight", "conv_in.weight"),
+            (
+                "input_blocks.1.0.in_layers.2.weight",
+                "down_blocks.0.resnets.0.conv1.weight",
+            ),
+            (
+                "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight",
+                "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight",
+            ),
+            (
+                "input_blocks.3.0.op.bias",
+                "down_blocks.0.downsamplers.0.conv.bias",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.weight",
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "input_blocks.11.0.emb_layers.1.weight",
+                "down_blocks.3.resnets.1.time_emb_proj.weight",
+            ),
+            (
+                "middle_block.2.out_layers.3.bias",
+                "mid_block.resnets.1.conv2.bias",
+            ),
+            (
+                "middle_block.1.proj_in.weight",
+                "mid_block.attentions.0.proj_in.weight",
+            ),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.bias",
+                "up_blocks.1.upsamplers.0.conv.bias",
+            ),
+            (
+                "output_blocks.5.1.norm.weight",
+                "up_blocks.1.attentions.2.norm.weight",
+            ),
+            (
+                "output_blocks.11.0.out_layers.0.weight",
+                "up_blocks.3.resnets.2.norm2.weight",
+            ),
+            ("out.2.weight", "conv_out.weight"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(layout.name(ldm).as_deref(), Some(diffusers), "{ldm}");
+        }
+        assert_eq!(layout.name("label_emb.0.0.weight"), None);
+        assert_eq!(layout.name("input_blocks.12.0.in_layers.0.weight"), None);
+    }
+
+    #[test]
+    fn sd15_vae_names() {
+        let cases = [
+            (
+                "decoder.up.3.block.0.nin_shortcut.weight",
+                "decoder.up_blocks.0.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "decoder.up.1.upsample.conv.bias",
+                "decoder.up_blocks.2.upsamplers.0.conv.bias",
+            ),
+            (
+                "encoder.down.2.downsample.conv.weight",
+                "encoder.down_blocks.2.downsamplers.0.conv.weight",
+            ),
+            (
+                "encoder.mid.attn_1.proj_out.bias",
+                "encoder.mid_block.attentions.0.to_out.0.bias",
+            ),
+            (
+                "decoder.mid.block_2.norm1.weight",
+                "decoder.mid_block.resnets.1.norm1.weight",
+            ),
+            ("encoder.norm_out.bias", "encoder.conv_norm_out.bias"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(vae_name(ldm, 4).as_deref(), Some(diffusers), "{ldm}");
+        }
+        assert_eq!(vae_name("post_quant_conv.weight", 4), None);
+    }
+}
