@@ -101,10 +101,18 @@ struct Args {
     guidance: f32,
     #[arg(long, default_value_t = 1000)]
     seed: u64,
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    #[arg(long, default_value_t = 512)]
-    height: usize,
+    /// Default 512, or the init image's width.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Default 512, or the init image's height.
+    #[arg(long)]
+    height: Option<usize>,
+    /// Image-to-image: start from this PNG instead of pure noise.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// With --init-image: the part of the schedule to run, in (0, 1] (1 ignores the image).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f32,
     /// Images per prompt (sample i uses seed + i).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -246,6 +254,10 @@ fn run(args: Args) -> Result<(), String> {
         ella,
         clip: conditioning.uses_clip(),
     };
+    let init_image = match &args.init_image {
+        Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let init_latents = match &args.init_latents {
         Some(path) => Some(
             Checkpoint::open(path)
@@ -257,8 +269,14 @@ fn run(args: Args) -> Result<(), String> {
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative.clone(),
-        width: args.width,
-        height: args.height,
+        width: args
+            .width
+            .or(init_image.as_ref().map(|i| i.width))
+            .unwrap_or(512),
+        height: args
+            .height
+            .or(init_image.as_ref().map(|i| i.height))
+            .unwrap_or(512),
         steps: args.steps,
         guidance_scale: args.guidance,
         seed: args.seed,
@@ -281,6 +299,8 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Tiled => VaeDecode::Tiled,
         },
         conditioning,
+        init_image,
+        strength: args.strength,
     };
     let dtype = match args.precision {
         Float::Auto => match args.backend {

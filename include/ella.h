@@ -222,6 +222,11 @@ typedef struct ella_generate_request {
   const struct ella_prompt *prompt_cache;
   // An `ella_conditioning`; default ELLA.
   uint32_t conditioning;
+  // Image-to-image: `width * height * 3` bytes of RGB8, rows top to bottom without
+  // padding, of the request's size; NULL (default) for text-to-image.
+  const uint8_t *init_image;
+  // With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
+  float strength;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.

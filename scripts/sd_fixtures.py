@@ -13,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import PIL.Image
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
 from diffusers.schedulers import AysSchedules
 from safetensors.torch import save_file
 from transformers import T5EncoderModel, T5Tokenizer
@@ -194,9 +197,11 @@ class ELLAProxyUNet(torch.nn.Module):
         return self.unet(sample=sample, timestep=timestep, encoder_hidden_states=cond, **kwargs)
 
 
-def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, **prompts):
-    """Runs `pipe` for 4 steps from `latents` and saves every step's latents and condition
-    tokens (recorded by `proxy`), the final latents and the image to pipeline_{name}."""
+def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, steps=4, **call):
+    """Runs `pipe` for `steps` steps from `latents` (the initial noise; for image-to-image,
+    the noise added to the image's latent) and saves every step's latents and condition tokens
+    (recorded by `proxy`), the final latents and the image to pipeline_{name}."""
+    num_steps = steps
     steps = []
 
     def on_step(pipe_, i, t, kwargs):
@@ -204,10 +209,12 @@ def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, **prompt
         return kwargs
 
     height, width = latents.shape[2] * 2, latents.shape[3] * 2
+    if "image" not in call:
+        call = {**call, "latents": latents.clone(), "height": height, "width": width}
     with torch.no_grad():
         image = pipe(
-            **prompts, guidance_scale=guidance, num_inference_steps=4, latents=latents.clone(), height=height,
-            width=width, output_type="np", callback_on_step_end=on_step,
+            **call, guidance_scale=guidance, num_inference_steps=num_steps, output_type="np",
+            callback_on_step_end=on_step,
         ).images[0]
     tensors = {**tensors, "init_latents": latents}
     for i, (t, lat) in enumerate(steps):
@@ -223,9 +230,12 @@ def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, **prompt
 
 
 def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, prompt, negative, guidance, latents,
-                 clip_states=None):
+                 clip_states=None, img2img=None):
+    """An ELLA sampling; `img2img` = (init image, strength, steps) runs diffusers'
+    StableDiffusionImg2ImgPipeline instead."""
     proxy = ELLAProxyUNet(ella, unet, clip_states)
-    pipe = StableDiffusionPipeline(
+    pipe_class = StableDiffusionPipeline if img2img is None else StableDiffusionImg2ImgPipeline
+    pipe = pipe_class(
         vae=vae, text_encoder=None, tokenizer=None, unet=proxy, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -247,11 +257,16 @@ def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, pro
         t5_tensors = {"t5_hidden_uncond": neg_states, "t5_hidden_cond": pos_states}
         pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[1]))
         neg_states, pos_states = pad(neg_states), pad(pos_states)
-    height, width = sample_and_save(out, name, pipe, proxy, latents, guidance, t5_tensors,
-                                    prompt_embeds=pos_states, negative_prompt_embeds=neg_states)
-    return {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": 4, "mode": mode,
+    call = {"prompt_embeds": pos_states, "negative_prompt_embeds": neg_states}
+    steps, run = 4, {}
+    if img2img is not None:
+        image, strength, steps = img2img
+        call.update(image=PIL.Image.fromarray(image.numpy()), strength=strength)
+        run = {"init_image": f"pipeline_{name}.safetensors", "strength": strength}
+    height, width = sample_and_save(out, name, pipe, proxy, latents, guidance, t5_tensors, steps=steps, **call)
+    return {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": steps, "mode": mode,
             "scheduler": name.split("_")[0], "height": height, "width": width,
-            "conditioning": "ella" if clip_states is None else "ella-clip"}
+            "conditioning": "ella" if clip_states is None else "ella-clip", **run}
 
 
 def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, prompt, negative, guidance, latents):
@@ -363,4 +378,42 @@ def make_sd(out, ella_config):
         scheduler = make_scheduler(name.split("_")[0])
         runs[name] = run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode,
                                   "a red book on a wooden table", "", guidance, latents)
+    (out / "reference" / "pipelines.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def make_img2img(out, ella_config):
+    """ELLA image-to-image with three schedulers (each noises the image its own way and starts
+    at its own step), via diffusers' StableDiffusionImg2ImgPipeline. The image's latent is the
+    VAE posterior's mean (`retrieve_latents(..., sample_mode="argmax")`) and the added noise
+    is given (saved as `init_latents`), so that the run is reproducible outside torch's RNG.
+    Adds the runs to reference/pipelines.json; the init image is saved in each run's file."""
+    from safetensors.torch import load_file
+
+    sd = out / "sd"
+    unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
+    vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
+    t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
+    tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
+    ella = ella_reference.ELLA(**ella_config).eval()
+    ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    gen = torch.Generator().manual_seed(81)
+    # A smooth gradient with some texture: an image whose content the result should keep.
+    y, x = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    rgb = torch.stack([x, y, 1 - x * y], dim=-1) * 200 + torch.rand(32, 32, 3, generator=gen) * 55
+    image = rgb.round().clamp(0, 255).to(torch.uint8)
+    noise = torch.randn(1, 4, 16, 16, generator=gen)
+    argmax = img2img_module.retrieve_latents
+    img2img_module.retrieve_latents = lambda encoded, generator=None, sample_mode="sample": argmax(
+        encoded, generator, "argmax")
+    img2img_module.randn_tensor = lambda shape, generator=None, device=None, dtype=None: noise.clone()
+    runs = json.loads((out / "reference" / "pipelines.json").read_text())
+    for name, strength, steps in [("dpm++2m_img2img", 0.7, 6), ("euler_img2img", 0.6, 5), ("ddim_img2img", 0.75, 4)]:
+        runs[name] = run_pipeline(out, name, t5, tokenizer, ella, unet, vae, make_scheduler(name.split("_")[0]),
+                                  "flexible", "a red book on a wooden table", "", 7.5, noise,
+                                  img2img=(image, strength, steps))
+        path = out / "reference" / f"pipeline_{name}.safetensors"
+        tensors = load_file(str(path))
+        tensors["init_image"] = image.contiguous()
+        save_file(tensors, str(path))
+    img2img_module.retrieve_latents = argmax
     (out / "reference" / "pipelines.json").write_text(json.dumps(runs, indent=1) + "\n")

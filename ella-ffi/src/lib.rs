@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ella_core::burn::tensor::{DType, TensorData};
+use ella_core::pipeline::MAX_IMAGE_SIDE;
 use ella_core::{
-    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, ModelPaths, Precision, SchedulerKind,
-    T5Precision, TokenMode, VaeDecode,
+    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, Image, ModelPaths, Precision,
+    SchedulerKind, T5Precision, TokenMode, VaeDecode,
 };
 
 mod engine;
@@ -233,6 +234,11 @@ pub struct EllaGenerateRequest {
     pub prompt_cache: *const EllaPrompt,
     /// An `ella_conditioning`; default ELLA.
     pub conditioning: u32,
+    /// Image-to-image: `width * height * 3` bytes of RGB8, rows top to bottom without
+    /// padding, of the request's size; NULL (default) for text-to-image.
+    pub init_image: *const u8,
+    /// With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
+    pub strength: f32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -635,6 +641,8 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         vae_decode: EllaVaeDecode::Whole as u32,
         prompt_cache: std::ptr::null(),
         conditioning: EllaConditioning::Ella as u32,
+        init_image: std::ptr::null(),
+        strength: 0.8,
     }
 }
 
@@ -676,6 +684,25 @@ unsafe fn run(
         true => Ok(String::new()),
         // SAFETY: strings per the caller's contract.
         false => unsafe { text(ptr, what) }.map(str::to_string),
+    };
+    let init_image = match request.init_image.is_null() {
+        true => None,
+        false => {
+            let (width, height) = (request.width as usize, request.height as usize);
+            if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE {
+                return Err(invalid(format!(
+                    "request.init_image needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
+                )));
+            }
+            // SAFETY: the caller passes `width * height * 3` readable bytes (header).
+            let pixels =
+                unsafe { std::slice::from_raw_parts(request.init_image, width * height * 3) };
+            Some(Image {
+                width,
+                height,
+                pixels: pixels.to_vec(),
+            })
+        }
     };
     let generate = GenerateRequest {
         prompt: match cache {
@@ -726,6 +753,8 @@ unsafe fn run(
                 )));
             }
         },
+        init_image,
+        strength: request.strength,
     };
     if context.busy.swap(true, Ordering::SeqCst) {
         return Err(invalid(

@@ -401,12 +401,24 @@ impl<B: Backend> Pipeline<B> {
             Some(latents) => latents.clone(),
             None => noise::initial_noise(request.seed, shape),
         };
-        let mut latents = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype))
-            * scheduler.init_noise_sigma();
-        let guided = request.guidance_scale > 1.0;
+        let noise = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype));
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
-        for (i, &t) in timesteps.iter().enumerate() {
+        let start = request.first_step(total)?;
+        let mut latents = match &request.init_image {
+            None => noise * scheduler.init_noise_sigma(),
+            Some(image) => {
+                // Image-to-image: the image's latent (the posterior mean, as diffusers'
+                // `sample_mode="argmax"`), noised to the first step's level.
+                let encoded = self.vae.encode_mean(image.to_tensor(&device, dtype))
+                    * self.vae.config.scaling_factor;
+                hooks.dump("init_image_latents", &encoded);
+                let [_, c, h, w] = encoded.dims();
+                scheduler.add_noise(encoded.expand([batch, c, h, w]), noise, start)
+            }
+        };
+        let guided = request.guidance_scale > 1.0;
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
             if hooks
                 .cancel
                 .is_some_and(|flag| flag.load(Ordering::Relaxed))
@@ -419,7 +431,7 @@ impl<B: Backend> Pipeline<B> {
             };
             let cond =
                 self.condition(conditioning, t5.map(|s| &s.cond), clip.map(|s| &s.cond), t)?;
-            hooks.dump(&format!("condition_cond_step{i}"), &cond);
+            hooks.dump(&format!("condition_cond_step{}", i - start), &cond);
             let (model_input, context) = if guided {
                 let uncond = self.condition(
                     conditioning,
@@ -427,7 +439,7 @@ impl<B: Backend> Pipeline<B> {
                     clip.map(|s| &s.uncond),
                     t,
                 )?;
-                hooks.dump(&format!("condition_uncond_step{i}"), &uncond);
+                hooks.dump(&format!("condition_uncond_step{}", i - start), &uncond);
                 (
                     Tensor::cat(vec![latents.clone(), latents.clone()], 0),
                     Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
@@ -445,9 +457,9 @@ impl<B: Backend> Pipeline<B> {
                 prediction
             };
             latents = scheduler.step(prediction, i, latents);
-            hooks.dump(&format!("latents_step{i}"), &latents);
+            hooks.dump(&format!("latents_step{}", i - start), &latents);
             if let Some(progress) = &mut hooks.progress {
-                progress(i + 1, total);
+                progress(i + 1 - start, total - start);
             }
         }
         hooks.dump("final_latents", &latents);

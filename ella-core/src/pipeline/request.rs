@@ -2,6 +2,7 @@
 
 use burn::tensor::TensorData;
 
+use super::Image;
 use crate::error::{Error, Result};
 use crate::scheduler::{SchedulerKind, TimestepSchedule};
 use crate::t5::TokenMode;
@@ -57,12 +58,19 @@ pub struct GenerateRequest {
     /// Custom timesteps (e.g. [`TimestepSchedule::align_your_steps`]) instead of `steps`.
     pub timesteps: Option<Vec<f32>>,
     /// Unit-variance initial noise `[batch, latent_channels, height/f, width/f]` instead of
-    /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does.
+    /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does (for
+    /// image-to-image: the noise added to the image's latent).
     pub init_latents: Option<TensorData>,
     /// How the VAE decodes: whole batch, sliced or tiled (bounded memory for big images).
     pub vae_decode: VaeDecode,
     /// ELLA (default), ELLA + CLIP, or CLIP alone.
     pub conditioning: Conditioning,
+    /// Image-to-image: start from this image (of the request's size) instead of pure noise.
+    pub init_image: Option<Image>,
+    /// How much of the schedule image-to-image runs, in (0, 1]: the last
+    /// `floor(steps · strength)` steps, from the image noised to that level (diffusers'
+    /// `strength`; 1 ignores the image's content). Default 0.8.
+    pub strength: f32,
 }
 
 impl Default for GenerateRequest {
@@ -82,6 +90,8 @@ impl Default for GenerateRequest {
             init_latents: None,
             vae_decode: VaeDecode::Whole,
             conditioning: Conditioning::Ella,
+            init_image: None,
+            strength: 0.8,
         }
     }
 }
@@ -92,6 +102,23 @@ impl GenerateRequest {
         Self {
             prompt: prompt.into(),
             ..Self::default()
+        }
+    }
+
+    /// The index of the first step an image-to-image run takes of `total` (0 for
+    /// text-to-image): diffusers' `total − min(int(total · strength), total)`, read as the
+    /// decimal strength the caller wrote (0.7 × 10 is 7 steps, not 6).
+    pub fn first_step(&self, total: usize) -> Result<usize> {
+        if self.init_image.is_none() {
+            return Ok(0);
+        }
+        let steps = ((total as f64 * f64::from(self.strength)) + 1e-4).floor() as usize;
+        match steps.min(total) {
+            0 => Err(Error::InvalidInput(format!(
+                "strength {} of {total} steps leaves no step to run",
+                self.strength
+            ))),
+            steps => Ok(total - steps),
         }
     }
 
@@ -136,6 +163,23 @@ impl GenerateRequest {
             && (list.is_empty() || list.iter().any(|t| !t.is_finite()))
         {
             return invalid("custom timesteps must be a non-empty list of numbers".into());
+        }
+        if let Some(image) = &self.init_image {
+            if [image.width, image.height] != [self.width, self.height]
+                || image.pixels.len() != image.width * image.height * 3
+            {
+                return invalid(format!(
+                    "the init image is {}×{} ({} bytes); the request is {}×{} RGB8",
+                    image.width,
+                    image.height,
+                    image.pixels.len(),
+                    self.width,
+                    self.height
+                ));
+            }
+            if !(self.strength > 0.0 && self.strength <= 1.0) {
+                return invalid(format!("strength {} must be in (0, 1]", self.strength));
+            }
         }
         let latent = [self.height / factor, self.width / factor];
         if let Some(latents) = &self.init_latents {

@@ -10,7 +10,7 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct Ddim {
     pub timesteps: Vec<f32>,
-    alphas_cumprod: Vec<f32>,
+    pub(crate) alphas_cumprod: Vec<f32>,
     /// ᾱ used past the last timestep: 1 with `set_alpha_to_one`, else ᾱ₀.
     final_alpha_cumprod: f32,
     /// `num_train_timesteps // steps`: how far back each step goes.

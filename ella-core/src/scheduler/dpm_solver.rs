@@ -175,7 +175,7 @@ impl<B: Backend> DpmSolver<B> {
     }
 
     /// `(α_t, σ_t, λ_t)` of a sigma: `α = 1/sqrt(σ² + 1)`, `σ_t = σ·α`, `λ = ln α − ln σ_t`.
-    fn alpha_sigma_lambda(sigma: f32) -> (f32, f32, f32) {
+    pub(crate) fn alpha_sigma_lambda(sigma: f32) -> (f32, f32, f32) {
         let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
         let sigma_t = sigma * alpha;
         (alpha, sigma_t, alpha.ln() - sigma_t.ln())

@@ -172,6 +172,29 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
+    /// `original` noised to the level of step `index`, where an image-to-image run starts:
+    /// `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε` (DDIM), `x + σ·ε` (Euler), `α_σ·x + σ_σ·ε`
+    /// (DPM-Solver), as diffusers' `add_noise` with the run's begin index.
+    pub fn add_noise(
+        &self,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        index: usize,
+    ) -> Tensor<B, 4> {
+        let (signal, noise_scale) = match self {
+            Scheduler::Ddim(s) => {
+                let alpha = s.alphas_cumprod[self.timesteps()[index] as usize];
+                (alpha.sqrt(), (1.0 - alpha).sqrt())
+            }
+            Scheduler::Euler(s) => (1.0, s.sigmas[index]),
+            Scheduler::DpmSolver(s) => {
+                let (alpha, sigma, _) = DpmSolver::<B>::alpha_sigma_lambda(s.sigmas[index]);
+                (alpha, sigma)
+            }
+        };
+        original * signal + noise * noise_scale
+    }
+
     /// The U-Net input at step `index` (Euler divides by `sqrt(σ² + 1)`).
     pub fn scale_model_input(&self, sample: Tensor<B, 4>, index: usize) -> Tensor<B, 4> {
         match self {

@@ -13,7 +13,9 @@ use crate::common::{Reference, assert_close, fixture, matmul_in_tf32, tiny_paths
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::t5::TokenMode;
-use ella_core::{Conditioning, Error, GenerateRequest, Hooks, ModelPaths, Pipeline, PipelineParts};
+use ella_core::{
+    Conditioning, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PipelineParts,
+};
 use serde_json::Value;
 
 /// The tiny models with CLIP: every conditioning.
@@ -53,6 +55,17 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             Some("clip") => Conditioning::Clip,
             Some(other) => panic!("unknown conditioning {other}"),
         },
+        init_image: run.get("init_image").map(|_| {
+            let (_, shape, pixels) = reference.raw("init_image");
+            Image {
+                width: shape[1],
+                height: shape[0],
+                pixels,
+            }
+        }),
+        strength: run
+            .get("strength")
+            .map_or(0.8, |s| s.as_f64().unwrap() as f32),
         ..GenerateRequest::default()
     }
 }
@@ -119,7 +132,13 @@ fn check_run<B: Backend>(pipeline: &Pipeline<B>, name: &str, run: &Value) {
     for key in t5_keys {
         check(key, 1e-4);
     }
-    for i in 0..4 {
+    // The steps the run took (image-to-image: the last ones of the schedule only).
+    let steps = reference.data("timesteps").shape[0];
+    assert!(
+        !dumped.contains_key(&format!("latents_step{steps}")),
+        "{name}: extra steps"
+    );
+    for i in 0..steps {
         check(&format!("condition_cond_step{i}"), 1e-4);
         check(&format!("condition_uncond_step{i}"), 1e-4);
         check(&format!("latents_step{i}"), 1e-3);
@@ -274,6 +293,11 @@ fn progress_cancel_and_unloaded_text_encoder() {
 #[test]
 fn bad_requests_are_typed_errors() {
     let pipeline = pipeline::<burn::backend::Flex>();
+    let gray = Image {
+        width: 32,
+        height: 32,
+        pixels: vec![128; 32 * 32 * 3],
+    };
     let ok = GenerateRequest {
         prompt: "x".into(),
         width: 32,
@@ -318,12 +342,58 @@ fn bad_requests_are_typed_errors() {
             init_latents: Some(TensorData::new(vec![0f32; 16], [1, 4, 2, 2])),
             ..ok.clone()
         },
+        // Image-to-image: an init image of another size, a strength outside (0, 1], and one
+        // too small to leave a step.
+        GenerateRequest {
+            init_image: Some(Image {
+                width: 16,
+                height: 32,
+                pixels: vec![0; 16 * 32 * 3],
+            }),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(Image {
+                width: 32,
+                height: 32,
+                pixels: vec![0; 10],
+            }),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(gray.clone()),
+            strength: 0.0,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(gray.clone()),
+            strength: 1.5,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(gray.clone()),
+            strength: f32::NAN,
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(gray.clone()),
+            strength: 0.4,
+            steps: 2,
+            ..ok.clone()
+        },
     ];
     for request in bad {
         let err = pipeline.generate(&request).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{request:?}: {err}");
     }
     assert!(pipeline.generate(&ok).is_ok());
+    let img2img = GenerateRequest {
+        init_image: Some(gray),
+        strength: 0.5,
+        steps: 2,
+        ..ok
+    };
+    assert!(pipeline.generate(&img2img).is_ok());
 }
 
 #[test]
