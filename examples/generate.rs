@@ -22,7 +22,7 @@ use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, Conditioning, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
+    Checkpoint, Conditioning, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths, Pipeline,
     Precision, SchedulerKind, T5Precision, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -151,6 +151,10 @@ struct Args {
     /// LDM layout, e.g. vae-ft-mse-840000-ema-pruned.safetensors).
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// A LoRA to merge, as FILE or FILE:SCALE (default scale 1); repeat for several. kohya /
+    /// A1111 and diffusers (PEFT) files.
+    #[arg(long, value_parser = parse_lora)]
+    lora: Vec<Lora>,
     /// What the U-Net is conditioned on.
     #[arg(long, value_enum, default_value = "ella")]
     conditioning: Cond,
@@ -204,6 +208,17 @@ const SD_FILES: [&str; 5] = [
     "scheduler/scheduler_config.json",
 ];
 
+/// `FILE` or `FILE:SCALE`.
+fn parse_lora(text: &str) -> Result<Lora, String> {
+    match text.rsplit_once(':') {
+        Some((path, scale)) if !path.is_empty() => match scale.parse::<f32>() {
+            Ok(scale) => Ok(Lora::new(path, scale)),
+            Err(_) => Err(format!("`{scale}` in `{text}` is not a LoRA scale")),
+        },
+        _ => Ok(Lora::new(text, 1.0)),
+    }
+}
+
 fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +268,7 @@ fn run(args: Args) -> Result<(), String> {
         vae: args.vae.clone(),
         ella,
         clip: conditioning.uses_clip(),
+        loras: Vec::new(), // applied after loading, to print the report
     };
     let init_image = match &args.init_image {
         Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
@@ -350,6 +366,19 @@ fn generate<B: Backend>(
     let mut pipeline =
         Pipeline::<B>::load_with_precision(paths, &device, precision).map_err(|e| e.to_string())?;
     eprintln!("loaded the models in {:.1?}", start.elapsed());
+    if !args.lora.is_empty() {
+        let report = pipeline.set_loras(&args.lora).map_err(|e| e.to_string())?;
+        eprintln!("LoRAs change {} weights", report.updated);
+        for entry in &report.unmatched {
+            eprintln!("warning: LoRA entry matches no weight: {entry}");
+        }
+        if report.skipped_text_encoder > 0 {
+            eprintln!(
+                "warning: {} LoRA text-encoder entries skipped (CLIP is not loaded; see --conditioning)",
+                report.skipped_text_encoder
+            );
+        }
+    }
     let states = match args.free_t5 {
         true => {
             let states = pipeline

@@ -381,6 +381,22 @@ void ella_prompt_free(struct ella_prompt *prompt);
 // `model` is NULL or a live handle.
 enum ella_status ella_model_free_text_encoder(const struct ella_model *model);
 
+// Applies `count` LoRA files (kohya / A1111 or diffusers PEFT `.safetensors`) with their
+// scales to the model's U-Net (and CLIP, when loaded), replacing the LoRAs applied before;
+// `count` 0 restores the original weights. Only the weights the LoRAs touch are rebuilt, from
+// the original values: nothing is reloaded. All files are checked first; on an error (a
+// LoRA for another architecture: `ELLA_STATUS_INVALID_MODEL`) the weights stay as they were.
+// Entries that match no weight are reported through the model's log callback as warnings.
+// Waits for calls running on the model's contexts to finish.
+//
+// # Safety
+// `model` is NULL or a live handle; `paths` and `scales` point to `count` NUL-terminated
+// strings and floats (either may be NULL when `count` is 0).
+enum ella_status ella_model_set_loras(const struct ella_model *model,
+                                      const char *const *paths,
+                                      const float *scales,
+                                      size_t count);
+
 // Frees a tensor. NULL is a no-op.
 //
 // # Safety

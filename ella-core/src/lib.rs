@@ -28,6 +28,7 @@
 pub mod clip;
 pub mod connector;
 pub mod error;
+pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod scheduler;
@@ -39,6 +40,7 @@ pub mod weights;
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use error::{Error, Result};
+pub use lora::{Lora, LoraReport};
 pub use pipeline::{
     Conditioning, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PipelineParts,
     Precision, PromptStates, StatePair,

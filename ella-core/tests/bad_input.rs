@@ -9,7 +9,7 @@ use burn::backend::Flex as B;
 use burn::tensor::DType;
 use common::fixture;
 use ella_core::{
-    Checkpoint, Conditioning, Connector, ConnectorConfig, Error, GenerateRequest, ModelPaths,
+    Checkpoint, Conditioning, Connector, ConnectorConfig, Error, GenerateRequest, Lora, ModelPaths,
     Pipeline, T5Config, TextEncoder, TokenMode,
 };
 use safetensors::Dtype;
@@ -43,14 +43,19 @@ fn write_tensors(path: &Path, tensors: &Tensors) {
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
-/// The tiny connector file with one edit applied, in a temp folder.
-fn edited_connector(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
-    let mut tensors = read_tensors(&fixture("ella/ella.safetensors"));
+/// The fixture file `name` with one edit applied, in a temp folder.
+fn edited(name: &str, edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
+    let mut tensors = read_tensors(&fixture(name));
     edit(&mut tensors);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ella.safetensors");
+    let path = dir.path().join("model.safetensors");
     write_tensors(&path, &tensors);
     (dir, path)
+}
+
+/// The tiny connector file with one edit applied, in a temp folder.
+fn edited_connector(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
+    edited("ella/ella.safetensors", edit)
 }
 
 fn tiny_config() -> ConnectorConfig {
@@ -378,12 +383,7 @@ fn unet_config_and_weights_that_disagree_are_errors() {
 
 /// The tiny single-file checkpoint with one edit applied, in a temp folder.
 fn edited_single_file(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
-    let mut tensors = read_tensors(&fixture("sd-single-file.safetensors"));
-    edit(&mut tensors);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.safetensors");
-    write_tensors(&path, &tensors);
-    (dir, path)
+    edited("sd-single-file.safetensors", edit)
 }
 
 /// SD only (CLIP, no ELLA) from `sd`, with the tiny configs.
@@ -394,6 +394,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         vae: None,
         ella: None,
         clip: true,
+        loras: Vec::new(),
     };
     Pipeline::load(&paths, &Default::default(), DType::F32)
 }
@@ -548,4 +549,78 @@ fn conditioning_without_its_models_is_an_error() {
         matches!(&err, Error::InvalidInput(m) if m.contains("CLIP")),
         "{err}"
     );
+}
+
+#[test]
+fn lora_errors_and_report() {
+    let clip_paths = ModelPaths {
+        clip: true,
+        ..common::tiny_paths()
+    };
+    let mut pipeline = Pipeline::<B>::load(&clip_paths, &Default::default(), DType::F32).unwrap();
+    let kohya = "lora/kohya.safetensors";
+    let to_q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let incompatible = |pipeline: &mut Pipeline<B>, path: PathBuf, expected: &str| {
+        let err = pipeline.set_loras(&[Lora::new(path, 1.0)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::IncompatibleModels(m) if m.contains(expected)),
+            "{expected}: {err}"
+        );
+    };
+    // Shapes of another model (an SDXL-wide cross-attention).
+    let (_dir, path) = edited(kohya, |t| {
+        t.insert(format!("{to_q}.lora_down.weight"), f32_tensor(&[2, 2048]));
+    });
+    incompatible(&mut pipeline, path, "another architecture");
+    // Only names this model does not have (SDXL's LDM-style kohya names).
+    let (_dir, path) = edited(kohya, |t| {
+        t.retain(|k, _| k.contains(to_q));
+        let renamed: Tensors = std::mem::take(t)
+            .into_iter()
+            .map(|(k, v)| (k.replace(to_q, "lora_unet_input_blocks_4_1_proj_in"), v))
+            .collect();
+        *t = renamed;
+    });
+    incompatible(&mut pipeline, path, "matches no weight");
+    // A module without its up matrix.
+    let (_dir, path) = edited(kohya, |t| {
+        t.remove(&format!("{to_q}.lora_up.weight"));
+    });
+    incompatible(&mut pipeline, path, "lacks");
+    // A failed call changes nothing: the next one starts from the original weights.
+    assert_eq!(pipeline.set_loras(&[]).unwrap().updated, 0);
+    // Unknown entries next to known ones are reported, not fatal.
+    let (_dir, path) = edited(kohya, |t| {
+        t.insert(
+            "lora_unet_input_blocks_4_1_proj_in.lora_down.weight".into(),
+            f32_tensor(&[2, 2]),
+        );
+        t.insert("lora_unet_x.hada_w1_a".into(), f32_tensor(&[2]));
+    });
+    let report = pipeline.set_loras(&[Lora::new(path, 1.0)]).unwrap();
+    assert_eq!(report.updated, 8);
+    assert_eq!(report.unmatched.len(), 2, "{report:?}");
+    assert!(
+        report
+            .unmatched
+            .iter()
+            .any(|m| m.ends_with("lora_unet_input_blocks_4_1_proj_in"))
+    );
+    // Not a number.
+    let err = pipeline
+        .set_loras(&[Lora::new(fixture(kohya), f32::NAN)])
+        .unwrap_err();
+    assert!(matches!(&err, Error::InvalidInput(_)), "{err}");
+    let err = pipeline
+        .set_loras(&[Lora::new(fixture("nonexistent.safetensors"), 1.0)])
+        .unwrap_err();
+    assert!(matches!(&err, Error::Io { .. }), "{err}");
+
+    // Without CLIP, text-encoder parts are skipped and counted.
+    let mut ella_only =
+        Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
+    let report = ella_only
+        .set_loras(&[Lora::new(fixture(kohya), 1.0)])
+        .unwrap();
+    assert_eq!((report.updated, report.skipped_text_encoder), (6, 2));
 }

@@ -7,8 +7,8 @@ use crate::{EllaBackend, Failure, invalid};
 use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{Tensor, TensorData};
 use ella_core::{
-    Conditioning, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, Precision,
-    PromptStates, Result, StatePair, TokenMode,
+    Conditioning, Error, GenerateRequest, Hooks, Image, Lora, LoraReport, ModelPaths, Pipeline,
+    Precision, PromptStates, Result, StatePair, TokenMode,
 };
 
 /// Prompt states kept on the host, so that a cached prompt works with any backend: T5's
@@ -35,6 +35,8 @@ pub trait Engine: Send + Sync {
     fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData>;
     /// Drops T5 and returns its memory to the device.
     fn free_text_encoder(&self);
+    /// Replaces the LoRAs applied to the U-Net and CLIP.
+    fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport>;
 }
 
 /// A pipeline behind a lock: generation and encoding share it, freeing T5 takes it alone.
@@ -46,6 +48,14 @@ impl<B: Backend> Locked<B> {
         Ok(Self(RwLock::new(Pipeline::load_with_precision(
             paths, &device, precision,
         )?)))
+    }
+
+    /// The pipeline alone, once calls running on it have finished. `set_loras` either
+    /// changes every weight or none, so a poisoned lock holds nothing half-written either.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Pipeline<B>> {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Pipeline<B>> {
@@ -115,10 +125,11 @@ where
     }
 
     fn free_text_encoder(&self) {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .free_text_encoder();
+        self.write().free_text_encoder();
+    }
+
+    fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport> {
+        self.write().set_loras(loras)
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::pipeline::MAX_IMAGE_SIDE;
 use ella_core::{
-    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, Image, ModelPaths, Precision,
+    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths, Precision,
     SchedulerKind, T5Precision, TokenMode, VaeDecode,
 };
 
@@ -496,6 +496,7 @@ pub unsafe extern "C" fn ella_model_load(
             vae: optional_path(params.vae_path, "params.vae_path")?,
             ella,
             clip,
+            loras: Vec::new(),
         };
         let dtype = match params.precision {
             x if x == EllaPrecision::F32 as u32 => DType::F32,
@@ -1038,6 +1039,65 @@ pub unsafe extern "C" fn ella_model_free_text_encoder(model: *const EllaModel) -
         // SAFETY: NULL or a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
         model.engine.free_text_encoder();
+        Ok(())
+    })
+}
+
+/// Applies `count` LoRA files (kohya / A1111 or diffusers PEFT `.safetensors`) with their
+/// scales to the model's U-Net (and CLIP, when loaded), replacing the LoRAs applied before;
+/// `count` 0 restores the original weights. Only the weights the LoRAs touch are rebuilt, from
+/// the original values: nothing is reloaded. All files are checked first; on an error (a
+/// LoRA for another architecture: `ELLA_STATUS_INVALID_MODEL`) the weights stay as they were.
+/// Entries that match no weight are reported through the model's log callback as warnings.
+/// Waits for calls running on the model's contexts to finish.
+///
+/// # Safety
+/// `model` is NULL or a live handle; `paths` and `scales` point to `count` NUL-terminated
+/// strings and floats (either may be NULL when `count` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_model_set_loras(
+    model: *const EllaModel,
+    paths: *const *const c_char,
+    scales: *const f32,
+    count: usize,
+) -> EllaStatus {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        if count > 0 && (paths.is_null() || scales.is_null()) {
+            return Err(invalid("paths and scales must not be NULL when count > 0"));
+        }
+        if count > 1024 {
+            return Err(invalid(format!("{count} LoRAs is absurdly many")));
+        }
+        let loras = (0..count)
+            .map(|i| {
+                // SAFETY: `count` pointers and floats, per this function's contract.
+                let (path, scale) = unsafe { (*paths.add(i), *scales.add(i)) };
+                let path = unsafe { text(path, "paths[i]") }?;
+                Ok(Lora::new(path, scale))
+            })
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let report = model.engine.set_loras(&loras)?;
+        for entry in &report.unmatched {
+            model.log.log(
+                EllaLogLevel::Warning,
+                &format!("LoRA entry matches no weight: {entry}"),
+            );
+        }
+        if report.skipped_text_encoder > 0 {
+            model.log.log(
+                EllaLogLevel::Warning,
+                &format!(
+                    "{} LoRA text-encoder entries skipped: CLIP is not loaded",
+                    report.skipped_text_encoder
+                ),
+            );
+        }
+        model.log.log(
+            EllaLogLevel::Info,
+            &format!("{} LoRA(s) change {} weights", loras.len(), report.updated),
+        );
         Ok(())
     })
 }

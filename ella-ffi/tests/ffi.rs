@@ -900,3 +900,69 @@ fn image_to_image() {
         ella_model_free(model);
     }
 }
+
+#[test]
+fn loras_at_run_time() {
+    let p = paths();
+    let model = load_with(&EllaModelParams {
+        load_clip: 1,
+        ..params(&p)
+    });
+    let conditionings = [EllaConditioning::EllaClip];
+    let base = images_by_conditioning(model, &conditionings)
+        .remove(0)
+        .unwrap();
+    let (kohya, peft) = (
+        fixture("lora/kohya.safetensors"),
+        fixture("lora/peft.safetensors"),
+    );
+    let paths = [kohya.as_ptr(), peft.as_ptr()];
+    let scales = [0.7f32, 1.3];
+    let set = |count: usize| unsafe {
+        ella_model_set_loras(model, paths.as_ptr(), scales.as_ptr(), count)
+    };
+    assert_eq!(set(2), EllaStatus::Ok, "{}", last_error());
+    let both = images_by_conditioning(model, &conditionings)
+        .remove(0)
+        .unwrap();
+    assert_ne!(both, base);
+    assert_eq!(set(1), EllaStatus::Ok);
+    let kohya_only = images_by_conditioning(model, &conditionings)
+        .remove(0)
+        .unwrap();
+    assert!(kohya_only != both && kohya_only != base);
+    assert_eq!(set(0), EllaStatus::Ok);
+    assert_eq!(
+        images_by_conditioning(model, &conditionings)
+            .remove(0)
+            .unwrap(),
+        base,
+        "no LoRA: the original weights"
+    );
+
+    assert_eq!(
+        unsafe { ella_model_set_loras(model, null(), scales.as_ptr(), 1) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_model_set_loras(null(), paths.as_ptr(), scales.as_ptr(), 1) },
+        EllaStatus::InvalidArgument
+    );
+    let missing = fixture("lora/missing.safetensors");
+    assert_eq!(
+        unsafe { ella_model_set_loras(model, &missing.as_ptr(), scales.as_ptr(), 1) },
+        EllaStatus::Io
+    );
+    // A file of another model: no LoRA of this one.
+    let connector = fixture("ella/ella.safetensors");
+    assert_eq!(
+        unsafe { ella_model_set_loras(model, &connector.as_ptr(), scales.as_ptr(), 1) },
+        EllaStatus::InvalidModel
+    );
+    assert!(
+        last_error().contains("matches no weight"),
+        "{}",
+        last_error()
+    );
+    unsafe { ella_model_free(model) };
+}

@@ -13,7 +13,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use super::config::ClipTextConfig;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, multi_head_attention};
-use crate::weights::{Checkpoint, Loader, check_config};
+use crate::weights::{Checkpoint, Loader, WeightIndex, check_config};
 
 /// One encoder layer: `x + attn(ln1(x))`, then `x + fc2(act(fc1(ln2(x))))`.
 #[derive(Module, Debug)]
@@ -66,6 +66,9 @@ pub struct ClipTextModel<B: Backend> {
     pub final_layer_norm: LayerNorm<B>,
     #[module(skip)]
     pub config: ClipTextConfig,
+    /// Where each linear weight came from (for LoRA).
+    #[module(skip)]
+    pub weights: WeightIndex,
 }
 
 impl<B: Backend> ClipTextModel<B> {
@@ -134,8 +137,8 @@ impl<B: Backend> ClipTextModel<B> {
             layers,
             final_layer_norm: load.layer_norm(&format!("{prefix}final_layer_norm"), d, eps)?,
             config,
+            weights: load.finish(ignorable)?,
         };
-        load.finish(ignorable)?;
         Ok(model)
     }
 

@@ -9,13 +9,14 @@ use burn::tensor::backend::Backend;
 
 use crate::clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 use crate::error::{Error, Result};
+use crate::lora::Lora;
 use crate::scheduler::SchedulerConfig;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::weights::{Checkpoint, ldm};
 
 /// Where the model files are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelPaths {
     /// SD1.5: a folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`; `text_encoder/`
     /// and `tokenizer/` for CLIP), or a single-file checkpoint (`.safetensors` in the LDM
@@ -32,6 +33,9 @@ pub struct ModelPaths {
     pub ella: Option<EllaPaths>,
     /// Load SD's CLIP text encoder too: plain SD and ELLA + CLIP conditioning need it.
     pub clip: bool,
+    /// LoRAs merged into the U-Net (and CLIP) at load; [`super::Pipeline::set_loras`]
+    /// changes them later.
+    pub loras: Vec<Lora>,
 }
 
 /// ELLA's files.
@@ -63,6 +67,7 @@ impl ModelPaths {
                 config: None,
             }),
             clip: false,
+            loras: Vec::new(),
         }
     }
 

@@ -28,6 +28,7 @@ mod load;
 pub mod noise;
 mod request;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::Backend;
@@ -40,6 +41,7 @@ pub use request::{Conditioning, GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
 use crate::clip::ClipTextEncoder;
 use crate::connector::{Connector, ConnectorConfig};
 use crate::error::{Error, Result};
+use crate::lora::{self, Lora, LoraReport, Target};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::t5::{T5Precision, TextEncoder, TokenMode};
 use crate::unet::UNet2DConditionModel;
@@ -98,6 +100,8 @@ pub struct Pipeline<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
+    /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
+    lora_changed: BTreeMap<Target, BTreeSet<String>>,
 }
 
 /// The models of a pipeline, for [`Pipeline::from_parts`].
@@ -162,14 +166,72 @@ impl<B: Backend> Pipeline<B> {
             None => (None, None),
         };
         let sd = load::load_sd(paths, device, dtype)?;
-        Self::from_parts(PipelineParts {
+        let mut pipeline = Self::from_parts(PipelineParts {
             text_encoder,
             connector,
             clip: sd.clip,
             unet: sd.unet,
             vae: sd.vae,
             scheduler_config: sd.scheduler_config,
-        })
+        })?;
+        if !paths.loras.is_empty() {
+            pipeline.set_loras(&paths.loras)?;
+        }
+        Ok(pipeline)
+    }
+
+    /// Applies `loras` (each with its scale) to the U-Net and, when loaded, CLIP, replacing
+    /// the LoRAs set before (an empty list restores the original weights). Every file is read
+    /// and checked before any weight changes; only the weights the LoRAs touch are rebuilt,
+    /// from the original values, so no model is reloaded. Text-encoder parts are skipped
+    /// without CLIP (ELLA conditioning does not read it), and reported.
+    pub fn set_loras(&mut self, loras: &[Lora]) -> Result<LoraReport> {
+        let mut report = LoraReport::default();
+        let mut updates = Vec::new();
+        let clip_index = self.clip.as_ref().map(|c| &c.model.weights);
+        for lora in loras {
+            updates.extend(lora::read_updates(
+                lora,
+                &self.unet.weights,
+                clip_index,
+                &mut report,
+            )?);
+        }
+        let device = self.unet.conv_in.weight.device();
+        let of = |target: Target| -> Vec<&lora::Update> {
+            updates.iter().filter(|u| u.target == target).collect()
+        };
+        let mut changed = BTreeMap::new();
+        let previous = |target| self.lora_changed.get(&target).cloned().unwrap_or_default();
+        let (unet, names) = lora::apply(
+            self.unet.clone(),
+            &self.unet.weights,
+            &of(Target::Unet),
+            &previous(Target::Unet),
+            &device,
+        )?;
+        changed.insert(Target::Unet, names);
+        let clip = match &self.clip {
+            Some(clip) => {
+                let (model, names) = lora::apply(
+                    clip.model.clone(),
+                    &clip.model.weights,
+                    &of(Target::TextEncoder),
+                    &previous(Target::TextEncoder),
+                    &device,
+                )?;
+                changed.insert(Target::TextEncoder, names);
+                Some(model)
+            }
+            None => None,
+        };
+        self.unet = unet;
+        if let (Some(encoder), Some(model)) = (&mut self.clip, clip) {
+            encoder.model = model;
+        }
+        report.updated = changed.values().map(BTreeSet::len).sum();
+        self.lora_changed = changed;
+        Ok(report)
     }
 
     /// Assembles a pipeline from loaded models, checking that they fit together.
@@ -231,6 +293,7 @@ impl<B: Backend> Pipeline<B> {
             unet: parts.unet,
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
+            lora_changed: BTreeMap::new(),
         })
     }
 

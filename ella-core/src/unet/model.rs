@@ -16,7 +16,7 @@ use super::blocks::{
 use super::config::{BlockKind, UNetConfig};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
-use crate::weights::{Checkpoint, Loader, check_config};
+use crate::weights::{Checkpoint, Loader, WeightIndex, check_config};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
@@ -29,6 +29,9 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub conv_out: Conv2d<B>,
     #[module(skip)]
     pub config: UNetConfig,
+    /// Where each linear and convolution weight came from (for LoRA).
+    #[module(skip)]
+    pub weights: WeightIndex,
 }
 
 impl<B: Backend> UNet2DConditionModel<B> {
@@ -211,8 +214,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 config.conv_out_kernel / 2,
             )?,
             config,
+            weights: load.finish(|_| false)?,
         };
-        load.finish(|_| false)?;
         Ok(unet)
     }
 

@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -58,8 +58,8 @@ struct MappedFile {
 }
 
 /// One model's weights: a `.safetensors` file, or an HF sharded checkpoint
-/// (`*.safetensors.index.json` naming several files), memory-mapped.
-#[derive(Debug)]
+/// (`*.safetensors.index.json` naming several files), memory-mapped. Cloning shares the maps.
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// What the user pointed at; used in error messages.
     origin: PathBuf,
@@ -309,6 +309,15 @@ impl Checkpoint {
         })
     }
 
+    /// The values of tensor `name` of `shape`: as stored, or generated for a
+    /// [`Checkpoint::random`] one.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        match self.random_seed {
+            Some(seed) => Ok(random_data(seed, name, shape)),
+            None => self.data(name),
+        }
+    }
+
     /// Reads one tensor's values as stored (F32, F16 or BF16), on the host.
     pub fn data(&self, name: &str) -> Result<TensorData> {
         let entry = self.entry(name)?;
@@ -328,6 +337,32 @@ impl Checkpoint {
     }
 }
 
+/// How a module stores a weight it was loaded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A `Linear` weight: `[in, out]`, PyTorch's `[out, in]` transposed.
+    Linear,
+    /// A convolution kernel, as PyTorch's `[out, in, k, k]`.
+    Conv,
+}
+
+/// A loaded weight: the module parameter that holds it, how, and its PyTorch shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedWeight {
+    pub param: ParamId,
+    pub layout: Layout,
+    pub shape: Vec<usize>,
+}
+
+/// The linear and convolution weights of a loaded model by their file names, with the
+/// checkpoint they came from: what updating weights in place (LoRA) needs to find a
+/// parameter and to restore its original value.
+#[derive(Debug, Clone)]
+pub struct WeightIndex {
+    pub checkpoint: Checkpoint,
+    pub weights: BTreeMap<String, IndexedWeight>,
+}
+
 /// Builds modules from a checkpoint: every read names the tensor and the shape the model's
 /// config implies, so a wrong file fails on the first mismatching tensor with an error that
 /// names it; [`Loader::finish`] then reports tensors the model did not use.
@@ -336,6 +371,7 @@ pub struct Loader<'a, B: Backend> {
     device: &'a B::Device,
     dtype: DType,
     used: RefCell<BTreeSet<String>>,
+    index: RefCell<BTreeMap<String, IndexedWeight>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
@@ -346,7 +382,18 @@ impl<'a, B: Backend> Loader<'a, B> {
             device,
             dtype,
             used: RefCell::new(BTreeSet::new()),
+            index: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// Records which parameter holds weight `name` (see [`WeightIndex`]).
+    fn index(&self, name: String, param: ParamId, layout: Layout, shape: Vec<usize>) {
+        let weight = IndexedWeight {
+            param,
+            layout,
+            shape,
+        };
+        self.index.borrow_mut().insert(name, weight);
     }
 
     pub fn checkpoint(&self) -> &Checkpoint {
@@ -357,10 +404,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
         self.checkpoint.check_spec(&TensorSpec::new(name, shape))?;
         self.used.borrow_mut().insert(name.to_string());
-        match self.checkpoint.random_seed {
-            Some(seed) => Ok(random_data(seed, name, shape)),
-            None => self.checkpoint.data(name),
-        }
+        self.checkpoint.values(name, shape)
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -393,12 +437,20 @@ impl<'a, B: Backend> Loader<'a, B> {
         bias: bool,
         dtype: DType,
     ) -> Result<Linear<B>> {
-        let weight = self.data(&format!("{prefix}.weight"), &[d_output, d_input])?;
+        let name = format!("{prefix}.weight");
+        let weight = self.data(&name, &[d_output, d_input])?;
         let bias = match bias {
             true => Some(self.data(&format!("{prefix}.bias"), &[d_output])?),
             false => None,
         };
-        linear_from_torch(weight, bias, self.device, dtype)
+        let linear = linear_from_torch(weight, bias, self.device, dtype)?;
+        self.index(
+            name,
+            linear.weight.id,
+            Layout::Linear,
+            vec![d_output, d_input],
+        );
+        Ok(linear)
     }
 
     /// A PyTorch `nn.Conv2d` with a bias.
@@ -411,17 +463,19 @@ impl<'a, B: Backend> Loader<'a, B> {
         padding: usize,
     ) -> Result<Conv2d<B>> {
         let [c_in, c_out] = channels;
-        Ok(Conv2d {
-            weight: Param::from_tensor(
-                self.tensor(&format!("{prefix}.weight"), [c_out, c_in, kernel, kernel])?,
-            ),
+        let name = format!("{prefix}.weight");
+        let shape = [c_out, c_in, kernel, kernel];
+        let conv = Conv2d {
+            weight: Param::from_tensor(self.tensor(&name, shape)?),
             bias: Some(Param::from_tensor(
                 self.tensor(&format!("{prefix}.bias"), [c_out])?,
             )),
             stride,
             padding,
             extra_end_padding: 0,
-        })
+        };
+        self.index(name, conv.weight.id, Layout::Conv, shape.to_vec());
+        Ok(conv)
     }
 
     /// A PyTorch `nn.GroupNorm` (affine).
@@ -450,11 +504,16 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     /// Errors on the first tensor of the checkpoint that no read used and `ignorable`
-    /// does not accept: the config and the file describe different models.
-    pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+    /// does not accept: the config and the file describe different models. Returns the
+    /// index of the linear and convolution weights read.
+    pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<WeightIndex> {
         let used = self.used.into_inner();
         self.checkpoint
-            .reject_unexpected(|name| used.contains(name) || ignorable(name))
+            .reject_unexpected(|name| used.contains(name) || ignorable(name))?;
+        Ok(WeightIndex {
+            checkpoint: self.checkpoint.clone(),
+            weights: self.index.into_inner(),
+        })
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 mod clip;
 mod connector;
+mod lora;
 mod pipeline;
 mod single_file;
 mod t5;

@@ -1,0 +1,90 @@
+//! LoRAs in kohya's and in diffusers' PEFT format (`scripts/lora_fixtures.py`) applied to the
+//! tiny U-Net and CLIP: one U-Net forward and one CLIP forward against the reference with the
+//! same LoRAs (kohya's merge formula, diffusers' `fuse_lora` and `set_adapters`), swapped at
+//! run time. Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use ella_core::{Lora, ModelPaths, Pipeline};
+
+use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture, tiny_paths};
+
+const UNET_TOLERANCE: f32 = 1e-3;
+
+fn paths() -> ModelPaths {
+    ModelPaths {
+        clip: true,
+        ..tiny_paths()
+    }
+}
+
+/// The U-Net on the U-Net test's input.
+fn unet_out<B: Backend>(pipeline: &Pipeline<B>) -> Tensor<B, 4> {
+    let device = Default::default();
+    let inputs = Reference::open("sd.safetensors");
+    let sample = Tensor::<B, 4>::from_data(inputs.data("unet.sample"), &device);
+    let cond = Tensor::<B, 3>::from_data(inputs.data("unet.cond"), &device);
+    pipeline
+        .unet
+        .forward(sample, &[999.0, 250.0], cond)
+        .unwrap()
+}
+
+/// The U-Net and CLIP outputs against `{run}.unet` and `{run}.clip` of `reference`.
+fn check<B: Backend>(pipeline: &Pipeline<B>, reference: &Reference, run: &str) {
+    let device = Default::default();
+    let unet = unet_out(pipeline);
+    let clip_inputs = Reference::open("clip.safetensors");
+    let ids = clip_inputs.int_tensor::<B>("input_ids", &device);
+    let clip = pipeline.clip().unwrap().model.forward(ids).unwrap();
+    let (unet_key, clip_key) = (format!("{run}.unet"), format!("{run}.clip"));
+    assert_close(unet, &reference.data(&unet_key), UNET_TOLERANCE, &unet_key);
+    assert_close(clip, &reference.data(&clip_key), F32_TOLERANCE, &clip_key);
+}
+
+fn loras_match_the_reference<B: Backend>() {
+    let mut pipeline = Pipeline::<B>::load(&paths(), &Default::default(), DType::F32).unwrap();
+    let reference = Reference::open("lora.safetensors");
+    let kohya = Lora::new(fixture("lora/kohya.safetensors"), 0.7);
+    let peft = Lora::new(fixture("lora/peft.safetensors"), 1.3);
+
+    let report = pipeline.set_loras(std::slice::from_ref(&kohya)).unwrap();
+    assert_eq!(
+        (report.updated, report.unmatched.len()),
+        (8, 0),
+        "{report:?}"
+    );
+    check(&pipeline, &reference, "kohya");
+    // Swapped at run time: kohya's changes are undone first.
+    pipeline.set_loras(std::slice::from_ref(&peft)).unwrap();
+    check(&pipeline, &reference, "peft");
+    let report = pipeline.set_loras(&[kohya, peft]).unwrap();
+    assert_eq!(report.skipped_text_encoder, 0);
+    check(&pipeline, &reference, "both");
+    // None: the original weights again.
+    pipeline.set_loras(&[]).unwrap();
+    let base = Reference::open("sd.safetensors");
+    let device = Default::default();
+    let sample = Tensor::<B, 4>::from_data(base.data("unet.sample"), &device);
+    let cond = Tensor::<B, 3>::from_data(base.data("unet.cond"), &device);
+    let out = pipeline
+        .unet
+        .forward(sample, &[999.0, 250.0], cond)
+        .unwrap();
+    assert_close(out, &base.data("unet.out"), UNET_TOLERANCE, "no LoRA");
+}
+
+/// `ModelPaths::loras`: merged while loading.
+fn loras_merged_at_load<B: Backend>() {
+    let paths = ModelPaths {
+        loras: vec![Lora::new(fixture("lora/kohya.safetensors"), 0.7)],
+        ..paths()
+    };
+    let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap();
+    check(&pipeline, &Reference::open("lora.safetensors"), "kohya");
+}
+
+backend_tests! {
+    loras_match_the_reference => loras_match_the_reference,
+    loras_merged_at_load => loras_merged_at_load,
+}
