@@ -22,8 +22,8 @@ use ella_core::burn::tensor::backend::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, Conditioning, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths, Pipeline,
-    Precision, SchedulerKind, T5Precision, VaeDecode,
+    Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths,
+    Pipeline, Precision, SchedulerKind, T5Precision, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -155,6 +155,20 @@ struct Args {
     /// A1111 and diffusers (PEFT) files.
     #[arg(long, value_parser = parse_lora)]
     lora: Vec<Lora>,
+    /// A diffusers ControlNet folder (config.json, diffusion_pytorch_model.safetensors).
+    #[arg(long, requires = "control_image")]
+    controlnet: Option<PathBuf>,
+    /// The ControlNet's conditioning image (PNG of the output size: edges, depth, …).
+    #[arg(long, requires = "controlnet")]
+    control_image: Option<PathBuf>,
+    /// The ControlNet's conditioning scale.
+    #[arg(long, default_value_t = 1.0)]
+    control_scale: f32,
+    /// The fraction of the steps where the ControlNet starts and stops acting.
+    #[arg(long, default_value_t = 0.0)]
+    control_start: f32,
+    #[arg(long, default_value_t = 1.0)]
+    control_end: f32,
     /// What the U-Net is conditioned on.
     #[arg(long, value_enum, default_value = "ella")]
     conditioning: Cond,
@@ -269,6 +283,7 @@ fn run(args: Args) -> Result<(), String> {
         ella,
         clip: conditioning.uses_clip(),
         loras: Vec::new(), // applied after loading, to print the report
+        controlnet: args.controlnet.clone(),
     };
     let init_image = match &args.init_image {
         Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
@@ -317,6 +332,15 @@ fn run(args: Args) -> Result<(), String> {
         conditioning,
         init_image,
         strength: args.strength,
+        control: match &args.control_image {
+            Some(path) => Some(Control {
+                image: Image::load_png(path).map_err(|e| e.to_string())?,
+                scale: args.control_scale,
+                start: args.control_start,
+                end: args.control_end,
+            }),
+            None => None,
+        },
     };
     let dtype = match args.precision {
         Float::Auto => match args.backend {

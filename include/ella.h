@@ -177,6 +177,8 @@ typedef struct ella_model_params {
   // 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
   // default 0.
   uint32_t load_clip;
+  // A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
+  const char *controlnet_path;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.
@@ -227,6 +229,14 @@ typedef struct ella_generate_request {
   const uint8_t *init_image;
   // With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
   float strength;
+  // ControlNet guidance: `width * height * 3` bytes of RGB8 (an edge map, a depth map, …)
+  // of the request's size; NULL (default) for none. Needs a model with `controlnet_path`.
+  const uint8_t *control_image;
+  // The ControlNet's conditioning scale; default 1.
+  float control_scale;
+  // The part of the run the ControlNet acts in, as fractions of the steps; default 0 and 1.
+  float control_start;
+  float control_end;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.

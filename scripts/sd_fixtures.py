@@ -209,7 +209,7 @@ def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, steps=4,
         return kwargs
 
     height, width = latents.shape[2] * 2, latents.shape[3] * 2
-    if "image" not in call:
+    if "strength" not in call:  # image-to-image takes its size from the image, its noise given
         call = {**call, "latents": latents.clone(), "height": height, "width": width}
     with torch.no_grad():
         image = pipe(

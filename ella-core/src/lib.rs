@@ -27,6 +27,7 @@
 
 pub mod clip;
 pub mod connector;
+pub mod controlnet;
 pub mod error;
 pub mod lora;
 pub mod nn;
@@ -39,15 +40,16 @@ pub mod weights;
 
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
+pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
 pub use pipeline::{
-    Conditioning, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PipelineParts,
-    Precision, PromptStates, StatePair,
+    Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
+    PipelineParts, Precision, PromptStates, StatePair,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
-pub use unet::{UNet2DConditionModel, UNetConfig};
+pub use unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
 pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};
 pub use weights::Checkpoint;
 

@@ -9,8 +9,8 @@ use burn::backend::Flex as B;
 use burn::tensor::DType;
 use common::fixture;
 use ella_core::{
-    Checkpoint, Conditioning, Connector, ConnectorConfig, Error, GenerateRequest, Lora, ModelPaths,
-    Pipeline, T5Config, TextEncoder, TokenMode,
+    Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig, ControlNetModel, Error,
+    GenerateRequest, Lora, ModelPaths, Pipeline, T5Config, TextEncoder, TokenMode,
 };
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -395,6 +395,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         ella: None,
         clip: true,
         loras: Vec::new(),
+        controlnet: None,
     };
     Pipeline::load(&paths, &Default::default(), DType::F32)
 }
@@ -623,4 +624,58 @@ fn lora_errors_and_report() {
         .set_loras(&[Lora::new(fixture(kohya), 1.0)])
         .unwrap();
     assert_eq!((report.updated, report.skipped_text_encoder), (6, 2));
+}
+
+#[test]
+fn controlnet_of_another_model_is_refused() {
+    let mut pipeline =
+        Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
+    let folder = fixture("controlnet");
+    let config = ControlNetConfig::from_file(&folder.join("config.json")).unwrap();
+    let refused = |pipeline: &mut Pipeline<B>, config: ControlNetConfig, expected: &str| {
+        let controlnet = ControlNetModel::<B>::from_checkpoint(
+            config,
+            &Checkpoint::random(1),
+            &Default::default(),
+            DType::F32,
+        )
+        .unwrap();
+        let err = pipeline.set_controlnet(Some(controlnet)).unwrap_err();
+        assert!(
+            matches!(&err, Error::IncompatibleModels(m) if m.contains(expected)),
+            "{expected}: {err}"
+        );
+    };
+    let mut wide = config.clone();
+    wide.unet.cross_attention_dim = ella_core::unet::PerBlock::One(768);
+    refused(&mut pipeline, wide, "another model");
+    let mut deeper = config.clone();
+    deeper.conditioning_embedding_out_channels = vec![8, 16, 32];
+    refused(&mut pipeline, deeper, "VAE");
+    // The file's own config, but weights of another size: named at load.
+    let dir = tempfile::tempdir().unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    json["block_out_channels"] = serde_json::json!([32, 64]);
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    std::fs::copy(
+        folder.join("diffusion_pytorch_model.safetensors"),
+        dir.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let err = ControlNetModel::<B>::load(dir.path(), &Default::default(), DType::F32).unwrap_err();
+    assert!(matches!(&err, Error::ShapeMismatch { .. }), "{err}");
+    // A config the model does not support.
+    json["block_out_channels"] = serde_json::json!([16, 32]);
+    json["global_pool_conditions"] = true.into();
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    let err = ControlNetModel::<B>::load(dir.path(), &Default::default(), DType::F32).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("global_pool")),
+        "{err}"
+    );
+    // Sanity: the fixture fits.
+    let controlnet = ControlNetModel::<B>::load(&folder, &Default::default(), DType::F32).unwrap();
+    pipeline.set_controlnet(Some(controlnet)).unwrap();
 }

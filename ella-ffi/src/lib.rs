@@ -21,8 +21,8 @@ use std::time::Instant;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::pipeline::MAX_IMAGE_SIDE;
 use ella_core::{
-    Conditioning, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths, Precision,
-    SchedulerKind, T5Precision, TokenMode, VaeDecode,
+    Conditioning, Control, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
+    Precision, SchedulerKind, T5Precision, TokenMode, VaeDecode,
 };
 
 mod engine;
@@ -188,6 +188,8 @@ pub struct EllaModelParams {
     /// 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
     /// default 0.
     pub load_clip: u32,
+    /// A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
+    pub controlnet_path: *const c_char,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -239,6 +241,14 @@ pub struct EllaGenerateRequest {
     pub init_image: *const u8,
     /// With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
     pub strength: f32,
+    /// ControlNet guidance: `width * height * 3` bytes of RGB8 (an edge map, a depth map, …)
+    /// of the request's size; NULL (default) for none. Needs a model with `controlnet_path`.
+    pub control_image: *const u8,
+    /// The ControlNet's conditioning scale; default 1.
+    pub control_scale: f32,
+    /// The part of the run the ControlNet acts in, as fractions of the steps; default 0 and 1.
+    pub control_start: f32,
+    pub control_end: f32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -448,6 +458,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         sd_config_path: std::ptr::null(),
         vae_path: std::ptr::null(),
         load_clip: 0,
+        controlnet_path: std::ptr::null(),
     }
 }
 
@@ -497,6 +508,7 @@ pub unsafe extern "C" fn ella_model_load(
             ella,
             clip,
             loras: Vec::new(),
+            controlnet: optional_path(params.controlnet_path, "params.controlnet_path")?,
         };
         let dtype = match params.precision {
             x if x == EllaPrecision::F32 as u32 => DType::F32,
@@ -644,6 +656,10 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         conditioning: EllaConditioning::Ella as u32,
         init_image: std::ptr::null(),
         strength: 0.8,
+        control_image: std::ptr::null(),
+        control_scale: 1.0,
+        control_start: 0.0,
+        control_end: 1.0,
     }
 }
 
@@ -666,6 +682,33 @@ fn channels(format: u32) -> Result<u32, Failure> {
     }
 }
 
+/// An RGB8 image of the request's size from `pixels` (NULL: none).
+///
+/// # Safety
+/// `pixels` is NULL or points to `request.width * request.height * 3` readable bytes.
+unsafe fn host_image(
+    pixels: *const u8,
+    request: &EllaGenerateRequest,
+    what: &str,
+) -> Result<Option<Image>, Failure> {
+    if pixels.is_null() {
+        return Ok(None);
+    }
+    let (width, height) = (request.width as usize, request.height as usize);
+    if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE {
+        return Err(invalid(format!(
+            "request.{what} needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
+        )));
+    }
+    // SAFETY: per this function's contract.
+    let pixels = unsafe { std::slice::from_raw_parts(pixels, width * height * 3) };
+    Ok(Some(Image {
+        width,
+        height,
+        pixels: pixels.to_vec(),
+    }))
+}
+
 /// Runs one request on a context; returns the pixels in the request's format.
 ///
 /// # Safety
@@ -686,25 +729,9 @@ unsafe fn run(
         // SAFETY: strings per the caller's contract.
         false => unsafe { text(ptr, what) }.map(str::to_string),
     };
-    let init_image = match request.init_image.is_null() {
-        true => None,
-        false => {
-            let (width, height) = (request.width as usize, request.height as usize);
-            if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE {
-                return Err(invalid(format!(
-                    "request.init_image needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
-                )));
-            }
-            // SAFETY: the caller passes `width * height * 3` readable bytes (header).
-            let pixels =
-                unsafe { std::slice::from_raw_parts(request.init_image, width * height * 3) };
-            Some(Image {
-                width,
-                height,
-                pixels: pixels.to_vec(),
-            })
-        }
-    };
+    // SAFETY (both): the caller passes `width * height * 3` readable bytes (header).
+    let init_image = unsafe { host_image(request.init_image, &request, "init_image") }?;
+    let control_image = unsafe { host_image(request.control_image, &request, "control_image") }?;
     let generate = GenerateRequest {
         prompt: match cache {
             Some(_) => optional_text(request.prompt, "request.prompt")?,
@@ -756,6 +783,12 @@ unsafe fn run(
         },
         init_image,
         strength: request.strength,
+        control: control_image.map(|image| Control {
+            image,
+            scale: request.control_scale,
+            start: request.control_start,
+            end: request.control_end,
+        }),
     };
     if context.busy.swap(true, Ordering::SeqCst) {
         return Err(invalid(

@@ -966,3 +966,65 @@ fn loras_at_run_time() {
     );
     unsafe { ella_model_free(model) };
 }
+
+#[test]
+fn controlnet_guidance() {
+    let p = paths();
+    let controlnet = fixture("controlnet");
+    let model = load_with(&EllaModelParams {
+        controlnet_path: controlnet.as_ptr(),
+        ..params(&p)
+    });
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    let plain = generate_32(ctx, &request(&prompt)).unwrap();
+    let edges: Vec<u8> = (0..32 * 32 * 3)
+        .map(|i| if (i / 3) % 32 == 8 { 255 } else { 0 })
+        .collect();
+    let controlled = EllaGenerateRequest {
+        control_image: edges.as_ptr(),
+        control_scale: 0.8,
+        ..request(&prompt)
+    };
+    let guided = generate_32(ctx, &controlled).unwrap();
+    assert_ne!(guided, plain);
+    let never = EllaGenerateRequest {
+        control_start: 1.0,
+        ..controlled
+    };
+    assert_eq!(
+        generate_32(ctx, &never).unwrap(),
+        plain,
+        "acting in no step"
+    );
+    let reversed = EllaGenerateRequest {
+        control_start: 0.9,
+        control_end: 0.1,
+        ..controlled
+    };
+    assert!(generate_32(ctx, &reversed).unwrap_err().contains("start"));
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+    // Without a ControlNet, a control image is refused.
+    let model = load();
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    assert!(
+        generate_32(ctx, &controlled)
+            .unwrap_err()
+            .contains("ControlNet")
+    );
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}

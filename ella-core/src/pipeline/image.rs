@@ -56,18 +56,23 @@ impl Image {
         })
     }
 
-    /// The image as a `[1, 3, height, width]` tensor in [-1, 1], as diffusers' image
-    /// processor prepares an init image (`2·p/255 − 1`).
-    pub fn to_tensor<B: Backend>(&self, device: &B::Device, dtype: DType) -> Tensor<B, 4> {
+    /// The image as a `[1, 3, height, width]` tensor in [0, 1] (a ControlNet's input).
+    pub fn to_unit_tensor<B: Backend>(&self, device: &B::Device, dtype: DType) -> Tensor<B, 4> {
         let plane = self.width * self.height;
         let mut values = vec![0f32; plane * 3];
         for (p, rgb) in self.pixels.chunks_exact(3).enumerate() {
             for (c, &v) in rgb.iter().enumerate() {
-                values[c * plane + p] = f32::from(v) / 255.0 * 2.0 - 1.0;
+                values[c * plane + p] = f32::from(v) / 255.0;
             }
         }
         let data = TensorData::new(values, [1, 3, self.height, self.width]);
         Tensor::from_data(data.convert_dtype(dtype), (device, dtype))
+    }
+
+    /// The image as a `[1, 3, height, width]` tensor in [-1, 1], as diffusers' image
+    /// processor prepares an init image (`2·p/255 − 1`).
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device, dtype: DType) -> Tensor<B, 4> {
+        self.to_unit_tensor(device, dtype) * 2.0 - 1.0
     }
 
     /// Writes the image as a PNG file.

@@ -36,10 +36,11 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
 pub use load::{EllaPaths, ModelPaths};
-pub use request::{Conditioning, GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
+pub use request::{Conditioning, Control, GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
 
 use crate::clip::ClipTextEncoder;
 use crate::connector::{Connector, ConnectorConfig};
+use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -100,6 +101,7 @@ pub struct Pipeline<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
+    controlnet: Option<ControlNetModel<B>>,
     /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
     lora_changed: BTreeMap<Target, BTreeSet<String>>,
 }
@@ -174,6 +176,9 @@ impl<B: Backend> Pipeline<B> {
             vae: sd.vae,
             scheduler_config: sd.scheduler_config,
         })?;
+        if let Some(path) = &paths.controlnet {
+            pipeline.set_controlnet(Some(ControlNetModel::load(path, device, dtype)?))?;
+        }
         if !paths.loras.is_empty() {
             pipeline.set_loras(&paths.loras)?;
         }
@@ -293,8 +298,49 @@ impl<B: Backend> Pipeline<B> {
             unet: parts.unet,
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
+            controlnet: None,
             lora_changed: BTreeMap::new(),
         })
+    }
+
+    /// The ControlNet, if one is set.
+    pub fn controlnet(&self) -> Option<&ControlNetModel<B>> {
+        self.controlnet.as_ref()
+    }
+
+    /// Sets (or with `None` removes) the ControlNet requests with a [`Control`] use, after
+    /// checking that it was made for this U-Net's architecture and this VAE's image size.
+    pub fn set_controlnet(&mut self, controlnet: Option<ControlNetModel<B>>) -> Result<()> {
+        if let Some(controlnet) = &controlnet {
+            let (theirs, ours) = (&controlnet.config.unet, &self.unet.config);
+            let same = theirs.block_out_channels == ours.block_out_channels
+                && theirs.down_block_types == ours.down_block_types
+                && theirs.layers_per_block == ours.layers_per_block
+                && theirs.in_channels == ours.in_channels
+                && theirs.cross_attention_dim.get(0) == ours.cross_attention_dim.get(0);
+            if !same {
+                return Err(Error::IncompatibleModels(format!(
+                    "the ControlNet's down path (blocks {:?}, cross-attention {}) is not this \
+                     U-Net's (blocks {:?}, cross-attention {}): a ControlNet for another model",
+                    theirs.block_out_channels,
+                    theirs.cross_attention_dim.get(0),
+                    ours.block_out_channels,
+                    ours.cross_attention_dim.get(0)
+                )));
+            }
+            let (image, vae) = (
+                controlnet.config.image_downscale(),
+                self.vae.config.downscale_factor(),
+            );
+            if image != vae {
+                return Err(Error::IncompatibleModels(format!(
+                    "the ControlNet reads images {image}× the latent's size but the VAE's factor \
+                     is {vae}"
+                )));
+            }
+        }
+        self.controlnet = controlnet;
+        Ok(())
     }
 
     /// The T5 encoder, unless it was unloaded (or never loaded).
@@ -481,6 +527,20 @@ impl<B: Backend> Pipeline<B> {
             }
         };
         let guided = request.guidance_scale > 1.0;
+        let control = match (&request.control, &self.controlnet) {
+            (None, _) => None,
+            (Some(control), Some(controlnet)) => {
+                let image = control.image.to_unit_tensor::<B>(&device, dtype);
+                let [_, c, h, w] = image.dims();
+                let rows = if guided { 2 * batch } else { batch };
+                Some((control, controlnet, image.expand([rows, c, h, w])))
+            }
+            (Some(_), None) => {
+                return Err(Error::InvalidInput(
+                    "the request has a control image but the pipeline has no ControlNet".into(),
+                ));
+            }
+        };
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             if hooks
                 .cancel
@@ -511,7 +571,22 @@ impl<B: Backend> Pipeline<B> {
                 (latents.clone(), per_sample(cond))
             };
             let model_input = scheduler.scale_model_input(model_input, i);
-            let prediction = self.unet.forward(model_input, &[t], context)?;
+            // The ControlNet reads the U-Net's input and condition tokens.
+            let residuals = match &control {
+                Some((control, controlnet, image)) if control.acts_at(i - start, total - start) => {
+                    Some(controlnet.forward(
+                        model_input.clone(),
+                        &[t],
+                        context.clone(),
+                        image.clone(),
+                        control.scale,
+                    )?)
+                }
+                _ => None,
+            };
+            let prediction = self
+                .unet
+                .forward_with(model_input, &[t], context, residuals)?;
             let prediction = if guided {
                 let uncond = prediction.clone().narrow(0, 0, batch);
                 let cond = prediction.narrow(0, batch, batch);

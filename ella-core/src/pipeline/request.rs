@@ -38,6 +38,36 @@ impl Conditioning {
     }
 }
 
+/// ControlNet guidance of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    /// The conditioning image (an edge map, a depth map, …) of the request's size.
+    pub image: Image,
+    /// diffusers' `controlnet_conditioning_scale`; default 1.
+    pub scale: f32,
+    /// The part of the run the ControlNet acts in, as fractions of the steps taken
+    /// (`control_guidance_start` / `_end`); default 0 and 1.
+    pub start: f32,
+    pub end: f32,
+}
+
+impl Control {
+    pub fn new(image: Image) -> Self {
+        Self {
+            image,
+            scale: 1.0,
+            start: 0.0,
+            end: 1.0,
+        }
+    }
+
+    /// Whether the ControlNet acts at step `i` of `n` (diffusers' `controlnet_keep`).
+    pub fn acts_at(&self, i: usize, n: usize) -> bool {
+        let (i, n) = (i as f32, n as f32);
+        !(i / n < self.start || (i + 1.0) / n > self.end)
+    }
+}
+
 /// One text-to-image request. `Default` follows the official ELLA demo: DPM-Solver++ 2M,
 /// 25 steps, guidance 10, flexible token length, 512×512, seed 1000, empty negative prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +101,8 @@ pub struct GenerateRequest {
     /// `floor(steps · strength)` steps, from the image noised to that level (diffusers'
     /// `strength`; 1 ignores the image's content). Default 0.8.
     pub strength: f32,
+    /// ControlNet guidance (needs a pipeline with a ControlNet).
+    pub control: Option<Control>,
 }
 
 impl Default for GenerateRequest {
@@ -92,6 +124,7 @@ impl Default for GenerateRequest {
             conditioning: Conditioning::Ella,
             init_image: None,
             strength: 0.8,
+            control: None,
         }
     }
 }
@@ -103,6 +136,23 @@ impl GenerateRequest {
             prompt: prompt.into(),
             ..Self::default()
         }
+    }
+
+    /// Errors unless `image` is RGB8 of the request's size.
+    fn check_image(&self, image: &Image, what: &str) -> Result<()> {
+        if [image.width, image.height] != [self.width, self.height]
+            || image.pixels.len() != image.width * image.height * 3
+        {
+            return Err(Error::InvalidInput(format!(
+                "the {what} image is {}×{} ({} bytes); the request is {}×{} RGB8",
+                image.width,
+                image.height,
+                image.pixels.len(),
+                self.width,
+                self.height
+            )));
+        }
+        Ok(())
     }
 
     /// The index of the first step an image-to-image run takes of `total` (0 for
@@ -165,20 +215,21 @@ impl GenerateRequest {
             return invalid("custom timesteps must be a non-empty list of numbers".into());
         }
         if let Some(image) = &self.init_image {
-            if [image.width, image.height] != [self.width, self.height]
-                || image.pixels.len() != image.width * image.height * 3
-            {
-                return invalid(format!(
-                    "the init image is {}×{} ({} bytes); the request is {}×{} RGB8",
-                    image.width,
-                    image.height,
-                    image.pixels.len(),
-                    self.width,
-                    self.height
-                ));
-            }
+            self.check_image(image, "init")?;
             if !(self.strength > 0.0 && self.strength <= 1.0) {
                 return invalid(format!("strength {} must be in (0, 1]", self.strength));
+            }
+        }
+        if let Some(control) = &self.control {
+            self.check_image(&control.image, "control")?;
+            let finite = [control.scale, control.start, control.end]
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite || !(0.0..=1.0).contains(&control.start) || control.end < control.start {
+                return invalid(format!(
+                    "control scale {} must be a number and 0 ≤ start {} ≤ end {}",
+                    control.scale, control.start, control.end
+                ));
             }
         }
         let latent = [self.height / factor, self.width / factor];

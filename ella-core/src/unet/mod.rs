@@ -5,4 +5,5 @@ mod config;
 mod model;
 
 pub use config::{BlockKind, FlagPerBlock, PerBlock, UNetConfig};
-pub use model::UNet2DConditionModel;
+pub use model::{ControlResiduals, UNet2DConditionModel};
+pub(crate) use model::{check_inputs, embed_time, load_down_path, run_down_path};

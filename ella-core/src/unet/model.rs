@@ -55,84 +55,18 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let load = Loader::<B>::new(checkpoint, device, dtype);
         let channels = &config.block_out_channels;
         let n = channels.len();
-        let resnet = ResnetSettings {
-            groups: config.norm_num_groups,
-            eps: config.norm_eps,
-            temb_channels: Some(config.time_embed_dim()),
-            output_scale_factor: config.resnet_out_scale_factor,
-        };
-        let transformer = |i: usize| TransformerSettings {
-            heads: config.heads(i),
-            cross_attention_dim: config.cross_attention_dim.get(i),
-            layers: config.transformer_layers_per_block.get(i),
-            groups: config.norm_num_groups,
-            linear_projection: config.use_linear_projection,
-        };
+        let (resnet, transformer) = block_settings(&config);
         let kind_error = |reason: String| Error::InvalidConfig {
             path: checkpoint.path().to_path_buf(),
             reason,
         };
 
-        let mut down_blocks = Vec::with_capacity(n);
-        for i in 0..n {
-            let prefix = format!("down_blocks.{i}");
-            let c_out = channels[i];
-            let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
-            let cross = config.down_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
-            let layers = config.layers_per_block.get(i);
-            let mut resnets = Vec::with_capacity(layers);
-            let mut attentions = Vec::new();
-            for j in 0..layers {
-                let width_in = if j == 0 { c_in } else { c_out };
-                resnets.push(ResnetBlock2D::load(
-                    &load,
-                    &format!("{prefix}.resnets.{j}"),
-                    [width_in, c_out],
-                    resnet,
-                )?);
-                if cross {
-                    attentions.push(Transformer2DModel::load(
-                        &load,
-                        &format!("{prefix}.attentions.{j}"),
-                        c_out,
-                        transformer(i),
-                    )?);
-                }
-            }
-            let downsampler = match i + 1 < n {
-                true => Some(load.conv2d(
-                    &format!("{prefix}.downsamplers.0.conv"),
-                    [c_out, c_out],
-                    3,
-                    2,
-                    config.downsample_padding,
-                )?),
-                false => None,
-            };
-            down_blocks.push(DownBlock {
-                resnets,
-                attentions,
-                downsampler,
-            });
-        }
-
-        let mid = channels[n - 1];
-        let mid_resnet = ResnetSettings {
-            output_scale_factor: config.mid_block_scale_factor,
-            ..resnet
-        };
-        let mid_block = MidBlock {
-            resnets: vec![
-                ResnetBlock2D::load(&load, "mid_block.resnets.0", [mid, mid], mid_resnet)?,
-                ResnetBlock2D::load(&load, "mid_block.resnets.1", [mid, mid], mid_resnet)?,
-            ],
-            attentions: vec![Transformer2DModel::load(
-                &load,
-                "mid_block.attentions.0",
-                mid,
-                transformer(n - 1),
-            )?],
-        };
+        let DownPath {
+            conv_in,
+            time_embedding,
+            down_blocks,
+            mid_block,
+        } = load_down_path(&load, &config, checkpoint.path())?;
 
         let mut up_blocks = Vec::with_capacity(n);
         let mut prev_output = channels[n - 1];
@@ -182,21 +116,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
             prev_output = c_out;
         }
 
-        let time_dim = config.time_embed_dim();
+        drop(transformer); // it borrows `config`, which the U-Net keeps
         let unet = Self {
-            conv_in: load.conv2d(
-                "conv_in",
-                [config.in_channels, channels[0]],
-                config.conv_in_kernel,
-                1,
-                config.conv_in_kernel / 2,
-            )?,
-            time_embedding: TimestepEmbedding::load(
-                &load,
-                "time_embedding",
-                channels[0],
-                time_dim,
-            )?,
+            conv_in,
+            time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -228,55 +151,49 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timesteps: &[f32],
         context: Tensor<B, 3>,
     ) -> Result<Tensor<B, 4>> {
-        let [batch, channels, height, width] = sample.dims();
-        let [context_batch, tokens, context_dim] = context.dims();
-        let expected_dim = self.config.cross_attention_dim.get(0);
-        if channels != self.config.in_channels
-            || context_batch != batch
-            || context_dim != expected_dim
-            || tokens == 0
-        {
-            return Err(Error::InvalidInput(format!(
-                "U-Net inputs: sample {:?} needs {} channels and context {:?} needs the same batch and width {expected_dim}",
-                sample.dims(),
-                self.config.in_channels,
-                context.dims()
-            )));
-        }
-        if timesteps.len() != 1 && timesteps.len() != batch {
-            return Err(Error::InvalidInput(format!(
-                "{} timesteps for a batch of {batch}",
-                timesteps.len()
-            )));
-        }
-        let device = sample.device();
-        let dtype = sample.dtype();
-        let time_channels = self.config.block_out_channels[0];
-        let features = Tensor::<B, 2>::from_data(
-            timestep_features(
-                timesteps,
-                time_channels,
-                self.config.flip_sin_to_cos,
-                self.config.freq_shift,
-            ),
-            (&device, DType::F32),
-        )
-        .cast(dtype)
-        .expand([batch, time_channels]);
-        // Every resnet applies SiLU to the embedding first; do it once here.
-        let temb = silu(self.time_embedding.forward(features));
+        self.forward_with(sample, timesteps, context, None)
+    }
 
+    /// [`UNet2DConditionModel::forward`] with a ControlNet's residuals added to the skip
+    /// connections and to the mid block's output (diffusers' `down_block_additional_residuals`
+    /// and `mid_block_additional_residual`).
+    pub fn forward_with(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: &[f32],
+        context: Tensor<B, 3>,
+        residuals: Option<ControlResiduals<B>>,
+    ) -> Result<Tensor<B, 4>> {
+        check_inputs(&self.config, &sample, timesteps, &context)?;
+        let [_, _, height, width] = sample.dims();
+        let temb = embed_time(&self.time_embedding, &self.config, timesteps, &sample);
         let sample = if self.config.center_input_sample {
             sample * 2.0 - 1.0
         } else {
             sample
         };
-        let mut x = self.conv_in.forward(sample);
-        let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
-            x = block.forward(x, &temb, &context, &mut skips);
+        let x = self.conv_in.forward(sample);
+        let (mut x, mut skips) =
+            run_down_path(&self.down_blocks, &self.mid_block, x, &temb, &context);
+        if let Some(residuals) = residuals {
+            let shapes = |t: &[Tensor<B, 4>]| t.iter().map(Tensor::dims).collect::<Vec<_>>();
+            if shapes(&skips) != shapes(&residuals.down) || x.dims() != residuals.mid.dims() {
+                return Err(Error::InvalidInput(format!(
+                    "ControlNet residuals {:?} + mid {:?} do not fit the U-Net's skip connections \
+                     {:?} + mid {:?}",
+                    shapes(&residuals.down),
+                    residuals.mid.dims(),
+                    shapes(&skips),
+                    x.dims()
+                )));
+            }
+            skips = skips
+                .into_iter()
+                .zip(residuals.down)
+                .map(|(skip, residual)| skip + residual)
+                .collect();
+            x = x + residuals.mid;
         }
-        x = self.mid_block.forward(x, &temb, &context);
         // A latent size the downsampling does not divide: upsample to each skip's size.
         let factor = self.config.downsample_factor();
         let resize = height % factor != 0 || width % factor != 0;
@@ -292,4 +209,205 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let x = silu(self.conv_norm_out.forward(x));
         Ok(self.conv_out.forward(x))
     }
+}
+
+/// What a ControlNet adds to the U-Net: one residual per skip connection (in the down path's
+/// order) and one for the mid block's output.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals<B: Backend> {
+    pub down: Vec<Tensor<B, 4>>,
+    pub mid: Tensor<B, 4>,
+}
+
+/// Errors unless `sample`, `timesteps` and `context` fit a model of `config` and each other.
+pub(crate) fn check_inputs<B: Backend>(
+    config: &UNetConfig,
+    sample: &Tensor<B, 4>,
+    timesteps: &[f32],
+    context: &Tensor<B, 3>,
+) -> Result<()> {
+    let [batch, channels, _, _] = sample.dims();
+    let [context_batch, tokens, context_dim] = context.dims();
+    let expected_dim = config.cross_attention_dim.get(0);
+    if channels != config.in_channels
+        || context_batch != batch
+        || context_dim != expected_dim
+        || tokens == 0
+    {
+        return Err(Error::InvalidInput(format!(
+            "U-Net inputs: sample {:?} needs {} channels and context {:?} needs the same batch and width {expected_dim}",
+            sample.dims(),
+            config.in_channels,
+            context.dims()
+        )));
+    }
+    if timesteps.len() != 1 && timesteps.len() != batch {
+        return Err(Error::InvalidInput(format!(
+            "{} timesteps for a batch of {batch}",
+            timesteps.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The timestep embedding `[batch, time_embed_dim]` after SiLU (every resnet applies SiLU to
+/// it first; done once here), in `sample`'s float type.
+pub(crate) fn embed_time<B: Backend>(
+    embedding: &TimestepEmbedding<B>,
+    config: &UNetConfig,
+    timesteps: &[f32],
+    sample: &Tensor<B, 4>,
+) -> Tensor<B, 2> {
+    let batch = sample.dims()[0];
+    let time_channels = config.block_out_channels[0];
+    let features = Tensor::<B, 2>::from_data(
+        timestep_features(
+            timesteps,
+            time_channels,
+            config.flip_sin_to_cos,
+            config.freq_shift,
+        ),
+        (&sample.device(), DType::F32),
+    )
+    .cast(sample.dtype())
+    .expand([batch, time_channels]);
+    silu(embedding.forward(features))
+}
+
+/// The down blocks and the mid block from `x` (`conv_in`'s output): the mid block's output
+/// and the skip connections (`x` first).
+pub(crate) fn run_down_path<B: Backend>(
+    down_blocks: &[DownBlock<B>],
+    mid_block: &MidBlock<B>,
+    mut x: Tensor<B, 4>,
+    temb: &Tensor<B, 2>,
+    context: &Tensor<B, 3>,
+) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+    let mut skips = vec![x.clone()];
+    for block in down_blocks {
+        x = block.forward(x, temb, context, &mut skips);
+    }
+    (mid_block.forward(x, temb, context), skips)
+}
+
+/// The parts a U-Net and a ControlNet share, loaded.
+pub(crate) struct DownPath<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub down_blocks: Vec<DownBlock<B>>,
+    pub mid_block: MidBlock<B>,
+}
+
+/// How `config` sets up the resnets and transformers of a U-Net (or a ControlNet).
+pub(crate) fn block_settings(
+    config: &UNetConfig,
+) -> (ResnetSettings, impl Fn(usize) -> TransformerSettings + '_) {
+    let resnet = ResnetSettings {
+        groups: config.norm_num_groups,
+        eps: config.norm_eps,
+        temb_channels: Some(config.time_embed_dim()),
+        output_scale_factor: config.resnet_out_scale_factor,
+    };
+    let transformer = |i: usize| TransformerSettings {
+        heads: config.heads(i),
+        cross_attention_dim: config.cross_attention_dim.get(i),
+        layers: config.transformer_layers_per_block.get(i),
+        groups: config.norm_num_groups,
+        linear_projection: config.use_linear_projection,
+    };
+    (resnet, transformer)
+}
+
+/// Loads `conv_in`, `time_embedding`, `down_blocks.*` and `mid_block.*` (diffusers' names in
+/// both `UNet2DConditionModel` and `ControlNetModel`).
+pub(crate) fn load_down_path<B: Backend>(
+    load: &Loader<B>,
+    config: &UNetConfig,
+    path: &Path,
+) -> Result<DownPath<B>> {
+    let channels = &config.block_out_channels;
+    let n = channels.len();
+    let (resnet, transformer) = block_settings(config);
+    let kind_error = |reason: String| Error::InvalidConfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut down_blocks = Vec::with_capacity(n);
+    for i in 0..n {
+        let prefix = format!("down_blocks.{i}");
+        let c_out = channels[i];
+        let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
+        let cross = config.down_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
+        let layers = config.layers_per_block.get(i);
+        let mut resnets = Vec::with_capacity(layers);
+        let mut attentions = Vec::new();
+        for j in 0..layers {
+            let width_in = if j == 0 { c_in } else { c_out };
+            resnets.push(ResnetBlock2D::load(
+                load,
+                &format!("{prefix}.resnets.{j}"),
+                [width_in, c_out],
+                resnet,
+            )?);
+            if cross {
+                attentions.push(Transformer2DModel::load(
+                    load,
+                    &format!("{prefix}.attentions.{j}"),
+                    c_out,
+                    transformer(i),
+                )?);
+            }
+        }
+        let downsampler = match i + 1 < n {
+            true => Some(load.conv2d(
+                &format!("{prefix}.downsamplers.0.conv"),
+                [c_out, c_out],
+                3,
+                2,
+                config.downsample_padding,
+            )?),
+            false => None,
+        };
+        down_blocks.push(DownBlock {
+            resnets,
+            attentions,
+            downsampler,
+        });
+    }
+
+    let mid = channels[n - 1];
+    let mid_resnet = ResnetSettings {
+        output_scale_factor: config.mid_block_scale_factor,
+        ..resnet
+    };
+    let mid_block = MidBlock {
+        resnets: vec![
+            ResnetBlock2D::load(load, "mid_block.resnets.0", [mid, mid], mid_resnet)?,
+            ResnetBlock2D::load(load, "mid_block.resnets.1", [mid, mid], mid_resnet)?,
+        ],
+        attentions: vec![Transformer2DModel::load(
+            load,
+            "mid_block.attentions.0",
+            mid,
+            transformer(n - 1),
+        )?],
+    };
+
+    Ok(DownPath {
+        conv_in: load.conv2d(
+            "conv_in",
+            [config.in_channels, channels[0]],
+            config.conv_in_kernel,
+            1,
+            config.conv_in_kernel / 2,
+        )?,
+        time_embedding: TimestepEmbedding::load(
+            load,
+            "time_embedding",
+            channels[0],
+            config.time_embed_dim(),
+        )?,
+        down_blocks,
+        mid_block,
+    })
 }

@@ -9,6 +9,7 @@ mod common;
 
 mod clip;
 mod connector;
+mod controlnet;
 mod lora;
 mod pipeline;
 mod single_file;

@@ -14,7 +14,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Conditioning, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline, PipelineParts,
+    Conditioning, Control, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
+    PipelineParts,
 };
 use serde_json::Value;
 
@@ -22,6 +23,7 @@ use serde_json::Value;
 fn paths() -> ModelPaths {
     ModelPaths {
         clip: true,
+        controlnet: Some(fixture("controlnet")),
         ..tiny_paths()
     }
 }
@@ -66,6 +68,20 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         strength: run
             .get("strength")
             .map_or(0.8, |s| s.as_f64().unwrap() as f32),
+        control: run.get("control_scale").map(|scale| {
+            let (_, shape, pixels) = reference.raw("control_image");
+            let number = |key: &str| run[key].as_f64().unwrap() as f32;
+            Control {
+                image: Image {
+                    width: shape[1],
+                    height: shape[0],
+                    pixels,
+                },
+                scale: scale.as_f64().unwrap() as f32,
+                start: number("control_start"),
+                end: number("control_end"),
+            }
+        }),
         ..GenerateRequest::default()
     }
 }
@@ -381,12 +397,50 @@ fn bad_requests_are_typed_errors() {
             steps: 2,
             ..ok.clone()
         },
+        // ControlNet: a control image of another size, a range that is not one.
+        GenerateRequest {
+            control: Some(Control::new(Image {
+                width: 64,
+                height: 32,
+                pixels: vec![0; 64 * 32 * 3],
+            })),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            control: Some(Control {
+                start: 0.8,
+                end: 0.2,
+                ..Control::new(gray.clone())
+            }),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            control: Some(Control {
+                scale: f32::INFINITY,
+                ..Control::new(gray.clone())
+            }),
+            ..ok.clone()
+        },
     ];
     for request in bad {
         let err = pipeline.generate(&request).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{request:?}: {err}");
     }
     assert!(pipeline.generate(&ok).is_ok());
+    let controlled = GenerateRequest {
+        control: Some(Control::new(gray.clone())),
+        ..ok.clone()
+    };
+    assert!(pipeline.generate(&controlled).is_ok());
+    // A control image without a ControlNet.
+    let mut without = pipeline;
+    without.set_controlnet(None).unwrap();
+    let err = without.generate(&controlled).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("ControlNet")),
+        "{err}"
+    );
+    let pipeline = without;
     let img2img = GenerateRequest {
         init_image: Some(gray),
         strength: 0.5,

@@ -1,0 +1,276 @@
+//! ControlNet (diffusers' `ControlNetModel`, SD1.5's canny, depth, tile, … ControlNets): a
+//! copy of the U-Net's down path that also reads a conditioning image, and zero-initialised
+//! 1×1 convolutions that turn each of its skip connections and its mid block's output into a
+//! residual for the frozen U-Net ([`ControlResiduals`]).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, TimestepEmbedding};
+use crate::unet::blocks::{DownBlock, MidBlock};
+use crate::unet::{
+    ControlResiduals, UNetConfig, check_inputs, embed_time, load_down_path, run_down_path,
+};
+use crate::weights::{Checkpoint, Loader, check_config, read_json};
+
+/// A ControlNet's `config.json`: the U-Net keys of its down path, and its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetConfig {
+    /// The down path's settings (`up_block_types` mirrored from `down_block_types`).
+    pub unet: UNetConfig,
+    pub conditioning_channels: usize,
+    pub conditioning_embedding_out_channels: Vec<usize>,
+    /// `rgb` or `bgr`: the channel order the ControlNet was trained on.
+    pub controlnet_conditioning_channel_order: String,
+    pub global_pool_conditions: bool,
+}
+
+/// The keys of a ControlNet config that a U-Net config lacks.
+#[derive(Deserialize)]
+struct OwnKeys {
+    #[serde(default = "three")]
+    conditioning_channels: usize,
+    #[serde(default = "embedding_channels")]
+    conditioning_embedding_out_channels: Vec<usize>,
+    #[serde(default = "rgb")]
+    controlnet_conditioning_channel_order: String,
+    #[serde(default)]
+    global_pool_conditions: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn embedding_channels() -> Vec<usize> {
+    vec![16, 32, 96, 256]
+}
+fn rgb() -> String {
+    "rgb".into()
+}
+
+impl ControlNetConfig {
+    /// Reads and validates a ControlNet `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let mut json: serde_json::Value = read_json(path)?;
+        let invalid = |reason: String| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // The U-Net config reader wants up blocks; a ControlNet has none: mirror the down ones.
+        let up: Vec<serde_json::Value> = json["down_block_types"]
+            .as_array()
+            .ok_or_else(|| invalid("no `down_block_types`".into()))?
+            .iter()
+            .rev()
+            .map(|kind| match kind.as_str() {
+                Some("CrossAttnDownBlock2D") => "CrossAttnUpBlock2D".into(),
+                _ => "UpBlock2D".into(),
+            })
+            .collect();
+        json["up_block_types"] = up.into();
+        let reason = |e: serde_json::Error| Error::InvalidJson {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let unet: UNetConfig = serde_json::from_value(json.clone()).map_err(reason)?;
+        let own: OwnKeys = serde_json::from_value(json).map_err(reason)?;
+        let config = Self {
+            unet,
+            conditioning_channels: own.conditioning_channels,
+            conditioning_embedding_out_channels: own.conditioning_embedding_out_channels,
+            controlnet_conditioning_channel_order: own.controlnet_conditioning_channel_order,
+            global_pool_conditions: own.global_pool_conditions,
+        };
+        check_config(config.validate(), path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.unet.validate()?;
+        if self.conditioning_embedding_out_channels.is_empty() {
+            return Err("`conditioning_embedding_out_channels` is empty".into());
+        }
+        if self.controlnet_conditioning_channel_order != "rgb" {
+            return Err(format!(
+                "`controlnet_conditioning_channel_order` \"{}\" is not supported (rgb only)",
+                self.controlnet_conditioning_channel_order
+            ));
+        }
+        if self.global_pool_conditions {
+            return Err("`global_pool_conditions` (shuffle ControlNets) is not supported".into());
+        }
+        Ok(())
+    }
+
+    /// How much the conditioning embedding downsamples the control image.
+    pub fn image_downscale(&self) -> usize {
+        1 << (self.conditioning_embedding_out_channels.len() - 1)
+    }
+}
+
+/// `ControlNetConditioningEmbedding`: the control image (in [0, 1]) to a `conv_in`-wide map at
+/// the latent's size: conv, then (conv, stride-2 conv) pairs, each followed by SiLU, and an
+/// output conv.
+#[derive(Module, Debug)]
+pub struct ConditioningEmbedding<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub blocks: Vec<Conv2d<B>>,
+    pub conv_out: Conv2d<B>,
+}
+
+impl<B: Backend> ConditioningEmbedding<B> {
+    pub fn forward(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = silu(self.conv_in.forward(image));
+        let x = self
+            .blocks
+            .iter()
+            .fold(x, |x, block| silu(block.forward(x)));
+        self.conv_out.forward(x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ControlNetModel<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub controlnet_cond_embedding: ConditioningEmbedding<B>,
+    pub down_blocks: Vec<DownBlock<B>>,
+    pub mid_block: MidBlock<B>,
+    /// One 1×1 convolution per skip connection.
+    pub controlnet_down_blocks: Vec<Conv2d<B>>,
+    pub controlnet_mid_block: Conv2d<B>,
+    #[module(skip)]
+    pub config: ControlNetConfig,
+}
+
+impl<B: Backend> ControlNetModel<B> {
+    /// Loads a diffusers ControlNet folder (`config.json`, `diffusion_pytorch_model.safetensors`).
+    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+        let folder = folder.as_ref();
+        let config = ControlNetConfig::from_file(&folder.join("config.json"))?;
+        Self::from_checkpoint(config, &Checkpoint::open(folder)?, device, dtype)
+    }
+
+    pub fn from_checkpoint(
+        config: ControlNetConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        check_config(config.validate(), checkpoint.path())?;
+        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let path = load_down_path(&load, &config.unet, checkpoint.path())?;
+        let embedding = &config.conditioning_embedding_out_channels;
+        let first = config.unet.block_out_channels[0];
+        let prefix = "controlnet_cond_embedding";
+        let mut blocks = Vec::new();
+        for (i, pair) in embedding.windows(2).enumerate() {
+            let [c_in, c_out] = [pair[0], pair[1]];
+            blocks.push(load.conv2d(
+                &format!("{prefix}.blocks.{}", 2 * i),
+                [c_in, c_in],
+                3,
+                1,
+                1,
+            )?);
+            blocks.push(load.conv2d(
+                &format!("{prefix}.blocks.{}", 2 * i + 1),
+                [c_in, c_out],
+                3,
+                2,
+                1,
+            )?);
+        }
+        let controlnet_cond_embedding = ConditioningEmbedding {
+            conv_in: load.conv2d(
+                &format!("{prefix}.conv_in"),
+                [config.conditioning_channels, embedding[0]],
+                3,
+                1,
+                1,
+            )?,
+            blocks,
+            conv_out: load.conv2d(
+                &format!("{prefix}.conv_out"),
+                [embedding[embedding.len() - 1], first],
+                3,
+                1,
+                1,
+            )?,
+        };
+        // The skip connections' widths: conv_in's, then each resnet's and downsampler's.
+        let mut widths = vec![first];
+        for (i, block) in path.down_blocks.iter().enumerate() {
+            let c = config.unet.block_out_channels[i];
+            widths.extend(std::iter::repeat_n(c, block.resnets.len()));
+            if block.downsampler.is_some() {
+                widths.push(c);
+            }
+        }
+        let controlnet_down_blocks = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| load.conv2d(&format!("controlnet_down_blocks.{i}"), [c, c], 1, 1, 0))
+            .collect::<Result<Vec<_>>>()?;
+        let mid = *config.unet.block_out_channels.last().expect("validated");
+        let model = Self {
+            conv_in: path.conv_in,
+            time_embedding: path.time_embedding,
+            controlnet_cond_embedding,
+            down_blocks: path.down_blocks,
+            mid_block: path.mid_block,
+            controlnet_down_blocks,
+            controlnet_mid_block: load.conv2d("controlnet_mid_block", [mid, mid], 1, 1, 0)?,
+            config,
+        };
+        load.finish(|_| false)?;
+        Ok(model)
+    }
+
+    /// The residuals for the U-Net, scaled by `scale`, from the U-Net's input `sample`,
+    /// `timesteps` and `context`, and the control image `[batch, 3, H, W]` in [0, 1] (the
+    /// latent's size times [`ControlNetConfig::image_downscale`]).
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: &[f32],
+        context: Tensor<B, 3>,
+        image: Tensor<B, 4>,
+        scale: f32,
+    ) -> Result<ControlResiduals<B>> {
+        let config = &self.config.unet;
+        check_inputs(config, &sample, timesteps, &context)?;
+        let [batch, _, height, width] = sample.dims();
+        let factor = self.config.image_downscale();
+        let expected = [
+            batch,
+            self.config.conditioning_channels,
+            height * factor,
+            width * factor,
+        ];
+        if image.dims() != expected {
+            return Err(Error::InvalidInput(format!(
+                "control image {:?}; this ControlNet on a {height}×{width} latent needs {expected:?}",
+                image.dims()
+            )));
+        }
+        let temb = embed_time(&self.time_embedding, config, timesteps, &sample);
+        let x = self.conv_in.forward(sample) + self.controlnet_cond_embedding.forward(image);
+        let (mid, skips) = run_down_path(&self.down_blocks, &self.mid_block, x, &temb, &context);
+        let down = skips
+            .into_iter()
+            .zip(&self.controlnet_down_blocks)
+            .map(|(skip, conv)| conv.forward(skip) * scale)
+            .collect();
+        Ok(ControlResiduals {
+            down,
+            mid: self.controlnet_mid_block.forward(mid) * scale,
+        })
+    }
+}
