@@ -155,7 +155,7 @@ struct Args {
     /// A1111 and diffusers (PEFT) files.
     #[arg(long, value_parser = parse_lora)]
     lora: Vec<Lora>,
-    /// A diffusers ControlNet folder (config.json, diffusion_pytorch_model.safetensors).
+    /// A diffusers ControlNet: its folder, or its .safetensors with config.json beside it.
     #[arg(long, requires = "control_image")]
     controlnet: Option<PathBuf>,
     /// The ControlNet's conditioning image (PNG of the output size: edges, depth, …).

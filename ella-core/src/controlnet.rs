@@ -150,11 +150,16 @@ pub struct ControlNetModel<B: Backend> {
 }
 
 impl<B: Backend> ControlNetModel<B> {
-    /// Loads a diffusers ControlNet folder (`config.json`, `diffusion_pytorch_model.safetensors`).
-    pub fn load(folder: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
-        let folder = folder.as_ref();
+    /// Loads a diffusers ControlNet: its folder (`config.json`,
+    /// `diffusion_pytorch_model.safetensors`), or its weight file with `config.json` beside it.
+    pub fn load(path: impl AsRef<Path>, device: &B::Device, dtype: DType) -> Result<Self> {
+        let path = path.as_ref();
+        let folder = match path.is_dir() {
+            true => path,
+            false => path.parent().unwrap_or(Path::new(".")),
+        };
         let config = ControlNetConfig::from_file(&folder.join("config.json"))?;
-        Self::from_checkpoint(config, &Checkpoint::open(folder)?, device, dtype)
+        Self::from_checkpoint(config, &Checkpoint::open(path)?, device, dtype)
     }
 
     pub fn from_checkpoint(

@@ -675,7 +675,9 @@ fn controlnet_of_another_model_is_refused() {
         matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("global_pool")),
         "{err}"
     );
-    // Sanity: the fixture fits.
+    // Sanity: the fixture fits, named by its folder or by its weight file.
+    let file = folder.join("diffusion_pytorch_model.safetensors");
+    assert!(ControlNetModel::<B>::load(&file, &Default::default(), DType::F32).is_ok());
     let controlnet = ControlNetModel::<B>::load(&folder, &Default::default(), DType::F32).unwrap();
     pipeline.set_controlnet(Some(controlnet)).unwrap();
 }

@@ -36,8 +36,9 @@ pub struct ModelPaths {
     /// LoRAs merged into the U-Net (and CLIP) at load; [`super::Pipeline::set_loras`]
     /// changes them later.
     pub loras: Vec<Lora>,
-    /// A diffusers ControlNet folder (`config.json`, `diffusion_pytorch_model.safetensors`)
-    /// for requests with a [`super::Control`]; [`super::Pipeline::set_controlnet`] changes it.
+    /// A diffusers ControlNet folder (`config.json`, `diffusion_pytorch_model.safetensors`) or
+    /// its weight file, for requests with a [`super::Control`];
+    /// [`super::Pipeline::set_controlnet`] changes it.
     pub controlnet: Option<PathBuf>,
 }
 
