@@ -23,7 +23,7 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, Precision, SchedulerKind, T5Precision, VaeDecode,
+    Pipeline, Precision, SchedulerKind, SurMode, T5Precision, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -75,6 +75,16 @@ enum Cond {
     EllaClip,
     /// SD1.5's own CLIP conditioning (plain SD; loads no T5).
     Clip,
+    /// CLIP rewritten by a SUR-adapter (--sur-adapter).
+    ClipSur,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SurModeName {
+    /// As the official pipeline (negative and positive prompt attend to each other).
+    Faithful,
+    /// As the adapter was trained (each prompt alone).
+    PerToken,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,9 +179,17 @@ struct Args {
     control_start: f32,
     #[arg(long, default_value_t = 1.0)]
     control_end: f32,
-    /// What the U-Net is conditioned on.
-    #[arg(long, value_enum, default_value = "ella")]
-    conditioning: Cond,
+    /// What the U-Net is conditioned on (default: ella, or clip-sur with --sur-adapter).
+    #[arg(long, value_enum)]
+    conditioning: Option<Cond>,
+    /// A SUR-adapter .safetensors (scripts/sur_adapter_to_safetensors.py converts the official .pt).
+    #[arg(long)]
+    sur_adapter: Option<PathBuf>,
+    /// The SUR-adapter weight in [0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    sur_weight: f32,
+    #[arg(long, value_enum, default_value = "faithful")]
+    sur_mode: SurModeName,
     /// Shorthand for --conditioning ella-clip.
     #[arg(long, conflicts_with = "conditioning")]
     clip_concat: bool,
@@ -244,10 +262,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let conditioning = match (args.clip_concat, args.conditioning) {
+    let default = match args.sur_adapter {
+        Some(_) => Cond::ClipSur,
+        None => Cond::Ella,
+    };
+    let conditioning = match (args.clip_concat, args.conditioning.unwrap_or(default)) {
         (true, _) | (false, Cond::EllaClip) => Conditioning::EllaClip,
         (false, Cond::Ella) => Conditioning::Ella,
         (false, Cond::Clip) => Conditioning::Clip,
+        (false, Cond::ClipSur) => Conditioning::ClipSur,
     };
     let ella = match conditioning.uses_t5() {
         false => None,
@@ -284,6 +307,7 @@ fn run(args: Args) -> Result<(), String> {
         clip: conditioning.uses_clip(),
         loras: Vec::new(), // applied after loading, to print the report
         controlnet: args.controlnet.clone(),
+        sur_adapter: args.sur_adapter.clone(),
     };
     let init_image = match &args.init_image {
         Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
@@ -332,6 +356,11 @@ fn run(args: Args) -> Result<(), String> {
         conditioning,
         init_image,
         strength: args.strength,
+        sur_weight: args.sur_weight,
+        sur_mode: match args.sur_mode {
+            SurModeName::Faithful => SurMode::Faithful,
+            SurModeName::PerToken => SurMode::PerToken,
+        },
         control: match &args.control_image {
             Some(path) => Some(Control {
                 image: Image::load_png(path).map_err(|e| e.to_string())?,

@@ -114,7 +114,18 @@ typedef enum ella_conditioning {
   ELLA_CONDITIONING_ELLA_CLIP = 1,
   // SD1.5's own CLIP conditioning (plain SD). Needs `load_clip`.
   ELLA_CONDITIONING_CLIP = 2,
+  // CLIP's states rewritten by a SUR-adapter (`sur_weight`, `sur_mode`). Needs `load_clip`
+  // and `sur_adapter_path`.
+  ELLA_CONDITIONING_CLIP_SUR = 3,
 } ella_conditioning;
+
+// How a SUR-adapter sees the negative and positive prompt.
+typedef enum ella_sur_mode {
+  // As the official pipeline: the two prompts attend to each other (reproduces its images).
+  ELLA_SUR_MODE_FAITHFUL = 0,
+  // As the adapter was trained: each prompt alone.
+  ELLA_SUR_MODE_PER_TOKEN = 1,
+} ella_sur_mode;
 
 // Sampler; the other scheduler settings come from the SD folder's scheduler config.
 typedef enum ella_scheduler {
@@ -179,6 +190,9 @@ typedef struct ella_model_params {
   uint32_t load_clip;
   // A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
   const char *controlnet_path;
+  // A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
+  // official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
+  const char *sur_adapter_path;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.
@@ -237,6 +251,10 @@ typedef struct ella_generate_request {
   // The part of the run the ControlNet acts in, as fractions of the steps; default 0 and 1.
   float control_start;
   float control_end;
+  // `ELLA_CONDITIONING_CLIP_SUR`: the adapter weight in [0, 1]; default 0.1.
+  float sur_weight;
+  // An `ella_sur_mode`; default FAITHFUL.
+  uint32_t sur_mode;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.

@@ -295,12 +295,12 @@ def make_ella(t5_ref):
 
 
 def main():
-    """`make_fixtures.py [text|sd|vae-tiling|clip|conditioning|img2img|lora|controlnet|single-file|all]`: the T5 +
+    """`make_fixtures.py [text|sd|vae-tiling|clip|conditioning|img2img|lora|controlnet|sur|single-file|all]`: the T5 +
     connector part, the SD part (which uses the text part's files), only the tiled-VAE
     reference (from the committed tiny VAE), the CLIP text encoder and tokenizer, the
     samplings conditioned on CLIP (which use all of the above), the image-to-image samplings,
-    the LoRA files and outputs, the ControlNet and its samplings, the single-file checkpoint
-    files, or all (default)."""
+    the LoRA files and outputs, the ControlNet and its samplings, the SUR-adapter and its
+    sampling, the single-file checkpoint files, or all (default)."""
     part = sys.argv[1] if len(sys.argv) > 1 else "all"
     torch.set_num_threads(1)
     for sub in ["t5", "reference"]:
@@ -337,6 +337,10 @@ def main():
         import controlnet_fixtures
 
         controlnet_fixtures.make_controlnet(OUT, ELLA_TINY)
+    if part in ("sur", "all"):
+        import sur_fixtures
+
+        sur_fixtures.make_sur(OUT)
     if part in ("single-file", "all"):
         import single_file_fixtures
 

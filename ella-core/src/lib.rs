@@ -33,6 +33,7 @@ pub mod lora;
 pub mod nn;
 pub mod pipeline;
 pub mod scheduler;
+pub mod sur_adapter;
 pub mod t5;
 pub mod unet;
 pub mod vae;
@@ -48,6 +49,7 @@ pub use pipeline::{
     PipelineParts, Precision, PromptStates, StatePair,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
+pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
 pub use unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
 pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};

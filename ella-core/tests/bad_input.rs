@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use common::fixture;
 use ella_core::{
     Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig, ControlNetModel, Error,
-    GenerateRequest, Lora, ModelPaths, Pipeline, T5Config, TextEncoder, TokenMode,
+    GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, T5Config, TextEncoder, TokenMode,
 };
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -396,6 +396,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         clip: true,
         loras: Vec::new(),
         controlnet: None,
+        sur_adapter: None,
     };
     Pipeline::load(&paths, &Default::default(), DType::F32)
 }
@@ -680,4 +681,67 @@ fn controlnet_of_another_model_is_refused() {
     assert!(ControlNetModel::<B>::load(&file, &Default::default(), DType::F32).is_ok());
     let controlnet = ControlNetModel::<B>::load(&folder, &Default::default(), DType::F32).unwrap();
     pipeline.set_controlnet(Some(controlnet)).unwrap();
+}
+
+#[test]
+fn sur_adapter_errors() {
+    let sur = "sur/adapter.safetensors";
+    // Another width than the tiny CLIP's (a 768-wide official adapter on a 32-wide CLIP).
+    let (_dir, wide) = edited(sur, |t| {
+        t.insert("fc.weight".into(), f32_tensor(&[48, 48]));
+    });
+    let err = SurAdapter::<B>::load(&wide, 8, &Default::default(), DType::F32).unwrap_err();
+    assert!(matches!(&err, Error::ShapeMismatch { .. }), "{err}");
+    let paths = |adapter: PathBuf, clip: bool| ModelPaths {
+        clip,
+        sur_adapter: Some(adapter),
+        ..common::tiny_paths()
+    };
+    let err = Pipeline::<B>::load(&paths(fixture(sur), false), &Default::default(), DType::F32)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleModels(m) if m.contains("CLIP")),
+        "{err}"
+    );
+    let (_dir, renamed) = edited(sur, |t| {
+        let fc = t.remove("fc.weight").unwrap();
+        t.insert("fc.weight.orig".into(), fc);
+    });
+    let err = SurAdapter::<B>::load(&renamed, 8, &Default::default(), DType::F32).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "fc.weight"),
+        "{err}"
+    );
+    let err = SurAdapter::<B>::load(fixture(sur), 5, &Default::default(), DType::F32).unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { .. }), "{err}");
+
+    let pipeline =
+        Pipeline::<B>::load(&paths(fixture(sur), true), &Default::default(), DType::F32).unwrap();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        steps: 1,
+        conditioning: Conditioning::ClipSur,
+        ..GenerateRequest::new("a red book")
+    };
+    assert!(pipeline.generate(&request).is_ok());
+    for sur_weight in [1.01, -0.5, f32::NAN] {
+        let err = pipeline
+            .generate(&GenerateRequest {
+                sur_weight,
+                ..request.clone()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.contains("SUR")),
+            "{err}"
+        );
+    }
+    // Without an adapter, ClipSur is refused.
+    let clip_only = load_sd(fixture("sd"), None).unwrap();
+    let err = clip_only.generate(&request).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("SUR-adapter")),
+        "{err}"
+    );
 }

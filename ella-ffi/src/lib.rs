@@ -22,7 +22,7 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::pipeline::MAX_IMAGE_SIDE;
 use ella_core::{
     Conditioning, Control, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Precision, SchedulerKind, T5Precision, TokenMode, VaeDecode,
+    Precision, SchedulerKind, SurMode, T5Precision, TokenMode, VaeDecode,
 };
 
 mod engine;
@@ -127,6 +127,19 @@ pub enum EllaConditioning {
     EllaClip = 1,
     /// SD1.5's own CLIP conditioning (plain SD). Needs `load_clip`.
     Clip = 2,
+    /// CLIP's states rewritten by a SUR-adapter (`sur_weight`, `sur_mode`). Needs `load_clip`
+    /// and `sur_adapter_path`.
+    ClipSur = 3,
+}
+
+/// How a SUR-adapter sees the negative and positive prompt.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaSurMode {
+    /// As the official pipeline: the two prompts attend to each other (reproduces its images).
+    Faithful = 0,
+    /// As the adapter was trained: each prompt alone.
+    PerToken = 1,
 }
 
 /// Pixel layout of an image.
@@ -190,6 +203,9 @@ pub struct EllaModelParams {
     pub load_clip: u32,
     /// A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
     pub controlnet_path: *const c_char,
+    /// A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
+    /// official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
+    pub sur_adapter_path: *const c_char,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -249,6 +265,10 @@ pub struct EllaGenerateRequest {
     /// The part of the run the ControlNet acts in, as fractions of the steps; default 0 and 1.
     pub control_start: f32,
     pub control_end: f32,
+    /// `ELLA_CONDITIONING_CLIP_SUR`: the adapter weight in [0, 1]; default 0.1.
+    pub sur_weight: f32,
+    /// An `ella_sur_mode`; default FAITHFUL.
+    pub sur_mode: u32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -459,6 +479,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         vae_path: std::ptr::null(),
         load_clip: 0,
         controlnet_path: std::ptr::null(),
+        sur_adapter_path: std::ptr::null(),
     }
 }
 
@@ -509,6 +530,7 @@ pub unsafe extern "C" fn ella_model_load(
             clip,
             loras: Vec::new(),
             controlnet: optional_path(params.controlnet_path, "params.controlnet_path")?,
+            sur_adapter: optional_path(params.sur_adapter_path, "params.sur_adapter_path")?,
         };
         let dtype = match params.precision {
             x if x == EllaPrecision::F32 as u32 => DType::F32,
@@ -660,6 +682,8 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         control_scale: 1.0,
         control_start: 0.0,
         control_end: 1.0,
+        sur_weight: 0.1,
+        sur_mode: EllaSurMode::Faithful as u32,
     }
 }
 
@@ -775,6 +799,7 @@ unsafe fn run(
             x if x == EllaConditioning::Ella as u32 => Conditioning::Ella,
             x if x == EllaConditioning::EllaClip as u32 => Conditioning::EllaClip,
             x if x == EllaConditioning::Clip as u32 => Conditioning::Clip,
+            x if x == EllaConditioning::ClipSur as u32 => Conditioning::ClipSur,
             other => {
                 return Err(invalid(format!(
                     "request.conditioning {other} is not an ella_conditioning"
@@ -783,6 +808,16 @@ unsafe fn run(
         },
         init_image,
         strength: request.strength,
+        sur_weight: request.sur_weight,
+        sur_mode: match request.sur_mode {
+            x if x == EllaSurMode::Faithful as u32 => SurMode::Faithful,
+            x if x == EllaSurMode::PerToken as u32 => SurMode::PerToken,
+            other => {
+                return Err(invalid(format!(
+                    "request.sur_mode {other} is not an ella_sur_mode"
+                )));
+            }
+        },
         control: control_image.map(|image| Control {
             image,
             scale: request.control_scale,

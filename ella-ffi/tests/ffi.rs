@@ -1028,3 +1028,69 @@ fn controlnet_guidance() {
         ella_model_free(model);
     }
 }
+
+#[test]
+fn sur_adapter_conditioning() {
+    let p = paths();
+    let sur = fixture("sur/adapter.safetensors");
+    let model = load_with(&EllaModelParams {
+        t5_path: null(),
+        ella_path: null(),
+        load_clip: 1,
+        sur_adapter_path: sur.as_ptr(),
+        ..params(&p)
+    });
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("the red hat").unwrap();
+    let clip = EllaGenerateRequest {
+        conditioning: EllaConditioning::Clip as u32,
+        ..request(&prompt)
+    };
+    let sur = EllaGenerateRequest {
+        conditioning: EllaConditioning::ClipSur as u32,
+        sur_weight: 0.5,
+        ..request(&prompt)
+    };
+    let plain = generate_32(ctx, &clip).unwrap();
+    let faithful = generate_32(ctx, &sur).unwrap();
+    let per_token = generate_32(
+        ctx,
+        &EllaGenerateRequest {
+            sur_mode: EllaSurMode::PerToken as u32,
+            ..sur
+        },
+    )
+    .unwrap();
+    assert!(faithful != plain && per_token != faithful);
+    let no_weight = EllaGenerateRequest {
+        sur_weight: 0.0,
+        ..sur
+    };
+    assert_eq!(
+        generate_32(ctx, &no_weight).unwrap(),
+        plain,
+        "w = 0 is CLIP"
+    );
+    for bad in [
+        EllaGenerateRequest {
+            sur_weight: 2.0,
+            ..sur
+        },
+        EllaGenerateRequest { sur_mode: 2, ..sur },
+    ] {
+        assert!(
+            generate_32(ctx, &bad)
+                .unwrap_err()
+                .to_lowercase()
+                .contains("sur")
+        );
+    }
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}

@@ -4,7 +4,4 @@ mod config;
 mod model;
 
 pub use config::ConnectorConfig;
-pub use model::{
-    AdaLayerNorm, Connector, MultiheadAttention, PerceiverAttentionBlock, PerceiverResampler,
-    ProjOut,
-};
+pub use model::{AdaLayerNorm, Connector, PerceiverAttentionBlock, PerceiverResampler, ProjOut};

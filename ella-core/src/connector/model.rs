@@ -18,28 +18,14 @@ use burn::tensor::{DType, Tensor};
 
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::nn::{
-    LayerNorm, TimestepEmbedding, layer_norm, multi_head_attention, timestep_features,
-};
-use crate::weights::{Checkpoint, Loader, check_config, linear_from_torch, split_rows};
+use crate::nn::{LayerNorm, MultiheadAttention, TimestepEmbedding, layer_norm, timestep_features};
+use crate::weights::{Checkpoint, Loader, check_config};
 
 /// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
 /// `norm(x) · (1 + scale) + shift`, with `[shift | scale] = linear(SiLU(temb))`.
 #[derive(Module, Debug)]
 pub struct AdaLayerNorm<B: Backend> {
     pub linear: Linear<B>,
-}
-
-/// PyTorch `nn.MultiheadAttention` (batch first, biases on): `in_proj_weight` stacks the
-/// q, k and v projections, kept here as three linears.
-#[derive(Module, Debug)]
-pub struct MultiheadAttention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub out_proj: Linear<B>,
-    #[module(skip)]
-    pub heads: usize,
 }
 
 /// One perceiver block: the latents attend to themselves and the text, then an MLP.
@@ -103,17 +89,7 @@ impl<B: Backend> PerceiverAttentionBlock<B> {
             vec![normed.clone(), self.ln_2.forward(text, temb.clone())],
             1,
         );
-        let attn = &self.attn;
-        let attended = multi_head_attention(
-            attn.q_proj.forward(normed),
-            attn.k_proj.forward(kv.clone()),
-            attn.v_proj.forward(kv),
-            attn.heads,
-            None,
-            None,
-            None,
-        );
-        let latents = latents + attn.out_proj.forward(attended);
+        let latents = latents + self.attn.forward(normed, kv);
         let hidden = relu(self.c_fc.forward(self.ln_ff.forward(latents.clone(), temb)));
         latents + self.c_proj.forward(hidden.clone() * hidden)
     }
@@ -151,20 +127,8 @@ impl<B: Backend> Connector<B> {
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let block = format!("connector.perceiver_blocks.{i}");
-            // `in_proj_weight` / `in_proj_bias` stack the q, k and v projections.
-            let [w_q, w_k, w_v] =
-                split_rows(&load.data(&format!("{block}.attn.in_proj_weight"), &[3 * w, w])?);
-            let [b_q, b_k, b_v] =
-                split_rows(&load.data(&format!("{block}.attn.in_proj_bias"), &[3 * w])?);
-            let part = |weight, bias| linear_from_torch::<B>(weight, Some(bias), device, dtype);
             blocks.push(PerceiverAttentionBlock {
-                attn: MultiheadAttention {
-                    q_proj: part(w_q, b_q)?,
-                    k_proj: part(w_k, b_k)?,
-                    v_proj: part(w_v, b_v)?,
-                    out_proj: load.linear(&format!("{block}.attn.out_proj"), w, w, true)?,
-                    heads: config.heads,
-                },
+                attn: MultiheadAttention::load(&load, &format!("{block}.attn"), w, config.heads)?,
                 c_fc: load.linear(&format!("{block}.mlp.c_fc"), w, 4 * w, true)?,
                 c_proj: load.linear(&format!("{block}.mlp.c_proj"), 4 * w, w, true)?,
                 ln_1: ada(format!("{block}.ln_1"))?,

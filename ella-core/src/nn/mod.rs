@@ -11,7 +11,7 @@ use burn::tensor::ops::{AttentionModuleOptions, PaddedConvOptions};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::weights::Loader;
+use crate::weights::{Loader, split_rows};
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
@@ -95,6 +95,50 @@ pub fn timestep_features(
         values.extend(std::iter::repeat_n(0.0, channels - 2 * half));
     }
     TensorData::new(values, [timesteps.len(), channels])
+}
+
+/// PyTorch `nn.MultiheadAttention` (biases on, batch first here): `in_proj_weight` stacks the
+/// q, k and v projections, kept as three linears.
+#[derive(Module, Debug)]
+pub struct MultiheadAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    #[module(skip)]
+    pub heads: usize,
+}
+
+impl<B: Backend> MultiheadAttention<B> {
+    /// Reads `{prefix}.in_proj_weight` / `in_proj_bias` (q, k, v stacked) and `out_proj`.
+    pub fn load(load: &Loader<B>, prefix: &str, width: usize, heads: usize) -> Result<Self> {
+        let [w_q, w_k, w_v] =
+            split_rows(&load.data(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?);
+        let [b_q, b_k, b_v] =
+            split_rows(&load.data(&format!("{prefix}.in_proj_bias"), &[3 * width])?);
+        let part = |weight, bias| load.linear_from_data(weight, Some(bias));
+        Ok(Self {
+            q_proj: part(w_q, b_q)?,
+            k_proj: part(w_k, b_k)?,
+            v_proj: part(w_v, b_v)?,
+            out_proj: load.linear(&format!("{prefix}.out_proj"), width, width, true)?,
+            heads,
+        })
+    }
+
+    /// `query` `[batch, q_len, width]` attends to `key_value` `[batch, kv_len, width]`.
+    pub fn forward(&self, query: Tensor<B, 3>, key_value: Tensor<B, 3>) -> Tensor<B, 3> {
+        let attended = multi_head_attention(
+            self.q_proj.forward(query),
+            self.k_proj.forward(key_value.clone()),
+            self.v_proj.forward(key_value),
+            self.heads,
+            None,
+            None,
+            None,
+        );
+        self.out_proj.forward(attended)
+    }
 }
 
 /// PyTorch `nn.LayerNorm` with affine weight and bias, statistics in f32.

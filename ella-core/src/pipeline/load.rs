@@ -40,6 +40,9 @@ pub struct ModelPaths {
     /// its weight file, for requests with a [`super::Control`];
     /// [`super::Pipeline::set_controlnet`] changes it.
     pub controlnet: Option<PathBuf>,
+    /// A SUR-adapter `.safetensors` (converted from the official `.pt` by
+    /// `scripts/sur_adapter_to_safetensors.py`) for `ClipSur` conditioning; needs `clip`.
+    pub sur_adapter: Option<PathBuf>,
 }
 
 /// ELLA's files.
@@ -73,6 +76,7 @@ impl ModelPaths {
             clip: false,
             loras: Vec::new(),
             controlnet: None,
+            sur_adapter: None,
         }
     }
 

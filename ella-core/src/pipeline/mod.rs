@@ -44,6 +44,7 @@ use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::sur_adapter::SurAdapter;
 use crate::t5::{T5Precision, TextEncoder, TokenMode};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
@@ -102,6 +103,7 @@ pub struct Pipeline<B: Backend> {
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
     controlnet: Option<ControlNetModel<B>>,
+    sur_adapter: Option<SurAdapter<B>>,
     /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
     lora_changed: BTreeMap<Target, BTreeSet<String>>,
 }
@@ -176,6 +178,10 @@ impl<B: Backend> Pipeline<B> {
             vae: sd.vae,
             scheduler_config: sd.scheduler_config,
         })?;
+        if let Some(path) = &paths.sur_adapter {
+            let adapter = SurAdapter::load(path, SUR_HEADS, device, dtype)?;
+            pipeline.set_sur_adapter(Some(adapter))?;
+        }
         if let Some(path) = &paths.controlnet {
             pipeline.set_controlnet(Some(ControlNetModel::load(path, device, dtype)?))?;
         }
@@ -299,7 +305,61 @@ impl<B: Backend> Pipeline<B> {
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
             controlnet: None,
+            sur_adapter: None,
             lora_changed: BTreeMap::new(),
+        })
+    }
+
+    /// Sets (or removes) the SUR-adapter of `ClipSur` requests, after checking that it is as
+    /// wide as the loaded CLIP.
+    pub fn set_sur_adapter(&mut self, adapter: Option<SurAdapter<B>>) -> Result<()> {
+        if let Some(adapter) = &adapter {
+            let clip = self.clip.as_ref().ok_or_else(|| {
+                Error::IncompatibleModels(
+                    "a SUR-adapter rewrites CLIP's states: load CLIP too (ModelPaths::clip)".into(),
+                )
+            })?;
+            let (theirs, ours) = (adapter.config.width, clip.model.config.hidden_size);
+            if theirs != ours {
+                return Err(Error::IncompatibleModels(format!(
+                    "the SUR-adapter is {theirs} wide but the CLIP text encoder is {ours}"
+                )));
+            }
+        }
+        self.sur_adapter = adapter;
+        Ok(())
+    }
+
+    /// The CLIP states a `ClipSur` request conditions on: the adapter applied once to the
+    /// negative and the positive prompt together (with guidance, as the official pipeline
+    /// passes them), or to the positive alone.
+    fn adapt(
+        &self,
+        clip: &StatePair<B>,
+        request: &GenerateRequest,
+        guided: bool,
+    ) -> Result<StatePair<B>> {
+        let adapter = self.sur_adapter.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "ClipSur conditioning needs a SUR-adapter, which was not loaded".into(),
+            )
+        })?;
+        let (weight, mode) = (request.sur_weight, request.sur_mode);
+        if !guided {
+            let cond = adapter.forward(clip.cond.clone(), weight, mode)?;
+            return Ok(StatePair {
+                uncond: clip.uncond.clone(),
+                cond,
+            });
+        }
+        let both = adapter.forward(
+            Tensor::cat(vec![clip.uncond.clone(), clip.cond.clone()], 0),
+            weight,
+            mode,
+        )?;
+        Ok(StatePair {
+            uncond: both.clone().narrow(0, 0, 1),
+            cond: both.narrow(0, 1, 1),
         })
     }
 
@@ -487,8 +547,13 @@ impl<B: Backend> Pipeline<B> {
             }
         };
         let conditioning = request.conditioning;
+        let guided = request.guidance_scale > 1.0;
         let t5 = states.t5.as_ref();
-        let clip = states.clip.as_ref();
+        let adapted = match (conditioning, &states.clip) {
+            (Conditioning::ClipSur, Some(clip)) => Some(self.adapt(clip, request, guided)?),
+            _ => None,
+        };
+        let clip = adapted.as_ref().or(states.clip.as_ref());
         if let Some(t5) = t5 {
             match request.token_mode {
                 TokenMode::Fixed(_) => hooks.dump(
@@ -526,7 +591,6 @@ impl<B: Backend> Pipeline<B> {
                 scheduler.add_noise(encoded.expand([batch, c, h, w]), noise, start)
             }
         };
-        let guided = request.guidance_scale > 1.0;
         let control = match (&request.control, &self.controlnet) {
             (None, _) => None,
             (Some(control), Some(controlnet)) => {
@@ -621,6 +685,9 @@ fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {
          prompt states lack"
     ))
 }
+
+/// The official SUR-adapter's attention heads (not stored in its checkpoint).
+const SUR_HEADS: usize = 8;
 
 /// `[batch, 3, H, W]` in about [-1, 1] → RGB8, as diffusers' image processor:
 /// `round((x/2 + 0.5).clamp(0, 1) · 255)` in f32, ties to even.

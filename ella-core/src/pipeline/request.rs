@@ -5,6 +5,7 @@ use burn::tensor::TensorData;
 use super::Image;
 use crate::error::{Error, Result};
 use crate::scheduler::{SchedulerKind, TimestepSchedule};
+use crate::sur_adapter::SurMode;
 use crate::t5::TokenMode;
 use crate::vae::VaeDecode;
 
@@ -24,6 +25,8 @@ pub enum Conditioning {
     EllaClip,
     /// SD1.5's own CLIP conditioning (plain SD, the baseline); needs no T5 or connector.
     Clip,
+    /// CLIP's states rewritten once by a SUR-adapter (`sur_weight`, `sur_mode`).
+    ClipSur,
 }
 
 impl Conditioning {
@@ -34,7 +37,7 @@ impl Conditioning {
 
     /// Whether SD's CLIP text encoder takes part.
     pub fn uses_clip(self) -> bool {
-        matches!(self, Self::EllaClip | Self::Clip)
+        matches!(self, Self::EllaClip | Self::Clip | Self::ClipSur)
     }
 }
 
@@ -103,6 +106,11 @@ pub struct GenerateRequest {
     pub strength: f32,
     /// ControlNet guidance (needs a pipeline with a ControlNet).
     pub control: Option<Control>,
+    /// `ClipSur`: the adapter weight `w` of `w·adapter + (1 − w)·CLIP`, in [0, 1]; default 0.1
+    /// (the official demo's).
+    pub sur_weight: f32,
+    /// `ClipSur`: how the adapter sees the negative and positive prompt.
+    pub sur_mode: SurMode,
 }
 
 impl Default for GenerateRequest {
@@ -125,6 +133,8 @@ impl Default for GenerateRequest {
             init_image: None,
             strength: 0.8,
             control: None,
+            sur_weight: 0.1,
+            sur_mode: SurMode::Faithful,
         }
     }
 }
@@ -219,6 +229,12 @@ impl GenerateRequest {
             if !(self.strength > 0.0 && self.strength <= 1.0) {
                 return invalid(format!("strength {} must be in (0, 1]", self.strength));
             }
+        }
+        if self.conditioning == Conditioning::ClipSur && !(0.0..=1.0).contains(&self.sur_weight) {
+            return invalid(format!(
+                "SUR-adapter weight {} must be in [0, 1]",
+                self.sur_weight
+            ));
         }
         if let Some(control) = &self.control {
             self.check_image(&control.image, "control")?;

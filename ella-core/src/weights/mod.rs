@@ -453,6 +453,16 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(linear)
     }
 
+    /// A `Linear` from host data in PyTorch's layout (parts of a stacked weight), in the
+    /// loader's dtype.
+    pub fn linear_from_data(
+        &self,
+        weight: TensorData,
+        bias: Option<TensorData>,
+    ) -> Result<Linear<B>> {
+        linear_from_torch(weight, bias, self.device, self.dtype)
+    }
+
     /// A PyTorch `nn.Conv2d` with a bias.
     pub fn conv2d(
         &self,

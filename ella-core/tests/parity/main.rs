@@ -13,5 +13,6 @@ mod controlnet;
 mod lora;
 mod pipeline;
 mod single_file;
+mod sur_adapter;
 mod t5;
 mod unet_vae;

@@ -24,6 +24,7 @@ fn paths() -> ModelPaths {
     ModelPaths {
         clip: true,
         controlnet: Some(fixture("controlnet")),
+        sur_adapter: Some(fixture("sur/adapter.safetensors")),
         ..tiny_paths()
     }
 }
@@ -55,8 +56,12 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             None | Some("ella") => Conditioning::Ella,
             Some("ella-clip") => Conditioning::EllaClip,
             Some("clip") => Conditioning::Clip,
+            Some("clip-sur") => Conditioning::ClipSur,
             Some(other) => panic!("unknown conditioning {other}"),
         },
+        sur_weight: run
+            .get("sur_weight")
+            .map_or(0.1, |w| w.as_f64().unwrap() as f32),
         init_image: run.get("init_image").map(|_| {
             let (_, shape, pixels) = reference.raw("init_image");
             Image {
