@@ -74,9 +74,11 @@ def kohya_file(pipe, path, gen):
 
 def peft_file(out, path, gen):
     pipe = pipeline(out)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_v", "proj_out", "time_emb_proj"]))
+    # α ≠ r: diffusers keeps α in the file's metadata (`lora_adapter_metadata`).
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_v", "proj_out", "time_emb_proj"]))
     # peft directly: transformers' own `add_adapter` wants a newer peft than PyPI has.
-    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["k_proj", "fc2"]), pipe.text_encoder)
+    text_config = LoraConfig(r=2, lora_alpha=2, target_modules=["k_proj", "fc2"])
+    inject_adapter_in_model(text_config, pipe.text_encoder)
     with torch.no_grad():
         for model in [pipe.unet, pipe.text_encoder]:
             for name, p in model.named_parameters():
@@ -85,7 +87,8 @@ def peft_file(out, path, gen):
     StableDiffusionPipeline.save_lora_weights(
         str(path.parent), unet_lora_layers=get_peft_model_state_dict(pipe.unet),
         text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder), weight_name=path.name,
-        safe_serialization=True)
+        safe_serialization=True, unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=text_config.to_dict())
 
 
 def outputs(pipe, inputs):

@@ -5,8 +5,9 @@
 //! - kohya / A1111: `lora_unet_{module}` and `lora_te_{module}` (the diffusers module path with
 //!   `.` written `_`), each with `.lora_down.weight`, `.lora_up.weight` and `.alpha`;
 //! - diffusers / PEFT: `unet.{module}.lora_A.weight` and `.lora_B.weight` (or the older
-//!   `.lora.down.weight` / `.lora.up.weight`), `text_encoder.{module}…`; `α = r` unless an
-//!   `.alpha` tensor says otherwise.
+//!   `.lora.down.weight` / `.lora.up.weight`), `text_encoder.{module}…`; α from an `.alpha`
+//!   tensor, else from the file's `lora_adapter_metadata` (`unet.lora_alpha`,
+//!   `text_encoder.lora_alpha`), else `α = r`.
 //!
 //! The updates are applied to the loaded modules in place ([`apply`]): each changed weight is
 //! rebuilt from its original value (read again from the memory-mapped checkpoint) plus the
@@ -229,6 +230,18 @@ pub fn read_updates(
             None => unmatched.push(key.to_string()),
         }
     }
+    // diffusers' PEFT files keep α in their metadata: `{"unet.lora_alpha": 8, ...}`.
+    let adapter_metadata: Option<serde_json::Value> = file
+        .metadata("lora_adapter_metadata")
+        .and_then(|text| serde_json::from_str(text).ok());
+    let file_alpha = |target: Target| {
+        let key = match target {
+            Target::Unet => "unet.lora_alpha",
+            Target::TextEncoder => "text_encoder.lora_alpha",
+        };
+        let alpha = adapter_metadata.as_ref()?.get(key)?.as_f64()? as f32;
+        alpha.is_finite().then_some(alpha)
+    };
     let resolver = Resolver::new(unet, clip);
     let mut updates = Vec::new();
     let mut skipped = 0;
@@ -268,6 +281,7 @@ pub fn read_updates(
             )));
         }
         let alpha = match &parts.alpha {
+            None => file_alpha(target).unwrap_or(rank as f32),
             Some(name) => {
                 let values: Vec<f32> = file
                     .data(name)?
@@ -279,7 +293,6 @@ pub fn read_updates(
                     _ => return Err(incompatible(format!("`{name}` is not one number"))),
                 }
             }
-            None => rank as f32,
         };
         let f32_matrix = |name: &str, rows: usize, cols: usize| -> Result<TensorData> {
             let values: Vec<f32> = file

@@ -66,6 +66,8 @@ pub struct Checkpoint {
     /// Shared with the [`Checkpoint::remap`] views of this checkpoint.
     files: Vec<Arc<MappedFile>>,
     entries: BTreeMap<String, Entry>,
+    /// The files' `__metadata__` strings.
+    metadata: BTreeMap<String, String>,
     /// For [`Checkpoint::random`]: the seed of the generated weights.
     random_seed: Option<u64>,
 }
@@ -115,6 +117,7 @@ impl Checkpoint {
                 origin: path.to_path_buf(),
                 files: Vec::new(),
                 entries: BTreeMap::new(),
+                metadata: BTreeMap::new(),
                 random_seed: None,
             };
             checkpoint.add_file(path, None)?;
@@ -140,6 +143,7 @@ impl Checkpoint {
             origin: index_path.to_path_buf(),
             files: Vec::new(),
             entries: BTreeMap::new(),
+            metadata: BTreeMap::new(),
             random_seed: None,
         };
         for (shard, tensors) in shards {
@@ -165,6 +169,10 @@ impl Checkpoint {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
+        if let Some(strings) = metadata.metadata() {
+            self.metadata
+                .extend(strings.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let data_start = 8 + header_len;
         let file_index = self.files.len();
         for (name, info) in metadata.tensors() {
@@ -205,6 +213,7 @@ impl Checkpoint {
             origin: PathBuf::from(format!("<random weights, seed {seed}>")),
             files: Vec::new(),
             entries: BTreeMap::new(),
+            metadata: BTreeMap::new(),
             random_seed: Some(seed),
         }
     }
@@ -223,6 +232,7 @@ impl Checkpoint {
             origin: self.origin.clone(),
             files: self.files.clone(),
             entries,
+            metadata: self.metadata.clone(),
             random_seed: self.random_seed,
         }
     }
@@ -241,6 +251,11 @@ impl Checkpoint {
     /// The file (or index) this checkpoint was opened from.
     pub fn path(&self) -> &Path {
         &self.origin
+    }
+
+    /// A string of the files' `__metadata__` (e.g. diffusers' `lora_adapter_metadata`).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// Names of all tensors, sorted.
