@@ -715,8 +715,51 @@ fn sur_adapter_errors() {
     let err = SurAdapter::<B>::load(fixture(sur), 5, &Default::default(), DType::F32).unwrap_err();
     assert!(matches!(&err, Error::InvalidConfig { .. }), "{err}");
 
-    let pipeline =
+    let mut pipeline =
         Pipeline::<B>::load(&paths(fixture(sur), true), &Default::default(), DType::F32).unwrap();
+    // A whole adapter of another width (16) than the tiny CLIP's (32).
+    let (d, ff) = (16, 8);
+    let mut narrow = Tensors::new();
+    let layer = "transformer_encoder.layers.0";
+    for (name, shape) in [
+        (format!("{layer}.self_attn.in_proj_weight"), vec![3 * d, d]),
+        (format!("{layer}.self_attn.in_proj_bias"), vec![3 * d]),
+        (format!("{layer}.linear1.weight"), vec![ff, d]),
+        (format!("{layer}.linear1.bias"), vec![ff]),
+        (format!("{layer}.linear2.weight"), vec![d, ff]),
+    ] {
+        narrow.insert(name, f32_tensor(&shape));
+    }
+    for linear in [
+        format!("{layer}.self_attn.out_proj"),
+        "attention.query_layer".into(),
+        "attention.key_layer".into(),
+        "attention.output_layer.0".into(),
+        "attention.output_layer.2".into(),
+        "fc".into(),
+    ] {
+        narrow.insert(format!("{linear}.weight"), f32_tensor(&[d, d]));
+        narrow.insert(format!("{linear}.bias"), f32_tensor(&[d]));
+    }
+    for vector in [
+        "linear2.bias",
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+    ] {
+        narrow.insert(format!("{layer}.{vector}"), f32_tensor(&[d]));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let narrow_path = dir.path().join("narrow.safetensors");
+    write_tensors(&narrow_path, &narrow);
+    let adapter = SurAdapter::<B>::load(&narrow_path, 8, &Default::default(), DType::F32).unwrap();
+    assert_eq!(adapter.config.width, 16);
+    let err = pipeline.set_sur_adapter(Some(adapter)).unwrap_err();
+    assert!(
+        matches!(&err, Error::IncompatibleModels(m) if m.contains("16 wide")),
+        "{err}"
+    );
     let request = GenerateRequest {
         width: 32,
         height: 32,
