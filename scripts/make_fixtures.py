@@ -14,6 +14,7 @@ Everything lands in ella-core/tests/fixtures/ in the layouts users point the lib
   reference/     inputs and reference outputs (safetensors) and token ids (json)
 """
 
+import importlib
 import json
 import shutil
 import sys
@@ -294,61 +295,49 @@ def make_ella(t5_ref):
     return ref
 
 
+def make_text():
+    train_tokenizer(OUT / "t5")
+    tokens = reference_token_ids(OUT / "t5" / "spiece.model")
+    (OUT / "reference" / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False) + "\n")
+    _, t5_ref = make_t5(tokens)
+    save_file({k: v.contiguous() for k, v in t5_ref.items()}, str(OUT / "reference" / "t5.safetensors"))
+    ella_ref = make_ella(t5_ref)
+    save_file({k: v.float().contiguous() for k, v in ella_ref.items()}, str(OUT / "reference" / "ella.safetensors"))
+
+
+def part(module, function, *args):
+    """A fixture part made by `module.function(OUT, *args)`, imported when it runs."""
+    return lambda: getattr(importlib.import_module(module), function)(OUT, *args)
+
+
+# In the order `all` makes them: each part reads the files of the parts before it.
+PARTS = {
+    "text": (make_text, "the T5 encoder, its tokenizer and the connector"),
+    "sd": (part("sd_fixtures", "make_sd", ELLA_TINY), "the U-Net, VAE, schedulers and ELLA samplings"),
+    "clip": (part("clip_fixtures", "make_clip"), "the CLIP text encoder and tokenizer"),
+    "conditioning": (part("sd_fixtures", "make_conditioning", ELLA_TINY), "samplings on CLIP and ELLA + CLIP"),
+    "img2img": (part("sd_fixtures", "make_img2img", ELLA_TINY), "image-to-image samplings"),
+    "lora": (part("lora_fixtures", "make_lora"), "LoRA files and outputs"),
+    "controlnet": (part("controlnet_fixtures", "make_controlnet", ELLA_TINY), "the ControlNet and its samplings"),
+    "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),
+    "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
+}
+# Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
+EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
+
+
 def main():
-    """`make_fixtures.py [text|sd|vae-tiling|clip|conditioning|img2img|lora|controlnet|sur|single-file|all]`: the T5 +
-    connector part, the SD part (which uses the text part's files), only the tiled-VAE
-    reference (from the committed tiny VAE), the CLIP text encoder and tokenizer, the
-    samplings conditioned on CLIP (which use all of the above), the image-to-image samplings,
-    the LoRA files and outputs, the ControlNet and its samplings, the SUR-adapter and its
-    sampling, the single-file checkpoint files, or all (default)."""
-    part = sys.argv[1] if len(sys.argv) > 1 else "all"
+    """`make_fixtures.py [PART]`: one part of the fixtures, or all of them (default)."""
+    name = sys.argv[1] if len(sys.argv) > 1 else "all"
+    chosen = PARTS if name == "all" else {name: {**PARTS, **EXTRA}.get(name)}
+    if None in chosen.values():
+        listing = "\n".join(f"  {k:14} {d}" for k, (_, d) in {**PARTS, **EXTRA}.items())
+        raise SystemExit(f"unknown part {name}; choose all or one of:\n{listing}")
     torch.set_num_threads(1)
     for sub in ["t5", "reference"]:
         (OUT / sub).mkdir(parents=True, exist_ok=True)
-    if part in ("text", "all"):
-        train_tokenizer(OUT / "t5")
-        tokens = reference_token_ids(OUT / "t5" / "spiece.model")
-        (OUT / "reference" / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False) + "\n")
-        _, t5_ref = make_t5(tokens)
-        save_file({k: v.contiguous() for k, v in t5_ref.items()}, str(OUT / "reference" / "t5.safetensors"))
-        ella_ref = make_ella(t5_ref)
-        save_file({k: v.float().contiguous() for k, v in ella_ref.items()}, str(OUT / "reference" / "ella.safetensors"))
-    if part in ("sd", "all"):
-        import sd_fixtures
-
-        sd_fixtures.make_sd(OUT, ELLA_TINY)
-    if part in ("clip", "all"):
-        import clip_fixtures
-
-        clip_fixtures.make_clip(OUT)
-    if part in ("conditioning", "all"):
-        import sd_fixtures
-
-        sd_fixtures.make_conditioning(OUT, ELLA_TINY)
-    if part in ("img2img", "all"):
-        import sd_fixtures
-
-        sd_fixtures.make_img2img(OUT, ELLA_TINY)
-    if part in ("lora", "all"):
-        import lora_fixtures
-
-        lora_fixtures.make_lora(OUT)
-    if part in ("controlnet", "all"):
-        import controlnet_fixtures
-
-        controlnet_fixtures.make_controlnet(OUT, ELLA_TINY)
-    if part in ("sur", "all"):
-        import sur_fixtures
-
-        sur_fixtures.make_sur(OUT)
-    if part in ("single-file", "all"):
-        import single_file_fixtures
-
-        single_file_fixtures.make_single_file(OUT)
-    if part == "vae-tiling":
-        import sd_fixtures
-
-        sd_fixtures.make_vae_tiling(OUT)
+    for make, _ in chosen.values():
+        make()
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"fixtures written to {OUT} ({total / 1e6:.2f} MB)")
 
