@@ -528,6 +528,11 @@ impl<B: Backend> Pipeline<B> {
         let latent_channels = self.vae.config.latent_channels;
         let [latent_h, latent_w] =
             request.validate(self.vae.config.downscale_factor(), latent_channels)?;
+        if request.control.is_some() && self.controlnet.is_none() {
+            return Err(Error::InvalidInput(
+                "the request has a control image but the pipeline has no ControlNet".into(),
+            ));
+        }
         let mut scheduler = Scheduler::<B>::new(
             request.scheduler,
             &self.scheduler_config,
@@ -592,18 +597,13 @@ impl<B: Backend> Pipeline<B> {
             }
         };
         let control = match (&request.control, &self.controlnet) {
-            (None, _) => None,
             (Some(control), Some(controlnet)) => {
                 let image = control.image.to_unit_tensor::<B>(&device, dtype);
                 let [_, c, h, w] = image.dims();
                 let rows = if guided { 2 * batch } else { batch };
                 Some((control, controlnet, image.expand([rows, c, h, w])))
             }
-            (Some(_), None) => {
-                return Err(Error::InvalidInput(
-                    "the request has a control image but the pipeline has no ControlNet".into(),
-                ));
-            }
+            _ => None,
         };
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             if hooks
