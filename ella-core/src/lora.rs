@@ -73,7 +73,7 @@ pub struct Update {
 
 /// The three tensors of one LoRA module in a file.
 #[derive(Default)]
-struct Module3 {
+struct LoraModule {
     down: Option<String>,
     up: Option<String>,
     alpha: Option<String>,
@@ -94,6 +94,7 @@ fn split_key(key: &str) -> Option<(&str, Part)> {
     .find_map(|(suffix, part)| key.strip_suffix(suffix).map(|module| (module, part)))
 }
 
+/// Which of a LoRA module's tensors a key holds.
 #[derive(Clone, Copy)]
 enum Part {
     Down,
@@ -214,7 +215,7 @@ pub fn read_updates(
     let incompatible = |reason: String| {
         Error::IncompatibleModels(format!("LoRA {}: {reason}", lora.path.display()))
     };
-    let mut modules: BTreeMap<&str, Module3> = BTreeMap::new();
+    let mut modules: BTreeMap<&str, LoraModule> = BTreeMap::new();
     let mut unmatched = Vec::new();
     for key in file.names() {
         match split_key(key) {
