@@ -7,7 +7,8 @@
 use burn::tensor::{DType, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ella_core::{
-    AutoencoderKL, Checkpoint, DefaultBackend as B, UNet2DConditionModel, UNetConfig, VaeConfig,
+    AutoencoderKL, Cancel, Checkpoint, DefaultBackend as B, UNet2DConditionModel, UNetConfig,
+    VaeConfig,
 };
 
 /// SD1.5's U-Net with half the widths.
@@ -76,7 +77,7 @@ fn benches(c: &mut Criterion) {
         )
         .unwrap();
         group.bench_function(format!("vae decode/{name}/256x256"), |b| {
-            b.iter(|| vae.decode(z.clone()).into_data())
+            b.iter(|| vae.decode(z.clone(), Cancel::NEVER).unwrap().into_data())
         });
     }
     group.finish();

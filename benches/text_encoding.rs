@@ -9,8 +9,8 @@ use std::path::Path;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ella_core::{
-    Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder, T5Precision,
-    TextEncoder, TokenMode,
+    Cancel, Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder,
+    T5Precision, TextEncoder, TokenMode,
 };
 
 /// flan-t5-base: 12 layers of width 768, gated-GELU.
@@ -69,7 +69,12 @@ fn benches(c: &mut Criterion) {
         &device,
     );
     group.bench_function("t5/flan-t5-base/128 tokens", |b| {
-        b.iter(|| encoder.forward(ids.clone(), None).into_data())
+        b.iter(|| {
+            encoder
+                .forward(ids.clone(), None, Cancel::NEVER)
+                .unwrap()
+                .into_data()
+        })
     });
     // The official connector's sizes on 128 flan-t5-xl-wide states.
     let full = ConnectorConfig::default();

@@ -161,8 +161,8 @@ struct Args {
     /// LDM layout, e.g. vae-ft-mse-840000-ema-pruned.safetensors).
     #[arg(long)]
     vae: Option<PathBuf>,
-    /// A LoRA to merge, as FILE or FILE:SCALE (default scale 1); repeat for several. kohya /
-    /// A1111 and diffusers (PEFT) files.
+    /// A LoRA to merge, as FILE or FILE:SCALE (default scale 1; a path may contain `:`, as
+    /// `C:\loras\x.safetensors`); repeat for several. kohya / A1111 and diffusers (PEFT) files.
     #[arg(long, value_parser = parse_lora)]
     lora: Vec<Lora>,
     /// A diffusers ControlNet: its folder, or its .safetensors with config.json beside it.
@@ -218,6 +218,10 @@ struct Args {
     /// Encode the prompts, free T5, then sample (less memory while sampling).
     #[arg(long)]
     free_t5: bool,
+    /// Refuse requests that need more working memory than this many MiB (default: the
+    /// memory the machine has free).
+    #[arg(long)]
+    memory_budget_mib: Option<u64>,
 }
 
 const ELLA_REPO: &str = "QQGYLab/ELLA";
@@ -240,15 +244,33 @@ const SD_FILES: [&str; 5] = [
     "scheduler/scheduler_config.json",
 ];
 
-/// `FILE` or `FILE:SCALE`.
+/// `FILE` or `FILE:SCALE`: what follows the last `:` is the scale when it is a number, so a
+/// path with `:` in it (a Windows drive) stays whole.
 fn parse_lora(text: &str) -> Result<Lora, String> {
     match text.rsplit_once(':') {
         Some((path, scale)) if !path.is_empty() => match scale.parse::<f32>() {
-            Ok(scale) => Ok(Lora::new(path, scale)),
-            Err(_) => Err(format!("`{scale}` in `{text}` is not a LoRA scale")),
+            Ok(scale) if scale.is_finite() => Ok(Lora::new(path, scale)),
+            Ok(_) => Err(format!("`{scale}` in `{text}` is not a finite LoRA scale")),
+            Err(_) => Ok(Lora::new(text, 1.0)),
         },
         _ => Ok(Lora::new(text, 1.0)),
     }
+}
+
+/// Fails now, not after a long generation, when `path` cannot be written: creates it (and
+/// removes it again if it did not exist before).
+fn check_writable(path: &Path) -> Result<(), String> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if !existed {
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -262,6 +284,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    for i in 0..args.batch {
+        check_writable(&numbered(&args.out, i, args.batch))?;
+    }
+    if let Some(dir) = &args.dump_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
+        check_writable(&dir.join("image.safetensors"))?;
+    }
     let default = match args.sur_adapter {
         Some(_) => Cond::ClipSur,
         None => Cond::Ella,
@@ -418,6 +447,10 @@ fn generate<B: Backend>(
     let start = std::time::Instant::now();
     let mut pipeline =
         Pipeline::<B>::load_with_precision(paths, &device, precision).map_err(|e| e.to_string())?;
+    pipeline.set_memory_budget(
+        args.memory_budget_mib
+            .map(|mib| mib.saturating_mul(1 << 20)),
+    );
     eprintln!("loaded the models in {:.1?}", start.elapsed());
     if !args.lora.is_empty() {
         let report = pipeline.set_loras(&args.lora).map_err(|e| e.to_string())?;
@@ -501,7 +534,6 @@ fn numbered(path: &Path, i: usize, count: usize) -> PathBuf {
 
 /// One safetensors file per tensor, `DIR/NAME.safetensors` holding the tensor `NAME`.
 fn write_dump(dir: &Path, tensors: Vec<(String, TensorData)>) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for (name, data) in tensors {
         let dtype = if name == "image" {
             safetensors::Dtype::U8

@@ -62,6 +62,15 @@ typedef enum ella_status {
   ELLA_STATUS_BUFFER_TOO_SMALL = 6,
   // A bug in ella (a caught panic); the message says where.
   ELLA_STATUS_INTERNAL = 7,
+  // The request (or model) needs more working memory than `memory_budget` allows; the
+  // message says how much. Nothing was allocated for it.
+  ELLA_STATUS_OUT_OF_MEMORY = 8,
+  // The computation produced NaN or infinite values (the message names the step): bad
+  // weights, an overflow in F16, an absurd guidance or LoRA scale. No image is returned.
+  ELLA_STATUS_NUMERICAL = 9,
+  // The context is running another call (from another thread), or a callback called a
+  // function that would wait for the generation it was called from.
+  ELLA_STATUS_BUSY = 10,
 } ella_status;
 
 // Compute backend. A backend not compiled into the library (cargo features `wgpu`,
@@ -143,8 +152,8 @@ typedef enum ella_pixel_format {
   ELLA_PIXEL_FORMAT_RGBA8 = 1,
 } ella_pixel_format;
 
-// One job's state: cancellation flag and progress callback. Use from one thread at a time
-// (`ella_cancel` excepted).
+// One job's state: cancellation flag and progress callback. One call at a time: a second
+// call while one runs gets `ELLA_STATUS_BUSY` (`ella_cancel` excepted).
 typedef struct ella_context ella_context;
 
 // A loaded model: T5, connector, U-Net, VAE. Share it between contexts and threads.
@@ -193,6 +202,11 @@ typedef struct ella_model_params {
   // A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
   // official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
   const char *sur_adapter_path;
+  // The working memory a request may use, in bytes: one that needs more is refused with
+  // `ELLA_STATUS_OUT_OF_MEMORY` before it allocates anything. 0 (default): the memory the
+  // machine (or its cgroup) has free when the request starts. On GPU backends, give the
+  // device memory ella may use.
+  uint64_t memory_budget;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.
@@ -238,13 +252,15 @@ typedef struct ella_generate_request {
   const struct ella_prompt *prompt_cache;
   // An `ella_conditioning`; default ELLA.
   uint32_t conditioning;
-  // Image-to-image: `width * height * 3` bytes of RGB8, rows top to bottom without
-  // padding, of the request's size; NULL (default) for text-to-image.
+  // Image-to-image: RGB8 of the request's size, rows top to bottom without padding
+  // (`init_image_size` bytes, which must be `width * height * 3`); NULL (default) for
+  // text-to-image.
   const uint8_t *init_image;
   // With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
   float strength;
-  // ControlNet guidance: `width * height * 3` bytes of RGB8 (an edge map, a depth map, …)
-  // of the request's size; NULL (default) for none. Needs a model with `controlnet_path`.
+  // ControlNet guidance: RGB8 (an edge map, a depth map, …) of the request's size,
+  // `control_image_size` bytes (`width * height * 3`); NULL (default) for none. Needs a
+  // model with `controlnet_path`.
   const uint8_t *control_image;
   // The ControlNet's conditioning scale; default 1.
   float control_scale;
@@ -255,6 +271,10 @@ typedef struct ella_generate_request {
   float sur_weight;
   // An `ella_sur_mode`; default FAITHFUL.
   uint32_t sur_mode;
+  // The byte length of the `init_image` buffer.
+  size_t init_image_size;
+  // The byte length of the `control_image` buffer.
+  size_t control_image_size;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.
@@ -314,15 +334,18 @@ enum ella_status ella_context_new(const struct ella_model *model,
                                   const struct ella_context_params *params,
                                   struct ella_context **out_context);
 
-// Frees a context. NULL is a no-op. Not while a call on it is running.
+// Frees a context. NULL is a no-op. While a call runs on it from another thread, cancels
+// that call and waits for it to return; from the context's own progress callback, the
+// running call frees the context when it returns.
 //
 // # Safety
 // `context` is NULL or a handle from `ella_context_new`, not used after this call.
 void ella_context_free(struct ella_context *context);
 
 // Asks the generation running on `context` to stop: it returns `ELLA_STATUS_CANCELLED`
-// after the current step, and the context stays usable. Safe from any thread; no effect
-// when nothing runs.
+// within one model block (a U-Net block, a VAE level or tile, a T5 layer), and the context
+// stays usable. Safe from any thread and from the progress callback; no effect when
+// nothing runs.
 //
 // # Safety
 // `context` is NULL or a live handle.
@@ -403,7 +426,8 @@ void ella_prompt_free(struct ella_prompt *prompt);
 
 // Drops the model's T5 encoder (about 2.4 GB in F16 for flan-t5-xl) and returns its memory
 // to the device. Afterwards generation needs `prompt_cache` from `ella_prompt_encode`, and
-// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish.
+// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish;
+// from a progress callback of a generation on this model it returns `ELLA_STATUS_BUSY`.
 //
 // # Safety
 // `model` is NULL or a live handle.
@@ -415,7 +439,9 @@ enum ella_status ella_model_free_text_encoder(const struct ella_model *model);
 // the original values: nothing is reloaded. All files are checked first; on an error (a
 // LoRA for another architecture: `ELLA_STATUS_INVALID_MODEL`) the weights stay as they were.
 // Entries that match no weight are reported through the model's log callback as warnings.
-// Waits for calls running on the model's contexts to finish.
+// The files are read while generations go on; the weights change once calls running on
+// the model's contexts have finished (never during one). From a progress callback of a
+// generation on this model it returns `ELLA_STATUS_BUSY`.
 //
 // # Safety
 // `model` is NULL or a live handle; `paths` and `scales` point to `count` NUL-terminated

@@ -314,6 +314,7 @@ def part(module, function, *args):
 PARTS = {
     "text": (make_text, "the T5 encoder, its tokenizer and the connector"),
     "sd": (part("sd_fixtures", "make_sd", ELLA_TINY), "the U-Net, VAE, schedulers and ELLA samplings"),
+    "scheduler-limits": (part("sd_fixtures", "scheduler_limit_fixtures"), "diffusers at 999 and 1000 steps"),
     "clip": (part("clip_fixtures", "make_clip"), "the CLIP text encoder and tokenizer"),
     "conditioning": (part("sd_fixtures", "make_conditioning", ELLA_TINY), "samplings on CLIP and ELLA + CLIP"),
     "img2img": (part("sd_fixtures", "make_img2img", ELLA_TINY), "image-to-image samplings"),

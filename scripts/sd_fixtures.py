@@ -163,6 +163,34 @@ def scheduler_fixtures(out):
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "reference" / "scheduler_steps.safetensors"))
 
 
+def scheduler_limit_fixtures(out):
+    """What diffusers does at the largest step counts (999 and 1000) with SD1.5's config:
+    the timesteps, and whether all the steps run (with fixed, smooth model outputs) to a
+    finite sample. At 1000 steps DDIM indexes past the 1000 training timesteps (IndexError)
+    and DPM-Solver++ spaces timestep 500 twice and divides by the zero-length step; ella
+    refuses those step counts (naming the largest that works) where diffusers fails."""
+    gen = torch.Generator().manual_seed(22)
+    sample = torch.randn(1, 4, 4, 4, generator=gen)
+    cases = {}
+    for name in SCHEDULERS:
+        for steps in [999, 1000]:
+            s = make_scheduler(name)
+            s.set_timesteps(steps)
+            entry = {"timesteps": s.timesteps.tolist()}
+            x = sample.clone() * s.init_noise_sigma
+            try:
+                for i, t in enumerate(s.timesteps):
+                    output = torch.sin(s.scale_model_input(x, t) * 0.7 + i * 0.01)
+                    x = s.step(output, t, x).prev_sample
+                entry["runs"] = bool(torch.isfinite(x).all())
+                entry["failure"] = None if entry["runs"] else f"non-finite sample after step {i}"
+            except IndexError as e:
+                entry["runs"] = False
+                entry["failure"] = f"IndexError at step {i}: {e}"
+            cases[f"{name}/{steps}"] = entry
+    (out / "reference" / "scheduler_limits.json").write_text(json.dumps(cases) + "\n")
+
+
 class ELLAProxyUNet(torch.nn.Module):
     """The official inference.py's proxy: ELLA runs on every U-Net call with the U-Net's
     timestep; in flexible mode each row is cut back to its own token count first.

@@ -11,7 +11,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use serde::Deserialize;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_LEVELS, MAX_WIDTH};
 use crate::nn::{Conv2d, TimestepEmbedding};
 use crate::unet::blocks::{DownBlock, MidBlock};
 use crate::unet::{
@@ -93,8 +95,16 @@ impl ControlNetConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         self.unet.validate()?;
-        if self.conditioning_embedding_out_channels.is_empty() {
-            return Err("`conditioning_embedding_out_channels` is empty".into());
+        let channels = &self.conditioning_embedding_out_channels;
+        if !(1..=MAX_LEVELS).contains(&channels.len()) {
+            return Err(format!(
+                "`conditioning_embedding_out_channels` must have 1 to {MAX_LEVELS} values"
+            ));
+        }
+        if let Some(&c) = channels.iter().find(|&&c| !(1..=MAX_WIDTH).contains(&c)) {
+            return Err(format!(
+                "`conditioning_embedding_out_channels` value {c} must be between 1 and {MAX_WIDTH}"
+            ));
         }
         if self.controlnet_conditioning_channel_order != "rgb" {
             return Err(format!(
@@ -248,6 +258,7 @@ impl<B: Backend> ControlNetModel<B> {
         context: Tensor<B, 3>,
         image: Tensor<B, 4>,
         scale: f32,
+        cancel: Cancel,
     ) -> Result<ControlResiduals<B>> {
         let config = &self.config.unet;
         check_inputs(config, &sample, timesteps, &context)?;
@@ -267,7 +278,14 @@ impl<B: Backend> ControlNetModel<B> {
         }
         let temb = embed_time(&self.time_embedding, config, timesteps, &sample);
         let x = self.conv_in.forward(sample) + self.controlnet_cond_embedding.forward(image);
-        let (mid, skips) = run_down_path(&self.down_blocks, &self.mid_block, x, &temb, &context);
+        let (mid, skips) = run_down_path(
+            &self.down_blocks,
+            &self.mid_block,
+            x,
+            &temb,
+            &context,
+            cancel,
+        )?;
         let down = skips
             .into_iter()
             .zip(&self.controlnet_down_blocks)

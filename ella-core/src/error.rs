@@ -14,6 +14,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file could not be created or written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A weight file of a loaded model was rewritten on disk: re-reading a weight (to
+    /// restore it from a LoRA) found other bytes than at load.
+    #[error(
+        "{path} changed on disk since the model was loaded (tensor `{name}` reads differently): \
+         reload the model"
+    )]
+    FileChanged { path: PathBuf, name: String },
+
     /// A safetensors file is truncated, has a corrupt or absurdly long header, or
     /// overlapping tensor data.
     #[error("{path} is not a valid safetensors file: {reason}")]
@@ -56,6 +72,35 @@ pub enum Error {
         path: PathBuf,
         hint: String,
     },
+
+    /// A weight holds NaN or infinite values: any image made with it would be black.
+    #[error("tensor `{name}` in {path} holds {count} NaN or infinite values")]
+    NonFiniteWeights {
+        name: String,
+        path: PathBuf,
+        count: usize,
+    },
+
+    /// A request or a model would need more working memory than the budget allows
+    /// ([`crate::Pipeline::set_memory_budget`]; by default the memory the machine has free).
+    #[error(
+        "{what} needs about {} MiB of working memory, more than the budget of {} MiB",
+        needed.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        budget: u64,
+    },
+
+    /// A computation produced NaN or infinite values (bad weights, an F16 overflow, an
+    /// absurd guidance or LoRA scale); no image is returned.
+    #[error(
+        "{what} holds NaN or infinite values (check the weights, the precision and the \
+         guidance and LoRA scales)"
+    )]
+    NonFinite { what: String },
 
     /// The backend cannot compute in the requested float type (e.g. F16 on `ndarray`).
     #[error("the {backend} backend does not support {dtype} tensors; use F32 on this backend")]

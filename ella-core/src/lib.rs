@@ -25,10 +25,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cancel;
 pub mod clip;
 pub mod connector;
 pub mod controlnet;
 pub mod error;
+pub mod limits;
 pub mod lora;
 pub mod nn;
 pub mod pipeline;
@@ -39,6 +41,7 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
+pub use cancel::Cancel;
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
@@ -46,7 +49,7 @@ pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
 pub use pipeline::{
     Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
-    PipelineParts, Precision, PromptStates, StatePair,
+    PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, WorkingMemory,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};

@@ -303,12 +303,28 @@ pub fn read_updates(
                 .unwrap_or_default();
             Ok(TensorData::new(values, [rows, cols]))
         };
+        let (down, up) = (
+            f32_matrix(down, rank, fan_in)?,
+            f32_matrix(up, shape[0], rank)?,
+        );
+        let factor = lora.scale * alpha / rank as f32;
+        // |Δw| ≤ |factor| · rank · max|up| · max|down| for every element: refuse an update
+        // that could overflow f32 (an absurd scale or α) before any weight changes.
+        let largest = |m: &TensorData| m.iter::<f32>().fold(0f32, |a, v| a.max(v.abs()));
+        let bound = factor.abs() * rank as f32 * largest(&up) * largest(&down);
+        if !(bound < f32::MAX / 4.0) {
+            return Err(Error::InvalidInput(format!(
+                "LoRA {} at scale {} (α {alpha}, rank {rank}) would overflow `{weight}`",
+                lora.path.display(),
+                lora.scale
+            )));
+        }
         updates.push(Update {
             target,
             weight,
-            down: f32_matrix(down, rank, fan_in)?,
-            up: f32_matrix(up, shape[0], rank)?,
-            factor: lora.scale * alpha / rank as f32,
+            down,
+            up,
+            factor,
         });
     }
     if updates.is_empty() && skipped == 0 {
@@ -350,6 +366,7 @@ pub fn apply<B: Backend, M: Module<B>>(
             let down = Tensor::<B, 2>::from_data(update.down.clone(), (device, DType::F32));
             value = value + up.matmul(down) * update.factor;
         }
+
         let value = match weight.layout {
             Layout::Linear => value.transpose(),
             Layout::Conv => value,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
-use ella_core::{DefaultBackend as B, GenerateRequest, Hooks, Pipeline, VaeDecode};
+use ella_core::{Cancel, DefaultBackend as B, GenerateRequest, Hooks, Pipeline, VaeDecode};
 
 /// Counts allocations, allocated bytes, live bytes and the peak of live bytes.
 struct Counting;
@@ -136,13 +136,15 @@ fn generation_and_memory_budgets() {
     let (_, whole) = count(|| {
         pipeline
             .vae
-            .decode_with(latents.clone(), VaeDecode::Whole)
+            .decode_with(latents.clone(), VaeDecode::Whole, Cancel::NEVER)
+            .unwrap()
             .into_data()
     });
     let (_, tiled) = count(|| {
         pipeline
             .vae
-            .decode_with(latents.clone(), VaeDecode::Tiled)
+            .decode_with(latents.clone(), VaeDecode::Tiled, Cancel::NEVER)
+            .unwrap()
             .into_data()
     });
     println!(

@@ -141,7 +141,10 @@ fn bad_scheduler_inputs_are_typed_errors() {
         let err = Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(0)).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{kind}: {err}");
         let err = Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(1001)).unwrap_err();
-        assert!(matches!(err, Error::InvalidConfig { .. }), "{kind}: {err}");
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.contains("training timesteps")),
+            "{kind}: {err}"
+        );
     }
     let err = Scheduler::<B>::new(
         SchedulerKind::Ddim,
@@ -176,4 +179,37 @@ fn bad_scheduler_inputs_are_typed_errors() {
     )
     .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+}
+
+/// The largest step counts against diffusers (`scheduler_limits.json`): where diffusers runs
+/// all the steps to a finite sample, the timesteps are its own; where it fails (DDIM at 1000
+/// indexes past the training timesteps, DPM-Solver++ at 1000 spaces timestep 500 twice and
+/// ends in infinities), the request is refused up front, naming the largest count that works.
+#[test]
+fn largest_step_counts_match_diffusers_or_are_refused_where_it_fails() {
+    let config = sd15_config_with(&Value::Object(Default::default()));
+    let text = std::fs::read_to_string(fixture("reference/scheduler_limits.json")).unwrap();
+    let cases: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(cases.len(), 8);
+    for (key, case) in cases {
+        let (name, steps) = key.split_once('/').unwrap();
+        let kind: SchedulerKind = name.parse().unwrap();
+        let steps: usize = steps.parse().unwrap();
+        let built = Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(steps));
+        match case["runs"].as_bool().unwrap() {
+            true => assert_eq!(
+                built.unwrap().timesteps(),
+                floats(&case["timesteps"]).as_slice(),
+                "{key}"
+            ),
+            false => {
+                let err = built.unwrap_err();
+                assert!(
+                    matches!(&err, Error::InvalidInput(m) if m.contains("at most 999 steps")),
+                    "{key} ({}): {err}",
+                    case["failure"]
+                );
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! One handle type for every backend: the C ABI holds a `dyn Engine`, implemented by
 //! `Pipeline<B>` for each backend compiled in, so no C function is generic.
 
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use crate::{EllaBackend, Failure, invalid};
 use ella_core::burn::tensor::backend::Backend;
@@ -39,21 +39,33 @@ pub trait Engine: Send + Sync {
     fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport>;
 }
 
-/// A pipeline behind a lock: generation and encoding share it, freeing T5 takes it alone.
-pub struct Locked<B: Backend>(RwLock<Pipeline<B>>);
+/// A pipeline behind a lock: generation and encoding share it, freeing T5 and changing
+/// LoRAs take it alone (after the LoRA files were read under the shared lock).
+pub struct Locked<B: Backend> {
+    pipeline: RwLock<Pipeline<B>>,
+    /// One `set_loras` at a time, so that the last call's LoRAs are the ones applied.
+    loras: Mutex<()>,
+}
 
 impl<B: Backend> Locked<B> {
-    pub fn load(paths: &ModelPaths, precision: Precision) -> Result<Self> {
+    pub fn load(
+        paths: &ModelPaths,
+        precision: Precision,
+        memory_budget: Option<u64>,
+    ) -> Result<Self> {
         let device = B::Device::default();
-        Ok(Self(RwLock::new(Pipeline::load_with_precision(
-            paths, &device, precision,
-        )?)))
+        let mut pipeline = Pipeline::load_with_precision(paths, &device, precision)?;
+        pipeline.set_memory_budget(memory_budget);
+        Ok(Self {
+            pipeline: RwLock::new(pipeline),
+            loras: Mutex::new(()),
+        })
     }
 
     /// The pipeline alone, once calls running on it have finished. `set_loras` either
     /// changes every weight or none, so a poisoned lock holds nothing half-written either.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Pipeline<B>> {
-        self.0
+        self.pipeline
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -61,7 +73,7 @@ impl<B: Backend> Locked<B> {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Pipeline<B>> {
         // A panic during a call is caught at the boundary; the pipeline itself is immutable
         // during reads, so a poisoned lock holds nothing half-written.
-        self.0
+        self.pipeline
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -129,7 +141,9 @@ where
     }
 
     fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport> {
-        self.write().set_loras(loras)
+        let _one_at_a_time = self.loras.lock().unwrap_or_else(|p| p.into_inner());
+        let prepared = self.read().prepare_loras(loras)?;
+        self.write().apply_loras(prepared)
     }
 }
 
@@ -138,21 +152,26 @@ pub fn load(
     backend: u32,
     paths: &ModelPaths,
     precision: Precision,
+    memory_budget: Option<u64>,
 ) -> std::result::Result<Box<dyn Engine>, Failure> {
     match backend {
         x if x == EllaBackend::Cpu as u32 => Ok(Box::new(
-            Locked::<ella_core::DefaultBackend>::load(paths, precision)?,
+            Locked::<ella_core::DefaultBackend>::load(paths, precision, memory_budget)?,
         )),
         #[cfg(feature = "wgpu")]
-        x if x == EllaBackend::Wgpu as u32 => {
-            Ok(Box::new(Locked::<ella_core::Wgpu>::load(paths, precision)?))
-        }
+        x if x == EllaBackend::Wgpu as u32 => Ok(Box::new(Locked::<ella_core::Wgpu>::load(
+            paths,
+            precision,
+            memory_budget,
+        )?)),
         #[cfg(not(feature = "wgpu"))]
         x if x == EllaBackend::Wgpu as u32 => Err(not_built("WGPU", "wgpu")),
         #[cfg(feature = "cuda")]
-        x if x == EllaBackend::Cuda as u32 => {
-            Ok(Box::new(Locked::<ella_core::Cuda>::load(paths, precision)?))
-        }
+        x if x == EllaBackend::Cuda as u32 => Ok(Box::new(Locked::<ella_core::Cuda>::load(
+            paths,
+            precision,
+            memory_budget,
+        )?)),
         #[cfg(not(feature = "cuda"))]
         x if x == EllaBackend::Cuda as u32 => Err(not_built("CUDA", "cuda")),
         other => Err(invalid(format!(

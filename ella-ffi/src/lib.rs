@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ella_core::burn::tensor::{DType, TensorData};
-use ella_core::pipeline::MAX_IMAGE_SIDE;
+use ella_core::limits::MAX_IMAGE_SIDE;
 use ella_core::{
     Conditioning, Control, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
     Precision, SchedulerKind, SurMode, T5Precision, TokenMode, VaeDecode,
@@ -54,6 +54,15 @@ pub enum EllaStatus {
     BufferTooSmall = 6,
     /// A bug in ella (a caught panic); the message says where.
     Internal = 7,
+    /// The request (or model) needs more working memory than `memory_budget` allows; the
+    /// message says how much. Nothing was allocated for it.
+    OutOfMemory = 8,
+    /// The computation produced NaN or infinite values (the message names the step): bad
+    /// weights, an overflow in F16, an absurd guidance or LoRA scale. No image is returned.
+    Numerical = 9,
+    /// The context is running another call (from another thread), or a callback called a
+    /// function that would wait for the generation it was called from.
+    Busy = 10,
 }
 
 /// Compute backend. A backend not compiled into the library (cargo features `wgpu`,
@@ -206,6 +215,11 @@ pub struct EllaModelParams {
     /// A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
     /// official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
     pub sur_adapter_path: *const c_char,
+    /// The working memory a request may use, in bytes: one that needs more is refused with
+    /// `ELLA_STATUS_OUT_OF_MEMORY` before it allocates anything. 0 (default): the memory the
+    /// machine (or its cgroup) has free when the request starts. On GPU backends, give the
+    /// device memory ella may use.
+    pub memory_budget: u64,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -252,13 +266,15 @@ pub struct EllaGenerateRequest {
     pub prompt_cache: *const EllaPrompt,
     /// An `ella_conditioning`; default ELLA.
     pub conditioning: u32,
-    /// Image-to-image: `width * height * 3` bytes of RGB8, rows top to bottom without
-    /// padding, of the request's size; NULL (default) for text-to-image.
+    /// Image-to-image: RGB8 of the request's size, rows top to bottom without padding
+    /// (`init_image_size` bytes, which must be `width * height * 3`); NULL (default) for
+    /// text-to-image.
     pub init_image: *const u8,
     /// With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
     pub strength: f32,
-    /// ControlNet guidance: `width * height * 3` bytes of RGB8 (an edge map, a depth map, …)
-    /// of the request's size; NULL (default) for none. Needs a model with `controlnet_path`.
+    /// ControlNet guidance: RGB8 (an edge map, a depth map, …) of the request's size,
+    /// `control_image_size` bytes (`width * height * 3`); NULL (default) for none. Needs a
+    /// model with `controlnet_path`.
     pub control_image: *const u8,
     /// The ControlNet's conditioning scale; default 1.
     pub control_scale: f32,
@@ -269,6 +285,10 @@ pub struct EllaGenerateRequest {
     pub sur_weight: f32,
     /// An `ella_sur_mode`; default FAITHFUL.
     pub sur_mode: u32,
+    /// The byte length of the `init_image` buffer.
+    pub init_image_size: usize,
+    /// The byte length of the `control_image` buffer.
+    pub control_image_size: usize,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -305,14 +325,74 @@ pub struct EllaPrompt {
     states: HostPrompt,
 }
 
-/// One job's state: cancellation flag and progress callback. Use from one thread at a time
-/// (`ella_cancel` excepted).
+/// One job's state: cancellation flag and progress callback. One call at a time: a second
+/// call while one runs gets `ELLA_STATUS_BUSY` (`ella_cancel` excepted).
 pub struct EllaContext {
     model: Arc<dyn Engine>,
     log: Logger,
     params: EllaContextParams,
     cancel: AtomicBool,
     busy: AtomicBool,
+    /// Set by `ella_context_free` from the context's own progress callback: the running
+    /// call frees the context when it returns.
+    free_when_done: AtomicBool,
+}
+
+thread_local! {
+    /// The generations running on this thread, innermost last, as (context, engine)
+    /// addresses: a progress callback's calls into the library see them.
+    static RUNNING: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn address<T: ?Sized>(pointer: *const T) -> usize {
+    pointer as *const () as usize
+}
+
+/// Refuses a call on `engine` from a progress callback of a generation running on the same
+/// model: it would wait for (or re-enter) the generation it was called from.
+fn refuse_inside_generation(engine: &Arc<dyn Engine>, what: &str) -> Result<(), Failure> {
+    let engine = address(Arc::as_ptr(engine));
+    match RUNNING.with(|running| running.borrow().iter().any(|&(_, e)| e == engine)) {
+        true => Err(Failure(
+            EllaStatus::Busy,
+            format!(
+                "{what} was called from a progress callback of a generation on the same model, \
+                 which it would wait for; call it after ella_generate returns"
+            ),
+        )),
+        false => Ok(()),
+    }
+}
+
+/// A call running on a context: marks it busy (and running on this thread) until dropped,
+/// however the call ends, a caught panic included.
+struct Session<'a> {
+    context: &'a EllaContext,
+}
+
+impl<'a> Session<'a> {
+    fn begin(context: &'a EllaContext) -> Result<Self, Failure> {
+        refuse_inside_generation(&context.model, "ella_generate")?;
+        if context.busy.swap(true, Ordering::SeqCst) {
+            return Err(Failure(
+                EllaStatus::Busy,
+                "another call is running on this context; use one context per thread".into(),
+            ));
+        }
+        let entry = (
+            address(context as *const EllaContext),
+            address(Arc::as_ptr(&context.model)),
+        );
+        RUNNING.with(|running| running.borrow_mut().push(entry));
+        Ok(Self { context })
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        RUNNING.with(|running| running.borrow_mut().pop());
+        self.context.busy.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -353,7 +433,7 @@ struct Failure(EllaStatus, String);
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         let status = match &error {
-            Error::Io { .. } => EllaStatus::Io,
+            Error::Io { .. } | Error::Write { .. } | Error::FileChanged { .. } => EllaStatus::Io,
             Error::InvalidSafetensors { .. }
             | Error::InvalidJson { .. }
             | Error::InvalidConfig { .. }
@@ -362,11 +442,14 @@ impl From<Error> for Failure {
             | Error::UnsupportedDtype { .. }
             | Error::UnexpectedTensor { .. }
             | Error::Tokenizer { .. }
+            | Error::NonFiniteWeights { .. }
             | Error::IncompatibleModels(_) => EllaStatus::InvalidModel,
             Error::UnsupportedPrecision { .. } | Error::UnsupportedModel { .. } => {
                 EllaStatus::Unsupported
             }
             Error::InvalidInput(_) => EllaStatus::InvalidArgument,
+            Error::OutOfMemory { .. } => EllaStatus::OutOfMemory,
+            Error::NonFinite { .. } => EllaStatus::Numerical,
             Error::Cancelled => EllaStatus::Cancelled,
         };
         Failure(status, error.to_string())
@@ -389,16 +472,24 @@ fn guard(body: impl FnOnce() -> Result<(), Failure>) -> EllaStatus {
             status
         }
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_error(&format!("internal error (please report): {what}"));
+            set_error(&panic_message(&*panic));
             EllaStatus::Internal
         }
     }
 }
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error (please report): {what}")
+}
+
+/// The stack of the thread `ella_model_load` loads on.
+const LOAD_STACK_BYTES: usize = 64 << 20;
 
 /// A required UTF-8 string argument.
 ///
@@ -414,20 +505,99 @@ unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
         .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// A `struct_size`-versioned struct: where its fields lie, so that a size that ends inside
+/// one (half a pointer) is refused instead of read.
+trait Versioned: Copy {
+    /// The byte range of every field.
+    fn fields(&self) -> Vec<std::ops::Range<usize>>;
+}
+
+/// Implements [`Versioned`] for a struct from the list of all its fields (the destructuring
+/// has no `..`: a field added to the struct but not here does not compile).
+macro_rules! versioned {
+    ($t:ident { $($field:ident),* $(,)? }) => {
+        impl Versioned for $t {
+            fn fields(&self) -> Vec<std::ops::Range<usize>> {
+                let $t { $($field),* } = self;
+                vec![$({
+                    let start = std::mem::offset_of!($t, $field);
+                    start..start + std::mem::size_of_val($field)
+                }),*]
+            }
+        }
+    };
+}
+
+versioned!(EllaModelParams {
+    struct_size,
+    t5_path,
+    ella_path,
+    ella_config_path,
+    sd_path,
+    backend,
+    precision,
+    log_callback,
+    log_user_data,
+    t5_precision,
+    sd_config_path,
+    vae_path,
+    load_clip,
+    controlnet_path,
+    sur_adapter_path,
+    memory_budget,
+});
+versioned!(EllaContextParams {
+    struct_size,
+    progress_callback,
+    progress_user_data,
+});
+versioned!(EllaGenerateRequest {
+    struct_size,
+    prompt,
+    negative_prompt,
+    width,
+    height,
+    steps,
+    guidance_scale,
+    seed,
+    scheduler,
+    max_tokens,
+    pixel_format,
+    vae_decode,
+    prompt_cache,
+    conditioning,
+    init_image,
+    strength,
+    control_image,
+    control_scale,
+    control_start,
+    control_end,
+    sur_weight,
+    sur_mode,
+    init_image_size,
+    control_image_size,
+});
+
 /// A params struct read through its `struct_size`: fields past the given size keep their
-/// defaults, bytes past our size are ignored.
+/// defaults, bytes past our size are ignored (a newer header's fields). A size that ends
+/// inside a field is refused: it cannot be an older header's `sizeof`.
 ///
 /// # Safety
 /// `ptr` is NULL or points to at least `struct_size` readable bytes.
-unsafe fn read_struct<T: Copy>(ptr: *const T, default: T, what: &str) -> Result<T, Failure> {
+unsafe fn read_struct<T: Versioned>(ptr: *const T, default: T, what: &str) -> Result<T, Failure> {
     if ptr.is_null() {
         return Err(invalid(format!("{what} is NULL")));
     }
     // SAFETY: every params struct starts with a u32 `struct_size`.
-    let size = unsafe { *(ptr as *const u32) } as usize;
-    if !(8..=1 << 16).contains(&size) {
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    let inside_a_field = default
+        .fields()
+        .iter()
+        .any(|field| field.start < size && size < field.end);
+    if !(4..=1 << 16).contains(&size) || inside_a_field {
         return Err(invalid(format!(
-            "{what}.struct_size {size} is not a plausible struct size"
+            "{what}.struct_size {size} is not the size of any version of this struct \
+             (set it to sizeof, or start from the *_default() function)"
         )));
     }
     let mut value = default;
@@ -480,6 +650,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         load_clip: 0,
         controlnet_path: std::ptr::null(),
         sur_adapter_path: std::ptr::null(),
+        memory_budget: 0,
     }
 }
 
@@ -563,7 +734,17 @@ pub unsafe extern "C" fn ella_model_load(
             user_data: params.log_user_data,
         };
         let start = Instant::now();
-        let engine = engine::load(params.backend, &paths, precision)?;
+        let budget = (params.memory_budget > 0).then_some(params.memory_budget);
+        let backend = params.backend;
+        // Loading runs deep (each model's blocks), deeper still in unoptimised builds: on a
+        // thread of its own with a large stack, a host thread's small stack cannot overflow.
+        let engine = std::thread::Builder::new()
+            .name("ella-load".into())
+            .stack_size(LOAD_STACK_BYTES)
+            .spawn(move || engine::load(backend, &paths, precision, budget))
+            .map_err(|e| Failure(EllaStatus::Internal, format!("cannot start a thread: {e}")))?
+            .join()
+            .map_err(|panic| Failure(EllaStatus::Internal, panic_message(&*panic)))??;
         log.log(
             EllaLogLevel::Info,
             &format!("ella: loaded the models in {:.2?}", start.elapsed()),
@@ -625,26 +806,43 @@ pub unsafe extern "C" fn ella_context_new(
             params,
             cancel: AtomicBool::new(false),
             busy: AtomicBool::new(false),
+            free_when_done: AtomicBool::new(false),
         });
         write_out(out_context, Box::into_raw(context), "out_context")
     })
 }
 
-/// Frees a context. NULL is a no-op. Not while a call on it is running.
+/// Frees a context. NULL is a no-op. While a call runs on it from another thread, cancels
+/// that call and waits for it to return; from the context's own progress callback, the
+/// running call frees the context when it returns.
 ///
 /// # Safety
 /// `context` is NULL or a handle from `ella_context_new`, not used after this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ella_context_free(context: *mut EllaContext) {
-    if !context.is_null() {
-        // SAFETY: a handle from ella_context_new, freed once.
-        drop(unsafe { Box::from_raw(context) });
+    // SAFETY: NULL or a live handle.
+    let Some(live) = (unsafe { context.as_ref() }) else {
+        return;
+    };
+    if live.busy.load(Ordering::SeqCst) {
+        let here = address(context as *const EllaContext);
+        if RUNNING.with(|running| running.borrow().iter().any(|&(c, _)| c == here)) {
+            live.free_when_done.store(true, Ordering::SeqCst);
+            return;
+        }
+        live.cancel.store(true, Ordering::SeqCst);
+        while live.busy.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
+    // SAFETY: a handle from ella_context_new, freed once, no call running on it.
+    drop(unsafe { Box::from_raw(context) });
 }
 
 /// Asks the generation running on `context` to stop: it returns `ELLA_STATUS_CANCELLED`
-/// after the current step, and the context stays usable. Safe from any thread; no effect
-/// when nothing runs.
+/// within one model block (a U-Net block, a VAE level or tile, a T5 layer), and the context
+/// stays usable. Safe from any thread and from the progress callback; no effect when
+/// nothing runs.
 ///
 /// # Safety
 /// `context` is NULL or a live handle.
@@ -684,6 +882,8 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         control_end: 1.0,
         sur_weight: 0.1,
         sur_mode: EllaSurMode::Faithful as u32,
+        init_image_size: 0,
+        control_image_size: 0,
     }
 }
 
@@ -706,12 +906,13 @@ fn channels(format: u32) -> Result<u32, Failure> {
     }
 }
 
-/// An RGB8 image of the request's size from `pixels` (NULL: none).
+/// An RGB8 image of the request's size from `size` bytes at `pixels` (NULL: none).
 ///
 /// # Safety
-/// `pixels` is NULL or points to `request.width * request.height * 3` readable bytes.
+/// `pixels` is NULL or points to `size` readable bytes.
 unsafe fn host_image(
     pixels: *const u8,
+    size: usize,
     request: &EllaGenerateRequest,
     what: &str,
 ) -> Result<Option<Image>, Failure> {
@@ -724,8 +925,14 @@ unsafe fn host_image(
             "request.{what} needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
         )));
     }
-    // SAFETY: per this function's contract.
-    let pixels = unsafe { std::slice::from_raw_parts(pixels, width * height * 3) };
+    let expected = width * height * 3;
+    if size != expected {
+        return Err(invalid(format!(
+            "request.{what}_size is {size} bytes; a {width}×{height} RGB8 image is {expected}"
+        )));
+    }
+    // SAFETY: `size` readable bytes, per this function's contract.
+    let pixels = unsafe { std::slice::from_raw_parts(pixels, size) };
     Ok(Some(Image {
         width,
         height,
@@ -733,16 +940,37 @@ unsafe fn host_image(
     }))
 }
 
-/// Runs one request on a context; returns the pixels in the request's format.
+/// Runs one request on a context; returns the pixels in the request's format. Frees the
+/// context afterwards when its progress callback asked to (`ella_context_free`).
 ///
 /// # Safety
 /// `context` is a live handle; `request` points to a valid request.
 unsafe fn run(
-    context: *const EllaContext,
+    context: *mut EllaContext,
     request: *const EllaGenerateRequest,
 ) -> Result<(Vec<u8>, u32, u32, u32), Failure> {
     // SAFETY: NULL or a live handle.
-    let context = unsafe { context.as_ref() }.ok_or_else(|| invalid("context is NULL"))?;
+    let live = unsafe { context.as_ref() }.ok_or_else(|| invalid("context is NULL"))?;
+    let session = Session::begin(live)?;
+    // SAFETY: per the caller's contract.
+    let result = unsafe { run_request(live, request) };
+    let free = live.free_when_done.load(Ordering::SeqCst);
+    drop(session);
+    if free {
+        // SAFETY: the handle's last use: `ella_context_free` left it to this call.
+        drop(unsafe { Box::from_raw(context) });
+    }
+    result
+}
+
+/// [`run`]'s work, on a context marked busy.
+///
+/// # Safety
+/// `request` points to a valid request.
+unsafe fn run_request(
+    context: &EllaContext,
+    request: *const EllaGenerateRequest,
+) -> Result<(Vec<u8>, u32, u32, u32), Failure> {
     // SAFETY: per the caller's contract.
     let request = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
     let channels = channels(request.pixel_format)?;
@@ -753,9 +981,23 @@ unsafe fn run(
         // SAFETY: strings per the caller's contract.
         false => unsafe { text(ptr, what) }.map(str::to_string),
     };
-    // SAFETY (both): the caller passes `width * height * 3` readable bytes (header).
-    let init_image = unsafe { host_image(request.init_image, &request, "init_image") }?;
-    let control_image = unsafe { host_image(request.control_image, &request, "control_image") }?;
+    // SAFETY (both): the caller passes buffers of the sizes it gives (header).
+    let init_image = unsafe {
+        host_image(
+            request.init_image,
+            request.init_image_size,
+            &request,
+            "init_image",
+        )
+    }?;
+    let control_image = unsafe {
+        host_image(
+            request.control_image,
+            request.control_image_size,
+            &request,
+            "control_image",
+        )
+    }?;
     let generate = GenerateRequest {
         prompt: match cache {
             Some(_) => optional_text(request.prompt, "request.prompt")?,
@@ -825,19 +1067,6 @@ unsafe fn run(
             end: request.control_end,
         }),
     };
-    if context.busy.swap(true, Ordering::SeqCst) {
-        return Err(invalid(
-            "another call is running on this context; use one context per thread",
-        ));
-    }
-    // Frees the context again however the call ends, a caught panic included.
-    struct Busy<'a>(&'a AtomicBool);
-    impl Drop for Busy<'_> {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
-    let _busy = Busy(&context.busy);
     context.cancel.store(false, Ordering::SeqCst);
     let params = context.params;
     let mut hooks = Hooks {
@@ -1005,6 +1234,7 @@ pub unsafe extern "C" fn ella_encode_prompt(
         }
         // SAFETY: per this function's contract.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        refuse_inside_generation(&model.engine, "ella_encode_prompt")?;
         let prompt = unsafe { text(prompt, "prompt")? };
         tensor_out(
             model.engine.encode(prompt, token_mode(max_tokens))?,
@@ -1034,6 +1264,7 @@ pub unsafe extern "C" fn ella_connector_step(
         }
         // SAFETY: NULL or a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        refuse_inside_generation(&model.engine, "ella_connector_step")?;
         let count = tokens
             .checked_mul(width)
             .filter(|&n| n > 0 && n <= 1 << 28)
@@ -1067,6 +1298,7 @@ pub unsafe extern "C" fn ella_prompt_encode(
         }
         // SAFETY: per this function's contract.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        refuse_inside_generation(&model.engine, "ella_prompt_encode")?;
         let prompt = unsafe { text(prompt, "prompt")? };
         let negative = match negative_prompt.is_null() {
             true => "",
@@ -1097,7 +1329,8 @@ pub unsafe extern "C" fn ella_prompt_free(prompt: *mut EllaPrompt) {
 
 /// Drops the model's T5 encoder (about 2.4 GB in F16 for flan-t5-xl) and returns its memory
 /// to the device. Afterwards generation needs `prompt_cache` from `ella_prompt_encode`, and
-/// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish.
+/// `ella_encode_prompt` fails. Waits for calls running on the model's contexts to finish;
+/// from a progress callback of a generation on this model it returns `ELLA_STATUS_BUSY`.
 ///
 /// # Safety
 /// `model` is NULL or a live handle.
@@ -1106,6 +1339,7 @@ pub unsafe extern "C" fn ella_model_free_text_encoder(model: *const EllaModel) -
     guard(|| {
         // SAFETY: NULL or a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        refuse_inside_generation(&model.engine, "ella_model_free_text_encoder")?;
         model.engine.free_text_encoder();
         Ok(())
     })
@@ -1117,7 +1351,9 @@ pub unsafe extern "C" fn ella_model_free_text_encoder(model: *const EllaModel) -
 /// the original values: nothing is reloaded. All files are checked first; on an error (a
 /// LoRA for another architecture: `ELLA_STATUS_INVALID_MODEL`) the weights stay as they were.
 /// Entries that match no weight are reported through the model's log callback as warnings.
-/// Waits for calls running on the model's contexts to finish.
+/// The files are read while generations go on; the weights change once calls running on
+/// the model's contexts have finished (never during one). From a progress callback of a
+/// generation on this model it returns `ELLA_STATUS_BUSY`.
 ///
 /// # Safety
 /// `model` is NULL or a live handle; `paths` and `scales` point to `count` NUL-terminated
@@ -1132,6 +1368,7 @@ pub unsafe extern "C" fn ella_model_set_loras(
     guard(|| {
         // SAFETY: NULL or a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        refuse_inside_generation(&model.engine, "ella_model_set_loras")?;
         if count > 0 && (paths.is_null() || scales.is_null()) {
             return Err(invalid("paths and scales must not be NULL when count > 0"));
         }

@@ -865,6 +865,7 @@ fn image_to_image() {
     let other = CString::new("two cats on a sofa").unwrap();
     let img2img = EllaGenerateRequest {
         init_image: text_to_image.as_ptr(),
+        init_image_size: text_to_image.len(),
         strength: 0.5,
         steps: 4,
         ..request(&other)
@@ -987,6 +988,7 @@ fn controlnet_guidance() {
         .collect();
     let controlled = EllaGenerateRequest {
         control_image: edges.as_ptr(),
+        control_image_size: edges.len(),
         control_scale: 0.8,
         ..request(&prompt)
     };

@@ -5,7 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::weights::{TensorSpec, linear_specs, read_config};
+use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use crate::weights::{TensorSpec, check_positive, check_sizes, linear_specs, read_config};
 
 /// Names and defaults are transformers'; `sd15()` is SD1.5's text encoder.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -71,9 +72,24 @@ impl ClipTextConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, 4 * MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                self.hidden_size,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 16,
+            ),
+        ])?;
+        check_positive("layer_norm_eps", self.layer_norm_eps)?;
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "`hidden_size` {} is not divisible by `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads
@@ -81,10 +97,6 @@ impl ClipTextConfig {
         }
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
             return Err(format!("`hidden_act` {} is not supported", self.hidden_act));
-        }
-        if self.vocab_size == 0 || self.max_position_embeddings == 0 || self.num_hidden_layers == 0
-        {
-            return Err("sizes must be positive".into());
         }
         Ok(())
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::weights::{open_tokenizer, read_json};
+use crate::limits::check_prompt_lengths;
+use crate::weights::{open_tokenizer, read_json, read_text};
 
 /// The number of tokens SD's CLIP text encoder reads.
 pub const CLIP_TOKENS: usize = 77;
@@ -65,6 +66,7 @@ impl ClipTokenizer {
 
     /// `[batch][77]` token ids.
     pub fn encode(&self, prompts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        check_prompt_lengths(prompts)?;
         let encodings = self
             .inner
             .encode_batch(prompts.to_vec(), true)
@@ -88,10 +90,7 @@ fn from_vocab_and_merges(folder: &Path) -> Result<Tokenizer> {
         reason,
     };
     let vocab: serde_json::Map<String, serde_json::Value> = read_json(&vocab_path)?;
-    let merges_text = std::fs::read_to_string(&merges_path).map_err(|source| Error::Io {
-        path: merges_path.clone(),
-        source,
-    })?;
+    let merges_text = read_text(&merges_path)?;
     let merges = merges_text
         .lines()
         .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())

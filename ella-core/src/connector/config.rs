@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::weights::{TensorSpec, linear_specs, read_config};
+use crate::limits::{MAX_LAYERS, MAX_WIDTH};
+use crate::weights::{TensorSpec, check_sizes, linear_specs, read_config};
 
 /// Sizes of the Timestep-Aware Semantic Connector. `Default` is the official SD1.5 file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -52,21 +53,18 @@ impl ConnectorConfig {
         read_config(path, Self::validate)
     }
 
-    /// Checks that the sizes describe a buildable connector.
+    /// Checks that the sizes describe a buildable connector of a plausible size.
     pub fn validate(&self) -> Result<(), String> {
-        let sizes = [
-            ("time_channel", self.time_channel),
-            ("time_embed_dim", self.time_embed_dim),
-            ("width", self.width),
-            ("layers", self.layers),
-            ("heads", self.heads),
-            ("num_latents", self.num_latents),
-            ("input_dim", self.input_dim),
-            ("output_dim", self.output_dim.unwrap_or(1)),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("`{name}` must be positive"));
-        }
+        check_sizes(&[
+            ("time_channel", self.time_channel, MAX_WIDTH),
+            ("time_embed_dim", self.time_embed_dim, MAX_WIDTH),
+            ("width", self.width, MAX_WIDTH),
+            ("layers", self.layers, MAX_LAYERS),
+            ("heads", self.heads, self.width),
+            ("num_latents", self.num_latents, 1 << 12),
+            ("input_dim", self.input_dim, MAX_WIDTH),
+            ("output_dim", self.output_dim.unwrap_or(1), MAX_WIDTH),
+        ])?;
         if !self.width.is_multiple_of(self.heads) {
             return Err(format!(
                 "`width` {} is not divisible by `heads` {}",

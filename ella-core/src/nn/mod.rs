@@ -26,6 +26,11 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
+/// The most bytes of f32 attention scores one attention call may hold at once: longer
+/// queries are computed in row chunks (exactly: each query row's softmax is its own), so
+/// backends that materialize the score matrix stay bounded at any image size.
+pub const ATTENTION_CHUNK_BYTES: usize = 64 << 20;
+
 /// Multi-head scaled dot-product attention on `[batch, seq, width]` projections.
 ///
 /// `scale` `None` is the usual `1/sqrt(head_dim)`; T5 passes `Some(1.0)` because it folds
@@ -40,19 +45,39 @@ pub fn multi_head_attention<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 3> {
-    let out = attention(
+    let [batch, q_len, _] = q.dims();
+    let k_len = k.dims()[1];
+    let (q, k, v) = (
         split_heads(q, heads),
         split_heads(k, heads),
         split_heads(v, heads),
-        mask,
-        bias,
-        AttentionModuleOptions {
-            scale,
-            softcap: None,
-            is_causal: false,
-        },
     );
-    merge_heads(out)
+    let options = AttentionModuleOptions {
+        scale,
+        softcap: None,
+        is_causal: false,
+    };
+    let row_bytes = (batch * heads * k_len * 4).max(1);
+    let chunk = (ATTENTION_CHUNK_BYTES / row_bytes).max(1);
+    if q_len <= chunk {
+        return merge_heads(attention(q, k, v, mask, bias, options));
+    }
+    let rows = |t: Tensor<B, 4>, start: usize, len: usize| t.narrow(2, start, len);
+    let parts = (0..q_len)
+        .step_by(chunk)
+        .map(|start| {
+            let len = chunk.min(q_len - start);
+            attention(
+                rows(q.clone(), start, len),
+                k.clone(),
+                v.clone(),
+                mask.clone().map(|m| m.narrow(2, start, len)),
+                bias.clone().map(|b| rows(b, start, len)),
+                options,
+            )
+        })
+        .collect();
+    merge_heads(Tensor::cat(parts, 2))
 }
 
 /// LayerNorm over the last dim without affine parameters (`elementwise_affine=False`),

@@ -1,13 +1,15 @@
 //! `Image`: 8-bit RGB pixels, PNG input and output.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_IMAGE_SIDE;
+use crate::weights::open_regular;
 
 /// An RGB8 image, rows top to bottom, `width · height · 3` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +21,8 @@ pub struct Image {
 
 impl Image {
     /// Reads a PNG file of any color type and bit depth as RGB8 (alpha dropped, gray
-    /// repeated, 16-bit reduced to 8).
+    /// repeated, 16-bit reduced to 8). Images over [`MAX_IMAGE_SIDE`] a side are refused
+    /// before their pixels are decoded.
     pub fn load_png(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let failed = |e: png::DecodingError| {
@@ -28,13 +31,17 @@ impl Image {
                 path.display()
             ))
         };
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = open_regular(path)?;
         let mut decoder = png::Decoder::new(BufReader::new(file));
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(failed)?;
+        let (width, height) = (reader.info().width, reader.info().height);
+        if width.max(height) as usize > MAX_IMAGE_SIDE {
+            return Err(Error::InvalidInput(format!(
+                "{} is {width}×{height}; images up to {MAX_IMAGE_SIDE} a side are read",
+                path.display()
+            )));
+        }
         let size = reader.output_buffer_size().ok_or_else(|| {
             Error::InvalidInput(format!("{} is too large an image", path.display()))
         })?;
@@ -78,17 +85,22 @@ impl Image {
     /// Writes the image as a PNG file.
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let io = |source| Error::Io {
+        let file = File::create(path).map_err(|source| Error::Write {
             path: path.to_path_buf(),
             source,
-        };
-        let png_error = |e: png::EncodingError| Error::Io {
+        })?;
+        self.write_png(file, path)
+    }
+
+    /// Writes the image as PNG to `out` (a file opened before a long generation, so that
+    /// a path that cannot be written fails first); `path` names it in errors.
+    pub fn write_png(&self, out: impl Write, path: &Path) -> Result<()> {
+        let png_error = |e: png::EncodingError| Error::Write {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         };
-        let file = File::create(path).map_err(io)?;
         let mut encoder =
-            png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
+            png::Encoder::new(BufWriter::new(out), self.width as u32, self.height as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header().map_err(png_error)?;

@@ -25,20 +25,23 @@
 
 mod image;
 mod load;
+pub mod memory;
 pub mod noise;
 mod request;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
 pub use load::{EllaPaths, ModelPaths};
-pub use request::{Conditioning, Control, GenerateRequest, MAX_BATCH, MAX_IMAGE_SIDE};
+pub use memory::WorkingMemory;
+pub use request::{Conditioning, Control, GenerateRequest};
 
-use crate::clip::ClipTextEncoder;
+use crate::cancel::Cancel;
+use crate::clip::{CLIP_TOKENS, ClipTextEncoder};
 use crate::connector::{Connector, ConnectorConfig};
 use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
@@ -78,7 +81,8 @@ pub type TensorSink<'a> = Box<dyn FnMut(&str, TensorData) + 'a>;
 pub struct Hooks<'a> {
     /// Called after each denoising step with `(steps done, total steps)`.
     pub progress: Option<ProgressFn<'a>>,
-    /// Checked before every step; when set, the call returns [`Error::Cancelled`].
+    /// Checked between the blocks of every model call (T5 layers, U-Net and ControlNet
+    /// blocks, VAE levels and tiles); once set, the call returns [`Error::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,
     /// Receives the intermediate tensors (see `examples/generate.rs --dump-dir` for names).
     pub tensors: Option<TensorSink<'a>>,
@@ -106,6 +110,16 @@ pub struct Pipeline<B: Backend> {
     sur_adapter: Option<SurAdapter<B>>,
     /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
     lora_changed: BTreeMap<Target, BTreeSet<String>>,
+    /// The host's working-memory budget in bytes; `None`: what the machine has free.
+    memory_budget: Option<u64>,
+}
+
+/// LoRA files read and checked against a pipeline's models ([`Pipeline::prepare_loras`]),
+/// to apply with [`Pipeline::apply_loras`].
+#[derive(Debug)]
+pub struct PreparedLoras {
+    updates: Vec<lora::Update>,
+    report: LoraReport,
 }
 
 /// The models of a pipeline, for [`Pipeline::from_parts`].
@@ -197,6 +211,13 @@ impl<B: Backend> Pipeline<B> {
     /// from the original values, so no model is reloaded. Text-encoder parts are skipped
     /// without CLIP (ELLA conditioning does not read it), and reported.
     pub fn set_loras(&mut self, loras: &[Lora]) -> Result<LoraReport> {
+        let prepared = self.prepare_loras(loras)?;
+        self.apply_loras(prepared)
+    }
+
+    /// The first half of [`Pipeline::set_loras`], which needs only shared access (a host can
+    /// keep generating meanwhile): reads the files and checks them against the models.
+    pub fn prepare_loras(&self, loras: &[Lora]) -> Result<PreparedLoras> {
         let mut report = LoraReport::default();
         let mut updates = Vec::new();
         let clip_index = self.clip.as_ref().map(|c| &c.model.weights);
@@ -208,6 +229,16 @@ impl<B: Backend> Pipeline<B> {
                 &mut report,
             )?);
         }
+        Ok(PreparedLoras { updates, report })
+    }
+
+    /// The second half of [`Pipeline::set_loras`]: rebuilds the weights. On an error (a
+    /// weight file changed on disk, a merged weight that is not finite) no weight changes.
+    pub fn apply_loras(&mut self, prepared: PreparedLoras) -> Result<LoraReport> {
+        let PreparedLoras {
+            updates,
+            mut report,
+        } = prepared;
         let device = self.unet.conv_in.weight.device();
         let of = |target: Target| -> Vec<&lora::Update> {
             updates.iter().filter(|u| u.target == target).collect()
@@ -307,6 +338,55 @@ impl<B: Backend> Pipeline<B> {
             controlnet: None,
             sur_adapter: None,
             lora_changed: BTreeMap::new(),
+            memory_budget: None,
+        })
+    }
+
+    /// Sets how much working memory a request may use, in bytes (`None`, the default: the
+    /// memory the machine, or its cgroup, has free when the request starts). A request
+    /// that needs more is refused with [`Error::OutOfMemory`] before it allocates anything.
+    /// On GPU backends the tensors live in device memory: give the device's share here.
+    pub fn set_memory_budget(&mut self, bytes: Option<u64>) {
+        self.memory_budget = bytes;
+    }
+
+    /// The working-memory budget in bytes now (see [`Pipeline::set_memory_budget`]).
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget.unwrap_or_else(memory::available)
+    }
+
+    /// What `request` will need of working memory, by phase, estimated from its sizes and
+    /// the models' configs (T5's part depends on the prompts' token counts and is checked
+    /// when they are encoded).
+    pub fn working_memory(&self, request: &GenerateRequest) -> Result<WorkingMemory> {
+        let factor = self.vae.config.downscale_factor();
+        let [h, w] = request.validate(factor, self.vae.config.latent_channels)?;
+        let latent = [h as u64, w as u64];
+        let dtype = self.unet.conv_in.weight.val().dtype();
+        let rows = request.unet_rows();
+        let tokens = match request.conditioning {
+            Conditioning::Ella => self.connector.as_ref().map_or(0, |c| c.config.num_latents),
+            Conditioning::EllaClip => {
+                self.connector.as_ref().map_or(0, |c| c.config.num_latents) + CLIP_TOKENS
+            }
+            Conditioning::Clip | Conditioning::ClipSur => CLIP_TOKENS,
+        } as u64;
+        let mut denoising = memory::unet_step(&self.unet.config, rows, latent, tokens, dtype);
+        if let (Some(_), Some(controlnet)) = (&request.control, &self.controlnet) {
+            let step = memory::unet_step(&controlnet.config.unet, rows, latent, tokens, dtype);
+            denoising = denoising.saturating_add(step);
+        }
+        let encoding = match &request.init_image {
+            Some(_) => memory::vae_encode(&self.vae.config, latent, dtype),
+            None => 0,
+        };
+        let batch = request.batch_size as u64;
+        let decoding =
+            memory::vae_decode(&self.vae.config, batch, latent, request.vae_decode, dtype);
+        Ok(WorkingMemory {
+            encoding,
+            denoising,
+            decoding,
         })
     }
 
@@ -442,10 +522,22 @@ impl<B: Backend> Pipeline<B> {
         mode: TokenMode,
         conditioning: Conditioning,
     ) -> Result<PromptStates<B>> {
+        self.encode_prompts_with(prompt, negative, mode, conditioning, Cancel::NEVER)
+    }
+
+    /// [`Pipeline::encode_prompts`], stopping between T5's layers once `cancel` is set.
+    pub fn encode_prompts_with(
+        &self,
+        prompt: &str,
+        negative: &str,
+        mode: TokenMode,
+        conditioning: Conditioning,
+        cancel: Cancel,
+    ) -> Result<PromptStates<B>> {
         let t5 = match conditioning.uses_t5() {
             true => Some(StatePair {
-                uncond: self.encode_prompt(negative, mode)?,
-                cond: self.encode_prompt(prompt, mode)?,
+                uncond: self.encode_prompt_with(negative, mode, cancel)?,
+                cond: self.encode_prompt_with(prompt, mode, cancel)?,
             }),
             false => None,
         };
@@ -469,6 +561,17 @@ impl<B: Backend> Pipeline<B> {
 
     /// T5 states `[1, tokens, d_model]` of one prompt.
     pub fn encode_prompt(&self, prompt: &str, mode: TokenMode) -> Result<Tensor<B, 3>> {
+        self.encode_prompt_with(prompt, mode, Cancel::NEVER)
+    }
+
+    /// [`Pipeline::encode_prompt`] within the memory budget (checked once the prompt's
+    /// token count is known), stopping between layers once `cancel` is set.
+    fn encode_prompt_with(
+        &self,
+        prompt: &str,
+        mode: TokenMode,
+        cancel: Cancel,
+    ) -> Result<Tensor<B, 3>> {
         let t5 = self.text_encoder.as_ref().ok_or_else(|| {
             Error::InvalidInput(
                 "the T5 text encoder was freed or not loaded; pass prompt states encoded \
@@ -476,7 +579,16 @@ impl<B: Backend> Pipeline<B> {
                     .into(),
             )
         })?;
-        t5.encode(prompt, mode)
+        let tokens = t5.tokenizer.encode(&[prompt], mode)?;
+        let length = tokens.ids[0].len();
+        let dtype = t5.encoder.shared.val().dtype();
+        let needed = memory::t5_encode(&t5.encoder.config, length as u64, dtype);
+        memory::check(
+            &format!("T5 on a prompt of {length} tokens"),
+            needed,
+            self.memory_budget(),
+        )?;
+        t5.encode_tokens_with(&tokens, cancel)
     }
 
     /// Generates `request.batch_size` images.
@@ -533,6 +645,16 @@ impl<B: Backend> Pipeline<B> {
                 "the request has a control image but the pipeline has no ControlNet".into(),
             ));
         }
+        let needs = self.working_memory(request)?;
+        memory::check(
+            &format!(
+                "a {}×{} request of {} image(s)",
+                request.width, request.height, request.batch_size
+            ),
+            needs.peak(),
+            self.memory_budget(),
+        )?;
+        let cancel = Cancel::from_flag(hooks.cancel);
         let mut scheduler = Scheduler::<B>::new(
             request.scheduler,
             &self.scheduler_config,
@@ -542,11 +664,12 @@ impl<B: Backend> Pipeline<B> {
         let states = match states {
             Some(states) => states,
             None => {
-                encoded = self.encode_prompts(
+                encoded = self.encode_prompts_with(
                     &request.prompt,
                     &request.negative_prompt,
                     request.token_mode,
                     request.conditioning,
+                    cancel,
                 )?;
                 &encoded
             }
@@ -559,13 +682,16 @@ impl<B: Backend> Pipeline<B> {
             _ => None,
         };
         let clip = adapted.as_ref().or(states.clip.as_ref());
-        if let Some(t5) = t5 {
-            match request.token_mode {
-                TokenMode::Fixed(_) => hooks.dump(
+        // Fixed-length states dump as one batch; states of two lengths (flexible mode, or
+        // precomputed states whatever the request's mode) one by one.
+        if let Some(t5) = t5.filter(|_| hooks.tensors.is_some()) {
+            let same_length = t5.uncond.dims() == t5.cond.dims();
+            match (request.token_mode, same_length) {
+                (TokenMode::Fixed(_), true) => hooks.dump(
                     "t5_hidden",
                     &Tensor::cat(vec![t5.uncond.clone(), t5.cond.clone()], 0),
                 ),
-                TokenMode::Flexible => {
+                _ => {
                     hooks.dump("t5_hidden_uncond", &t5.uncond);
                     hooks.dump("t5_hidden_cond", &t5.cond);
                 }
@@ -589,7 +715,9 @@ impl<B: Backend> Pipeline<B> {
             Some(image) => {
                 // Image-to-image: the image's latent (the posterior mean, as diffusers'
                 // `sample_mode="argmax"`), noised to the first step's level.
-                let encoded = self.vae.encode_mean(image.to_tensor(&device, dtype))
+                let encoded = self
+                    .vae
+                    .encode_mean(image.to_tensor(&device, dtype), cancel)?
                     * self.vae.config.scaling_factor;
                 hooks.dump("init_image_latents", &encoded);
                 let [_, c, h, w] = encoded.dims();
@@ -606,12 +734,7 @@ impl<B: Backend> Pipeline<B> {
             _ => None,
         };
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            if hooks
-                .cancel
-                .is_some_and(|flag| flag.load(Ordering::Relaxed))
-            {
-                return Err(Error::Cancelled);
-            }
+            cancel.check()?;
             let per_sample = |tokens: Tensor<B, 3>| {
                 let [_, n, d] = tokens.dims();
                 tokens.expand([batch, n, d])
@@ -644,13 +767,14 @@ impl<B: Backend> Pipeline<B> {
                         context.clone(),
                         image.clone(),
                         control.scale,
+                        cancel,
                     )?)
                 }
                 _ => None,
             };
-            let prediction = self
-                .unet
-                .forward_with(model_input, &[t], context, residuals)?;
+            let prediction =
+                self.unet
+                    .forward_with(model_input, &[t], context, residuals, cancel)?;
             let prediction = if guided {
                 let uncond = prediction.clone().narrow(0, 0, batch);
                 let cond = prediction.narrow(0, batch, batch);
@@ -660,15 +784,27 @@ impl<B: Backend> Pipeline<B> {
             };
             latents = scheduler.step(prediction, i, latents);
             hooks.dump(&format!("latents_step{}", i - start), &latents);
+            // Read back (a few KB) and checked on the host: a NaN would end as a black image.
+            if !all_finite(&latents.to_data()) {
+                return Err(Error::NonFinite {
+                    what: format!(
+                        "the latents after step {} of {}",
+                        i + 1 - start,
+                        total - start
+                    ),
+                });
+            }
             if let Some(progress) = &mut hooks.progress {
                 progress(i + 1 - start, total - start);
             }
         }
         hooks.dump("final_latents", &latents);
-        let decoded = self
-            .vae
-            .decode_with(latents / self.vae.config.scaling_factor, request.vae_decode);
-        let images = to_images(decoded.into_data());
+        let decoded = self.vae.decode_with(
+            latents / self.vae.config.scaling_factor,
+            request.vae_decode,
+            cancel,
+        )?;
+        let images = to_images(decoded.into_data())?;
         if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
             sink(
                 "image",
@@ -689,14 +825,25 @@ fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {
 /// The official SUR-adapter's attention heads (not stored in its checkpoint).
 const SUR_HEADS: usize = 8;
 
+/// Whether every value of a float tensor's data is finite.
+fn all_finite(data: &TensorData) -> bool {
+    data.iter::<f32>().all(f32::is_finite)
+}
+
 /// `[batch, 3, H, W]` in about [-1, 1] → RGB8, as diffusers' image processor:
-/// `round((x/2 + 0.5).clamp(0, 1) · 255)` in f32, ties to even.
-fn to_images(data: TensorData) -> Vec<Image> {
+/// `round((x/2 + 0.5).clamp(0, 1) · 255)` in f32, ties to even. A non-finite value (which
+/// would quietly become black) is an error.
+fn to_images(data: TensorData) -> Result<Vec<Image>> {
     let [batch, channels, height, width] =
         [data.shape[0], data.shape[1], data.shape[2], data.shape[3]];
+    if !all_finite(&data) {
+        return Err(Error::NonFinite {
+            what: "the decoded image".into(),
+        });
+    }
     let values: Vec<f32> = data.iter::<f32>().collect();
     let plane = height * width;
-    (0..batch)
+    Ok((0..batch)
         .map(|b| {
             let mut pixels = Vec::with_capacity(plane * 3);
             for p in 0..plane {
@@ -712,5 +859,5 @@ fn to_images(data: TensorData) -> Vec<Image> {
                 pixels,
             }
         })
-        .collect()
+        .collect())
 }

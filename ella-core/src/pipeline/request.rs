@@ -4,15 +4,11 @@ use burn::tensor::TensorData;
 
 use super::Image;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths};
 use crate::scheduler::{SchedulerKind, TimestepSchedule};
 use crate::sur_adapter::SurMode;
 use crate::t5::TokenMode;
 use crate::vae::VaeDecode;
-
-/// The largest image side accepted (a guard against sizes that cannot be allocated).
-pub const MAX_IMAGE_SIDE: usize = 4096;
-/// The largest batch accepted.
-pub const MAX_BATCH: usize = 64;
 
 /// What the U-Net cross-attends to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -201,9 +197,13 @@ impl GenerateRequest {
                 ));
             }
         }
-        if self.timesteps.is_none() && !(1..=1000).contains(&self.steps) {
-            return invalid(format!("steps {} must be between 1 and 1000", self.steps));
+        if self.timesteps.is_none() && !(1..=MAX_STEPS).contains(&self.steps) {
+            return invalid(format!(
+                "steps {} must be between 1 and {MAX_STEPS}",
+                self.steps
+            ));
         }
+        check_prompt_lengths(&[&self.prompt, &self.negative_prompt])?;
         if !self.guidance_scale.is_finite() {
             return invalid(format!(
                 "guidance scale {} is not a finite number",
@@ -216,13 +216,22 @@ impl GenerateRequest {
                 self.batch_size
             ));
         }
-        if let TokenMode::Fixed(0) = self.token_mode {
-            return invalid("a fixed token length must be at least 1".into());
+        if let TokenMode::Fixed(length) = self.token_mode
+            && !(1..=MAX_T5_TOKENS).contains(&length)
+        {
+            return invalid(format!(
+                "a fixed token length must be between 1 and {MAX_T5_TOKENS}, not {length}"
+            ));
         }
         if let Some(list) = &self.timesteps
-            && (list.is_empty() || list.iter().any(|t| !t.is_finite()))
+            && (list.is_empty()
+                || list.len() > MAX_STEPS
+                || list.iter().any(|t| !t.is_finite())
+                || list.windows(2).any(|pair| pair[1] >= pair[0]))
         {
-            return invalid("custom timesteps must be a non-empty list of numbers".into());
+            return invalid(format!(
+                "custom timesteps must be 1 to {MAX_STEPS} numbers, each below the one before"
+            ));
         }
         if let Some(image) = &self.init_image {
             self.check_image(image, "init")?;

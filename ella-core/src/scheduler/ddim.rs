@@ -30,7 +30,7 @@ impl Ddim {
                     .into(),
             ));
         };
-        common.check_steps(config, steps)?;
+        common.check_steps(steps)?;
         let n = common.num_train_timesteps();
         let timesteps: Vec<i64> = match common.timestep_spacing.as_str() {
             "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps)
@@ -56,12 +56,7 @@ impl Ddim {
             .clip_sample
             .unwrap_or(true)
             .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
-        if let Some(t) = timesteps.iter().find(|&&t| t < 0 || t as usize >= n) {
-            return Err(unsupported(
-                config,
-                format!("timestep {t} is outside 0..{n} (check steps_offset)"),
-            ));
-        }
+        common.check_timesteps(timesteps.iter().map(|&t| t as f64))?;
         Ok(Self {
             timesteps: timesteps.iter().map(|&t| t as f32).collect(),
             alphas_cumprod: common.alphas_cumprod,

@@ -9,7 +9,7 @@ use super::schedules::{
     interp_index, karras_sigmas, numpy_arange, numpy_linspace, sigma_to_t, training_sigmas,
 };
 use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, unsupported};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `solver_type`: how the second-order term is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl<B: Backend> DpmSolver<B> {
                 (timesteps, sigmas)
             }
             &TimestepSchedule::Steps(steps) => {
-                common.check_steps(config, steps)?;
+                common.check_steps(steps)?;
                 let spaced: Vec<f64> = match common.timestep_spacing.as_str() {
                     "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps + 1)
                         .iter()
@@ -150,14 +150,16 @@ impl<B: Backend> DpmSolver<B> {
         } else {
             f64::from(train_sigmas[0])
         });
-        if let Some(t) = timesteps
-            .iter()
-            .find(|t| !(0.0..=(n - 1) as f32).contains(*t))
-        {
-            return Err(unsupported(
-                config,
-                format!("timestep {t} is outside 0..{n}"),
-            ));
+        common.check_timesteps(timesteps.iter().map(|&t| f64::from(t)))?;
+        // Equal neighbouring sigmas make a step of length h = 0, which the second-order
+        // update divides by (diffusers 0.42 spaces 1000 `linspace` steps with timestep 500
+        // twice and ends in infinities there).
+        if let Some(i) = (1..timesteps.len()).find(|&i| sigmas[i] == sigmas[i - 1]) {
+            return Err(Error::InvalidInput(format!(
+                "timestep {} comes twice in the schedule, a step of length 0 that \
+                 DPM-Solver++ divides by",
+                timesteps[i]
+            )));
         }
         let lower_order_final = config.lower_order_final.unwrap_or(true);
         let first_order_last_step = config.euler_at_final.unwrap_or(false)

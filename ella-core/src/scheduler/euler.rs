@@ -63,7 +63,7 @@ impl Euler {
                 list.clone()
             }
             &TimestepSchedule::Steps(steps) => {
-                common.check_steps(config, steps)?;
+                common.check_steps(steps)?;
                 match common.timestep_spacing.as_str() {
                     "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps)
                         .iter()
@@ -117,15 +117,7 @@ impl Euler {
             "linspace" | "trailing" => max_sigma,
             _ => (max_sigma * max_sigma + 1.0).sqrt(),
         };
-        if let Some(t) = timesteps
-            .iter()
-            .find(|t| !(0.0..=(n - 1) as f32).contains(*t))
-        {
-            return Err(unsupported(
-                config,
-                format!("timestep {t} is outside 0..{n}"),
-            ));
-        }
+        common.check_timesteps(timesteps.iter().map(|&t| f64::from(t)))?;
         Ok(Self {
             timesteps,
             sigmas,

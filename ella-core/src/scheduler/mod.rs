@@ -25,6 +25,7 @@ pub use euler::Euler;
 pub use schedules::ALIGN_YOUR_STEPS_SD15;
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_TRAIN_TIMESTEPS;
 
 /// The schedulers `Pipeline` offers, by their command-line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,6 +135,29 @@ impl<B: Backend> Scheduler<B> {
             }
             _ => {}
         }
+        match (Self::build(kind, config, schedule), schedule) {
+            // A step count this config's spacing cannot make: say which counts can.
+            (Err(Error::InvalidInput(reason)), &TimestepSchedule::Steps(steps)) => {
+                let most = (1..steps)
+                    .rev()
+                    .find(|&m| Self::build(kind, config, &TimestepSchedule::Steps(m)).is_ok());
+                Err(Error::InvalidInput(match most {
+                    Some(most) => format!(
+                        "{steps} steps with {kind}: {reason}; this scheduler config allows at \
+                         most {most} steps"
+                    ),
+                    None => format!("{steps} steps with {kind}: {reason}"),
+                }))
+            }
+            (built, _) => built,
+        }
+    }
+
+    fn build(
+        kind: SchedulerKind,
+        config: &SchedulerConfig,
+        schedule: &TimestepSchedule,
+    ) -> Result<Self> {
         Ok(match kind {
             SchedulerKind::Ddim => Scheduler::Ddim(Ddim::new(config, schedule)?),
             SchedulerKind::Euler => Scheduler::Euler(Euler::new(config, schedule)?),
@@ -239,8 +263,28 @@ impl Common {
             return Err(invalid("`rescale_betas_zero_snr` is not supported".into()));
         }
         let n = config.num_train_timesteps.unwrap_or(1000);
-        if n < 2 {
-            return Err(invalid("`num_train_timesteps` must be at least 2".into()));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+            return Err(invalid(format!(
+                "`num_train_timesteps` {n} must be between 2 and {MAX_TRAIN_TIMESTEPS}"
+            )));
+        }
+        if config.steps_offset.is_some_and(|offset| offset >= n) {
+            return Err(invalid(format!(
+                "`steps_offset` must be below the {n} training timesteps"
+            )));
+        }
+        let positive = [
+            ("clip_sample_range", config.clip_sample_range),
+            ("sigma_min", config.sigma_min),
+            ("sigma_max", config.sigma_max),
+        ];
+        if let Some((name, value)) = positive
+            .iter()
+            .find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && v > 0.0)))
+        {
+            return Err(invalid(format!(
+                "`{name}` {value:?} must be a finite number above 0"
+            )));
         }
         let betas = match &config.trained_betas {
             Some(list) => {
@@ -254,19 +298,25 @@ impl Common {
             }
             None => {
                 let schedule = config.beta_schedule.as_deref().unwrap_or("linear");
-                schedules::betas(
-                    schedule,
+                let (beta_start, beta_end) = (
                     config.beta_start.unwrap_or(0.0001),
                     config.beta_end.unwrap_or(0.02),
-                    n,
-                )
-                .ok_or_else(|| {
+                );
+                if schedule != "squaredcos_cap_v2"
+                    && !(beta_start > 0.0 && beta_start <= beta_end && beta_end < 1.0)
+                {
+                    return Err(invalid(format!(
+                        "`beta_start` {beta_start} and `beta_end` {beta_end} must satisfy \
+                         0 < beta_start ≤ beta_end < 1"
+                    )));
+                }
+                schedules::betas(schedule, beta_start, beta_end, n).ok_or_else(|| {
                     invalid(format!("`beta_schedule` \"{schedule}\" is not supported"))
                 })?
             }
         };
-        if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return Err(invalid("betas must lie in [0, 1)".into()));
+        if betas.iter().any(|&b| !(b > 0.0 && b < 1.0)) {
+            return Err(invalid("betas must lie in (0, 1)".into()));
         }
         let prediction = match config.prediction_type.as_deref().unwrap_or("epsilon") {
             "epsilon" => Prediction::Epsilon,
@@ -300,17 +350,30 @@ impl Common {
     }
 
     /// Errors unless `steps` ≤ the number of training timesteps.
-    pub fn check_steps(&self, config: &SchedulerConfig, steps: usize) -> Result<()> {
+    pub fn check_steps(&self, steps: usize) -> Result<()> {
         if steps > self.num_train_timesteps() {
-            return Err(unsupported(
-                config,
-                format!(
-                    "{steps} steps is more than the {} training timesteps",
-                    self.num_train_timesteps()
-                ),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "more steps than the {} training timesteps",
+                self.num_train_timesteps()
+            )));
         }
         Ok(())
+    }
+
+    /// Errors unless every timestep lies in `0..num_train_timesteps` (a request's step count
+    /// or custom list that the config's spacing or offset pushes outside).
+    pub fn check_timesteps(&self, timesteps: impl IntoIterator<Item = f64>) -> Result<()> {
+        let n = self.num_train_timesteps();
+        match timesteps
+            .into_iter()
+            .find(|t| !(0.0..=(n - 1) as f64).contains(t))
+        {
+            Some(t) => Err(Error::InvalidInput(format!(
+                "timestep {t} is outside the {n} training timesteps (0 to {})",
+                n - 1
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

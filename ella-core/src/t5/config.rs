@@ -7,7 +7,8 @@ use serde::Deserialize;
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
-use crate::weights::{TensorSpec, read_config};
+use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use crate::weights::{TensorSpec, check_positive, check_sizes, read_config};
 
 /// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -84,30 +85,38 @@ impl T5Config {
         read_config(path, Self::validate)
     }
 
-    /// Checks that the sizes describe a buildable encoder.
+    /// Checks that the sizes describe a buildable encoder of a plausible size.
     pub fn validate(&self) -> Result<(), String> {
         self.feed_forward()?;
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("d_model", self.d_model),
-            ("d_kv", self.d_kv),
-            ("d_ff", self.d_ff),
-            ("num_layers", self.num_layers),
-            ("num_heads", self.num_heads),
+        check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("d_kv", self.d_kv, MAX_WIDTH),
+            ("d_ff", self.d_ff, 4 * MAX_WIDTH),
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_heads", self.num_heads, MAX_WIDTH),
+            (
+                "num_heads × d_kv",
+                self.num_heads.saturating_mul(self.d_kv),
+                MAX_WIDTH,
+            ),
             (
                 "relative_attention_max_distance",
                 self.relative_attention_max_distance,
+                1 << 20,
             ),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("`{name}` must be positive"));
-        }
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                1 << 12,
+            ),
+        ])?;
         if self.relative_attention_num_buckets < 4
             || !self.relative_attention_num_buckets.is_multiple_of(2)
         {
             return Err("`relative_attention_num_buckets` must be an even number ≥ 4".into());
         }
-        Ok(())
+        check_positive("layer_norm_epsilon", self.layer_norm_epsilon)
     }
 
     /// The activation and whether the feed-forward is gated, parsed as HF parses

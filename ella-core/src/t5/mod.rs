@@ -15,6 +15,7 @@ pub use model::{
 };
 pub use tokenizer::{T5Tokenizer, TokenBatch, TokenMode};
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 
 /// Prompt in, T5 hidden states out: the tokenizer and the encoder of one model folder
@@ -56,6 +57,11 @@ impl<B: Backend> TextEncoder<B> {
 
     /// Hidden states `[batch, seq, d_model]` of already tokenized prompts.
     pub fn encode_tokens(&self, tokens: &TokenBatch) -> Result<Tensor<B, 3>> {
+        self.encode_tokens_with(tokens, Cancel::NEVER)
+    }
+
+    /// [`TextEncoder::encode_tokens`], stopping between layers once `cancel` is set.
+    pub fn encode_tokens_with(&self, tokens: &TokenBatch, cancel: Cancel) -> Result<Tensor<B, 3>> {
         let batch = tokens.ids.len();
         let seq = tokens.ids.first().map_or(0, Vec::len);
         if batch == 0 || seq == 0 {
@@ -88,8 +94,10 @@ impl<B: Backend> TextEncoder<B> {
             let flat: Vec<i64> = rows.iter().flatten().map(|&v| i64::from(v)).collect();
             Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, seq]), &device)
         };
-        Ok(self
-            .encoder
-            .forward(to_tensor(&tokens.ids), Some(to_tensor(&tokens.mask))))
+        self.encoder.forward(
+            to_tensor(&tokens.ids),
+            Some(to_tensor(&tokens.mask)),
+            cancel,
+        )
     }
 }

@@ -16,6 +16,7 @@ use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::config::{Activation, T5Config, T5Precision};
+use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::nn::multi_head_attention;
 use crate::weights::{Checkpoint, Loader, check_config};
@@ -262,12 +263,14 @@ impl<B: Backend> T5Encoder<B> {
     }
 
     /// `last_hidden_state` `[batch, seq, d_model]` for token ids `[batch, seq]`.
-    /// `attention_mask` (1 = token, 0 = padding; `[batch, seq]`) hides padding keys.
+    /// `attention_mask` (1 = token, 0 = padding; `[batch, seq]`) hides padding keys. Stops
+    /// between blocks once `cancel` is set.
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
-    ) -> Tensor<B, 3> {
+        cancel: Cancel,
+    ) -> Result<Tensor<B, 3>> {
         let [batch, seq] = input_ids.dims();
         let heads = self.config.num_heads;
         let device = input_ids.device();
@@ -295,9 +298,10 @@ impl<B: Backend> T5Encoder<B> {
                 .expand([batch, heads, seq, seq])
         });
         for block in &self.block {
+            cancel.check()?;
             h = block.forward(h, bias.clone(), mask.clone());
         }
-        self.final_layer_norm.forward(h)
+        Ok(self.final_layer_norm.forward(h))
     }
 }
 

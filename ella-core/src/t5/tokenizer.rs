@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_T5_TOKENS, check_prompt_lengths};
 use crate::weights::open_tokenizer;
 
 /// How prompts are cut into T5 tokens.
@@ -87,12 +88,14 @@ impl T5Tokenizer {
     }
 
     /// Tokenizes prompts. Flexible mode pads a batch to its longest prompt (mask 0 on the
-    /// padding); fixed mode pads or truncates every prompt to the fixed length.
+    /// padding); fixed mode pads or truncates every prompt to the fixed length. Prompts over
+    /// [`MAX_PROMPT_BYTES`](crate::limits::MAX_PROMPT_BYTES) and token counts over [`MAX_T5_TOKENS`] are refused.
     pub fn encode(&self, prompts: &[&str], mode: TokenMode) -> Result<TokenBatch> {
         let failed = |reason: String| Error::Tokenizer {
             path: self.path.clone(),
             reason,
         };
+        check_prompt_lengths(prompts)?;
         let mut tokenizer = self.inner.clone();
         let padding = PaddingParams {
             pad_id: self.pad_id,
@@ -107,10 +110,11 @@ impl T5Tokenizer {
                 }));
             }
             TokenMode::Fixed(length) => {
-                if length < 1 {
-                    return Err(Error::InvalidInput(
-                        "a fixed token length must be at least 1 (room for `</s>`)".into(),
-                    ));
+                if !(1..=MAX_T5_TOKENS).contains(&length) {
+                    return Err(Error::InvalidInput(format!(
+                        "a fixed token length must be 1 (room for `</s>`) to {MAX_T5_TOKENS}, \
+                         not {length}"
+                    )));
                 }
                 tokenizer.with_padding(Some(PaddingParams {
                     strategy: PaddingStrategy::Fixed(length),
@@ -127,6 +131,13 @@ impl T5Tokenizer {
         let encodings = tokenizer
             .encode_batch(prompts.to_vec(), true)
             .map_err(|e| failed(e.to_string()))?;
+        if let Some(long) = encodings.iter().find(|e| e.len() > MAX_T5_TOKENS) {
+            return Err(Error::InvalidInput(format!(
+                "a prompt of {} T5 tokens is longer than the {MAX_T5_TOKENS} read (ELLA was \
+                 trained on 128; fixed mode truncates)",
+                long.len()
+            )));
+        }
         Ok(TokenBatch {
             ids: encodings.iter().map(|e| e.get_ids().to_vec()).collect(),
             mask: encodings

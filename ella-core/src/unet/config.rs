@@ -5,7 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::weights::read_config;
+use crate::limits::{MAX_BLOCK_LAYERS, MAX_LEVELS, MAX_WIDTH};
+use crate::weights::{check_positive, check_sizes, read_config};
 
 /// A config value given once for all blocks or once per block, as diffusers allows.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -199,8 +200,14 @@ impl UNetConfig {
     /// which setting is not supported otherwise.
     pub fn validate(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err("`block_out_channels`, `down_block_types` and `up_block_types` must have the same, non-zero length".into());
+        if !(1..=MAX_LEVELS).contains(&n)
+            || self.down_block_types.len() != n
+            || self.up_block_types.len() != n
+        {
+            return Err(format!(
+                "`block_out_channels`, `down_block_types` and `up_block_types` must have the \
+                 same length, 1 to {MAX_LEVELS}"
+            ));
         }
         for (name, per_block) in [
             ("layers_per_block", &self.layers_per_block),
@@ -210,15 +217,61 @@ impl UNetConfig {
                 &self.transformer_layers_per_block,
             ),
             ("attention_head_dim", &self.attention_head_dim),
+            (
+                "num_attention_heads",
+                self.num_attention_heads
+                    .as_ref()
+                    .unwrap_or(&self.attention_head_dim),
+            ),
         ] {
             if !per_block.len_ok(n) {
                 return Err(format!("`{name}` must have one value per block"));
             }
         }
+        check_sizes(&[
+            ("in_channels", self.in_channels, MAX_WIDTH),
+            ("out_channels", self.out_channels, MAX_WIDTH),
+            ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+            ("downsample_padding", self.downsample_padding + 1, 8),
+            ("time_embedding_dim", self.time_embed_dim(), MAX_WIDTH),
+            ("conv_in_kernel", self.conv_in_kernel, 15),
+            ("conv_out_kernel", self.conv_out_kernel, 15),
+        ])?;
+        check_positive("norm_eps", self.norm_eps)?;
+        let finite = [
+            ("freq_shift", f64::from(self.freq_shift)),
+            ("mid_block_scale_factor", self.mid_block_scale_factor),
+            ("resnet_out_scale_factor", self.resnet_out_scale_factor),
+        ];
+        if let Some((name, _)) = finite.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("`{name}` must be a finite number"));
+        }
+        if self.resnet_out_scale_factor == 0.0 {
+            return Err("`resnet_out_scale_factor` must not be 0".into());
+        }
         for i in 0..n {
             self.down_block(i)?;
             self.up_block(i)?;
             let channels = self.block_out_channels[i];
+            check_sizes(&[
+                ("block_out_channels", channels, MAX_WIDTH),
+                (
+                    "layers_per_block",
+                    self.layers_per_block.get(i),
+                    MAX_BLOCK_LAYERS,
+                ),
+                (
+                    "transformer_layers_per_block",
+                    self.transformer_layers_per_block.get(i),
+                    MAX_BLOCK_LAYERS,
+                ),
+                (
+                    "cross_attention_dim",
+                    self.cross_attention_dim.get(i),
+                    MAX_WIDTH,
+                ),
+                ("attention heads", self.heads(i), channels),
+            ])?;
             if !channels.is_multiple_of(self.norm_num_groups) {
                 return Err(format!(
                     "block width {channels} is not divisible by `norm_num_groups` {}",
@@ -302,8 +355,11 @@ impl UNetConfig {
 
     /// Width of the timestep embedding (4 × the first block's width).
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim
-            .unwrap_or(self.block_out_channels[0] * 4)
+        self.time_embedding_dim.unwrap_or_else(|| {
+            self.block_out_channels
+                .first()
+                .map_or(0, |c| c.saturating_mul(4))
+        })
     }
 
     /// How much the U-Net downsamples: 2^(number of downsampling blocks).

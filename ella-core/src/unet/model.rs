@@ -14,6 +14,7 @@ use super::blocks::{
     UpBlock,
 };
 use super::config::{BlockKind, UNetConfig};
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
 use crate::weights::{Checkpoint, Loader, WeightIndex, check_config};
@@ -151,18 +152,19 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timesteps: &[f32],
         context: Tensor<B, 3>,
     ) -> Result<Tensor<B, 4>> {
-        self.forward_with(sample, timesteps, context, None)
+        self.forward_with(sample, timesteps, context, None, Cancel::NEVER)
     }
 
     /// [`UNet2DConditionModel::forward`] with a ControlNet's residuals added to the skip
     /// connections and to the mid block's output (diffusers' `down_block_additional_residuals`
-    /// and `mid_block_additional_residual`).
+    /// and `mid_block_additional_residual`), stopping between blocks once `cancel` is set.
     pub fn forward_with(
         &self,
         sample: Tensor<B, 4>,
         timesteps: &[f32],
         context: Tensor<B, 3>,
         residuals: Option<ControlResiduals<B>>,
+        cancel: Cancel,
     ) -> Result<Tensor<B, 4>> {
         check_inputs(&self.config, &sample, timesteps, &context)?;
         let [_, _, height, width] = sample.dims();
@@ -173,8 +175,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
             sample
         };
         let x = self.conv_in.forward(sample);
-        let (mut x, mut skips) =
-            run_down_path(&self.down_blocks, &self.mid_block, x, &temb, &context);
+        let (mut x, mut skips) = run_down_path(
+            &self.down_blocks,
+            &self.mid_block,
+            x,
+            &temb,
+            &context,
+            cancel,
+        )?;
         if let Some(residuals) = residuals {
             let shapes = |t: &[Tensor<B, 4>]| t.iter().map(Tensor::dims).collect::<Vec<_>>();
             if shapes(&skips) != shapes(&residuals.down) || x.dims() != residuals.mid.dims() {
@@ -199,6 +207,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let resize = height % factor != 0 || width % factor != 0;
         let last = self.up_blocks.len() - 1;
         for (i, block) in self.up_blocks.iter().enumerate() {
+            cancel.check()?;
             let consumed = block.resnets.len();
             let upsample_size = (resize && i < last).then(|| {
                 let [_, _, h, w] = skips[skips.len() - consumed - 1].dims();
@@ -275,19 +284,22 @@ pub(crate) fn embed_time<B: Backend>(
 }
 
 /// The down blocks and the mid block from `x` (`conv_in`'s output): the mid block's output
-/// and the skip connections (`x` first).
+/// and the skip connections (`x` first). Stops before a block once `cancel` is set.
 pub(crate) fn run_down_path<B: Backend>(
     down_blocks: &[DownBlock<B>],
     mid_block: &MidBlock<B>,
     mut x: Tensor<B, 4>,
     temb: &Tensor<B, 2>,
     context: &Tensor<B, 3>,
-) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+    cancel: Cancel,
+) -> Result<(Tensor<B, 4>, Vec<Tensor<B, 4>>)> {
     let mut skips = vec![x.clone()];
     for block in down_blocks {
+        cancel.check()?;
         x = block.forward(x, temb, context, &mut skips);
     }
-    (mid_block.forward(x, temb, context), skips)
+    cancel.check()?;
+    Ok((mid_block.forward(x, temb, context), skips))
 }
 
 /// The parts a U-Net and a ControlNet share, loaded.

@@ -5,7 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::weights::read_config;
+use crate::limits::{MAX_BLOCK_LAYERS, MAX_LEVELS, MAX_WIDTH};
+use crate::weights::{check_sizes, read_config};
 
 /// The fields of an `AutoencoderKL` config; names and defaults are diffusers'.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -85,8 +86,31 @@ impl VaeConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err("`block_out_channels`, `down_block_types` and `up_block_types` must have the same, non-zero length".into());
+        if !(1..=MAX_LEVELS).contains(&n)
+            || self.down_block_types.len() != n
+            || self.up_block_types.len() != n
+        {
+            return Err(format!(
+                "`block_out_channels`, `down_block_types` and `up_block_types` must have the \
+                 same length, 1 to {MAX_LEVELS}"
+            ));
+        }
+        check_sizes(&[
+            ("in_channels", self.in_channels, MAX_WIDTH),
+            ("out_channels", self.out_channels, MAX_WIDTH),
+            ("latent_channels", self.latent_channels, MAX_WIDTH),
+            ("layers_per_block", self.layers_per_block, MAX_BLOCK_LAYERS),
+            ("norm_num_groups", self.norm_num_groups, MAX_WIDTH),
+            ("sample_size", self.sample_size, 1 << 14),
+        ])?;
+        if let Some(&c) = self
+            .block_out_channels
+            .iter()
+            .find(|&&c| !(1..=MAX_WIDTH).contains(&c))
+        {
+            return Err(format!(
+                "`block_out_channels` value {c} must be between 1 and {MAX_WIDTH}"
+            ));
         }
         if let Some(t) = self
             .down_block_types

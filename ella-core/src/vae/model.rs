@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::config::VaeConfig;
+use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, resize_nearest};
 use crate::unet::blocks::{Attention, ResnetBlock2D, ResnetSettings};
@@ -277,8 +278,8 @@ impl<B: Backend> AutoencoderKL<B> {
 
     /// Decodes latents `[batch, latent_channels, h, w]` (already divided by the scaling
     /// factor, as diffusers' `vae.decode`) to an image `[batch, out_channels, h·f, w·f]` in
-    /// about [-1, 1].
-    pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// about [-1, 1]. Stops between levels once `cancel` is set.
+    pub fn decode(&self, latents: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
         let mut x = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,
@@ -286,6 +287,7 @@ impl<B: Backend> AutoencoderKL<B> {
         let decoder = &self.decoder;
         x = decoder.mid_block.forward(decoder.conv_in.forward(x));
         for block in &decoder.up_blocks {
+            cancel.check()?;
             for resnet in &block.resnets {
                 x = resnet.forward(x, None);
             }
@@ -294,24 +296,31 @@ impl<B: Backend> AutoencoderKL<B> {
                 x = conv.forward(resize_nearest(x, [2 * height, 2 * width]));
             }
         }
-        decoder
+        cancel.check()?;
+        Ok(decoder
             .conv_out
-            .forward(silu(decoder.conv_norm_out.forward(x)))
+            .forward(silu(decoder.conv_norm_out.forward(x))))
     }
 
-    /// [`AutoencoderKL::decode`] with a bound on memory for large images or batches.
-    pub fn decode_with(&self, latents: Tensor<B, 4>, mode: VaeDecode) -> Tensor<B, 4> {
+    /// [`AutoencoderKL::decode`] with a bound on memory for large images or batches; stops
+    /// between images, tiles and levels once `cancel` is set.
+    pub fn decode_with(
+        &self,
+        latents: Tensor<B, 4>,
+        mode: VaeDecode,
+        cancel: Cancel,
+    ) -> Result<Tensor<B, 4>> {
         let batch = latents.dims()[0];
-        let per_sample = |decode: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+        let per_sample = |decode: &dyn Fn(Tensor<B, 4>) -> Result<Tensor<B, 4>>| {
             let images = (0..batch)
                 .map(|i| decode(latents.clone().narrow(0, i, 1)))
-                .collect();
-            Tensor::cat(images, 0)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(images, 0))
         };
         match mode {
-            VaeDecode::Whole => self.decode(latents),
-            VaeDecode::Sliced => per_sample(&|z| self.decode(z)),
-            VaeDecode::Tiled => per_sample(&|z| self.tiled_decode(z)),
+            VaeDecode::Whole => self.decode(latents, cancel),
+            VaeDecode::Sliced => per_sample(&|z| self.decode(z, cancel)),
+            VaeDecode::Tiled => per_sample(&|z| self.tiled_decode(z, cancel)),
         }
     }
 
@@ -320,12 +329,12 @@ impl<B: Backend> AutoencoderKL<B> {
     /// quarter, each blended linearly into its upper and left neighbours over a quarter of a
     /// tile and cropped. Peak memory is that of one 512×512 decode whatever the image size;
     /// the result differs slightly from a whole decode (the tiles' GroupNorms see less).
-    pub fn tiled_decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn tiled_decode(&self, latents: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
         let tile_sample = self.config.sample_size;
         let tile_latent = tile_sample / self.config.downscale_factor();
         let [_, _, height, width] = latents.dims();
         if height <= tile_latent && width <= tile_latent {
-            return self.decode(latents);
+            return self.decode(latents, cancel);
         }
         // The integer truncations are diffusers' (`int(64 · 0.75)`, `int(512 · 0.25)`).
         let stride = (tile_latent as f64 * (1.0 - TILE_OVERLAP)) as usize;
@@ -342,7 +351,7 @@ impl<B: Backend> AutoencoderKL<B> {
                     top..(top + tile_latent).min(height),
                     left..(left + tile_latent).min(width),
                 ]);
-                let mut tile = self.decode(tile);
+                let mut tile = self.decode(tile, cancel)?;
                 if let Some(above) = previous_row.get(j) {
                     tile = blend_edge(above, tile, blend, 2);
                 }
@@ -355,15 +364,16 @@ impl<B: Backend> AutoencoderKL<B> {
             rows.push(Tensor::cat(cropped, 3));
             previous_row = row;
         }
-        Tensor::cat(rows, 2)
+        Ok(Tensor::cat(rows, 2))
     }
 
     /// The mean of the latent distribution of an image `[batch, in_channels, H, W]` in
     /// [-1, 1] (multiply by the scaling factor for the U-Net).
-    pub fn encode_mean(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn encode_mean(&self, image: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
         let encoder = &self.encoder;
         let mut x = encoder.conv_in.forward(image);
         for block in &encoder.down_blocks {
+            cancel.check()?;
             for resnet in &block.resnets {
                 x = resnet.forward(x, None);
             }
@@ -379,7 +389,7 @@ impl<B: Backend> AutoencoderKL<B> {
             Some(conv) => conv.forward(moments),
             None => moments,
         };
-        moments.narrow(1, 0, self.config.latent_channels)
+        Ok(moments.narrow(1, 0, self.config.latent_channels))
     }
 }
 

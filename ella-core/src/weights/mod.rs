@@ -1,30 +1,39 @@
-//! Weight files: safetensors (single or sharded) opened by memory map, checked against
-//! what a model's config expects, and converted to the chosen float type.
+//! Weight files: safetensors (single or sharded), every header checked before any data is
+//! read, tensors checked against what a model's config expects and converted to the chosen
+//! float type.
 //!
 //! This module knows file formats and names, never model math. Models describe the
 //! tensors they need as a list of [`TensorSpec`]s; [`Checkpoint::check`] compares that list
 //! with the file(s) before any tensor is built, so a wrong file fails with an error that
-//! names the tensor instead of producing a wrong image.
+//! names the tensor instead of producing a wrong image. Files are read, not mapped
+//! ([`file`]): what a host changes on disk later cannot crash it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::Metadata;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_TEXT_BYTES;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm};
 
+pub mod file;
 pub mod ldm;
+
+use file::WeightFile;
+pub use file::{open_regular, read_bytes, read_text};
+
+/// The largest safetensors header read (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// A tensor a model expects: its name in the file and its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,23 +57,17 @@ struct Entry {
     file: usize,
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Range<usize>,
-}
-
-#[derive(Debug)]
-struct MappedFile {
-    path: PathBuf,
-    map: Mmap,
+    bytes: Range<u64>,
 }
 
 /// One model's weights: a `.safetensors` file, or an HF sharded checkpoint
-/// (`*.safetensors.index.json` naming several files), memory-mapped. Cloning shares the maps.
+/// (`*.safetensors.index.json` naming several files). Cloning shares the open files.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// What the user pointed at; used in error messages.
     origin: PathBuf,
     /// Shared with the [`Checkpoint::remap`] views of this checkpoint.
-    files: Vec<Arc<MappedFile>>,
+    files: Vec<Arc<WeightFile>>,
     entries: BTreeMap<String, Entry>,
     /// The files' `__metadata__` strings.
     metadata: BTreeMap<String, String>,
@@ -110,70 +113,86 @@ impl Checkpoint {
                 }),
             };
         }
-        if path.to_string_lossy().ends_with(".json") {
-            Self::open_sharded(path)
-        } else {
-            let mut checkpoint = Self {
-                origin: path.to_path_buf(),
-                files: Vec::new(),
-                entries: BTreeMap::new(),
-                metadata: BTreeMap::new(),
-                random_seed: None,
-            };
-            checkpoint.add_file(path, None)?;
-            Ok(checkpoint)
-        }
-    }
-
-    fn open_sharded(index_path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index_path).map_err(|source| Error::Io {
-            path: index_path.to_path_buf(),
-            source,
-        })?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
-            path: index_path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let folder = index_path.parent().unwrap_or(Path::new("."));
-        let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (tensor, shard) in &index.weight_map {
-            shards.entry(shard).or_default().push(tensor);
-        }
         let mut checkpoint = Self {
-            origin: index_path.to_path_buf(),
+            origin: path.to_path_buf(),
             files: Vec::new(),
             entries: BTreeMap::new(),
             metadata: BTreeMap::new(),
             random_seed: None,
         };
-        for (shard, tensors) in shards {
-            checkpoint.add_file(&folder.join(shard), Some(&tensors))?;
+        if path.to_string_lossy().ends_with(".json") {
+            checkpoint.add_shards(path)?;
+        } else {
+            checkpoint.add_file(path, None)?;
         }
         Ok(checkpoint)
     }
 
-    /// Maps one file and records its tensors. For a shard, `only` lists the tensors the
-    /// index assigns to it; a listed tensor the shard lacks is an error.
+    /// Adds the shards an HF `*.index.json` names, each of which must be a file in the
+    /// index's own folder (or below it): an index cannot make ella open other files.
+    fn add_shards(&mut self, index_path: &Path) -> Result<()> {
+        let index: ShardIndex = read_json(index_path)?;
+        let folder = index_path.parent().unwrap_or(Path::new("."));
+        let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tensor, shard) in &index.weight_map {
+            shards.entry(shard).or_default().push(tensor);
+        }
+        for (shard, tensors) in shards {
+            let inside = Path::new(shard)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            if !inside || shard.is_empty() {
+                return Err(Error::InvalidJson {
+                    path: index_path.to_path_buf(),
+                    reason: format!("shard `{shard}` is not a file name inside the index's folder"),
+                });
+            }
+            self.add_file(&folder.join(shard), Some(&tensors))?;
+        }
+        Ok(())
+    }
+
+    /// Opens one file, checks its header as the `safetensors` crate does (every tensor's
+    /// offsets inside the file, contiguous, sized as its shape and dtype say) and refuses
+    /// a header that names a tensor twice; records its tensors. For a shard, `only` lists
+    /// the tensors the index assigns to it; a listed tensor the shard lacks is an error.
     fn add_file(&mut self, path: &Path, only: Option<&[&str]>) -> Result<()> {
-        let io_error = |source| Error::Io {
+        let invalid = |reason: String| Error::InvalidSafetensors {
             path: path.to_path_buf(),
-            source,
+            reason,
         };
-        let file = File::open(path).map_err(io_error)?;
-        // SAFETY: the map is read-only and lives as long as `self`. Weight files are not
-        // expected to change while a model loads; if one does, we may read garbage values
-        // but never out of bounds, since every range is checked against the map's length.
-        let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&map).map_err(|e| Error::InvalidSafetensors {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let file = WeightFile::open(path)?;
+        if file.len < 8 {
+            return Err(invalid(format!(
+                "{} bytes is too short for a header",
+                file.len
+            )));
+        }
+        let header_len = u64::from_le_bytes(file.read(0..8)?.try_into().expect("8 bytes"));
+        if header_len > MAX_HEADER_BYTES || 8 + header_len > file.len {
+            return Err(invalid(format!(
+                "the header claims {header_len} bytes in a file of {}",
+                file.len
+            )));
+        }
+        let header = file.read(8..8 + header_len)?;
+        let header =
+            std::str::from_utf8(&header).map_err(|_| invalid("the header is not UTF-8".into()))?;
+        reject_duplicate_names(header).map_err(invalid)?;
+        let metadata: Metadata =
+            serde_json::from_str(header).map_err(|e| invalid(e.to_string()))?;
+        let data_start = 8 + header_len;
+        if data_start + metadata.data_len() as u64 != file.len {
+            return Err(invalid(format!(
+                "the header describes {} bytes of tensor data but the file has {}",
+                metadata.data_len(),
+                file.len - data_start
+            )));
+        }
         if let Some(strings) = metadata.metadata() {
             self.metadata
                 .extend(strings.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let data_start = 8 + header_len;
         let file_index = self.files.len();
         for (name, info) in metadata.tensors() {
             if only.is_some_and(|names| !names.contains(&name.as_str())) {
@@ -186,7 +205,7 @@ impl Checkpoint {
                     file: file_index,
                     dtype: info.dtype,
                     shape: info.shape.clone(),
-                    bytes: data_start + begin..data_start + end,
+                    bytes: data_start + begin as u64..data_start + end as u64,
                 },
             );
         }
@@ -198,10 +217,7 @@ impl Checkpoint {
                 path: path.to_path_buf(),
             });
         }
-        self.files.push(Arc::new(MappedFile {
-            path: path.to_path_buf(),
-            map,
-        }));
+        self.files.push(Arc::new(file));
         Ok(())
     }
 
@@ -333,7 +349,8 @@ impl Checkpoint {
         }
     }
 
-    /// Reads one tensor's values as stored (F32, F16 or BF16), on the host.
+    /// Reads one tensor's values as stored (F32, F16 or BF16), on the host. A tensor holding
+    /// NaN or infinity is an error: it could only make a black image.
     pub fn data(&self, name: &str) -> Result<TensorData> {
         let entry = self.entry(name)?;
         let file = &self.files[entry.file];
@@ -342,8 +359,16 @@ impl Checkpoint {
             path: file.path.clone(),
             dtype: format!("{:?}", entry.dtype),
         })?;
-        // `read_metadata` validated that all ranges lie inside the file.
-        let bytes = file.map[entry.bytes.clone()].to_vec();
+        // `add_file` checked that every range lay inside the file.
+        let bytes = file.read_tensor(name, entry.bytes.clone())?;
+        let non_finite = count_non_finite(&bytes, dtype);
+        if non_finite > 0 {
+            return Err(Error::NonFiniteWeights {
+                name: name.to_string(),
+                path: file.path.clone(),
+                count: non_finite,
+            });
+        }
         Ok(TensorData::from_bytes_vec(
             bytes,
             entry.shape.clone(),
@@ -658,16 +683,13 @@ pub fn open_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, PathBuf)> {
     if path.is_dir() {
         path = path.join("tokenizer.json");
     }
-    if !path.is_file() {
-        return Err(Error::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
-    }
-    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_bytes(read_bytes(&path, MAX_TEXT_BYTES)?).map_err(|e| {
+            Error::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
     Ok((tokenizer, path))
 }
 
@@ -681,6 +703,22 @@ pub fn linear_specs(prefix: &str, d_input: usize, d_output: usize, bias: bool) -
         specs.push(TensorSpec::new(format!("{prefix}.bias"), &[d_output]));
     }
     specs
+}
+
+/// Errors unless every `(name, value, max)` has `1 ≤ value ≤ max`.
+pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<(), String> {
+    match sizes.iter().find(|(_, v, max)| !(1..=*max).contains(v)) {
+        Some((name, value, max)) => Err(format!("`{name}` {value} must be between 1 and {max}")),
+        None => Ok(()),
+    }
+}
+
+/// Errors unless `value` (an epsilon, a scale) is a finite number above 0.
+pub fn check_positive(name: &str, value: f64) -> Result<(), String> {
+    match value.is_finite() && value > 0.0 {
+        true => Ok(()),
+        false => Err(format!("`{name}` {value} must be a finite number above 0")),
+    }
 }
 
 /// Turns a config's own complaint (from its `validate`) into an error naming `path`.
@@ -701,14 +739,56 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
     Ok(config)
 }
 
-/// Reads a JSON config file into `T`, with errors that name the file.
+/// Reads a JSON file into `T`, with errors that name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+    serde_json::from_str(&read_text(path)?).map_err(|e| Error::InvalidJson {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Errors when a JSON object at the top of `header` has a key twice (serde keeps the last,
+/// so a file could hide a tensor behind another of the same name).
+fn reject_duplicate_names(header: &str) -> std::result::Result<(), String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!(
+                        "tensor `{key}` is named twice"
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(header);
+    serde::Deserializer::deserialize_map(&mut deserializer, Keys).map_err(|e| e.to_string())
+}
+
+/// How many of `bytes`' values (little-endian F32, F16 or BF16) are NaN or infinite: all
+/// exponent bits set.
+fn count_non_finite(bytes: &[u8], dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .filter(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .count(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .filter(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
+            .count(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .filter(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80)
+            .count(),
+        _ => 0,
+    }
 }

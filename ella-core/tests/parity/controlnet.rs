@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use ella_core::{ControlNetModel, UNet2DConditionModel};
+use ella_core::{Cancel, ControlNetModel, UNet2DConditionModel};
 
 use crate::common::{Reference, assert_close, fixture};
 
@@ -21,7 +21,14 @@ fn residuals_and_unet<B: Backend>() {
     let image = Tensor::<B, 4>::from_data(reference.data("image"), &device);
     let timesteps = [999.0, 250.0];
     let residuals = controlnet
-        .forward(sample.clone(), &timesteps, cond.clone(), image, 0.8)
+        .forward(
+            sample.clone(),
+            &timesteps,
+            cond.clone(),
+            image,
+            0.8,
+            Cancel::NEVER,
+        )
         .unwrap();
     assert_eq!(residuals.down.len(), 6);
     for (i, down) in residuals.down.iter().enumerate() {
@@ -35,7 +42,7 @@ fn residuals_and_unet<B: Backend>() {
         "mid",
     );
     let out = unet
-        .forward_with(sample, &timesteps, cond, Some(residuals))
+        .forward_with(sample, &timesteps, cond, Some(residuals), Cancel::NEVER)
         .unwrap();
     assert_close(out, &reference.data("unet"), TOLERANCE, "unet + residuals");
 }

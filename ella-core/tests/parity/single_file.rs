@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use ella_core::weights::ldm;
 use ella_core::{
-    AutoencoderKL, Checkpoint, ClipTextConfig, ClipTextModel, UNet2DConditionModel, UNetConfig,
-    VaeConfig,
+    AutoencoderKL, Cancel, Checkpoint, ClipTextConfig, ClipTextModel, UNet2DConditionModel,
+    UNetConfig, VaeConfig,
 };
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
@@ -53,7 +53,7 @@ fn vae_decode<B: Backend>() {
     let reference = Reference::open("single_file.safetensors");
     let latents = Tensor::<B, 4>::from_data(reference.data("latents"), &device);
     assert_close(
-        vae.decode(latents),
+        vae.decode(latents, Cancel::NEVER).unwrap(),
         &reference.data("other_vae.decoded"),
         TOLERANCE,
         "single-file vae",
@@ -67,7 +67,7 @@ fn vae_decode<B: Backend>() {
     let reference = Reference::open("sd.safetensors");
     let latents = Tensor::<B, 4>::from_data(reference.data("vae.latents"), &device);
     assert_close(
-        vae.decode(latents),
+        vae.decode(latents, Cancel::NEVER).unwrap(),
         &reference.data("vae.decoded"),
         TOLERANCE,
         "standalone LDM vae",

@@ -4,7 +4,7 @@
 use crate::common::{Reference, assert_close, fixture};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use ella_core::{UNet2DConditionModel, VaeDecode};
+use ella_core::{Cancel, UNet2DConditionModel, VaeDecode};
 
 const TOLERANCE: f32 = 1e-3;
 
@@ -44,14 +44,14 @@ fn vae_decode_and_encode<B: Backend>() {
     let vae = vae::<B>();
     let latents = Tensor::<B, 4>::from_data(reference.data("vae.latents"), &device);
     assert_close(
-        vae.decode(latents),
+        vae.decode(latents, Cancel::NEVER).unwrap(),
         &reference.data("vae.decoded"),
         TOLERANCE,
         "vae decode",
     );
     let image = Tensor::<B, 4>::from_data(reference.data("vae.image"), &device);
     assert_close(
-        vae.encode_mean(image),
+        vae.encode_mean(image, Cancel::NEVER).unwrap(),
         &reference.data("vae.encoded_mean"),
         TOLERANCE,
         "vae encode",
@@ -65,11 +65,17 @@ fn vae_tiled_and_sliced_decode<B: Backend>() {
     let device = Default::default();
     let vae = vae::<B>();
     let latents = Tensor::<B, 4>::from_data(reference.data("latents"), &device);
-    let tiled = vae.decode_with(latents.clone(), VaeDecode::Tiled);
+    let tiled = vae
+        .decode_with(latents.clone(), VaeDecode::Tiled, Cancel::NEVER)
+        .unwrap();
     assert_close(tiled, &reference.data("tiled"), TOLERANCE, "tiled decode");
-    let sliced = vae.decode_with(latents.clone(), VaeDecode::Sliced);
+    let sliced = vae
+        .decode_with(latents.clone(), VaeDecode::Sliced, Cancel::NEVER)
+        .unwrap();
     assert_close(sliced, &reference.data("whole"), TOLERANCE, "sliced decode");
-    let whole = vae.decode_with(latents, VaeDecode::Whole);
+    let whole = vae
+        .decode_with(latents, VaeDecode::Whole, Cancel::NEVER)
+        .unwrap();
     assert_close(whole, &reference.data("whole"), TOLERANCE, "whole decode");
 }
 
