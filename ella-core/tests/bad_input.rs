@@ -2,56 +2,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex as B;
 use burn::tensor::DType;
+use common::files::{Tensors, edited, write_tensors};
 use common::fixture;
 use ella_core::{
     Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig, ControlNetModel, Error,
     GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, T5Config, TextEncoder, TokenMode,
 };
 use safetensors::Dtype;
-use safetensors::tensor::TensorView;
-
-type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
-fn read_tensors(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.iter()
-        .map(|(name, view)| {
-            (
-                name.to_string(),
-                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
-            )
-        })
-        .collect()
-}
-
-fn write_tensors(path: &Path, tensors: &Tensors) {
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(name, (dtype, shape, data))| {
-            (
-                name.clone(),
-                TensorView::new(*dtype, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
-/// The fixture file `name` with one edit applied, in a temp folder.
-fn edited(name: &str, edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {
-    let mut tensors = read_tensors(&fixture(name));
-    edit(&mut tensors);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.safetensors");
-    write_tensors(&path, &tensors);
-    (dir, path)
-}
 
 /// The tiny connector file with one edit applied, in a temp folder.
 fn edited_connector(edit: impl FnOnce(&mut Tensors)) -> (tempfile::TempDir, PathBuf) {

@@ -7,65 +7,19 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use common::counting::{Counting, count, live};
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
-use ella_core::{Cancel, DefaultBackend as B, GenerateRequest, Hooks, Pipeline, VaeDecode};
-
-/// Counts allocations, allocated bytes, live bytes and the peak of live bytes.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use ella_core::nn::ATTENTION_CHUNK_BYTES;
+use ella_core::pipeline::memory;
+use ella_core::{
+    AutoencoderKL, Cancel, Checkpoint, DefaultBackend as B, GenerateRequest, Hooks, Pipeline,
+    UNet2DConditionModel, UNetConfig, VaeConfig, VaeDecode,
+};
 
 #[global_allocator]
-static COUNTING: Counting = Counting;
-
-/// What a piece of work allocated.
-#[derive(Debug)]
-struct Counted {
-    allocations: usize,
-    bytes: usize,
-    /// Peak live bytes above the live bytes at the start.
-    peak_extra: usize,
-}
-
-fn count<T>(work: impl FnOnce() -> T) -> (T, Counted) {
-    let (allocations, bytes) = (
-        ALLOCATIONS.load(Ordering::SeqCst),
-        ALLOCATED.load(Ordering::SeqCst),
-    );
-    let live = LIVE.load(Ordering::SeqCst);
-    PEAK.store(live, Ordering::SeqCst);
-    let out = work();
-    let counted = Counted {
-        allocations: ALLOCATIONS.load(Ordering::SeqCst) - allocations,
-        bytes: ALLOCATED.load(Ordering::SeqCst) - bytes,
-        peak_extra: PEAK.load(Ordering::SeqCst) - live,
-    };
-    (out, counted)
-}
+static ALLOCATOR: Counting = Counting;
 
 fn within(what: &str, measured: usize, budget: usize) {
     println!("{what}: {measured} (budget {budget} + 25%)");
@@ -109,7 +63,7 @@ fn generation_and_memory_budgets() {
     within("allocated KB per step", per_step >> 10, 140_000);
 
     // Freeing T5 releases its weights (the tiny T5 is ~0.6 MB of f32).
-    let live = LIVE.load(Ordering::SeqCst);
+    let before = live();
     let states = pipeline
         .encode_prompts(
             &request.prompt,
@@ -120,7 +74,7 @@ fn generation_and_memory_budgets() {
         .unwrap();
     let t5_bytes = pipeline.text_encoder().unwrap().encoder.num_params() * 4; // f32
     pipeline.free_text_encoder();
-    let freed = live.saturating_sub(LIVE.load(Ordering::SeqCst));
+    let freed = before.saturating_sub(live());
     println!("freed {freed} bytes, T5 weights {t5_bytes} bytes");
     assert!(
         freed >= t5_bytes * 9 / 10,
@@ -156,4 +110,127 @@ fn generation_and_memory_budgets() {
         tiled.peak_extra * 3 < whole.peak_extra,
         "tiled decoding should need far less memory: {tiled:?} vs {whole:?}"
     );
+
+    working_memory_estimates_bound_the_measured_peaks(&pipeline);
+}
+
+/// `Pipeline::working_memory` against what the U-Net step and the VAE decode allocate at
+/// their peak: never below it (a request it admits cannot run out), and at most 4× above
+/// plus the fixed allowances (attention scores for backends without flash attention, the
+/// backend's own scratch).
+fn working_memory_estimates_bound_the_measured_peaks(pipeline: &Pipeline<B>) {
+    let device = Default::default();
+    let allowance = 2 * ATTENTION_CHUNK_BYTES + memory::BACKEND_SCRATCH as usize;
+    for (side, batch, guidance, decode) in [
+        (32, 1, 10.0, VaeDecode::Whole),
+        (256, 1, 10.0, VaeDecode::Whole),
+        (64, 1, 10.0, VaeDecode::Whole),
+        (128, 1, 1.0, VaeDecode::Whole),
+        (128, 2, 10.0, VaeDecode::Whole),
+        (128, 2, 10.0, VaeDecode::Sliced),
+        (128, 1, 10.0, VaeDecode::Tiled),
+    ] {
+        let request = GenerateRequest {
+            width: side,
+            height: side / 2,
+            batch_size: batch,
+            guidance_scale: guidance,
+            vae_decode: decode,
+            ..GenerateRequest::new("")
+        };
+        let estimate = pipeline.working_memory(&request).unwrap();
+        let [h, w] = [side / 4, side / 2]; // the tiny VAE's factor is 2
+        let rows = if guidance > 1.0 { 2 * batch } else { batch };
+        let sample = Tensor::<B, 4>::zeros([rows, 4, h, w], &device);
+        let context = Tensor::<B, 3>::zeros([rows, 64, 32], &device);
+        let (_, step) = count(|| {
+            let out = pipeline
+                .unet
+                .forward(sample.clone(), &[500.0], context.clone());
+            out.unwrap().into_data()
+        });
+        let latents = Tensor::<B, 4>::zeros([batch, 4, h, w], &device);
+        let (_, decoded) = count(|| {
+            let out = pipeline
+                .vae
+                .decode_with(latents.clone(), decode, Cancel::NEVER);
+            out.unwrap().into_data()
+        });
+        let what = format!(
+            "{side}×{} batch {batch} guidance {guidance} {decode:?}",
+            side / 2
+        );
+        println!(
+            "{what}: U-Net step {} KB (estimate {} KB), decode {} KB (estimate {} KB)",
+            step.peak_extra >> 10,
+            estimate.denoising >> 10,
+            decoded.peak_extra >> 10,
+            estimate.decoding >> 10
+        );
+        for (phase, measured, estimated) in [
+            ("U-Net step", step.peak_extra, estimate.denoising),
+            ("decode", decoded.peak_extra, estimate.decoding),
+        ] {
+            let estimated = estimated as usize;
+            assert!(
+                measured <= estimated,
+                "{what}, {phase}: {measured} > estimate {estimated}"
+            );
+            assert!(
+                estimated <= 4 * measured + allowance,
+                "{what}, {phase}: estimate {estimated} is far above {measured}"
+            );
+        }
+    }
+}
+
+/// The estimates at SD1.5's real sizes (random weights): a U-Net step with guidance and a
+/// VAE decode at 256² and 384². Slow in a debug build; run with `--ignored`
+/// (measured 2026-12-01: U-Net 136 / 162 MB against estimates 349 / 466 MB, decode
+/// 230 / 510 MB against 386 / 869 MB).
+#[test]
+#[ignore]
+fn working_memory_estimates_bound_the_real_sizes() {
+    let device = Default::default();
+    let unet = UNet2DConditionModel::<B>::from_checkpoint(
+        UNetConfig::sd15(),
+        &Checkpoint::random(3),
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    let vae = AutoencoderKL::<B>::from_checkpoint(
+        VaeConfig::sd15(),
+        &Checkpoint::random(4),
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    for side in [32usize, 48] {
+        let sample = Tensor::<B, 4>::zeros([2, 4, side, side], &device);
+        let context = Tensor::<B, 3>::zeros([2, 64, 768], &device);
+        let (_, step) = count(|| {
+            let out = unet.forward(sample.clone(), &[500.0], context.clone());
+            out.unwrap().into_data()
+        });
+        let latents = Tensor::<B, 4>::zeros([1, 4, side, side], &device);
+        let (_, decoded) = count(|| {
+            vae.decode(latents.clone(), Cancel::NEVER)
+                .unwrap()
+                .into_data()
+        });
+        let size = [side as u64; 2];
+        let step_estimate = memory::unet_step(&unet.config, 2, size, 64, DType::F32) as usize;
+        let decode_estimate =
+            memory::vae_decode(&vae.config, 1, size, VaeDecode::Whole, DType::F32) as usize;
+        println!(
+            "{}²: U-Net step {} MB (estimate {} MB), decode {} MB (estimate {} MB)",
+            side * 8,
+            step.peak_extra >> 20,
+            step_estimate >> 20,
+            decoded.peak_extra >> 20,
+            decode_estimate >> 20
+        );
+        assert!(step.peak_extra <= step_estimate && decoded.peak_extra <= decode_estimate);
+    }
 }

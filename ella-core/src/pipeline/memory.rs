@@ -61,10 +61,14 @@ pub fn check(what: &str, needed: u64, budget: u64) -> Result<()> {
     }
 }
 
-/// Bytes of one element of `dtype`, and of the f32 statistics norms compute in.
+/// Bytes of one element of `dtype`.
 fn bytes(dtype: DType) -> u64 {
     dtype.size() as u64
 }
+
+/// What a backend allocates for itself during a call whatever its sizes (GEMM packing
+/// buffers per thread, kernels' scratch): measured at about 1 MB on the flex backend.
+pub const BACKEND_SCRATCH: u64 = 16 << 20;
 
 /// `a · b · …`, saturating: absurd sizes give `u64::MAX`, which no budget holds.
 fn product(factors: &[u64]) -> u64 {
@@ -79,9 +83,10 @@ fn attention_scores(rows: u64, heads: u64, queries: u64, keys: u64) -> u64 {
         .saturating_mul(2)
 }
 
-/// One U-Net step on `rows` latents of `[h, w]` attending to `tokens` condition tokens: the
-/// skip connections of every level, plus the largest block's temporaries (a transformer's
-/// projections and GEGLU feed-forward, 8× wide; a resnet's norm in f32) and its attention.
+/// One U-Net step on `rows` latents of `[h, w]` attending to `tokens` condition tokens: per
+/// row, the skip connections of every level plus the largest block's temporaries (a
+/// transformer's projections and GEGLU feed-forward, 24× its width; a resnet's, with the
+/// norm in f32; an up block's concatenated input), and the largest attention's scores.
 pub fn unet_step(
     config: &UNetConfig,
     rows: u64,
@@ -90,36 +95,33 @@ pub fn unet_step(
     dtype: DType,
 ) -> u64 {
     let b = bytes(dtype);
-    let mut skips = 0u64;
-    let mut block = 0u64;
+    let (mut skips, mut block, mut attention) = (0u64, 0u64, 0u64);
     for i in 0..config.block_out_channels.len() {
-        let (h, w) = (h.div_ceil(1 << i), w.div_ceil(1 << i));
-        let s = h.saturating_mul(w);
+        let s = h.div_ceil(1 << i).saturating_mul(w.div_ceil(1 << i));
         let c = config.block_out_channels[i] as u64;
         let layers = config.layers_per_block.get(i) as u64;
         skips = skips.saturating_add(product(&[layers + 1, c, s, b]));
         let transformer = matches!(config.down_block(i), Ok(BlockKind::CrossAttention));
         let width = if transformer { 24 } else { 8 };
-        let heads = config.heads(i) as u64;
-        let attention = match transformer {
-            true => {
-                attention_scores(rows, heads, s, s).max(attention_scores(rows, heads, s, tokens))
-            }
-            false => 0,
-        };
-        // Up blocks concatenate a skip (up to 2c wide) before their resnet: 4c in f32.
-        let here = product(&[width, c, s, b])
-            .saturating_add(product(&[4, 2 * c, s, 4]))
-            .saturating_add(attention);
+        let here = product(&[width, c, s, b]).saturating_add(product(&[4, 2 * c, s, 4]));
         block = block.max(here);
+        if transformer {
+            let heads = config.heads(i) as u64;
+            let scores = attention_scores(rows, heads, s, s.max(tokens));
+            attention = attention.max(scores);
+        }
     }
-    skips.saturating_add(block).saturating_mul(rows)
+    skips
+        .saturating_add(block)
+        .saturating_mul(rows)
+        .saturating_add(attention)
+        .saturating_add(BACKEND_SCRATCH)
 }
 
-/// Decoding `batch` latents of `[h, w]`: the largest up block's temporaries at its
-/// resolution (the 2× nearest resize and its conv, a resnet's norm in f32) and the
-/// single-head mid-block attention at the latent's; sliced and tiled decoding bound the
-/// batch (and, tiled, the size) to one tile.
+/// Decoding `batch` latents of `[h, w]`: per image at once, the largest up block's
+/// temporaries at its resolution (the 2× nearest resize and its conv, a resnet's norm in
+/// f32), the single-head mid-block attention at the latent's size, and the decoded images.
+/// Sliced decoding takes one image at a time, tiled one tile.
 pub fn vae_decode(
     config: &VaeConfig,
     batch: u64,
@@ -128,58 +130,57 @@ pub fn vae_decode(
     dtype: DType,
 ) -> u64 {
     let tile = (config.sample_size / config.downscale_factor()) as u64;
-    let (images, size) = match mode {
+    let (images, [th, tw]) = match mode {
         VaeDecode::Whole => (batch, [h, w]),
         VaeDecode::Sliced => (1, [h, w]),
         VaeDecode::Tiled => (1, [h.min(tile), w.min(tile)]),
     };
-    let work = decoder_levels(config, size, dtype, true);
+    let latent = th.saturating_mul(tw);
+    let work = vae_levels(config, [th, tw], dtype, true).saturating_mul(images);
+    let attention = attention_scores(images, 1, latent, latent);
     // The decoded images (and, tiled, their tiles) stay alive until the batch is done.
     let pixels = 1u64 << (2 * (config.block_out_channels.len() - 1));
     let outputs = product(&[batch, 3, h, w, pixels, 4, 3]);
-    work.saturating_mul(images).saturating_add(outputs)
+    work.saturating_add(attention)
+        .saturating_add(outputs)
+        .saturating_add(BACKEND_SCRATCH)
 }
 
-/// Encoding `batch` images of the latent size `[h, w]` (image-to-image's init image): the
-/// encoder's levels, mirrored.
+/// Encoding one image (image-to-image's init image, of latent size `[h, w]`): the
+/// encoder's levels and its mid-block attention.
 pub fn vae_encode(config: &VaeConfig, [h, w]: [u64; 2], dtype: DType) -> u64 {
-    decoder_levels(config, [h, w], dtype, false)
+    let latent = h.saturating_mul(w);
+    vae_levels(config, [h, w], dtype, false)
+        .saturating_add(attention_scores(1, 1, latent, latent))
+        .saturating_add(BACKEND_SCRATCH)
 }
 
-/// The peak of one image through the VAE's levels (decoder: lowest resolution first).
-fn decoder_levels(config: &VaeConfig, [h, w]: [u64; 2], dtype: DType, upsampling: bool) -> u64 {
+/// The peak of one image through the VAE's levels (of latent size `[h, w]`): at each
+/// level, four tensors of the wider of its and its neighbour's channels (decoder: the
+/// level below, which upsamples into it) and a norm's two in f32.
+fn vae_levels(config: &VaeConfig, [h, w]: [u64; 2], dtype: DType, decoder: bool) -> u64 {
     let b = bytes(dtype);
     let channels = &config.block_out_channels;
     let n = channels.len();
     let latent = h.saturating_mul(w);
-    let mut peak = attention_scores(1, 1, latent, latent).saturating_add(product(&[
-        8,
-        channels[n - 1] as u64,
-        latent,
-        4,
-    ]));
+    let mut peak = product(&[8, channels[n - 1] as u64, latent, 4]);
     for level in 0..n {
-        // Level `level` from the top: full resolution at 0.
+        // Level 0 is the full resolution.
         let s = latent.saturating_mul(1 << (2 * (n - 1 - level)));
         let c = channels[level] as u64;
-        let wider = match upsampling {
-            true => channels
-                .get(level + 1)
-                .map_or(c, |&next| next as u64)
-                .max(c),
-            false => channels
-                .get(level.wrapping_sub(1))
-                .map_or(c, |&prev| prev as u64)
-                .max(c),
+        let neighbour = match decoder {
+            true => channels.get(level + 1),
+            false => level.checked_sub(1).and_then(|l| channels.get(l)),
         };
+        let wider = neighbour.map_or(c, |&other| other as u64).max(c);
         let here = product(&[4, wider, s, b]).saturating_add(product(&[2, wider, s, 4]));
         peak = peak.max(here);
     }
     peak
 }
 
-/// T5 encoding `tokens` tokens of one prompt: the relative-position buckets and bias, the
-/// padding mask and attention scores per head, and a block's feed-forward.
+/// T5 encoding `tokens` tokens of one prompt: the relative-position buckets, the bias and
+/// padding mask per head, the attention scores and a block's feed-forward.
 pub fn t5_encode(config: &T5Config, tokens: u64, dtype: DType) -> u64 {
     let heads = config.num_heads as u64;
     let square = tokens.saturating_mul(tokens);
@@ -191,6 +192,7 @@ pub fn t5_encode(config: &T5Config, tokens: u64, dtype: DType) -> u64 {
     ]);
     bias.saturating_add(attention_scores(1, heads, tokens, tokens))
         .saturating_add(feed_forward)
+        .saturating_add(BACKEND_SCRATCH)
 }
 
 impl GenerateRequest {

@@ -2,6 +2,9 @@
 //! macro that runs one test body on every CPU backend compiled in.
 #![allow(dead_code)]
 
+pub mod counting;
+pub mod files;
+
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
