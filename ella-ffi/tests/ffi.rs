@@ -1,74 +1,12 @@
 //! Every C ABI function's success and error paths, called as a C host would.
 
-use std::ffi::{CStr, CString, c_void};
-use std::path::PathBuf;
+use std::ffi::{CString, c_void};
 use std::ptr::{null, null_mut};
 
 use ella::*;
 
-fn fixture(path: &str) -> CString {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../ella-core/tests/fixtures")
-        .join(path);
-    CString::new(path.to_str().unwrap()).unwrap()
-}
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(ella_last_error_message()) }
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-struct Paths {
-    t5: CString,
-    ella: CString,
-    config: CString,
-    sd: CString,
-}
-
-fn paths() -> Paths {
-    Paths {
-        t5: fixture("t5"),
-        ella: fixture("ella/ella.safetensors"),
-        config: fixture("ella/config.json"),
-        sd: fixture("sd"),
-    }
-}
-
-fn params(p: &Paths) -> EllaModelParams {
-    EllaModelParams {
-        t5_path: p.t5.as_ptr(),
-        ella_path: p.ella.as_ptr(),
-        ella_config_path: p.config.as_ptr(),
-        sd_path: p.sd.as_ptr(),
-        ..ella_model_default_params()
-    }
-}
-
-fn load() -> *mut EllaModel {
-    let p = paths();
-    let mut model = null_mut();
-    assert_eq!(
-        unsafe { ella_model_load(&params(&p), &mut model) },
-        EllaStatus::Ok,
-        "{}",
-        last_error()
-    );
-    assert!(!model.is_null());
-    assert_eq!(last_error(), "", "a success clears the message");
-    model
-}
-
-fn request(prompt: &CString) -> EllaGenerateRequest {
-    EllaGenerateRequest {
-        prompt: prompt.as_ptr(),
-        width: 32,
-        height: 32,
-        steps: 2,
-        ..ella_generate_request_default()
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn model_load_error_paths() {
@@ -546,15 +484,6 @@ fn half_precision_model() {
     unsafe {
         ella_context_free(ctx);
         ella_model_free(model);
-    }
-}
-
-/// Generates one 32×32 image into a buffer.
-fn generate_32(ctx: *mut EllaContext, request: &EllaGenerateRequest) -> Result<Vec<u8>, String> {
-    let mut buffer = vec![0u8; 32 * 32 * 3];
-    match unsafe { ella_generate_into(ctx, request, buffer.as_mut_ptr(), buffer.len(), 96) } {
-        EllaStatus::Ok => Ok(buffer),
-        status => Err(format!("{status:?}: {}", last_error())),
     }
 }
 

@@ -1,0 +1,614 @@
+//! The C ABI under abuse, as a careless or hostile host would call it (issue #12): struct
+//! sizes that end inside a field, one context from two threads, callbacks that call back
+//! into their own model or context, image buffers of the wrong length, absurd prompts and
+//! budgets, and model changes while another thread generates. Each was a crash, a hang, a
+//! deadlock or a silent wrong image before; each is a status now.
+
+use std::ffi::{CString, c_void};
+use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use ella::*;
+
+mod common;
+use common::*;
+
+/// The byte ranges of a struct's fields, from the struct's own layout (so that the test
+/// does not trust the library's list).
+macro_rules! field_ranges {
+    ($value:expr, $t:ident { $($field:ident),* $(,)? }) => {{
+        let $t { $($field),* } = &$value;
+        vec![$({
+            let start = std::mem::offset_of!($t, $field);
+            start..start + std::mem::size_of_val($field)
+        }),*]
+    }};
+}
+
+/// Whether `size` ends inside one of `fields`.
+fn inside(size: usize, fields: &[std::ops::Range<usize>]) -> bool {
+    fields.iter().any(|f| f.start < size && size < f.end)
+}
+
+/// Sizes that end inside a pointer field (12, 20, 28, 36 … for the model params) read half
+/// a pointer and crashed the host; every size that ends inside any field is refused, every
+/// other size is read (fields past it keep their defaults).
+#[test]
+fn struct_sizes_that_end_inside_a_field_are_refused() {
+    let p = paths();
+    let full = params(&p);
+    let fields = field_ranges!(
+        full,
+        EllaModelParams {
+            struct_size,
+            t5_path,
+            ella_path,
+            ella_config_path,
+            sd_path,
+            backend,
+            precision,
+            log_callback,
+            log_user_data,
+            t5_precision,
+            sd_config_path,
+            vae_path,
+            load_clip,
+            controlnet_path,
+            sur_adapter_path,
+            memory_budget,
+        }
+    );
+    for size in [12, 20, 28, 36] {
+        assert!(inside(size, &fields), "the probe's size {size}");
+    }
+    let mut refused = 0;
+    for size in 0..std::mem::size_of::<EllaModelParams>() + 16 {
+        let bad = EllaModelParams {
+            struct_size: size as u32,
+            ..full
+        };
+        let mut model = null_mut();
+        let status = unsafe { ella_model_load(&bad, &mut model) };
+        let size_error = last_error().contains("struct_size");
+        let expected = size < 4 || inside(size, &fields);
+        assert_eq!(
+            size_error,
+            expected,
+            "model params size {size}: {status:?} {}",
+            last_error()
+        );
+        refused += usize::from(size_error);
+        unsafe { ella_model_free(model) };
+    }
+    assert!(refused > 40, "{refused} sizes refused");
+
+    let defaults = ella_context_default_params();
+    let fields = field_ranges!(
+        defaults,
+        EllaContextParams {
+            struct_size,
+            progress_callback,
+            progress_user_data,
+        }
+    );
+    let model = load();
+    for size in 0..std::mem::size_of::<EllaContextParams>() + 16 {
+        let params = EllaContextParams {
+            struct_size: size as u32,
+            ..defaults
+        };
+        let mut ctx = null_mut();
+        let status = unsafe { ella_context_new(model, &params, &mut ctx) };
+        let expected_ok = size >= 4 && !inside(size, &fields);
+        assert_eq!(
+            status == EllaStatus::Ok,
+            expected_ok,
+            "context params size {size}"
+        );
+        unsafe { ella_context_free(ctx) };
+    }
+
+    let prompt = CString::new("a red book").unwrap();
+    let full = request(&prompt);
+    let fields = field_ranges!(
+        full,
+        EllaGenerateRequest {
+            struct_size,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            steps,
+            guidance_scale,
+            seed,
+            scheduler,
+            max_tokens,
+            pixel_format,
+            vae_decode,
+            prompt_cache,
+            conditioning,
+            init_image,
+            strength,
+            control_image,
+            control_scale,
+            control_start,
+            control_end,
+            sur_weight,
+            sur_mode,
+            init_image_size,
+            control_image_size,
+        }
+    );
+    for size in [12, 68, 84, 100] {
+        assert!(inside(size, &fields), "the probe's size {size}");
+    }
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    for size in 0..std::mem::size_of::<EllaGenerateRequest>() + 16 {
+        let r = EllaGenerateRequest {
+            struct_size: size as u32,
+            ..full
+        };
+        // An accepted request is refused next for the buffer, before any work.
+        let mut byte = 0u8;
+        let status = unsafe { ella_generate_into(ctx, &r, &mut byte, 1, 96) };
+        let expected = match size < 4 || inside(size, &fields) {
+            true => EllaStatus::InvalidArgument,
+            false => EllaStatus::BufferTooSmall,
+        };
+        assert_eq!(status, expected, "request size {size}: {}", last_error());
+    }
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+/// What a progress callback saw when it called back into the library.
+struct Reentry {
+    model: *const EllaModel,
+    ctx: *mut EllaContext,
+    other_ctx: *mut EllaContext,
+    statuses: Vec<(&'static str, EllaStatus)>,
+}
+
+unsafe extern "C" fn call_back_in(user_data: *mut c_void, step: u32, _total: u32) {
+    let state = unsafe { &mut *(user_data as *mut Reentry) };
+    if step != 1 {
+        return;
+    }
+    let prompt = CString::new("a red book").unwrap();
+    let r = request(&prompt);
+    let mut image = null_mut();
+    let mut tensor = null_mut();
+    let mut cached = null_mut();
+    let states = [0f32; 64];
+    let lora = fixture("lora/kohya.safetensors");
+    let (paths, scales) = ([lora.as_ptr()], [1.0f32]);
+    let calls: [(&str, EllaStatus); 7] = unsafe {
+        [
+            (
+                "generate, same context",
+                ella_generate(state.ctx, &r, &mut image),
+            ),
+            (
+                "generate, other context",
+                ella_generate(state.other_ctx, &r, &mut image),
+            ),
+            (
+                "set_loras",
+                ella_model_set_loras(state.model, paths.as_ptr(), scales.as_ptr(), 1),
+            ),
+            (
+                "free_text_encoder",
+                ella_model_free_text_encoder(state.model),
+            ),
+            (
+                "encode_prompt",
+                ella_encode_prompt(state.model, prompt.as_ptr(), 0, &mut tensor),
+            ),
+            (
+                "prompt_encode",
+                ella_prompt_encode(state.model, prompt.as_ptr(), null(), 0, &mut cached),
+            ),
+            (
+                "connector_step",
+                ella_connector_step(state.model, states.as_ptr(), 2, 32, 500.0, &mut tensor),
+            ),
+        ]
+    };
+    state.statuses.extend(calls);
+    unsafe { ella_cancel(state.ctx) };
+}
+
+/// A progress callback that called `ella_model_set_loras` or
+/// `ella_model_free_text_encoder` on its own model deadlocked; any call that would wait for
+/// (or re-enter) the running generation is refused with `ELLA_STATUS_BUSY`, and
+/// `ella_cancel` from the callback works.
+#[test]
+fn callbacks_that_call_back_into_their_model_are_refused() {
+    let model = load();
+    let mut state = Reentry {
+        model,
+        ctx: null_mut(),
+        other_ctx: null_mut(),
+        statuses: Vec::new(),
+    };
+    let params = EllaContextParams {
+        progress_callback: Some(call_back_in),
+        progress_user_data: &mut state as *mut Reentry as *mut c_void,
+        ..ella_context_default_params()
+    };
+    let (mut ctx, mut other) = (null_mut(), null_mut());
+    unsafe {
+        assert_eq!(ella_context_new(model, &params, &mut ctx), EllaStatus::Ok);
+        assert_eq!(ella_context_new(model, null(), &mut other), EllaStatus::Ok);
+    }
+    state.ctx = ctx;
+    state.other_ctx = other;
+    let prompt = CString::new("a red book").unwrap();
+    let r = EllaGenerateRequest {
+        steps: 3,
+        ..request(&prompt)
+    };
+    let mut image = null_mut();
+    assert_eq!(
+        unsafe { ella_generate(ctx, &r, &mut image) },
+        EllaStatus::Cancelled
+    );
+    assert_eq!(state.statuses.len(), 7);
+    for (call, status) in &state.statuses {
+        assert_eq!(*status, EllaStatus::Busy, "{call} from the callback");
+    }
+    // Afterwards every one of them works again.
+    assert_eq!(generate_32(other, &request(&prompt)).map(|_| ()), Ok(()));
+    unsafe {
+        assert_eq!(ella_model_free_text_encoder(model), EllaStatus::Ok);
+        ella_context_free(ctx);
+        ella_context_free(other);
+        ella_model_free(model);
+    }
+}
+
+/// Two threads on one context: the second call is refused with `ELLA_STATUS_BUSY` while
+/// the first runs, never undefined behaviour.
+#[test]
+fn a_context_used_from_two_threads_at_once_is_busy() {
+    struct Gate {
+        inside: Barrier,
+        tried: Barrier,
+    }
+    unsafe extern "C" fn wait_at_step_one(user_data: *mut c_void, step: u32, _: u32) {
+        if step == 1 {
+            let gate = unsafe { &*(user_data as *const Gate) };
+            gate.inside.wait();
+            gate.tried.wait();
+        }
+    }
+    let model = load();
+    let gate = Arc::new(Gate {
+        inside: Barrier::new(2),
+        tried: Barrier::new(2),
+    });
+    let params = EllaContextParams {
+        progress_callback: Some(wait_at_step_one),
+        progress_user_data: Arc::as_ptr(&gate) as *mut c_void,
+        ..ella_context_default_params()
+    };
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, &params, &mut ctx) },
+        EllaStatus::Ok
+    );
+    let shared = ctx as usize;
+    let first = std::thread::spawn(move || {
+        let prompt = CString::new("a red book").unwrap();
+        generate_32(shared as *mut EllaContext, &request(&prompt)).map(|_| ())
+    });
+    gate.inside.wait();
+    let prompt = CString::new("two cats").unwrap();
+    let second = generate_32(ctx, &request(&prompt)).unwrap_err();
+    gate.tried.wait();
+    assert!(second.starts_with("Busy"), "{second}");
+    assert_eq!(first.join().unwrap(), Ok(()));
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+/// `ella_context_free` from the context's own progress callback frees it when the call
+/// returns; from another thread while it runs, it cancels the call and waits for it.
+#[test]
+fn contexts_freed_while_running() {
+    unsafe extern "C" fn free_self(user_data: *mut c_void, step: u32, _: u32) {
+        if step == 1 {
+            unsafe { ella_context_free(*(user_data as *const *mut EllaContext)) };
+        }
+    }
+    let model = load();
+    let mut slot: *mut EllaContext = null_mut();
+    let params = EllaContextParams {
+        progress_callback: Some(free_self),
+        progress_user_data: &mut slot as *mut *mut EllaContext as *mut c_void,
+        ..ella_context_default_params()
+    };
+    assert_eq!(
+        unsafe { ella_context_new(model, &params, &mut slot) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    assert_eq!(generate_32(slot, &request(&prompt)).map(|_| ()), Ok(()));
+
+    unsafe extern "C" fn signal(user_data: *mut c_void, _: u32, _: u32) {
+        unsafe { &*(user_data as *const AtomicU32) }.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let steps = Arc::new(AtomicU32::new(0));
+    let params = EllaContextParams {
+        progress_callback: Some(signal),
+        progress_user_data: Arc::as_ptr(&steps) as *mut c_void,
+        ..ella_context_default_params()
+    };
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, &params, &mut ctx) },
+        EllaStatus::Ok
+    );
+    let shared = ctx as usize;
+    let running = std::thread::spawn(move || {
+        let prompt = CString::new("a red book").unwrap();
+        let long = EllaGenerateRequest {
+            steps: 200,
+            ..request(&prompt)
+        };
+        generate_32(shared as *mut EllaContext, &long)
+    });
+    while steps.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    unsafe { ella_context_free(ctx) };
+    let result = running.join().unwrap().unwrap_err();
+    assert!(result.starts_with("Cancelled"), "{result}");
+    assert!(steps.load(Ordering::SeqCst) < 200);
+    unsafe { ella_model_free(model) };
+}
+
+/// `init_image` and `control_image` had no length: a short buffer was read past its end
+/// (init) or aborted the host (control). Their lengths are fields now, checked.
+#[test]
+fn image_buffers_must_have_their_stated_length() {
+    let p = paths();
+    let controlnet = fixture("controlnet");
+    let with_controlnet = EllaModelParams {
+        controlnet_path: controlnet.as_ptr(),
+        ..params(&p)
+    };
+    let mut model = null_mut();
+    assert_eq!(
+        unsafe { ella_model_load(&with_controlnet, &mut model) },
+        EllaStatus::Ok
+    );
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let prompt = CString::new("a red book").unwrap();
+    let pixels = vec![128u8; 32 * 32 * 3];
+    for size in [0, 1, pixels.len() - 1, pixels.len() + 1, usize::MAX] {
+        let init = EllaGenerateRequest {
+            init_image: pixels.as_ptr(),
+            init_image_size: size,
+            ..request(&prompt)
+        };
+        let err = generate_32(ctx, &init).unwrap_err();
+        assert!(err.contains("init_image_size"), "{size}: {err}");
+        let control = EllaGenerateRequest {
+            control_image: pixels.as_ptr(),
+            control_image_size: size,
+            ..request(&prompt)
+        };
+        let err = generate_32(ctx, &control).unwrap_err();
+        assert!(err.contains("control_image_size"), "{size}: {err}");
+    }
+    let both = EllaGenerateRequest {
+        init_image: pixels.as_ptr(),
+        init_image_size: pixels.len(),
+        control_image: pixels.as_ptr(),
+        control_image_size: pixels.len(),
+        ..request(&prompt)
+    };
+    assert_eq!(generate_32(ctx, &both).map(|_| ()), Ok(()));
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+/// A 100,000-character prompt or `max_tokens` = 2³² − 1 aborted the host through
+/// `ella_encode_prompt`, `ella_prompt_encode` and `ella_generate`; an absurd guidance made
+/// a black image "successfully"; a request over the memory budget could not be refused.
+#[test]
+fn absurd_prompts_numbers_and_budgets_are_statuses() {
+    let model = load();
+    let long = CString::new("a".repeat(100_000)).unwrap();
+    let short = CString::new("a red book").unwrap();
+    let mut tensor = null_mut();
+    let mut cached = null_mut();
+    unsafe {
+        assert_eq!(
+            ella_encode_prompt(model, long.as_ptr(), 0, &mut tensor),
+            EllaStatus::InvalidArgument
+        );
+        assert_eq!(
+            ella_encode_prompt(model, short.as_ptr(), u32::MAX, &mut tensor),
+            EllaStatus::InvalidArgument
+        );
+        assert_eq!(
+            ella_prompt_encode(model, long.as_ptr(), null(), 0, &mut cached),
+            EllaStatus::InvalidArgument
+        );
+        assert_eq!(
+            ella_prompt_encode(model, short.as_ptr(), long.as_ptr(), 0, &mut cached),
+            EllaStatus::InvalidArgument
+        );
+    }
+    assert!(tensor.is_null() && cached.is_null());
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let status_of = |r: &EllaGenerateRequest| {
+        let mut image = null_mut();
+        let status = unsafe { ella_generate(ctx, r, &mut image) };
+        unsafe { ella_image_free(image) };
+        status
+    };
+    assert_eq!(status_of(&request(&long)), EllaStatus::InvalidArgument);
+    let max_tokens = EllaGenerateRequest {
+        max_tokens: u32::MAX,
+        ..request(&short)
+    };
+    assert_eq!(status_of(&max_tokens), EllaStatus::InvalidArgument);
+    let guidance = EllaGenerateRequest {
+        guidance_scale: 3e38,
+        ..request(&short)
+    };
+    assert_eq!(status_of(&guidance), EllaStatus::Numerical);
+    assert!(last_error().contains("step 1 of 2"), "{}", last_error());
+    // A prompt cache encoded flexibly, used by a request with `max_tokens` 7, panicked.
+    assert_eq!(
+        unsafe { ella_prompt_encode(model, short.as_ptr(), null(), 0, &mut cached) },
+        EllaStatus::Ok
+    );
+    let from_cache = EllaGenerateRequest {
+        prompt_cache: cached,
+        max_tokens: 7,
+        ..request(&short)
+    };
+    assert_eq!(status_of(&from_cache), EllaStatus::Ok, "{}", last_error());
+    unsafe {
+        ella_prompt_free(cached);
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+
+    let p = paths();
+    let tiny_budget = EllaModelParams {
+        memory_budget: 1 << 20,
+        ..params(&p)
+    };
+    let mut model = null_mut();
+    assert_eq!(
+        unsafe { ella_model_load(&tiny_budget, &mut model) },
+        EllaStatus::Ok
+    );
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut ctx) },
+        EllaStatus::Ok
+    );
+    let mut image = null_mut();
+    assert_eq!(
+        unsafe { ella_generate(ctx, &request(&short), &mut image) },
+        EllaStatus::OutOfMemory
+    );
+    assert!(last_error().contains("MiB"), "{}", last_error());
+    unsafe {
+        ella_context_free(ctx);
+        ella_model_free(model);
+    }
+}
+
+/// `ella_model_set_loras` and `ella_model_free_text_encoder` while another thread
+/// generates wait for that generation: it ends with the weights it started with, never a
+/// mix; the next one sees the change.
+#[test]
+fn model_changes_wait_for_running_generations() {
+    struct Slow {
+        steps: AtomicU32,
+    }
+    unsafe extern "C" fn slow_steps(user_data: *mut c_void, _: u32, _: u32) {
+        unsafe { &*(user_data as *const Slow) }
+            .steps
+            .fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let model = load();
+    let prompt = CString::new("a red book").unwrap();
+    let r = EllaGenerateRequest {
+        steps: 4,
+        ..request(&prompt)
+    };
+    let mut plain_ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, null(), &mut plain_ctx) },
+        EllaStatus::Ok
+    );
+    let lora = fixture("lora/kohya.safetensors");
+    let (paths, scales) = ([lora.as_ptr()], [1.0f32]);
+
+    let mut befores = Vec::new();
+    for change in ["set_loras", "free_text_encoder"] {
+        let before = generate_32(plain_ctx, &r).unwrap();
+        befores.push(before.clone());
+        let slow = Arc::new(Slow {
+            steps: AtomicU32::new(0),
+        });
+        let params = EllaContextParams {
+            progress_callback: Some(slow_steps),
+            progress_user_data: Arc::as_ptr(&slow) as *mut c_void,
+            ..ella_context_default_params()
+        };
+        let mut ctx = null_mut();
+        assert_eq!(
+            unsafe { ella_context_new(model, &params, &mut ctx) },
+            EllaStatus::Ok
+        );
+        let shared = ctx as usize;
+        let running = std::thread::spawn(move || {
+            let prompt = CString::new("a red book").unwrap();
+            let r = EllaGenerateRequest {
+                steps: 4,
+                ..request(&prompt)
+            };
+            generate_32(shared as *mut EllaContext, &r)
+        });
+        while slow.steps.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = match change {
+            "set_loras" => unsafe {
+                ella_model_set_loras(model, paths.as_ptr(), scales.as_ptr(), 1)
+            },
+            _ => unsafe { ella_model_free_text_encoder(model) },
+        };
+        assert_eq!(status, EllaStatus::Ok, "{change}: {}", last_error());
+        assert_eq!(
+            slow.steps.load(Ordering::SeqCst),
+            4,
+            "{change} returned before the generation's last step"
+        );
+        let image = running.join().unwrap().unwrap();
+        assert!(
+            image == before,
+            "{change}: the running generation kept the model it started with"
+        );
+        unsafe { ella_context_free(ctx) };
+    }
+    // The generations after each change see it: the LoRA, then no T5 to encode with.
+    assert!(befores[0] != befores[1], "the LoRA changed the next image");
+    let err = generate_32(plain_ctx, &r).unwrap_err();
+    assert!(err.contains("T5"), "{err}");
+    unsafe {
+        ella_context_free(plain_ctx);
+        ella_model_free(model);
+    }
+}
