@@ -34,7 +34,7 @@
 #define ELLA_VERSION_MAJOR 0
 
 // Minor version: new functions or fields, nothing removed.
-#define ELLA_VERSION_MINOR 1
+#define ELLA_VERSION_MINOR 2
 
 // Patch version: fixes only.
 #define ELLA_VERSION_PATCH 0

@@ -10,7 +10,8 @@
 //!   `text_encoder.lora_alpha`), else `α = r`.
 //!
 //! The updates are applied to the loaded modules in place ([`apply`]): each changed weight is
-//! rebuilt from its original value (read again from the memory-mapped checkpoint) plus the
+//! rebuilt from its original value (read again from the weight file, and checked against the
+//! bytes read at load) plus the
 //! updates, so LoRAs can be swapped at run time without reloading the models and without
 //! rounding drift.
 
@@ -312,7 +313,7 @@ pub fn read_updates(
         // that could overflow f32 (an absurd scale or α) before any weight changes.
         let largest = |m: &TensorData| m.iter::<f32>().fold(0f32, |a, v| a.max(v.abs()));
         let bound = factor.abs() * rank as f32 * largest(&up) * largest(&down);
-        if !(bound < f32::MAX / 4.0) {
+        if !bound.is_finite() || bound >= f32::MAX / 4.0 {
             return Err(Error::InvalidInput(format!(
                 "LoRA {} at scale {} (α {alpha}, rank {rank}) would overflow `{weight}`",
                 lora.path.display(),

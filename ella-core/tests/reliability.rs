@@ -631,3 +631,20 @@ fn odd_paths_are_errors() {
         Error::Io { .. }
     ));
 }
+
+/// Fuzzing found tokenizer files on which the `tokenizers` crate panics (a normalizer whose
+/// `precompiled_charsmap` is null, here); the panic is a tokenizer error naming the file.
+#[test]
+fn tokenizer_files_the_tokenizers_crate_panics_on_are_errors() {
+    let _alone = alone();
+    let dir = copied("t5");
+    let path = dir.path().join("tokenizer.json");
+    edit_json(&path, |t| {
+        t["normalizer"]["precompiled_charsmap"] = serde_json::Value::Null
+    });
+    let err = ella_core::T5Tokenizer::from_file(&path).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tokenizer { path: p, reason } if p == &path && reason.contains("panicked")),
+        "{err}"
+    );
+}

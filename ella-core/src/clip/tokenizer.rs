@@ -8,7 +8,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::limits::check_prompt_lengths;
-use crate::weights::{open_tokenizer, read_json, read_text};
+use crate::weights::{open_tokenizer, read_json, read_text, tokenizers_call};
 
 /// The number of tokens SD's CLIP text encoder reads.
 pub const CLIP_TOKENS: usize = 77;
@@ -67,13 +67,9 @@ impl ClipTokenizer {
     /// `[batch][77]` token ids.
     pub fn encode(&self, prompts: &[&str]) -> Result<Vec<Vec<u32>>> {
         check_prompt_lengths(prompts)?;
-        let encodings = self
-            .inner
-            .encode_batch(prompts.to_vec(), true)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let encodings = tokenizers_call(&self.path, || {
+            self.inner.encode_batch(prompts.to_vec(), true)
+        })?;
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 }
@@ -130,9 +126,7 @@ fn from_vocab_and_merges(folder: &Path) -> Result<Tokenizer> {
             "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
             "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
     });
-    json.to_string()
-        .parse::<Tokenizer>()
-        .map_err(|e| failed(folder, e.to_string()))
+    tokenizers_call(folder, || json.to_string().parse::<Tokenizer>())
 }
 
 /// CLIP's pre-tokenizer pattern: its special tokens, English contractions, letter runs,

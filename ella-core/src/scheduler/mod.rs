@@ -138,7 +138,8 @@ impl<B: Backend> Scheduler<B> {
         match (Self::build(kind, config, schedule), schedule) {
             // A step count this config's spacing cannot make: say which counts can.
             (Err(Error::InvalidInput(reason)), &TimestepSchedule::Steps(steps)) => {
-                let most = (1..steps)
+                // The counts just below (a config's spacing fails only at its largest).
+                let most = (steps.saturating_sub(32).max(1)..steps)
                     .rev()
                     .find(|&m| Self::build(kind, config, &TimestepSchedule::Steps(m)).is_ok());
                 Err(Error::InvalidInput(match most {

@@ -7,7 +7,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_T5_TOKENS, check_prompt_lengths};
-use crate::weights::open_tokenizer;
+use crate::weights::{open_tokenizer, tokenizers_call};
 
 /// How prompts are cut into T5 tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,9 +128,9 @@ impl T5Tokenizer {
                     .map_err(|e| failed(e.to_string()))?;
             }
         }
-        let encodings = tokenizer
-            .encode_batch(prompts.to_vec(), true)
-            .map_err(|e| failed(e.to_string()))?;
+        let encodings = tokenizers_call(&self.path, || {
+            tokenizer.encode_batch(prompts.to_vec(), true)
+        })?;
         if let Some(long) = encodings.iter().find(|e| e.len() > MAX_T5_TOKENS) {
             return Err(Error::InvalidInput(format!(
                 "a prompt of {} T5 tokens is longer than the {MAX_T5_TOKENS} read (ELLA was \

@@ -5,8 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::limits::{MAX_BLOCK_LAYERS, MAX_LEVELS, MAX_WIDTH};
-use crate::weights::{check_positive, check_sizes, read_config};
+use crate::limits::{MAX_BLOCK_LAYERS, MAX_WIDTH};
+use crate::weights::{check_levels, check_positive, check_sizes, read_config};
 
 /// A config value given once for all blocks or once per block, as diffusers allows.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -199,16 +199,11 @@ impl UNetConfig {
     /// Checks that the config describes a U-Net this module builds (SD1.5-style), and says
     /// which setting is not supported otherwise.
     pub fn validate(&self) -> Result<(), String> {
-        let n = self.block_out_channels.len();
-        if !(1..=MAX_LEVELS).contains(&n)
-            || self.down_block_types.len() != n
-            || self.up_block_types.len() != n
-        {
-            return Err(format!(
-                "`block_out_channels`, `down_block_types` and `up_block_types` must have the \
-                 same length, 1 to {MAX_LEVELS}"
-            ));
-        }
+        let n = check_levels(
+            &self.block_out_channels,
+            &self.down_block_types,
+            &self.up_block_types,
+        )?;
         for (name, per_block) in [
             ("layers_per_block", &self.layers_per_block),
             ("cross_attention_dim", &self.cross_attention_dim),

@@ -5,8 +5,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::limits::{MAX_BLOCK_LAYERS, MAX_LEVELS, MAX_WIDTH};
-use crate::weights::{check_sizes, read_config};
+use crate::limits::{MAX_BLOCK_LAYERS, MAX_WIDTH};
+use crate::weights::{check_levels, check_sizes, read_config};
 
 /// The fields of an `AutoencoderKL` config; names and defaults are diffusers'.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -85,16 +85,11 @@ impl VaeConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let n = self.block_out_channels.len();
-        if !(1..=MAX_LEVELS).contains(&n)
-            || self.down_block_types.len() != n
-            || self.up_block_types.len() != n
-        {
-            return Err(format!(
-                "`block_out_channels`, `down_block_types` and `up_block_types` must have the \
-                 same length, 1 to {MAX_LEVELS}"
-            ));
-        }
+        check_levels(
+            &self.block_out_channels,
+            &self.down_block_types,
+            &self.up_block_types,
+        )?;
         check_sizes(&[
             ("in_channels", self.in_channels, MAX_WIDTH),
             ("out_channels", self.out_channels, MAX_WIDTH),

@@ -278,7 +278,7 @@ impl<B: Backend> AutoencoderKL<B> {
 
     /// Decodes latents `[batch, latent_channels, h, w]` (already divided by the scaling
     /// factor, as diffusers' `vae.decode`) to an image `[batch, out_channels, h·f, w·f]` in
-    /// about [-1, 1]. Stops between levels once `cancel` is set.
+    /// about [-1, 1]. Stops between resnets once `cancel` is set.
     pub fn decode(&self, latents: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
         let mut x = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
@@ -287,8 +287,8 @@ impl<B: Backend> AutoencoderKL<B> {
         let decoder = &self.decoder;
         x = decoder.mid_block.forward(decoder.conv_in.forward(x));
         for block in &decoder.up_blocks {
-            cancel.check()?;
             for resnet in &block.resnets {
+                cancel.check()?;
                 x = resnet.forward(x, None);
             }
             if let Some(conv) = &block.upsampler {
@@ -373,8 +373,8 @@ impl<B: Backend> AutoencoderKL<B> {
         let encoder = &self.encoder;
         let mut x = encoder.conv_in.forward(image);
         for block in &encoder.down_blocks {
-            cancel.check()?;
             for resnet in &block.resnets {
+                cancel.check()?;
                 x = resnet.forward(x, None);
             }
             if let Some(conv) = &block.downsampler {

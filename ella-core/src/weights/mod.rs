@@ -23,7 +23,7 @@ use safetensors::tensor::Metadata;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::limits::MAX_TEXT_BYTES;
+use crate::limits::{MAX_LEVELS, MAX_TEXT_BYTES};
 use crate::nn::{Conv2d, GroupNorm, LayerNorm};
 
 pub mod file;
@@ -683,14 +683,26 @@ pub fn open_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, PathBuf)> {
     if path.is_dir() {
         path = path.join("tokenizer.json");
     }
-    let tokenizer =
-        tokenizers::Tokenizer::from_bytes(read_bytes(&path, MAX_TEXT_BYTES)?).map_err(|e| {
-            Error::Tokenizer {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let bytes = read_bytes(&path, MAX_TEXT_BYTES)?;
+    let tokenizer = tokenizers_call(&path, || tokenizers::Tokenizer::from_bytes(bytes))?;
     Ok((tokenizer, path))
+}
+
+/// Runs a call into the `tokenizers` crate, whose deserializers and post-processors panic
+/// on some malformed files (found by fuzzing: `expect("Helper")` in its normalizer and
+/// decoder deserializers, an index in `TemplateProcessing`): the panic becomes a typed
+/// error naming the file.
+pub fn tokenizers_call<T>(path: &Path, work: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    let failed = |reason: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result.map_err(|e| failed(e.to_string())),
+        Err(_) => Err(failed(
+            "the tokenizers crate failed on this file (it panicked)".into(),
+        )),
+    }
 }
 
 /// `[out, in]` expected shape of a PyTorch `nn.Linear` weight (and its bias).
@@ -710,6 +722,19 @@ pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<(), String> {
     match sizes.iter().find(|(_, v, max)| !(1..=*max).contains(v)) {
         Some((name, value, max)) => Err(format!("`{name}` {value} must be between 1 and {max}")),
         None => Ok(()),
+    }
+}
+
+/// The number of resolution levels of a U-Net or VAE config: `block_out_channels`,
+/// `down_block_types` and `up_block_types` must be as long, 1 to [`MAX_LEVELS`].
+pub fn check_levels(channels: &[usize], down: &[String], up: &[String]) -> Result<usize, String> {
+    let n = channels.len();
+    match (1..=MAX_LEVELS).contains(&n) && down.len() == n && up.len() == n {
+        true => Ok(n),
+        false => Err(format!(
+            "`block_out_channels`, `down_block_types` and `up_block_types` must have the same \
+             length, 1 to {MAX_LEVELS}"
+        )),
     }
 }
 

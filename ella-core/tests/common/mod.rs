@@ -4,6 +4,7 @@
 
 pub mod counting;
 pub mod files;
+pub mod fuzz;
 
 use std::path::PathBuf;
 
