@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ella_core::burn::tensor::{DType, TensorData};
-use ella_core::limits::MAX_IMAGE_SIDE;
+use ella_core::limits::{MAX_IMAGE_SIDE, MAX_T5_TOKENS, MAX_WIDTH};
 use ella_core::{
     Conditioning, Control, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
     Precision, SchedulerKind, SurMode, T5Precision, TokenMode, VaeDecode,
@@ -1265,10 +1265,13 @@ pub unsafe extern "C" fn ella_connector_step(
         // SAFETY: NULL or a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
         refuse_inside_generation(&model.engine, "ella_connector_step")?;
-        let count = tokens
-            .checked_mul(width)
-            .filter(|&n| n > 0 && n <= 1 << 28)
-            .ok_or_else(|| invalid("tokens × width is 0 or absurdly large"))?;
+        if !(1..=MAX_T5_TOKENS).contains(&tokens) || !(1..=MAX_WIDTH).contains(&width) {
+            return Err(invalid(format!(
+                "{tokens} tokens of width {width}: T5 states have 1 to {MAX_T5_TOKENS} tokens \
+                 of 1 to {MAX_WIDTH}"
+            )));
+        }
+        let count = tokens * width;
         // SAFETY: `count` readable floats per this function's contract.
         let values = unsafe { std::slice::from_raw_parts(states, count) }.to_vec();
         let states = TensorData::new(values, [1, tokens, width]);

@@ -459,6 +459,12 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
             EllaStatus::InvalidArgument
         );
     }
+    let states = vec![0f32; 4097 * 32];
+    assert_eq!(
+        unsafe { ella_connector_step(model, states.as_ptr(), 4097, 32, 500.0, &mut tensor) },
+        EllaStatus::InvalidArgument,
+        "more tokens than T5 makes"
+    );
     assert!(tensor.is_null() && cached.is_null());
     let mut ctx = null_mut();
     assert_eq!(
