@@ -27,6 +27,41 @@ macro_rules! field_ranges {
     }};
 }
 
+/// A new context on `model` whose progress callback gets `user_data`.
+fn context_with_progress<T>(
+    model: *mut EllaModel,
+    callback: EllaProgressCallback,
+    user_data: &Arc<T>,
+) -> *mut EllaContext {
+    let params = EllaContextParams {
+        progress_callback: callback,
+        progress_user_data: Arc::as_ptr(user_data) as *mut c_void,
+        ..ella_context_default_params()
+    };
+    let mut ctx = null_mut();
+    assert_eq!(
+        unsafe { ella_context_new(model, &params, &mut ctx) },
+        EllaStatus::Ok
+    );
+    ctx
+}
+
+/// A generation of "a red book" in `steps` steps on `ctx`, on another thread.
+fn generate_on_thread(
+    ctx: *mut EllaContext,
+    steps: u32,
+) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
+    let shared = ctx as usize;
+    std::thread::spawn(move || {
+        let prompt = CString::new("a red book").unwrap();
+        let r = EllaGenerateRequest {
+            steps,
+            ..request(&prompt)
+        };
+        generate_32(shared as *mut EllaContext, &r)
+    })
+}
+
 /// Whether `size` ends inside one of `fields`.
 fn inside(size: usize, fields: &[std::ops::Range<usize>]) -> bool {
     fields.iter().any(|f| f.start < size && size < f.end)
@@ -295,27 +330,14 @@ fn a_context_used_from_two_threads_at_once_is_busy() {
         inside: Barrier::new(2),
         tried: Barrier::new(2),
     });
-    let params = EllaContextParams {
-        progress_callback: Some(wait_at_step_one),
-        progress_user_data: Arc::as_ptr(&gate) as *mut c_void,
-        ..ella_context_default_params()
-    };
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, &params, &mut ctx) },
-        EllaStatus::Ok
-    );
-    let shared = ctx as usize;
-    let first = std::thread::spawn(move || {
-        let prompt = CString::new("a red book").unwrap();
-        generate_32(shared as *mut EllaContext, &request(&prompt)).map(|_| ())
-    });
+    let ctx = context_with_progress(model, Some(wait_at_step_one), &gate);
+    let first = generate_on_thread(ctx, 2);
     gate.inside.wait();
     let prompt = CString::new("two cats").unwrap();
     let second = generate_32(ctx, &request(&prompt)).unwrap_err();
     gate.tried.wait();
     assert!(second.starts_with("Busy"), "{second}");
-    assert_eq!(first.join().unwrap(), Ok(()));
+    assert!(first.join().unwrap().is_ok());
     unsafe {
         ella_context_free(ctx);
         ella_model_free(model);
@@ -350,25 +372,8 @@ fn contexts_freed_while_running() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let steps = Arc::new(AtomicU32::new(0));
-    let params = EllaContextParams {
-        progress_callback: Some(signal),
-        progress_user_data: Arc::as_ptr(&steps) as *mut c_void,
-        ..ella_context_default_params()
-    };
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, &params, &mut ctx) },
-        EllaStatus::Ok
-    );
-    let shared = ctx as usize;
-    let running = std::thread::spawn(move || {
-        let prompt = CString::new("a red book").unwrap();
-        let long = EllaGenerateRequest {
-            steps: 200,
-            ..request(&prompt)
-        };
-        generate_32(shared as *mut EllaContext, &long)
-    });
+    let ctx = context_with_progress(model, Some(signal), &steps);
+    let running = generate_on_thread(ctx, 200);
     while steps.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -568,25 +573,8 @@ fn model_changes_wait_for_running_generations() {
         let slow = Arc::new(Slow {
             steps: AtomicU32::new(0),
         });
-        let params = EllaContextParams {
-            progress_callback: Some(slow_steps),
-            progress_user_data: Arc::as_ptr(&slow) as *mut c_void,
-            ..ella_context_default_params()
-        };
-        let mut ctx = null_mut();
-        assert_eq!(
-            unsafe { ella_context_new(model, &params, &mut ctx) },
-            EllaStatus::Ok
-        );
-        let shared = ctx as usize;
-        let running = std::thread::spawn(move || {
-            let prompt = CString::new("a red book").unwrap();
-            let r = EllaGenerateRequest {
-                steps: 4,
-                ..request(&prompt)
-            };
-            generate_32(shared as *mut EllaContext, &r)
-        });
+        let ctx = context_with_progress(model, Some(slow_steps), &slow);
+        let running = generate_on_thread(ctx, 4);
         while slow.steps.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
