@@ -67,15 +67,21 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type DefaultBackend = burn::backend::NdArray;
 
-/// Burn's CUDA backend without the kernel-fusion layer (which panics on these models in Burn
-/// 0.21; see `Cargo.toml`). F32 matmuls run in TF32 on tensor cores, as PyTorch's
-/// `allow_tf32`; use F16 or BF16 weights for speed.
-#[cfg(feature = "cuda")]
+/// Burn's CUDA backend, fused with the `fusion` feature. F32 matmuls run in TF32 on tensor
+/// cores, as PyTorch's `allow_tf32`; use F16 or BF16 weights for speed.
+#[cfg(all(feature = "cuda", not(feature = "fusion")))]
 pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+/// Burn's CUDA backend, fused with the `fusion` feature. F32 matmuls run in TF32 on tensor
+/// cores, as PyTorch's `allow_tf32`; use F16 or BF16 weights for speed.
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+pub type Cuda = burn::backend::Cuda<f32, i32>;
 
-/// Burn's wgpu backend (Vulkan, Metal, DX12) without the kernel-fusion layer.
-#[cfg(feature = "wgpu")]
+/// Burn's wgpu backend (Vulkan, Metal, DX12), fused with the `fusion` feature.
+#[cfg(all(feature = "wgpu", not(feature = "fusion")))]
 pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+/// Burn's wgpu backend (Vulkan, Metal, DX12), fused with the `fusion` feature.
+#[cfg(all(feature = "wgpu", feature = "fusion"))]
+pub type Wgpu = burn::backend::Wgpu<f32, i32, u32>;
 
 /// Re-export of the Burn version this crate is built on.
 pub use burn;
