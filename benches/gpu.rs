@@ -1,32 +1,39 @@
-//! The GPU benchmark of issue #5: whole 512×512, 20-step ELLA images with classifier-free
-//! guidance at the real sizes (flan-t5-xl, the official connector, SD1.5's U-Net and VAE)
-//! with random weights, on CUDA, in F16 or BF16.
+//! GPU benchmarks, on CUDA or wgpu (fused, autotuned), with random weights in the real
+//! shapes. `scripts/gpu-check.sh` runs them on a GPU host beside `scripts/bench_gpu.py`
+//! (diffusers on the same work); `docs/performance.md` has the figures.
 //!
-//! Prints seconds per image (T5 encoding of both prompts included), per U-Net step, and
-//! the device's peak memory (read from `nvidia-smi` every 10 ms) with T5 resident and
-//! after freeing it. `scripts/gpu-check.sh` runs it beside `scripts/bench_gpu.py`
-//! (diffusers on the same configs); the figures are in `docs/performance.md`.
+//! `image BACKEND DTYPE [IMAGES]`: whole 512×512, 20-step ELLA images with classifier-free
+//! guidance (flan-t5-xl, the official connector, SD1.5's U-Net and VAE, DPM-Solver++ 2M)
+//! in F16 or BF16: seconds per image (T5 encoding of both prompts included), per U-Net
+//! step, and the device's peak memory (`nvidia-smi` every 10 ms) with T5 resident and
+//! after freeing it.
 //!
-//!     cargo build --release --features cuda --bench gpu
-//!     target/release/deps/gpu-* [f16|bf16] [images]
+//! `start BACKEND WORK KERNEL_CACHE_DIR`: seconds from nothing to the first result, and the
+//! kernels compiled and operations autotuned on the way (entries added to the kernel
+//! cache). Run it twice on one empty directory for the cold and the warm start. WORK is
+//! `tiny` (a 64×64, 8-step image from the tiny test models, F32), `mid-unet` (one U-Net
+//! step of SD1.5 at half width, 32×32 latents, CFG batch 2, F32) or `sd15` (the first
+//! 512×512, 20-step image of `image`, F16).
+//!
+//!     cargo build --release --features ella-core/cuda,ella-core/wgpu --bench gpu
+//!     target/release/deps/gpu-* image cuda f16 3
+//!     target/release/deps/gpu-* start wgpu tiny /tmp/kernels
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use ella_core::Cuda;
+use burn::tensor::{DType, Tensor, TensorData};
+use ella_core::gpu::{KernelCacheStats, set_kernel_cache_dir};
 use ella_core::{
-    AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, Pipeline,
-    PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision, T5Tokenizer,
-    TextEncoder, TokenMode, UNet2DConditionModel, UNetConfig, VaeConfig,
+    AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, ModelPaths,
+    Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision,
+    T5Tokenizer, TextEncoder, TokenMode, UNet2DConditionModel, UNetConfig, VaeConfig,
 };
-
-type B = Cuda;
 
 const STEPS: usize = 20;
 
@@ -47,6 +54,7 @@ impl PeakMemory {
                 "10",
             ])
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .ok()?;
         let stdout = child.stdout.take()?;
@@ -98,89 +106,76 @@ fn fixtures() -> PathBuf {
     )
 }
 
-fn main() -> ella_core::Result<()> {
-    // `cargo bench` passes `--bench`; positional arguments are ours.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let dtype = match args.first().map(String::as_str) {
-        None | Some("f16") => DType::F16,
-        Some("bf16") => DType::BF16,
-        Some(other) => panic!("unknown dtype {other}: f16 or bf16"),
-    };
-    let images: usize = args.get(1).map_or(3, |n| n.parse().expect("image count"));
-    let device = Default::default();
-    let memory = PeakMemory::start();
-
-    // Random weights in the real shapes; the tokenizer of the tiny test T5 (its ids are
-    // within flan-t5-xl's vocabulary), fixed 128 tokens as the official long-prompt mode.
-    let load_start = Instant::now();
+/// The real-size pipeline with random weights; the tokenizer of the tiny test T5 (its ids
+/// are within flan-t5-xl's vocabulary).
+fn sd15_pipeline<B: Backend>(device: &B::Device, dtype: DType) -> ella_core::Result<Pipeline<B>> {
     let t5 = TextEncoder {
         tokenizer: T5Tokenizer::from_file(fixtures().join("t5/tokenizer.json"))?,
         encoder: T5Encoder::<B>::from_checkpoint(
             T5Config::flan_t5_xl(),
             &Checkpoint::random(1),
-            &device,
+            device,
             T5Precision::uniform(dtype)?,
         )?,
     };
-    let mut pipeline = Pipeline::from_parts(PipelineParts {
+    Pipeline::from_parts(PipelineParts {
         text_encoder: Some(t5),
         connector: Some(Connector::from_checkpoint(
             &ConnectorConfig::default(),
             &Checkpoint::random(2),
-            &device,
+            device,
             dtype,
         )?),
         clip: None,
         unet: UNet2DConditionModel::from_checkpoint(
             UNetConfig::sd15(),
             &Checkpoint::random(3),
-            &device,
+            device,
             dtype,
         )?,
         vae: AutoencoderKL::from_checkpoint(
             VaeConfig::sd15(),
             &Checkpoint::random(4),
-            &device,
+            device,
             dtype,
         )?,
         scheduler_config: SchedulerConfig::sd15(),
-    })?;
-    B::sync(&device).expect("sync");
-    println!(
-        "ella {dtype:?}: random weights generated and uploaded in {:.1} s",
-        load_start.elapsed().as_secs_f64()
-    );
+    })
+}
 
-    let request = GenerateRequest {
+/// The benchmark's request: fixed 128 tokens (the official long-prompt mode), guidance 7.5.
+fn sd15_request() -> GenerateRequest {
+    GenerateRequest {
         steps: STEPS,
         guidance_scale: 7.5,
         token_mode: TokenMode::FIXED_128,
         scheduler: SchedulerKind::DpmSolverMultistep,
         ..GenerateRequest::new("a red book on a wooden table next to a cup of coffee")
-    };
+    }
+}
+
+/// `image`: seconds per image, per step and peak memory, T5 resident and freed.
+fn image<B: Backend>(name: &str, dtype: DType, images: usize) -> ella_core::Result<()> {
+    let device = Default::default();
+    let memory = PeakMemory::start();
+    let load_start = Instant::now();
+    let mut pipeline = sd15_pipeline::<B>(&device, dtype)?;
+    B::sync(&device).expect("sync");
+    println!(
+        "ella {name} {dtype:?}: random weights generated and uploaded in {:.1} s",
+        load_start.elapsed().as_secs_f64()
+    );
+    let request = sd15_request();
     // One mode: a warm-up image (autotune picks kernels), `images` timed images, then one
     // image that synchronises after every step to time the denoising steps alone.
     let time = |label: &str,
                 run: &mut dyn FnMut(&mut Hooks) -> ella_core::Result<()>|
      -> ella_core::Result<()> {
         let start = Instant::now();
-        run(&mut Hooks {
-            progress: Some(Box::new(|step, total| {
-                if step % 5 == 0 {
-                    println!(
-                        "  warm-up step {step}/{total} at {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            })),
-            ..Hooks::default()
-        })?;
+        run(&mut Hooks::default())?;
         B::sync(&device).expect("sync");
         println!(
-            "ella {dtype:?}: warm-up ({label}, autotune) {:.2} s",
+            "ella {name} {dtype:?}: warm-up ({label}) {:.2} s",
             start.elapsed().as_secs_f64()
         );
         if let Some(m) = &memory {
@@ -207,7 +202,7 @@ fn main() -> ella_core::Result<()> {
         let steps = step_times.into_inner();
         let per_step = (steps[steps.len() - 1] - steps[0]).as_secs_f64() / (steps.len() - 1) as f64;
         println!(
-            "RESULT ella {dtype:?} {label}: {median:.3} s/image, {:.1} ms/step, peak {peak:.2} GiB",
+            "RESULT ella {name} {dtype:?} {label}: {median:.3} s/image, {:.1} ms/step, peak {peak:.2} GiB",
             per_step * 1e3
         );
         Ok(())
@@ -232,4 +227,126 @@ fn main() -> ella_core::Result<()> {
             .map(drop)
     })?;
     Ok(())
+}
+
+/// SD1.5's U-Net with half the widths (as `benches/sd.rs`).
+fn mid_unet() -> UNetConfig {
+    UNetConfig {
+        block_out_channels: vec![160, 320, 640, 640],
+        ..UNetConfig::sd15()
+    }
+}
+
+/// `start`: from an empty process to the first result, with the kernel cache in `dir`; then
+/// the same work again in the same process (steady state: nothing left to compile).
+fn start<B: Backend>(name: &str, work: &str, dir: &Path) -> ella_core::Result<()> {
+    set_kernel_cache_dir(dir)?;
+    let before = KernelCacheStats::read(dir)?;
+    let device = Default::default();
+    let start = Instant::now();
+    let mut run: Box<dyn FnMut() -> ella_core::Result<()>> = match work {
+        "tiny" => {
+            let fixture = |p: &str| fixtures().join(p);
+            let paths = ModelPaths {
+                ella: Some(ella_core::EllaPaths {
+                    t5: fixture("t5"),
+                    connector: fixture("ella/ella.safetensors"),
+                    config: Some(fixture("ella/config.json")),
+                }),
+                ..ModelPaths::ella("", "", fixture("sd"))
+            };
+            let pipeline = Pipeline::<B>::load(&paths, &device, DType::F32)?;
+            let request = GenerateRequest {
+                width: 64,
+                height: 64,
+                steps: 8,
+                ..GenerateRequest::new("a red book on a wooden table")
+            };
+            Box::new(move || pipeline.generate(&request).map(drop))
+        }
+        "mid-unet" => {
+            let unet = UNet2DConditionModel::<B>::from_checkpoint(
+                mid_unet(),
+                &Checkpoint::random(3),
+                &device,
+                DType::F32,
+            )?;
+            let filled = |n: usize, shape: Vec<usize>| {
+                let values = (0..n).map(|i| ((i % 89) as f32 - 44.0) / 44.0);
+                TensorData::new(values.collect::<Vec<_>>(), shape)
+            };
+            let latents =
+                Tensor::<B, 4>::from_data(filled(2 * 4 * 32 * 32, vec![2, 4, 32, 32]), &device);
+            let context =
+                Tensor::<B, 3>::from_data(filled(2 * 64 * 768, vec![2, 64, 768]), &device);
+            Box::new(move || {
+                unet.forward(latents.clone(), &[500.0], context.clone())?
+                    .into_data();
+                Ok(())
+            })
+        }
+        "sd15" => {
+            let pipeline = sd15_pipeline::<B>(&device, DType::F16)?;
+            let request = sd15_request();
+            Box::new(move || pipeline.generate(&request).map(drop))
+        }
+        other => panic!("unknown work {other}: tiny, mid-unet or sd15"),
+    };
+    run()?;
+    B::sync(&device).expect("sync");
+    let seconds = start.elapsed().as_secs_f64();
+    let after = KernelCacheStats::read(dir)?;
+    let again = Instant::now();
+    run()?;
+    B::sync(&device).expect("sync");
+    println!(
+        "RESULT start {name} {work}: first result in {seconds:.1} s ({} kernels compiled, {} \
+         operations autotuned; {} kernels and {} results in the cache before), the same work \
+         again in {:.1} s",
+        after.kernels - before.kernels,
+        after.autotune_results - before.autotune_results,
+        before.kernels,
+        before.autotune_results,
+        again.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn main() -> ella_core::Result<()> {
+    // `cargo bench` passes `--bench`; positional arguments are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    macro_rules! on_backend {
+        ($f:ident($($a:expr),*)) => {
+            match arg(1) {
+                Some("wgpu") => $f::<ella_core::Wgpu>("wgpu", $($a),*),
+                #[cfg(feature = "cuda")]
+                Some("cuda") => $f::<ella_core::Cuda>("cuda", $($a),*),
+                other => panic!("unknown backend {other:?}: wgpu, or cuda in builds with it"),
+            }
+        };
+    }
+    match arg(0) {
+        Some("image") => {
+            let dtype = match arg(2) {
+                None | Some("f16") => DType::F16,
+                Some("bf16") => DType::BF16,
+                Some(other) => panic!("unknown dtype {other}: f16 or bf16"),
+            };
+            let images = arg(3).map_or(3, |n| n.parse().expect("image count"));
+            on_backend!(image(dtype, images))
+        }
+        Some("start") => {
+            let work = arg(2).expect("work: tiny, mid-unet or sd15");
+            let dir = Path::new(arg(3).expect("kernel cache directory"));
+            on_backend!(start(work, dir))
+        }
+        _ => {
+            println!("usage: gpu image BACKEND [f16|bf16] [IMAGES] | gpu start BACKEND WORK DIR");
+            Ok(())
+        }
+    }
 }

@@ -33,7 +33,7 @@ enum Mode {
     Fixed,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum BackendName {
     Cpu,
     Wgpu,
@@ -222,6 +222,11 @@ struct Args {
     /// memory the machine has free).
     #[arg(long)]
     memory_budget_mib: Option<u64>,
+    /// GPU backends: keep compiled kernels and autotune results in this directory, so the
+    /// next run starts without compiling (default: ~/.cache/ella/kernels or the platform's).
+    #[arg(long)]
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+    kernel_cache: Option<PathBuf>,
 }
 
 const ELLA_REPO: &str = "QQGYLab/ELLA";
@@ -419,6 +424,12 @@ fn run(args: Args) -> Result<(), String> {
         },
         diffusion: dtype,
     };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(dir) = &args.kernel_cache
+        && args.backend != BackendName::Cpu
+    {
+        ella_core::gpu::set_kernel_cache_dir(dir).map_err(|e| e.to_string())?;
+    }
     let images = match args.backend {
         BackendName::Cpu => generate::<ella_core::DefaultBackend>(&args, &paths, precision, &request)?,
         #[cfg(feature = "wgpu")]

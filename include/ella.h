@@ -34,7 +34,7 @@
 #define ELLA_VERSION_MAJOR 0
 
 // Minor version: new functions or fields, nothing removed.
-#define ELLA_VERSION_MINOR 2
+#define ELLA_VERSION_MINOR 3
 
 // Patch version: fixes only.
 #define ELLA_VERSION_PATCH 0
@@ -207,6 +207,12 @@ typedef struct ella_model_params {
   // machine (or its cgroup) has free when the request starts. On GPU backends, give the
   // device memory ella may use.
   uint64_t memory_budget;
+  // GPU backends: the directory where compiled kernels and autotune results are kept
+  // between runs (created if needed), so that a later process starts without compiling.
+  // NULL (default): the platform's cache directory (`~/.cache/ella/kernels` on Linux).
+  // One directory per process: the first GPU model load settles it, and a later load
+  // naming another one fails with `ELLA_STATUS_INVALID_ARGUMENT`.
+  const char *kernel_cache_path;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.

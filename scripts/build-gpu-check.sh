@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Builds, here (no GPU or CUDA toolkit needed), what scripts/gpu-check.sh runs on a GPU
-# host that has no Rust toolchain: the parity test binary and the GPU benchmark, with the
-# `cuda` feature, stripped and packed into .gpu/bins.tar.gz (git-ignored; carry it there).
+# Builds, here (no GPU or CUDA toolkit needed), everything scripts/gpu-check.sh runs on a GPU
+# host that has no Rust toolchain and no internet:
+# - the parity test binary and the GPU benchmark with the `cuda` and `wgpu` features, in
+#   release, linted as they compile (clippy-driver as the workspace's rustc wrapper, warnings
+#   denied: CI does not build the `cuda` lines), stripped into .gpu/bins.tar.gz;
+# - the Vulkan loader (Debian's libvulkan1) in .gl/, for hosts whose driver ships the NVIDIA
+#   Vulkan ICD but no loader;
+# - diffusers' wheels in .whl/, for hosts with PyTorch but without diffusers.
+# .gpu, .gl and .whl are git-ignored: name them in the device tool's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -16,11 +22,25 @@ for line in sys.stdin:
 }
 
 rm -rf .gpu && mkdir -p .gpu/bin
-cargo build --release -p ella-core --features cuda --test parity --bench gpu --message-format=json \
-    | executables | while read -r exe; do
+RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__ \
+    cargo build --release -p ella-core --features cuda,wgpu --test parity --bench gpu \
+    --message-format=json-diagnostic-rendered-ansi \
+    | tee .gpu/build.json | executables | while read -r exe; do
     name=$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')
     strip -o ".gpu/bin/$name" "$exe"
 done
+test -x .gpu/bin/parity && test -x .gpu/bin/gpu
 tar -C .gpu -czf .gpu/bins.tar.gz bin
-rm -rf .gpu/bin
-ls -l .gpu
+rm -rf .gpu/bin .gpu/build.json
+
+if [ ! -d .gl ]; then
+    mkdir -p .gl /tmp/amd64/partial
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    apt-get $o update -qq
+    (cd .gl && apt-get $o download libvulkan1)
+fi
+if [ ! -d .whl ]; then
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0
+fi
+ls -l .gpu .gl .whl

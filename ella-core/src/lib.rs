@@ -30,6 +30,8 @@ pub mod clip;
 pub mod connector;
 pub mod controlnet;
 pub mod error;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gpu;
 pub mod limits;
 pub mod lora;
 pub mod nn;
@@ -67,20 +69,13 @@ pub type DefaultBackend = burn::backend::Flex;
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type DefaultBackend = burn::backend::NdArray;
 
-/// Burn's CUDA backend, fused with the `fusion` feature. F32 matmuls run in TF32 on tensor
-/// cores, as PyTorch's `allow_tf32`; use F16 or BF16 weights for speed.
-#[cfg(all(feature = "cuda", not(feature = "fusion")))]
-pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
-/// Burn's CUDA backend, fused with the `fusion` feature. F32 matmuls run in TF32 on tensor
-/// cores, as PyTorch's `allow_tf32`; use F16 or BF16 weights for speed.
-#[cfg(all(feature = "cuda", feature = "fusion"))]
+/// Burn's CUDA backend, fused and autotuned. F32 matmuls run in TF32 on tensor cores, as
+/// PyTorch's `allow_tf32`; use F16 or BF16 weights for speed.
+#[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
-/// Burn's wgpu backend (Vulkan, Metal, DX12), fused with the `fusion` feature.
-#[cfg(all(feature = "wgpu", not(feature = "fusion")))]
-pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
-/// Burn's wgpu backend (Vulkan, Metal, DX12), fused with the `fusion` feature.
-#[cfg(all(feature = "wgpu", feature = "fusion"))]
+/// Burn's wgpu backend (SPIR-V on Vulkan; WGSL on Metal and DX12), fused and autotuned.
+#[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu<f32, i32, u32>;
 
 /// Re-export of the Burn version this crate is built on.

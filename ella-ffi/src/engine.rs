@@ -1,6 +1,7 @@
 //! One handle type for every backend: the C ABI holds a `dyn Engine`, implemented by
 //! `Pipeline<B>` for each backend compiled in, so no C function is generic.
 
+use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
 use crate::{EllaBackend, Failure, invalid};
@@ -147,31 +148,43 @@ where
     }
 }
 
-/// Loads a pipeline on the backend numbered `backend` (an `ella_backend`).
+/// Loads a pipeline on the backend numbered `backend` (an `ella_backend`); GPU backends
+/// keep their kernels in `kernel_cache` (None: ella's default directory).
 pub fn load(
     backend: u32,
     paths: &ModelPaths,
     precision: Precision,
     memory_budget: Option<u64>,
+    kernel_cache: Option<PathBuf>,
 ) -> std::result::Result<Box<dyn Engine>, Failure> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let use_kernel_cache = || kernel_cache.map_or(Ok(()), ella_core::gpu::set_kernel_cache_dir);
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    let _ = kernel_cache;
     match backend {
         x if x == EllaBackend::Cpu as u32 => Ok(Box::new(
             Locked::<ella_core::DefaultBackend>::load(paths, precision, memory_budget)?,
         )),
         #[cfg(feature = "wgpu")]
-        x if x == EllaBackend::Wgpu as u32 => Ok(Box::new(Locked::<ella_core::Wgpu>::load(
-            paths,
-            precision,
-            memory_budget,
-        )?)),
+        x if x == EllaBackend::Wgpu as u32 => {
+            use_kernel_cache()?;
+            Ok(Box::new(Locked::<ella_core::Wgpu>::load(
+                paths,
+                precision,
+                memory_budget,
+            )?))
+        }
         #[cfg(not(feature = "wgpu"))]
         x if x == EllaBackend::Wgpu as u32 => Err(not_built("WGPU", "wgpu")),
         #[cfg(feature = "cuda")]
-        x if x == EllaBackend::Cuda as u32 => Ok(Box::new(Locked::<ella_core::Cuda>::load(
-            paths,
-            precision,
-            memory_budget,
-        )?)),
+        x if x == EllaBackend::Cuda as u32 => {
+            use_kernel_cache()?;
+            Ok(Box::new(Locked::<ella_core::Cuda>::load(
+                paths,
+                precision,
+                memory_budget,
+            )?))
+        }
         #[cfg(not(feature = "cuda"))]
         x if x == EllaBackend::Cuda as u32 => Err(not_built("CUDA", "cuda")),
         other => Err(invalid(format!(

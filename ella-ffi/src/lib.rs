@@ -31,7 +31,7 @@ use engine::{Engine, HostPrompt};
 /// Major version of the library and of this header.
 pub const ELLA_VERSION_MAJOR: u32 = 0;
 /// Minor version: new functions or fields, nothing removed.
-pub const ELLA_VERSION_MINOR: u32 = 2;
+pub const ELLA_VERSION_MINOR: u32 = 3;
 /// Patch version: fixes only.
 pub const ELLA_VERSION_PATCH: u32 = 0;
 
@@ -220,6 +220,12 @@ pub struct EllaModelParams {
     /// machine (or its cgroup) has free when the request starts. On GPU backends, give the
     /// device memory ella may use.
     pub memory_budget: u64,
+    /// GPU backends: the directory where compiled kernels and autotune results are kept
+    /// between runs (created if needed), so that a later process starts without compiling.
+    /// NULL (default): the platform's cache directory (`~/.cache/ella/kernels` on Linux).
+    /// One directory per process: the first GPU model load settles it, and a later load
+    /// naming another one fails with `ELLA_STATUS_INVALID_ARGUMENT`.
+    pub kernel_cache_path: *const c_char,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -545,6 +551,7 @@ versioned!(EllaModelParams {
     controlnet_path,
     sur_adapter_path,
     memory_budget,
+    kernel_cache_path,
 });
 versioned!(EllaContextParams {
     struct_size,
@@ -651,6 +658,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         controlnet_path: std::ptr::null(),
         sur_adapter_path: std::ptr::null(),
         memory_budget: 0,
+        kernel_cache_path: std::ptr::null(),
     }
 }
 
@@ -736,12 +744,13 @@ pub unsafe extern "C" fn ella_model_load(
         let start = Instant::now();
         let budget = (params.memory_budget > 0).then_some(params.memory_budget);
         let backend = params.backend;
+        let kernel_cache = optional_path(params.kernel_cache_path, "params.kernel_cache_path")?;
         // Loading runs deep (each model's blocks), deeper still in unoptimised builds: on a
         // thread of its own with a large stack, a host thread's small stack cannot overflow.
         let engine = std::thread::Builder::new()
             .name("ella-load".into())
             .stack_size(LOAD_STACK_BYTES)
-            .spawn(move || engine::load(backend, &paths, precision, budget))
+            .spawn(move || engine::load(backend, &paths, precision, budget, kernel_cache))
             .map_err(|e| Failure(EllaStatus::Internal, format!("cannot start a thread: {e}")))?
             .join()
             .map_err(|panic| Failure(EllaStatus::Internal, panic_message(&*panic)))??;

@@ -93,6 +93,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
             controlnet_path,
             sur_adapter_path,
             memory_budget,
+            kernel_cache_path,
         }
     );
     for size in [12, 20, 28, 36] {

@@ -586,11 +586,36 @@ fn vae_decode_modes() {
     }
 }
 
-/// The same request on the wgpu backend (Vulkan; lavapipe in CI) as on the CPU.
+/// The same request on the wgpu backend (Vulkan; lavapipe in CI) as on the CPU; a kernel
+/// cache directory that cannot be made fails the GPU load with its name (the CPU ignores it).
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backend_matches_the_cpu() {
     let p = paths();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let unwritable = file.path().join("kernels");
+    let unwritable_c = CString::new(unwritable.to_str().unwrap()).unwrap();
+    for (backend, status) in [
+        (EllaBackend::Wgpu, EllaStatus::Io),
+        (EllaBackend::Cpu, EllaStatus::Ok),
+    ] {
+        let mut model = null_mut();
+        let params = EllaModelParams {
+            backend: backend as u32,
+            kernel_cache_path: unwritable_c.as_ptr(),
+            ..params(&p)
+        };
+        assert_eq!(unsafe { ella_model_load(&params, &mut model) }, status);
+        if status == EllaStatus::Ok {
+            unsafe { ella_model_free(model) };
+        } else {
+            assert!(
+                last_error().contains(unwritable.to_str().unwrap()),
+                "{}",
+                last_error()
+            );
+        }
+    }
     let prompt = CString::new("a red book").unwrap();
     let mut images = Vec::new();
     for backend in [EllaBackend::Cpu, EllaBackend::Wgpu] {

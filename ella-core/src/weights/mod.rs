@@ -417,6 +417,9 @@ pub struct Loader<'a, B: Backend> {
 impl<'a, B: Backend> Loader<'a, B> {
     /// Reads from `checkpoint` into `dtype` tensors on `device`.
     pub fn new(checkpoint: &'a Checkpoint, device: &'a B::Device, dtype: DType) -> Self {
+        // Every model's tensors are made here: the GPU kernel cache is settled before them.
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        crate::gpu::ensure_configured::<B>();
         Self {
             checkpoint,
             device,

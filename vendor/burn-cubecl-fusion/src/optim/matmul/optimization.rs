@@ -661,6 +661,15 @@ impl FusedMatmulLaunch<'_> {
             }
 
             FusedMatmulSelector::GemvUnitPerpendicular => {
+                // The kernel computes a single output row per batch: it is only valid for
+                // m == 1 (the unfused launcher checks the same). Fused, it also gives wrong
+                // values for more than one batch (tracel-ai/burn#5122), so only the unbatched
+                // vector-matrix case is accepted; autotune then picks another kernel.
+                if problem.m != 1 || problem.num_batches() != 1 {
+                    return Err(FusedMatmulError::InvalidInput(
+                        "Fused gemv unit perpendicular needs m == 1 and a single batch",
+                    ));
+                }
                 match launch_inner_fix_dtype::<R, GemvUnitPerpendicularRoutine>(
                     client,
                     FusedMatmulInputLaunch::new(

@@ -146,9 +146,19 @@ pub fn fused_matmul_autotune<R: Runtime>(
                 Tunable::new(&selector.name(), move |input| {
                     tune_fused::<R>(input, selector)
                 })
-                .group(&gemv, move |key| match double_buf {
-                    false => PRIORITY_MAX,
-                    true => double_buffering_priority(key, PRIORITY_MAX, PRIORITY_HIGH),
+                .group(&gemv, move |key| {
+                    // `GemvUnitPerpendicular` only computes row 0 of the output (its unfused
+                    // launcher rejects m != 1), so it must never be offered for MatVec problems
+                    // (tracel-ai/burn#5122).
+                    if matches!(selector, FusedMatmulSelector::GemvUnitPerpendicular)
+                        && !matches!(key.matmul_key.analysis.kind, MatmulKind::VecMat)
+                    {
+                        return PRIORITY_NEVER;
+                    }
+                    match double_buf {
+                        false => PRIORITY_MAX,
+                        true => double_buffering_priority(key, PRIORITY_MAX, PRIORITY_HIGH),
+                    }
                 }),
             );
         }

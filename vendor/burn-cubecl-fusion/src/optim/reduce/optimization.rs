@@ -359,6 +359,9 @@ impl<R: Runtime> TraceRunner<R> for FusedReduceLaunch<'_> {
             vectorization_mode,
             vector_size_input: config_read.width,
             vector_size_output: config_write.width,
+            // The fused read runs the trace, which may write materialized
+            // intermediates to global outputs (tracel-ai/burn#5268).
+            fuse_on_read: true,
         };
         let problem = ReduceProblem {
             reduce_len: shape[self.reduce.axis],

@@ -88,6 +88,10 @@ impl<R: Runtime> TraceRunner<R> for FusedReduceBroadcastedLaunch<'_> {
                     vectorization_mode: VectorizationMode::Parallel,
                     vector_size_input: first_config.width,
                     vector_size_output: 1,
+                    // The fused read runs the trace, which may write
+                    // materialized intermediates to global outputs
+                    // (tracel-ai/burn#5268).
+                    fuse_on_read: true,
                 },
                 BlueprintStrategy::Inferred(UnitStrategy),
             )

@@ -1,0 +1,27 @@
+mod argmax;
+mod argmin;
+mod argtopk;
+mod base;
+mod max;
+mod maxabs;
+mod mean;
+mod min;
+mod mixed;
+mod prod;
+mod sum;
+mod topk;
+mod utils;
+
+pub use argmax::*;
+pub use argmin::*;
+pub use argtopk::*;
+pub use base::*;
+pub use max::*;
+pub use maxabs::*;
+pub use mean::*;
+pub use min::*;
+pub use mixed::*;
+pub use prod::*;
+pub use sum::*;
+pub use topk::*;
+pub(crate) use utils::*;

@@ -1,0 +1,7 @@
+pub mod args;
+pub mod config;
+pub mod global;
+pub mod instructions;
+pub mod precision;
+pub mod readers;
+pub mod writers;

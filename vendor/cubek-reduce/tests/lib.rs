@@ -1,0 +1,3 @@
+// Integration tests
+pub mod it;
+pub mod units;
