@@ -292,6 +292,8 @@ fn start<B: Backend>(name: &str, work: &str, dir: &Path) -> ella_core::Result<()
         }
         other => panic!("unknown work {other}: tiny, mid-unet or sd15"),
     };
+    B::sync(&device).expect("sync");
+    let loaded = start.elapsed().as_secs_f64();
     run()?;
     B::sync(&device).expect("sync");
     let seconds = start.elapsed().as_secs_f64();
@@ -300,9 +302,9 @@ fn start<B: Backend>(name: &str, work: &str, dir: &Path) -> ella_core::Result<()
     run()?;
     B::sync(&device).expect("sync");
     println!(
-        "RESULT start {name} {work}: first result in {seconds:.1} s ({} kernels compiled, {} \
-         operations autotuned; {} kernels and {} results in the cache before), the same work \
-         again in {:.1} s",
+        "RESULT start {name} {work}: first result in {seconds:.1} s (weights ready in \
+         {loaded:.1} s; {} kernels compiled, {} operations autotuned; {} kernels and {} results \
+         in the cache before), the same work again in {:.1} s",
         after.kernels - before.kernels,
         after.autotune_results - before.autotune_results,
         before.kernels,

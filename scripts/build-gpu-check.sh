@@ -2,8 +2,10 @@
 # Builds, here (no GPU or CUDA toolkit needed), everything scripts/gpu-check.sh runs on a GPU
 # host that has no Rust toolchain and no internet:
 # - the parity test binary and the GPU benchmark with the `cuda` and `wgpu` features, in
-#   release, linted as they compile (clippy-driver as the workspace's rustc wrapper, warnings
-#   denied: CI does not build the `cuda` lines), stripped into .gpu/bins.tar.gz;
+#   release, stripped into .gpu/bins.tar.gz (about 30 MB: the device tool carries 64 MiB with
+#   the repository); libella.so with every backend is built too (target/release), and all of
+#   it linted as it compiles (clippy-driver as the workspace's rustc wrapper, warnings
+#   denied: CI does not build the `cuda` lines);
 # - the Vulkan loader (Debian's libvulkan1) in .gl/, for hosts whose driver ships the NVIDIA
 #   Vulkan ICD but no loader;
 # - diffusers' wheels in .whl/, for hosts with PyTorch but without diffusers.
@@ -23,7 +25,7 @@ for line in sys.stdin:
 
 rm -rf .gpu && mkdir -p .gpu/bin
 RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__ \
-    cargo build --release -p ella-core --features cuda,wgpu --test parity --bench gpu \
+    cargo build --release --workspace --features ella-ffi/cuda,ella-ffi/wgpu --lib --test parity --bench gpu \
     --message-format=json-diagnostic-rendered-ansi \
     | tee .gpu/build.json | executables | while read -r exe; do
     name=$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')

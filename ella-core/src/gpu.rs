@@ -48,8 +48,8 @@ pub fn default_kernel_cache_dir() -> PathBuf {
 /// Keeps the GPU backends' autotune results and compiled kernels in `dir` (created if
 /// needed) for the rest of the process.
 ///
-/// Call it before the first GPU work of the process (loading a pipeline on a GPU backend
-/// counts); [`crate::Pipeline::load`] on a GPU backend otherwise settles on
+/// Call it before the first GPU work of the process; otherwise the first model loaded on a
+/// GPU backend ([`crate::Pipeline::load`], or any model's `load`) settles on
 /// [`default_kernel_cache_dir`]. Calling it again with the same directory is a no-op; with
 /// another one, or after Burn's GPU backends were used before ella configured them, it is
 /// an [`Error::InvalidInput`] that names the directory in use.
