@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
+use ella_core::Backend;
 use ella_core::gpu::{KernelCacheStats, set_kernel_cache_dir};
 use ella_core::{
     AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, ModelPaths,

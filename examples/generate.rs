@@ -18,12 +18,12 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::{Parser, ValueEnum};
-use ella_core::burn::tensor::backend::Backend;
+use ella_core::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, Precision, SchedulerKind, SurMode, T5Precision, VaeDecode,
+    Pipeline, Precision, SchedulerKind, SurMode, T5Precision, Threads, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -227,6 +227,10 @@ struct Args {
     #[arg(long)]
     #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
     kernel_cache: Option<PathBuf>,
+    /// CPU backend: run on this many threads (default: every core); leave the others to
+    /// the rest of the machine.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 const ELLA_REPO: &str = "QQGYLab/ELLA";
@@ -456,8 +460,14 @@ fn generate<B: Backend>(
 ) -> Result<Vec<Image>, String> {
     let device = Default::default();
     let start = std::time::Instant::now();
-    let mut pipeline =
-        Pipeline::<B>::load_with_precision(paths, &device, precision).map_err(|e| e.to_string())?;
+    let threads = match args.threads {
+        Some(count) => Threads::new(count).map_err(|e| e.to_string())?,
+        None => Threads::all_cores(),
+    };
+    let mut pipeline = threads
+        .install(|| Pipeline::<B>::load_with_precision(paths, &device, precision))
+        .map_err(|e| e.to_string())?;
+    pipeline.set_threads(threads);
     pipeline.set_memory_budget(
         args.memory_budget_mib
             .map(|mib| mib.saturating_mul(1 << 20)),

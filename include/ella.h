@@ -213,6 +213,10 @@ typedef struct ella_model_params {
   // One directory per process: the first GPU model load settles it, and a later load
   // naming another one fails with `ELLA_STATUS_INVALID_ARGUMENT`.
   const char *kernel_cache_path;
+  // CPU backend: how many threads the model's work runs on (loading included); callbacks
+  // still run on the calling thread. 0 (default): every core. Leave cores to a game's own
+  // threads with a smaller number.
+  uint32_t n_threads;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_generate`.

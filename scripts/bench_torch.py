@@ -2,7 +2,9 @@
 """Times the configs of benches/text_encoding.rs in PyTorch on this machine's CPU, for the
 Rust/PyTorch ratios in docs/performance.md. Random weights (timing does not depend on them).
 
-    .venv/bin/python scripts/bench_torch.py [--threads N]
+    python3 scripts/bench_torch.py [--threads N] [--sd] [--json FILE]
+
+scripts/bench-cpu.sh runs it beside the Rust benches and prints the ratios.
 """
 
 import argparse
@@ -61,6 +63,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sd", action="store_true", help="also time the U-Net and VAE (benches/sd.rs)")
+    parser.add_argument("--json", type=Path, help="also write the median seconds per benchmark here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
@@ -99,6 +102,8 @@ def main():
     print(f"PyTorch {torch.__version__}, {args.threads} threads")
     for name, seconds in results.items():
         print(f"{name:40s} {seconds * 1e3:10.3f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

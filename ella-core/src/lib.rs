@@ -5,7 +5,8 @@
 //! hidden states into the condition tokens a Stable Diffusion 1.5 U-Net cross-attends to,
 //! recomputed at every denoising step.
 //!
-//! Everything is generic over a Burn backend `B`. The CPU backend of this build is
+//! Everything is generic over a backend `B`: a Burn backend with ella's [`Backend`]
+//! extension (flex, ndarray, wgpu and CUDA have it). The CPU backend of this build is
 //! [`DefaultBackend`].
 //!
 //! ```no_run
@@ -25,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod cancel;
 pub mod clip;
 pub mod connector;
@@ -39,10 +41,12 @@ pub mod pipeline;
 pub mod scheduler;
 pub mod sur_adapter;
 pub mod t5;
+pub mod threads;
 pub mod unet;
 pub mod vae;
 pub mod weights;
 
+pub use backend::Backend;
 pub use cancel::Cancel;
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
@@ -56,6 +60,7 @@ pub use pipeline::{
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
+pub use threads::Threads;
 pub use unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
 pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};
 pub use weights::Checkpoint;

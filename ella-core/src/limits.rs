@@ -33,6 +33,8 @@ pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 /// The most T5 tokens a prompt may have (flexible mode) or be padded to (fixed mode): T5's
 /// attention bias grows with its square. ELLA was trained on 128.
 pub const MAX_T5_TOKENS: usize = 4096;
+/// CPU threads of a pipeline's own pool (a typo such as 10000 would otherwise start them all).
+pub const MAX_THREADS: usize = 1024;
 
 /// Errors when a prompt is longer than [`MAX_PROMPT_BYTES`] (checked before tokenizing, whose
 /// memory grows with the text).

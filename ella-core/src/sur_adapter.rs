@@ -17,10 +17,10 @@
 
 use std::path::Path;
 
+use crate::backend::Backend;
+use crate::nn::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};

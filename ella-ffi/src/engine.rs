@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
 use crate::{EllaBackend, Failure, invalid};
-use ella_core::burn::tensor::backend::Backend;
+use ella_core::Backend;
 use ella_core::burn::tensor::{Tensor, TensorData};
 use ella_core::{
     Conditioning, Error, GenerateRequest, Hooks, Image, Lora, LoraReport, ModelPaths, Pipeline,
-    Precision, PromptStates, Result, StatePair, TokenMode,
+    Precision, PromptStates, Result, StatePair, Threads, TokenMode,
 };
 
 /// Prompt states kept on the host, so that a cached prompt works with any backend: T5's
@@ -53,10 +53,13 @@ impl<B: Backend> Locked<B> {
         paths: &ModelPaths,
         precision: Precision,
         memory_budget: Option<u64>,
+        threads: Threads,
     ) -> Result<Self> {
         let device = B::Device::default();
-        let mut pipeline = Pipeline::load_with_precision(paths, &device, precision)?;
+        let mut pipeline =
+            threads.install(|| Pipeline::load_with_precision(paths, &device, precision))?;
         pipeline.set_memory_budget(memory_budget);
+        pipeline.set_threads(threads);
         Ok(Self {
             pipeline: RwLock::new(pipeline),
             loras: Mutex::new(()),
@@ -156,6 +159,7 @@ pub fn load(
     precision: Precision,
     memory_budget: Option<u64>,
     kernel_cache: Option<PathBuf>,
+    threads: Threads,
 ) -> std::result::Result<Box<dyn Engine>, Failure> {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     let use_kernel_cache = || kernel_cache.map_or(Ok(()), ella_core::gpu::set_kernel_cache_dir);
@@ -163,7 +167,7 @@ pub fn load(
     let _ = kernel_cache;
     match backend {
         x if x == EllaBackend::Cpu as u32 => Ok(Box::new(
-            Locked::<ella_core::DefaultBackend>::load(paths, precision, memory_budget)?,
+            Locked::<ella_core::DefaultBackend>::load(paths, precision, memory_budget, threads)?,
         )),
         #[cfg(feature = "wgpu")]
         x if x == EllaBackend::Wgpu as u32 => {
@@ -172,6 +176,7 @@ pub fn load(
                 paths,
                 precision,
                 memory_budget,
+                threads,
             )?))
         }
         #[cfg(not(feature = "wgpu"))]
@@ -183,6 +188,7 @@ pub fn load(
                 paths,
                 precision,
                 memory_budget,
+                threads,
             )?))
         }
         #[cfg(not(feature = "cuda"))]

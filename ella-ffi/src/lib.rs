@@ -22,7 +22,7 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::limits::{MAX_IMAGE_SIDE, MAX_T5_TOKENS, MAX_WIDTH};
 use ella_core::{
     Conditioning, Control, EllaPaths, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Precision, SchedulerKind, SurMode, T5Precision, TokenMode, VaeDecode,
+    Precision, SchedulerKind, SurMode, T5Precision, Threads, TokenMode, VaeDecode,
 };
 
 mod engine;
@@ -226,6 +226,10 @@ pub struct EllaModelParams {
     /// One directory per process: the first GPU model load settles it, and a later load
     /// naming another one fails with `ELLA_STATUS_INVALID_ARGUMENT`.
     pub kernel_cache_path: *const c_char,
+    /// CPU backend: how many threads the model's work runs on (loading included); callbacks
+    /// still run on the calling thread. 0 (default): every core. Leave cores to a game's own
+    /// threads with a smaller number.
+    pub n_threads: u32,
 }
 
 /// Per-context settings. Start from `ella_context_default_params()`.
@@ -494,9 +498,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     format!("internal error (please report): {what}")
 }
 
-/// The stack of the thread `ella_model_load` loads on.
-const LOAD_STACK_BYTES: usize = 64 << 20;
-
 /// A required UTF-8 string argument.
 ///
 /// # Safety
@@ -552,6 +553,7 @@ versioned!(EllaModelParams {
     sur_adapter_path,
     memory_budget,
     kernel_cache_path,
+    n_threads,
 });
 versioned!(EllaContextParams {
     struct_size,
@@ -659,6 +661,7 @@ pub extern "C" fn ella_model_default_params() -> EllaModelParams {
         sur_adapter_path: std::ptr::null(),
         memory_budget: 0,
         kernel_cache_path: std::ptr::null(),
+        n_threads: 0,
     }
 }
 
@@ -745,12 +748,16 @@ pub unsafe extern "C" fn ella_model_load(
         let budget = (params.memory_budget > 0).then_some(params.memory_budget);
         let backend = params.backend;
         let kernel_cache = optional_path(params.kernel_cache_path, "params.kernel_cache_path")?;
+        let threads = match params.n_threads {
+            0 => Threads::all_cores(),
+            n => Threads::new(n as usize)?,
+        };
         // Loading runs deep (each model's blocks), deeper still in unoptimised builds: on a
         // thread of its own with a large stack, a host thread's small stack cannot overflow.
         let engine = std::thread::Builder::new()
             .name("ella-load".into())
-            .stack_size(LOAD_STACK_BYTES)
-            .spawn(move || engine::load(backend, &paths, precision, budget, kernel_cache))
+            .stack_size(ella_core::threads::STACK_BYTES)
+            .spawn(move || engine::load(backend, &paths, precision, budget, kernel_cache, threads))
             .map_err(|e| Failure(EllaStatus::Internal, format!("cannot start a thread: {e}")))?
             .join()
             .map_err(|panic| Failure(EllaStatus::Internal, panic_message(&*panic)))??;

@@ -94,6 +94,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
             sur_adapter_path,
             memory_budget,
             kernel_cache_path,
+            n_threads,
         }
     );
     for size in [12, 20, 28, 36] {

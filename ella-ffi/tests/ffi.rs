@@ -94,6 +94,12 @@ fn model_load_error_paths() {
     };
     assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
     assert!(last_error().contains("t5_precision"), "{}", last_error());
+    let bad = EllaModelParams {
+        n_threads: 1 << 20,
+        ..params(&p)
+    };
+    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("threads"), "{}", last_error());
     assert!(model.is_null(), "no handle on failure");
     unsafe { ella_model_free(null_mut()) };
 }
@@ -444,6 +450,37 @@ fn a_model_is_shared_by_contexts_on_several_threads() {
     let images: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_ne!(images[0], images[1], "different seeds");
     unsafe { ella_model_free(model as *mut EllaModel) };
+}
+
+/// A model on one thread of its own makes the same image as one on every core.
+#[test]
+fn n_threads_changes_where_not_what() {
+    let p = paths();
+    let prompt = CString::new("a red book").unwrap();
+    let image = |n_threads: u32| {
+        let model = load_with(&EllaModelParams {
+            n_threads,
+            ..params(&p)
+        });
+        let mut ctx = null_mut();
+        assert_eq!(
+            unsafe { ella_context_new(model, null(), &mut ctx) },
+            EllaStatus::Ok
+        );
+        let mut buffer = vec![0u8; 32 * 32 * 3];
+        let r = EllaGenerateRequest {
+            steps: 2,
+            ..request(&prompt)
+        };
+        let status = unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
+        assert_eq!(status, EllaStatus::Ok, "{}", last_error());
+        unsafe {
+            ella_context_free(ctx);
+            ella_model_free(model);
+        }
+        buffer
+    };
+    assert_eq!(image(1), image(0));
 }
 
 #[test]

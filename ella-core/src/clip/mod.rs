@@ -8,7 +8,7 @@ mod tokenizer;
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
+use crate::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 pub use config::ClipTextConfig;

@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
+use crate::backend::Backend;
+use crate::nn::Linear;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::{relu, silu};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use super::config::ConnectorConfig;

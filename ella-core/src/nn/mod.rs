@@ -2,12 +2,11 @@
 //! `attention` op, layer and group norms with f32 statistics, 2-D convolution, PyTorch's
 //! nearest-neighbour resize, and the sinusoidal timestep features of diffusers' `Timesteps`.
 
+use crate::backend::Backend;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, conv2d};
-use burn::tensor::ops::{AttentionModuleOptions, PaddedConvOptions};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -166,6 +165,20 @@ impl<B: Backend> MultiheadAttention<B> {
     }
 }
 
+/// PyTorch `nn.Linear`, the weight stored `[in, out]` (transposed once at load, so the
+/// product reads it contiguously). Runs [`Backend::linear_forward`].
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        B::linear_forward(x, self.weight.val(), self.bias.as_ref().map(Param::val))
+    }
+}
+
 /// PyTorch `nn.LayerNorm` with affine weight and bias, statistics in f32.
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
@@ -229,14 +242,13 @@ pub struct Conv2d<B: Backend> {
 
 impl<B: Backend> Conv2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let start = [self.padding; 2];
-        let end = [self.padding + self.extra_end_padding; 2];
-        let options = PaddedConvOptions::asymmetric([self.stride; 2], start, end, [1, 1], 1);
-        conv2d(
+        B::conv2d_forward(
             x,
             self.weight.val(),
             self.bias.as_ref().map(Param::val),
-            options,
+            self.stride,
+            [self.padding; 2],
+            [self.padding + self.extra_end_padding; 2],
         )
     }
 }

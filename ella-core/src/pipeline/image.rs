@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
+use crate::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::error::{Error, Result};

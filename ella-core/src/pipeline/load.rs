@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
 use burn::tensor::DType;
-use burn::tensor::backend::Backend;
 
 use crate::clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 use crate::error::{Error, Result};

@@ -32,7 +32,7 @@ mod request;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 
-use burn::tensor::backend::Backend;
+use crate::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
@@ -49,6 +49,7 @@ use crate::lora::{self, Lora, LoraReport, Target};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::SurAdapter;
 use crate::t5::{T5Precision, TextEncoder, TokenMode};
+use crate::threads::Threads;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
@@ -112,6 +113,8 @@ pub struct Pipeline<B: Backend> {
     lora_changed: BTreeMap<Target, BTreeSet<String>>,
     /// The host's working-memory budget in bytes; `None`: what the machine has free.
     memory_budget: Option<u64>,
+    /// The CPU threads the models run on.
+    threads: Threads,
 }
 
 /// LoRA files read and checked against a pipeline's models ([`Pipeline::prepare_loras`]),
@@ -339,7 +342,20 @@ impl<B: Backend> Pipeline<B> {
             sur_adapter: None,
             lora_changed: BTreeMap::new(),
             memory_budget: None,
+            threads: Threads::all_cores(),
         })
+    }
+
+    /// Sets the CPU threads the models run on ([`Threads::all_cores`] by default). Host
+    /// callbacks still run on the thread that calls the pipeline. Loading runs wherever it is
+    /// called: wrap it in [`Threads::install`] to load on the same threads.
+    pub fn set_threads(&mut self, threads: Threads) {
+        self.threads = threads;
+    }
+
+    /// The CPU threads the models run on.
+    pub fn threads(&self) -> &Threads {
+        &self.threads
     }
 
     /// Sets how much working memory a request may use, in bytes (`None`, the default: the
@@ -534,6 +550,19 @@ impl<B: Backend> Pipeline<B> {
         conditioning: Conditioning,
         cancel: Cancel,
     ) -> Result<PromptStates<B>> {
+        self.threads
+            .install(|| self.encode_on_threads(prompt, negative, mode, conditioning, cancel))
+    }
+
+    /// The work of [`Pipeline::encode_prompts_with`], on the pipeline's threads.
+    fn encode_on_threads(
+        &self,
+        prompt: &str,
+        negative: &str,
+        mode: TokenMode,
+        conditioning: Conditioning,
+        cancel: Cancel,
+    ) -> Result<PromptStates<B>> {
         let t5 = match conditioning.uses_t5() {
             true => Some(StatePair {
                 uncond: self.encode_prompt_with(negative, mode, cancel)?,
@@ -561,7 +590,8 @@ impl<B: Backend> Pipeline<B> {
 
     /// T5 states `[1, tokens, d_model]` of one prompt.
     pub fn encode_prompt(&self, prompt: &str, mode: TokenMode) -> Result<Tensor<B, 3>> {
-        self.encode_prompt_with(prompt, mode, Cancel::NEVER)
+        self.threads
+            .install(|| self.encode_prompt_with(prompt, mode, Cancel::NEVER))
     }
 
     /// [`Pipeline::encode_prompt`] within the memory budget (checked once the prompt's
@@ -655,6 +685,7 @@ impl<B: Backend> Pipeline<B> {
             self.memory_budget(),
         )?;
         let cancel = Cancel::from_flag(hooks.cancel);
+        let threads = &self.threads;
         let mut scheduler = Scheduler::<B>::new(
             request.scheduler,
             &self.scheduler_config,
@@ -678,7 +709,9 @@ impl<B: Backend> Pipeline<B> {
         let guided = request.guidance_scale > 1.0;
         let t5 = states.t5.as_ref();
         let adapted = match (conditioning, &states.clip) {
-            (Conditioning::ClipSur, Some(clip)) => Some(self.adapt(clip, request, guided)?),
+            (Conditioning::ClipSur, Some(clip)) => {
+                Some(threads.install(|| self.adapt(clip, request, guided))?)
+            }
             _ => None,
         };
         let clip = adapted.as_ref().or(states.clip.as_ref());
@@ -715,9 +748,8 @@ impl<B: Backend> Pipeline<B> {
             Some(image) => {
                 // Image-to-image: the image's latent (the posterior mean, as diffusers'
                 // `sample_mode="argmax"`), noised to the first step's level.
-                let encoded = self
-                    .vae
-                    .encode_mean(image.to_tensor(&device, dtype), cancel)?
+                let image = image.to_tensor(&device, dtype);
+                let encoded = threads.install(|| self.vae.encode_mean(image, cancel))?
                     * self.vae.config.scaling_factor;
                 hooks.dump("init_image_latents", &encoded);
                 let [_, c, h, w] = encoded.dims();
@@ -735,54 +767,59 @@ impl<B: Backend> Pipeline<B> {
         };
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             cancel.check()?;
-            let per_sample = |tokens: Tensor<B, 3>| {
-                let [_, n, d] = tokens.dims();
-                tokens.expand([batch, n, d])
-            };
-            let cond =
-                self.condition(conditioning, t5.map(|s| &s.cond), clip.map(|s| &s.cond), t)?;
+            let (cond, uncond) = threads.install(|| -> Result<_> {
+                let branch = |states: fn(&StatePair<B>) -> &Tensor<B, 3>| {
+                    self.condition(conditioning, t5.map(states), clip.map(states), t)
+                };
+                let cond = branch(|s| &s.cond)?;
+                let uncond = guided.then(|| branch(|s| &s.uncond)).transpose()?;
+                Ok((cond, uncond))
+            })?;
             hooks.dump(&format!("condition_cond_step{}", i - start), &cond);
-            let (model_input, context) = if guided {
-                let uncond = self.condition(
-                    conditioning,
-                    t5.map(|s| &s.uncond),
-                    clip.map(|s| &s.uncond),
-                    t,
-                )?;
-                hooks.dump(&format!("condition_uncond_step{}", i - start), &uncond);
-                (
-                    Tensor::cat(vec![latents.clone(), latents.clone()], 0),
-                    Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
-                )
-            } else {
-                (latents.clone(), per_sample(cond))
-            };
-            let model_input = scheduler.scale_model_input(model_input, i);
-            // The ControlNet reads the U-Net's input and condition tokens.
-            let residuals = match &control {
-                Some((control, controlnet, image)) if control.acts_at(i - start, total - start) => {
-                    Some(controlnet.forward(
-                        model_input.clone(),
-                        &[t],
-                        context.clone(),
-                        image.clone(),
-                        control.scale,
-                        cancel,
-                    )?)
-                }
-                _ => None,
-            };
-            let prediction =
-                self.unet
-                    .forward_with(model_input, &[t], context, residuals, cancel)?;
-            let prediction = if guided {
-                let uncond = prediction.clone().narrow(0, 0, batch);
-                let cond = prediction.narrow(0, batch, batch);
-                uncond.clone() + (cond - uncond) * request.guidance_scale
-            } else {
-                prediction
-            };
-            latents = scheduler.step(prediction, i, latents);
+            if let Some(uncond) = &uncond {
+                hooks.dump(&format!("condition_uncond_step{}", i - start), uncond);
+            }
+            latents = threads.install(|| -> Result<_> {
+                let per_sample = |tokens: Tensor<B, 3>| {
+                    let [_, n, d] = tokens.dims();
+                    tokens.expand([batch, n, d])
+                };
+                let (model_input, context) = match uncond {
+                    Some(uncond) => (
+                        Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+                        Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
+                    ),
+                    None => (latents.clone(), per_sample(cond)),
+                };
+                let model_input = scheduler.scale_model_input(model_input, i);
+                // The ControlNet reads the U-Net's input and condition tokens.
+                let residuals = match &control {
+                    Some((control, controlnet, image))
+                        if control.acts_at(i - start, total - start) =>
+                    {
+                        Some(controlnet.forward(
+                            model_input.clone(),
+                            &[t],
+                            context.clone(),
+                            image.clone(),
+                            control.scale,
+                            cancel,
+                        )?)
+                    }
+                    _ => None,
+                };
+                let prediction =
+                    self.unet
+                        .forward_with(model_input, &[t], context, residuals, cancel)?;
+                let prediction = if guided {
+                    let uncond = prediction.clone().narrow(0, 0, batch);
+                    let cond = prediction.narrow(0, batch, batch);
+                    uncond.clone() + (cond - uncond) * request.guidance_scale
+                } else {
+                    prediction
+                };
+                Ok(scheduler.step(prediction, i, latents))
+            })?;
             hooks.dump(&format!("latents_step{}", i - start), &latents);
             // Read back (a few KB) and checked on the host: a NaN would end as a black image.
             if !all_finite(&latents.to_data()) {
@@ -799,11 +836,9 @@ impl<B: Backend> Pipeline<B> {
             }
         }
         hooks.dump("final_latents", &latents);
-        let decoded = self.vae.decode_with(
-            latents / self.vae.config.scaling_factor,
-            request.vae_decode,
-            cancel,
-        )?;
+        let latents = latents / self.vae.config.scaling_factor;
+        let decoded =
+            threads.install(|| self.vae.decode_with(latents, request.vae_decode, cancel))?;
         let images = to_images(decoded.into_data())?;
         if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
             sink(

@@ -1,7 +1,7 @@
 //! DDIM (Song et al. 2021) with η = 0, as diffusers' `DDIMScheduler`.
 
+use crate::backend::Backend;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
 use super::schedules::{numpy_arange, numpy_linspace};
 use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, unsupported};

@@ -2,8 +2,8 @@
 //! `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`: the official ELLA
 //! demo's scheduler.
 
+use crate::backend::Backend;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
 use super::schedules::{
     interp_index, karras_sigmas, numpy_arange, numpy_linspace, sigma_to_t, training_sigmas,

@@ -1,8 +1,8 @@
 //! Euler (discrete), as diffusers' `EulerDiscreteScheduler` (Karras et al. 2022, Algorithm 2
 //! without churn): sigma-based, with fractional timesteps when Karras sigmas are used.
 
+use crate::backend::Backend;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
 use super::schedules::{
     interp_index, karras_sigmas, numpy_arange, numpy_linspace, sigma_to_t, training_sigmas,

@@ -15,8 +15,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::backend::Backend;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
 pub use config::SchedulerConfig;
 pub use ddim::Ddim;

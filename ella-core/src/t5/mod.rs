@@ -6,7 +6,7 @@ mod tokenizer;
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
+use crate::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 pub use config::{Activation, T5Config, T5Precision};

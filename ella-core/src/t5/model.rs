@@ -8,10 +8,10 @@
 
 use std::path::Path;
 
+use crate::backend::Backend;
+use crate::nn::Linear;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::{gelu, relu, silu, tanh};
-use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 

@@ -1,11 +1,11 @@
 //! The building blocks of diffusers' SD1.5 U-Net (also used by the VAE): `ResnetBlock2D`,
 //! `Transformer2DModel` with its `BasicTransformerBlock`s, and the down, mid and up blocks.
 
+use crate::backend::Backend;
+use crate::nn::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::backend::Backend;
 
 use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, multi_head_attention, resize_nearest};

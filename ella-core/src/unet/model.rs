@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use crate::backend::Backend;
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use super::blocks::{

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use crate::backend::Backend;
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::config::VaeConfig;

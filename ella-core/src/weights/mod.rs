@@ -14,9 +14,9 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use crate::backend::Backend;
+use crate::nn::Linear;
 use burn::module::{Param, ParamId};
-use burn::nn::Linear;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::Dtype;
 use safetensors::tensor::Metadata;

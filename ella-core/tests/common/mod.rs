@@ -8,8 +8,8 @@ pub mod fuzz;
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use ella_core::Backend;
 use ella_core::Checkpoint;
 
 /// Max abs error allowed against the PyTorch reference when both sides run in f32, on every

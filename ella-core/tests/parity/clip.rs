@@ -1,8 +1,8 @@
 //! The CLIP text encoder and tokenizer against transformers' `CLIPTextModel` and
 //! `CLIPTokenizer` (`scripts/clip_fixtures.py`). Tolerance: max abs error ≤ 1e-4 in f32.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use ella_core::Backend;
 use ella_core::{ClipTextModel, ClipTokenizer, Error};
 use serde_json::Value;
 

@@ -2,8 +2,8 @@
 //! official description (`scripts/ella_reference.py`). Tolerance: max abs error ≤ 1e-4 in f32.
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::nn::timestep_features;
 use ella_core::{Connector, ConnectorConfig, Error};
 

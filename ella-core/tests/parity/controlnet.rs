@@ -1,8 +1,8 @@
 //! A tiny ControlNet (diffusers `ControlNetModel`, `scripts/controlnet_fixtures.py`): its
 //! residuals, and the U-Net with them added, against diffusers. Tolerance: as the U-Net (1e-3).
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::{Cancel, ControlNetModel, UNet2DConditionModel};
 
 use crate::common::{Reference, assert_close, fixture};

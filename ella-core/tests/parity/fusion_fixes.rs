@@ -5,8 +5,8 @@
 //! covered by `pipeline::*::half_precision_sampling`, the test that hit it.
 
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
+use ella_core::Backend;
 
 use crate::common::assert_close;
 

@@ -3,8 +3,8 @@
 //! same LoRAs (kohya's merge formula, diffusers' `fuse_lora` and `set_adapters`), swapped at
 //! run time. Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::{Lora, ModelPaths, Pipeline};
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture, tiny_paths};

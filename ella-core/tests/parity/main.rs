@@ -10,6 +10,7 @@ mod common;
 mod clip;
 mod connector;
 mod controlnet;
+mod conv;
 mod fusion_fixes;
 mod lora;
 mod pipeline;

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use crate::common::{Reference, assert_close, fixture, matmul_in_tf32, tiny_paths};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
+use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
     Conditioning, Control, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,

@@ -3,8 +3,8 @@
 //! model read through `weights::ldm` compute what the diffusers-layout reference does.
 //! Tolerances: as the U-Net/VAE (1e-3) and CLIP (1e-4) tests.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::weights::ldm;
 use ella_core::{
     AutoencoderKL, Cancel, Checkpoint, ClipTextConfig, ClipTextModel, UNet2DConditionModel,

@@ -2,8 +2,8 @@
 //! `scripts/sur_reference.py`) on `[negative; positive]` CLIP states, in both modes.
 //! Tolerance: 1e-4 in f32. The sampling with it is one of the pipeline runs.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::{Error, SurAdapter, SurMode};
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};

@@ -2,8 +2,8 @@
 //! (`scripts/make_fixtures.py`). Tolerance: max abs error ≤ 1e-4 in f32.
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::t5::relative_position_buckets;
 use ella_core::{
     Checkpoint, T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode,

@@ -2,8 +2,8 @@
 //! Tolerance: max abs error ≤ 1e-3 in f32.
 
 use crate::common::{Reference, assert_close, fixture};
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use ella_core::Backend;
 use ella_core::{Cancel, UNet2DConditionModel, VaeDecode};
 
 const TOLERANCE: f32 = 1e-3;
