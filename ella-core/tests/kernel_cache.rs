@@ -13,18 +13,15 @@ use std::time::Instant;
 
 use burn::tensor::DType;
 use ella_core::gpu::{KernelCacheStats, kernel_cache_dir, set_kernel_cache_dir};
-use ella_core::{Conditioning, Error, Pipeline, TokenMode, Wgpu};
+use ella_core::{Error, GenerateRequest, Pipeline, Wgpu};
 
 /// The directory the child process keeps its kernels in.
 const CHILD_DIR: &str = "ELLA_TEST_KERNEL_CACHE";
 /// Set: the child deletes its working directory before it starts.
 const DELETE_CWD: &str = "ELLA_TEST_DELETE_CWD";
 
-/// Run only as a child of `wgpu_warm_cache_compiles_nothing`: the text side of a tiny
-/// request on wgpu (T5 encodes the prompt, the connector makes one step's condition
-/// tokens) with the kernel cache in `$ELLA_TEST_KERNEL_CACHE`. The text side rather than a
-/// whole image: the cache works per kernel whatever the model, and a cold U-Net and VAE
-/// would add minutes of lavapipe compiling to CI for no more proof.
+/// Run only as a child of `wgpu_warm_cache_compiles_nothing`: one tiny generation on wgpu
+/// with the kernel cache in `$ELLA_TEST_KERNEL_CACHE`.
 #[test]
 #[ignore = "a child process of wgpu_warm_cache_compiles_nothing"]
 fn kernel_cache_child() {
@@ -35,17 +32,13 @@ fn kernel_cache_child() {
     set_kernel_cache_dir(&dir).unwrap();
     let device = Default::default();
     let pipeline = Pipeline::<Wgpu>::load(&common::tiny_paths(), &device, DType::F32).unwrap();
-    let states = pipeline
-        .encode_prompts(
-            "a red book on a wooden table",
-            "",
-            TokenMode::Flexible,
-            Conditioning::Ella,
-        )
-        .unwrap();
-    let connector = pipeline.connector.as_ref().unwrap();
-    let t5 = states.t5.unwrap().cond;
-    connector.forward(t5, &[500.0]).unwrap().into_data();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        steps: 2,
+        ..GenerateRequest::new("a red book on a wooden table")
+    };
+    pipeline.generate(&request).unwrap();
 }
 
 /// Runs [`kernel_cache_child`] in a new process in `cwd` (deleted by the child with
