@@ -19,6 +19,13 @@ use ella_core::Checkpoint;
 /// own bounds (`pipeline::half_precision_sampling`, the T5 F16 tests).
 pub const F32_TOLERANCE: f32 = 1e-4;
 
+/// Deterministic values in [-1, 1], for kernel tests with host references.
+pub fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 201) as f32 / 100.0 - 1.0)
+        .collect()
+}
+
 /// A file under `tests/fixtures`, or under `$ELLA_FIXTURES` when set (test binaries run on
 /// another machine, as `scripts/gpu-check.sh` does).
 pub fn fixture(path: &str) -> PathBuf {

@@ -10,7 +10,7 @@ use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use ella_core::Backend;
 
-use crate::common::assert_close;
+use crate::common::{assert_close, values};
 
 /// One convolution: input `[batch, c_in, h, w]`, a `k × k` kernel to `c_out` channels.
 #[derive(Clone, Copy, Debug)]
@@ -77,13 +77,6 @@ const CASES: [Case; 11] = [
         ..case(2, 6, 5, 7, 9, 3)
     },
 ];
-
-/// Deterministic values in [-1, 1].
-fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7919 + seed * 104_729) % 201) as f32 / 100.0 - 1.0)
-        .collect()
-}
 
 impl Case {
     fn out_size(&self) -> [usize; 2] {

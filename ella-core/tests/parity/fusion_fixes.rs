@@ -8,14 +8,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Bool, Tensor, TensorData};
 use ella_core::Backend;
 
-use crate::common::assert_close;
-
-/// Deterministic values in [-1, 1].
-fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7919 + seed * 104_729) % 201) as f32 / 100.0 - 1.0)
-        .collect()
-}
+use crate::common::{assert_close, values};
 
 /// `rows × k` times `k × n` (row-major), plus `bias`, in f64.
 fn affine(x: &[f32], w: &[f32], bias: &[f32], k: usize, n: usize) -> Vec<f32> {
