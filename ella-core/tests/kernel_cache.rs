@@ -1,5 +1,5 @@
 //! The GPU kernel cache (`ella_core::gpu`), on wgpu (lavapipe in CI): a second process with
-//! a warm cache compiles no kernel and autotunes nothing for the same request; the directory
+//! a warm cache compiles no kernel and autotunes nothing for the same work; the directory
 //! is the host's choice, checked before CubeCL can panic on it; and neither configuration
 //! files in the working directory (which CubeCL and Burn would read, and panic on when
 //! malformed) nor a working directory at all (a deleted one) matter.
@@ -11,17 +11,19 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor};
 use ella_core::gpu::{KernelCacheStats, kernel_cache_dir, set_kernel_cache_dir};
-use ella_core::{Error, GenerateRequest, Pipeline, Wgpu};
+use ella_core::{Connector, ConnectorConfig, Error, Wgpu};
 
 /// The directory the child process keeps its kernels in.
 const CHILD_DIR: &str = "ELLA_TEST_KERNEL_CACHE";
 /// Set: the child deletes its working directory before it starts.
 const DELETE_CWD: &str = "ELLA_TEST_DELETE_CWD";
 
-/// Run only as a child of `wgpu_warm_cache_compiles_nothing`: one tiny generation on wgpu
-/// with the kernel cache in `$ELLA_TEST_KERNEL_CACHE`.
+/// Run only as a child of `wgpu_warm_cache_compiles_nothing`: the tiny connector (TSC) on
+/// wgpu, with the kernel cache in `$ELLA_TEST_KERNEL_CACHE`. The connector has every kind of
+/// kernel a generation compiles (autotuned matmuls and reductions, fused element-wise
+/// blocks, attention) at a fraction of a generation's cold start on lavapipe (CI's time).
 #[test]
 #[ignore = "a child process of wgpu_warm_cache_compiles_nothing"]
 fn kernel_cache_child() {
@@ -31,14 +33,19 @@ fn kernel_cache_child() {
     }
     set_kernel_cache_dir(&dir).unwrap();
     let device = Default::default();
-    let pipeline = Pipeline::<Wgpu>::load(&common::tiny_paths(), &device, DType::F32).unwrap();
-    let request = GenerateRequest {
-        width: 32,
-        height: 32,
-        steps: 2,
-        ..GenerateRequest::new("a red book on a wooden table")
-    };
-    pipeline.generate(&request).unwrap();
+    let config = ConnectorConfig::from_file(&common::fixture("ella/config.json")).unwrap();
+    let connector = Connector::<Wgpu>::load(
+        common::fixture("ella/ella.safetensors"),
+        &config,
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    let t5_states = Tensor::<Wgpu, 3>::ones([2, 7, config.input_dim], &device);
+    connector
+        .forward(t5_states, &[999.0, 500.0])
+        .unwrap()
+        .into_data();
 }
 
 /// Runs [`kernel_cache_child`] in a new process in `cwd` (deleted by the child with

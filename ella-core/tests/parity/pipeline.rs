@@ -95,12 +95,31 @@ fn scale_of(data: &TensorData) -> f32 {
     data.iter::<f32>().map(f32::abs).fold(1.0, f32::max)
 }
 
+/// The runs wgpu checks: one per scheduler, token mode, conditioning, image-to-image and
+/// ControlNet. In CI wgpu runs on lavapipe, where one tiny sampling takes a minute; the
+/// others add no kernel these lack (they recombine the same ones), and the CPU backends and
+/// CUDA check every run.
+const WGPU_RUNS: [&str; 6] = [
+    "dpm++2m_flexible",
+    "ddim_fixed",
+    "euler_img2img",
+    "dpm++2m_ella-clip",
+    "dpm++2m_controlnet-ella",
+    "dpm++2m_clip-sur",
+];
+
 /// Every intermediate tensor and the final image of each reference run.
 fn samplings_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
+    let wgpu = B::name(&Default::default()).to_lowercase().contains("wgpu");
+    let mut checked = 0;
     for (name, run) in runs() {
-        check_run(&pipeline, &name, &run);
+        if !wgpu || WGPU_RUNS.contains(&name.as_str()) {
+            check_run(&pipeline, &name, &run);
+            checked += 1;
+        }
     }
+    assert_eq!(checked, if wgpu { WGPU_RUNS.len() } else { runs().len() });
 }
 
 /// The ELLA + CLIP run from an LDM single-file checkpoint (the tiny U-Net and CLIP, and a
