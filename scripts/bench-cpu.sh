@@ -12,8 +12,15 @@
 # are written once to $ELLA_BENCH_MODELS (default target/bench-cpu/models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-THREADS=${1:-$(nproc)}
-IMAGE=${2:-image}
+THREADS=$(nproc)
+IMAGE=yes
+for arg in "$@"; do
+    case $arg in
+        --no-image) IMAGE=no ;;
+        *[!0-9]* | 0 | "") echo "usage: $0 [THREADS] [--no-image]" >&2; exit 2 ;;
+        *) THREADS=$arg ;;
+    esac
+done
 OUT=target/bench-cpu
 MODELS=${ELLA_BENCH_MODELS:-$OUT/models}
 BENCHES=(--bench text_encoding --bench sd --bench image)
@@ -27,7 +34,7 @@ export RAYON_NUM_THREADS=$THREADS
 cargo bench -p ella-core --bench text_encoding --bench sd 2>&1 | tee "$OUT/rust.log"
 python3 scripts/bench_torch.py --threads "$THREADS" --sd --json "$OUT/torch.json" | tee "$OUT/torch.log"
 
-if [ "$IMAGE" != --no-image ]; then
+if [ "$IMAGE" = yes ]; then
     [ -f "$MODELS/f16/sd/vae/config.json" ] || python3 scripts/bench_image.py write "$MODELS"
     # Loads are timed from the page cache (the files read once before each process), so that
     # they measure parsing and conversion, not the disk.

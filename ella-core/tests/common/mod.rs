@@ -102,9 +102,14 @@ impl Reference {
 /// cores: CUDA, as PyTorch with `allow_tf32`.
 pub const TF32_RELATIVE_TOLERANCE: f32 = 1e-2;
 
+/// Whether `B`'s name (Burn's `Backend::name`, e.g. "fusion<jit<wgpu<spirv>>>") contains `part`.
+pub fn backend_is<B: Backend>(part: &str) -> bool {
+    B::name(&Default::default()).to_lowercase().contains(part)
+}
+
 /// Whether `B` multiplies F32 matrices in TF32.
 pub fn matmul_in_tf32<B: Backend>() -> bool {
-    B::name(&Default::default()).to_lowercase().contains("cuda")
+    backend_is::<B>("cuda")
 }
 
 /// Asserts equal shapes and a max abs error ≤ `tolerance` (at least

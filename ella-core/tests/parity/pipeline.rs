@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use crate::common::{Reference, assert_close, fixture, matmul_in_tf32, tiny_paths};
+use crate::common::{Reference, assert_close, backend_is, fixture, matmul_in_tf32, tiny_paths};
 use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
 use ella_core::t5::TokenMode;
@@ -111,15 +111,16 @@ const WGPU_RUNS: [&str; 6] = [
 /// Every intermediate tensor and the final image of each reference run.
 fn samplings_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
-    let wgpu = B::name(&Default::default()).to_lowercase().contains("wgpu");
+    let wgpu = backend_is::<B>("wgpu");
+    let runs = runs();
     let mut checked = 0;
-    for (name, run) in runs() {
+    for (name, run) in &runs {
         if !wgpu || WGPU_RUNS.contains(&name.as_str()) {
-            check_run(&pipeline, &name, &run);
+            check_run(&pipeline, name, run);
             checked += 1;
         }
     }
-    assert_eq!(checked, if wgpu { WGPU_RUNS.len() } else { runs().len() });
+    assert_eq!(checked, if wgpu { WGPU_RUNS.len() } else { runs.len() });
 }
 
 /// The ELLA + CLIP run from an LDM single-file checkpoint (the tiny U-Net and CLIP, and a
