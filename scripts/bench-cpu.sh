@@ -22,7 +22,8 @@ for arg in "$@"; do
     esac
 done
 OUT=target/bench-cpu
-MODELS=${ELLA_BENCH_MODELS:-$OUT/models}
+# Absolute: cargo runs the bench binaries in the package folder (ella-core/).
+MODELS=$(realpath -m "${ELLA_BENCH_MODELS:-$OUT/models}")
 BENCHES=(--bench text_encoding --bench sd --bench image)
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
