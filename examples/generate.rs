@@ -13,6 +13,7 @@
 //! when a weight flag is left out:
 //!     cargo run --release --example generate -- --prompt "a red book on a wooden table" --out book.png
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -234,24 +235,56 @@ struct Args {
 }
 
 const ELLA_REPO: &str = "QQGYLab/ELLA";
-const ELLA_FILE: &str = "ella-sd1.5-tsc-t5xl.safetensors";
-const T5_DIR: &str = "models--google--flan-t5-xl--text_encoder";
-const T5_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 const SD_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+/// The connector: (file, size).
+const ELLA_FILE: (&str, &str) = ("ella-sd1.5-tsc-t5xl.safetensors", "134 MB");
+/// The T5 encoder's folder in the ELLA repository.
+const T5_DIR: &str = "models--google--flan-t5-xl--text_encoder";
+const T5_FILES: [(&str, &str); 3] = [
+    ("config.json", "1 kB"),
+    ("tokenizer.json", "2.4 MB"),
+    ("model.safetensors", "2.95 GB"),
+];
+const SD_FILES: [(&str, &str); 5] = [
+    ("unet/config.json", "1 kB"),
+    ("unet/diffusion_pytorch_model.safetensors", "3.44 GB"),
+    ("vae/config.json", "1 kB"),
+    ("vae/diffusion_pytorch_model.safetensors", "335 MB"),
+    ("scheduler/scheduler_config.json", "1 kB"),
+];
 /// What CLIP conditioning needs besides SD_FILES.
-const SD_CLIP_FILES: [&str; 4] = [
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
+const SD_CLIP_FILES: [(&str, &str); 4] = [
+    ("text_encoder/config.json", "1 kB"),
+    ("text_encoder/model.safetensors", "492 MB"),
+    ("tokenizer/vocab.json", "1.1 MB"),
+    ("tokenizer/merges.txt", "525 kB"),
 ];
-const SD_FILES: [&str; 5] = [
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-    "scheduler/scheduler_config.json",
-];
+
+/// One file of the official weights that a run needs because no path was given for it.
+struct Needed {
+    repo: &'static str,
+    file: String,
+    size: &'static str,
+    /// The flag that takes it (or its folder) instead.
+    flag: &'static str,
+}
+
+impl Needed {
+    fn list(repo: &'static str, folder: &str, files: &[(&str, &'static str)], flag: &'static str) -> Vec<Self> {
+        files
+            .iter()
+            .map(|&(file, size)| Self {
+                repo,
+                file: match folder {
+                    "" => file.to_string(),
+                    folder => format!("{folder}/{file}"),
+                },
+                size,
+                flag,
+            })
+            .collect()
+    }
+}
 
 /// `FILE` or `FILE:SCALE`: what follows the last `:` is the scale when it is a number, so a
 /// path with `:` in it (a Windows drive) stays whole.
@@ -310,20 +343,30 @@ fn run(args: Args) -> Result<(), String> {
         (false, Cond::Clip) => Conditioning::Clip,
         (false, Cond::ClipSur) => Conditioning::ClipSur,
     };
+    // Every official file the run needs, found (or fetched) together, so that a missing
+    // download names all of them at once.
+    let mut needed = Vec::new();
+    if conditioning.uses_t5() && args.ella.is_none() {
+        needed.extend(Needed::list(ELLA_REPO, "", &[ELLA_FILE], "--ella FILE"));
+    }
+    if conditioning.uses_t5() && args.t5.is_none() {
+        needed.extend(Needed::list(ELLA_REPO, T5_DIR, &T5_FILES, "--t5 FOLDER"));
+    }
+    if args.checkpoint.is_none() && args.sd.is_none() {
+        needed.extend(Needed::list(SD_REPO, "", &SD_FILES, "--sd FOLDER"));
+        if conditioning.uses_clip() {
+            needed.extend(Needed::list(SD_REPO, "", &SD_CLIP_FILES, "--sd FOLDER"));
+        }
+    }
+    let found = locate(&needed, args.offline)?;
+    let official = |file: &str| found[file].clone();
     let ella = match conditioning.uses_t5() {
         false => None,
         true => Some(EllaPaths {
-            connector: match &args.ella {
-                Some(path) => path.clone(),
-                None => fetch(ELLA_REPO, &[ELLA_FILE], args.offline)?,
-            },
+            connector: args.ella.clone().unwrap_or_else(|| official(ELLA_FILE.0)),
             t5: match &args.t5 {
                 Some(path) => path.clone(),
-                None => folder_of(fetch(
-                    ELLA_REPO,
-                    &T5_FILES.map(|f| format!("{T5_DIR}/{f}")),
-                    args.offline,
-                )?),
+                None => folder_of(official(&format!("{T5_DIR}/{}", T5_FILES[0].0))),
             },
             config: args.ella_config.clone(),
         }),
@@ -331,13 +374,7 @@ fn run(args: Args) -> Result<(), String> {
     let paths = ModelPaths {
         sd: match (&args.checkpoint, &args.sd) {
             (Some(path), _) | (None, Some(path)) => path.clone(),
-            (None, None) => {
-                let files: Vec<&str> = match conditioning.uses_clip() {
-                    true => SD_FILES.iter().chain(&SD_CLIP_FILES).copied().collect(),
-                    false => SD_FILES.to_vec(),
-                };
-                folder_of(folder_of(fetch(SD_REPO, &files, args.offline)?))
-            }
+            (None, None) => folder_of(folder_of(official(SD_FILES[0].0))),
         },
         sd_config: args.sd_config.clone(),
         vae: args.vae.clone(),
@@ -576,49 +613,60 @@ fn folder_of(path: PathBuf) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or(path)
 }
 
-/// The files of a Hugging Face repository from the local cache, or downloaded; returns the
-/// path of the first one. Fails with the exact list of files to get when neither works.
-fn fetch(repo: &str, files: &[impl AsRef<str>], offline: bool) -> Result<PathBuf, String> {
-    let cache = hf_hub::Cache::from_env().model(repo.to_string());
-    let cached: Option<Vec<PathBuf>> = files.iter().map(|f| cache.get(f.as_ref())).collect();
-    if let Some(paths) = cached {
-        return Ok(paths[0].clone());
+/// The official files a run needs, from the Hugging Face cache or downloaded there, by
+/// their names in `needed`. When some are neither cached nor downloadable, the error lists
+/// every one still missing, with its size, where to get it and the flag that takes it.
+fn locate(needed: &[Needed], offline: bool) -> Result<HashMap<String, PathBuf>, String> {
+    let cache = hf_hub::Cache::from_env();
+    let mut found = HashMap::new();
+    let mut missing = Vec::new();
+    for need in needed {
+        match cache.model(need.repo.to_string()).get(&need.file) {
+            Some(path) => {
+                found.insert(need.file.clone(), path);
+            }
+            None => missing.push(need),
+        }
     }
-    let instructions = || {
-        let list: Vec<String> = files
-            .iter()
-            .map(|f| {
-                format!(
-                    "  https://huggingface.co/{repo}/resolve/main/{}",
-                    f.as_ref()
-                )
-            })
-            .collect();
-        format!(
-            "the weights are not in the Hugging Face cache{}. Get these files:\n{}\n\
-             and pass their folder with --ella / --t5 / --sd (see docs/models.md)",
-            if offline {
-                ""
-            } else {
-                " and could not be downloaded"
-            },
-            list.join("\n")
-        )
-    };
-    if offline {
-        return Err(instructions());
+    if missing.is_empty() {
+        return Ok(found);
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| format!("{e}; {}", instructions()))?;
-    let repo_api = api.model(repo.to_string());
-    let mut first = None;
-    for file in files {
-        let path = repo_api
-            .get(file.as_ref())
-            .map_err(|e| format!("{e}; {}", instructions()))?;
-        first.get_or_insert(path);
+    let mut failure = String::from("offline (--offline)");
+    if !offline {
+        match hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build() {
+            Err(e) => failure = e.to_string(),
+            Ok(api) => {
+                missing.retain(|need| match api.model(need.repo.to_string()).get(&need.file) {
+                    Ok(path) => {
+                        found.insert(need.file.clone(), path);
+                        false
+                    }
+                    Err(e) => {
+                        failure = e.to_string();
+                        true
+                    }
+                });
+            }
+        }
     }
-    first.ok_or_else(instructions)
+    if missing.is_empty() {
+        return Ok(found);
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|need| {
+            format!(
+                "  {:>7}  https://huggingface.co/{}/resolve/main/{}  (or pass {})",
+                need.size, need.repo, need.file, need.flag
+            )
+        })
+        .collect();
+    Err(format!(
+        "{} of the {} weight files this run needs are not in the Hugging Face cache and could \
+         not be downloaded ({failure}). Get these files, keeping the folders they are in, and \
+         pass them with the flag named (see docs/models.md):\n{}",
+        missing.len(),
+        needed.len(),
+        list.join("\n")
+    ))
 }

@@ -19,7 +19,7 @@ use crate::unet::blocks::{DownBlock, MidBlock};
 use crate::unet::{
     ControlResiduals, UNetConfig, check_inputs, embed_time, load_down_path, run_down_path,
 };
-use crate::weights::{Checkpoint, Loader, check_config, read_json};
+use crate::weights::{Checkpoint, Loader, check_config, load_checked, read_json};
 
 /// A ControlNet's `config.json`: the U-Net keys of its down path, and its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +135,23 @@ pub struct ConditioningEmbedding<B: Backend> {
 }
 
 impl<B: Backend> ConditioningEmbedding<B> {
+    /// `conv_in`, then per pair of `channels` a 3×3 conv and a stride-2 one, `conv_out` to
+    /// `out` (the U-Net's first width).
+    fn load(vb: &Loader<B>, image_channels: usize, channels: &[usize], out: usize) -> Result<Self> {
+        let mut blocks = Vec::new();
+        for (i, pair) in channels.windows(2).enumerate() {
+            let [c_in, c_out] = [pair[0], pair[1]];
+            let conv = |k: usize| vb.pp("blocks").pp(k);
+            blocks.push(Conv2d::load(&conv(2 * i), [c_in, c_in], 3, 1, 1)?);
+            blocks.push(Conv2d::load(&conv(2 * i + 1), [c_in, c_out], 3, 2, 1)?);
+        }
+        Ok(Self {
+            conv_in: Conv2d::load(&vb.pp("conv_in"), [image_channels, channels[0]], 3, 1, 1)?,
+            blocks,
+            conv_out: Conv2d::load(&vb.pp("conv_out"), [channels[channels.len() - 1], out], 3, 1, 1)?,
+        })
+    }
+
     pub fn forward(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = silu(self.conv_in.forward(image));
         let x = self
@@ -179,46 +196,20 @@ impl<B: Backend> ControlNetModel<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let load = Loader::<B>::new(checkpoint, device, dtype);
-        let path = load_down_path(&load, &config.unet, checkpoint.path())?;
-        let embedding = &config.conditioning_embedding_out_channels;
+        let build = |vb: &Loader<B>| Self::from_loader(vb, &config);
+        Ok(load_checked(checkpoint, device, dtype, |_| false, build)?.0)
+    }
+
+    /// Builds the ControlNet of a validated `config` from `vb` (diffusers' names).
+    pub fn from_loader(vb: &Loader<B>, config: &ControlNetConfig) -> Result<Self> {
+        let path = load_down_path(vb, &config.unet)?;
         let first = config.unet.block_out_channels[0];
-        let prefix = "controlnet_cond_embedding";
-        let mut blocks = Vec::new();
-        for (i, pair) in embedding.windows(2).enumerate() {
-            let [c_in, c_out] = [pair[0], pair[1]];
-            blocks.push(load.conv2d(
-                &format!("{prefix}.blocks.{}", 2 * i),
-                [c_in, c_in],
-                3,
-                1,
-                1,
-            )?);
-            blocks.push(load.conv2d(
-                &format!("{prefix}.blocks.{}", 2 * i + 1),
-                [c_in, c_out],
-                3,
-                2,
-                1,
-            )?);
-        }
-        let controlnet_cond_embedding = ConditioningEmbedding {
-            conv_in: load.conv2d(
-                &format!("{prefix}.conv_in"),
-                [config.conditioning_channels, embedding[0]],
-                3,
-                1,
-                1,
-            )?,
-            blocks,
-            conv_out: load.conv2d(
-                &format!("{prefix}.conv_out"),
-                [embedding[embedding.len() - 1], first],
-                3,
-                1,
-                1,
-            )?,
-        };
+        let controlnet_cond_embedding = ConditioningEmbedding::load(
+            &vb.pp("controlnet_cond_embedding"),
+            config.conditioning_channels,
+            &config.conditioning_embedding_out_channels,
+            first,
+        )?;
         // The skip connections' widths: conv_in's, then each resnet's and downsampler's.
         let mut widths = vec![first];
         for (i, block) in path.down_blocks.iter().enumerate() {
@@ -228,24 +219,23 @@ impl<B: Backend> ControlNetModel<B> {
                 widths.push(c);
             }
         }
+        let zero_conv = |vb: &Loader<B>, c: usize| Conv2d::load(vb, [c, c], 1, 1, 0);
         let controlnet_down_blocks = widths
             .iter()
             .enumerate()
-            .map(|(i, &c)| load.conv2d(&format!("controlnet_down_blocks.{i}"), [c, c], 1, 1, 0))
+            .map(|(i, &c)| zero_conv(&vb.pp("controlnet_down_blocks").pp(i), c))
             .collect::<Result<Vec<_>>>()?;
         let mid = *config.unet.block_out_channels.last().expect("validated");
-        let model = Self {
+        Ok(Self {
             conv_in: path.conv_in,
             time_embedding: path.time_embedding,
             controlnet_cond_embedding,
             down_blocks: path.down_blocks,
             mid_block: path.mid_block,
             controlnet_down_blocks,
-            controlnet_mid_block: load.conv2d("controlnet_mid_block", [mid, mid], 1, 1, 0)?,
-            config,
-        };
-        load.finish(|_| false)?;
-        Ok(model)
+            controlnet_mid_block: zero_conv(&vb.pp("controlnet_mid_block"), mid)?,
+            config: config.clone(),
+        })
     }
 
     /// The residuals for the U-Net, scaled by `scale`, from the U-Net's input `sample`,

@@ -44,33 +44,40 @@ pub enum Error {
     InvalidConfig { path: PathBuf, reason: String },
 
     /// A tensor the config requires is not in the weight file(s).
-    #[error("tensor `{name}` is missing from {path}")]
-    MissingTensor { name: String, path: PathBuf },
+    #[error("tensor `{name}` is missing from {path}{more}")]
+    MissingTensor {
+        name: String,
+        path: PathBuf,
+        more: MoreProblems,
+    },
 
     /// A tensor has a shape other than the config implies.
-    #[error("tensor `{name}` in {path} has shape {actual:?}, expected {expected:?}")]
+    #[error("tensor `{name}` in {path} has shape {actual:?}, expected {expected:?}{more}")]
     ShapeMismatch {
         name: String,
         path: PathBuf,
         expected: Vec<usize>,
         actual: Vec<usize>,
+        more: MoreProblems,
     },
 
     /// A tensor is stored in a dtype the loaders do not read (only F32, F16 and BF16 are).
-    #[error("tensor `{name}` in {path} has dtype {dtype}; expected F32, F16 or BF16")]
+    #[error("tensor `{name}` in {path} has dtype {dtype}; expected F32, F16 or BF16{more}")]
     UnsupportedDtype {
         name: String,
         path: PathBuf,
         dtype: String,
+        more: MoreProblems,
     },
 
     /// The file holds a tensor that the config does not account for, which means the
     /// config and the weights describe different models (e.g. more layers than configured).
-    #[error("tensor `{name}` in {path} is not part of the configured model: {hint}")]
+    #[error("tensor `{name}` in {path} is not part of the configured model: {hint}{more}")]
     UnexpectedTensor {
         name: String,
         path: PathBuf,
         hint: String,
+        more: MoreProblems,
     },
 
     /// A weight holds NaN or infinite values: any image made with it would be black.
@@ -127,6 +134,27 @@ pub enum Error {
     /// The caller cancelled a generation; the pipeline stays usable.
     #[error("cancelled")]
     Cancelled,
+}
+
+/// The other problems a weight file check found beside the one an error is about, so that
+/// one message names every missing, misshaped, wrongly typed and left-over tensor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoreProblems(pub Vec<String>);
+
+impl std::fmt::Display for MoreProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const LISTED: usize = 20;
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        write!(f, "; and {} more: ", self.0.len())?;
+        let listed = &self.0[..self.0.len().min(LISTED)];
+        write!(f, "{}", listed.join("; "))?;
+        if self.0.len() > LISTED {
+            write!(f, "; …")?;
+        }
+        Ok(())
+    }
 }
 
 /// `Result` with [`Error`].

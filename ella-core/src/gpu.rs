@@ -193,3 +193,18 @@ fn count_entries(dir: &Path) -> Result<usize> {
     }
     Ok(count)
 }
+
+/// The Vulkan adapter the wgpu backend would run on (its name and driver), or `None` where
+/// Vulkan has none (no GPU driver and no software one such as Mesa's lavapipe). Burn's wgpu
+/// backend panics on its first tensor in that case: a host asks here first.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapter() -> Option<String> {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::VULKAN;
+    let instance = wgpu::Instance::new(descriptor);
+    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    adapters.first().map(|adapter| {
+        let info = adapter.get_info();
+        format!("{} ({})", info.name, info.driver)
+    })
+}

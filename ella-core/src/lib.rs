@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod backend;
 pub mod cancel;
 pub mod clip;
@@ -38,6 +39,7 @@ pub mod limits;
 pub mod lora;
 pub mod nn;
 pub mod pipeline;
+pub mod resnet;
 pub mod scheduler;
 pub mod sur_adapter;
 pub mod t5;

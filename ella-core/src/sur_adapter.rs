@@ -25,7 +25,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, MultiheadAttention};
-use crate::weights::{Checkpoint, Loader};
+use crate::weights::{Checkpoint, Loader, load_checked};
 
 /// How the adapter's transformer encoder sees a batch of prompts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +59,17 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 impl<B: Backend> EncoderLayer<B> {
+    fn load(vb: &Loader<B>, config: &SurAdapterConfig) -> Result<Self> {
+        let (d, ff) = (config.width, config.feed_forward);
+        Ok(Self {
+            self_attn: MultiheadAttention::load(&vb.pp("self_attn"), d, config.heads)?,
+            linear1: Linear::load(&vb.pp("linear1"), d, ff, true)?,
+            linear2: Linear::load(&vb.pp("linear2"), ff, d, true)?,
+            norm1: LayerNorm::load(&vb.pp("norm1"), d, 1e-5)?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), d, 1e-5)?,
+        })
+    }
+
     /// `[batch, seq, d]` → `x = norm1(x + SA(x))`, `norm2(x + linear2(relu(linear1(x))))`.
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self
@@ -111,6 +122,7 @@ impl<B: Backend> SurAdapter<B> {
                 return Err(Error::MissingTensor {
                     name: "fc.weight".into(),
                     path: checkpoint.path().to_path_buf(),
+                    more: Default::default(),
                 });
             }
         };
@@ -136,39 +148,29 @@ impl<B: Backend> SurAdapter<B> {
             feed_forward,
             heads,
         };
-        let load = Loader::<B>::new(checkpoint, device, dtype);
-        let (d, ff) = (width, feed_forward);
-        let layers = (0..depth)
-            .map(|i| {
-                let layer = format!("transformer_encoder.layers.{i}");
-                Ok(EncoderLayer {
-                    self_attn: MultiheadAttention::load(
-                        &load,
-                        &format!("{layer}.self_attn"),
-                        d,
-                        heads,
-                    )?,
-                    linear1: load.linear(&format!("{layer}.linear1"), d, ff, true)?,
-                    linear2: load.linear(&format!("{layer}.linear2"), ff, d, true)?,
-                    norm1: load.layer_norm(&format!("{layer}.norm1"), d, 1e-5)?,
-                    norm2: load.layer_norm(&format!("{layer}.norm2"), d, 1e-5)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let adapter = Self {
-            layers,
-            query_layer: load.linear("attention.query_layer", d, d, true)?,
-            key_layer: load.linear("attention.key_layer", d, d, true)?,
-            output_1: load.linear("attention.output_layer.0", d, d, true)?,
-            output_2: load.linear("attention.output_layer.2", d, d, true)?,
-            fc: load.linear("fc", d, d, true)?,
-            config,
-        };
         // The template layer the official module keeps, and the unused `value_layer`.
-        load.finish(|name| {
+        let ignorable = |name: &str| {
             name.starts_with("encoder_layer.") || name.starts_with("attention.value_layer.")
-        })?;
-        Ok(adapter)
+        };
+        let build = |vb: &Loader<B>| Self::from_loader(vb, config);
+        Ok(load_checked(checkpoint, device, dtype, ignorable, build)?.0)
+    }
+
+    /// Builds the adapter of `config` from `vb` (the official names).
+    pub fn from_loader(vb: &Loader<B>, config: SurAdapterConfig) -> Result<Self> {
+        let d = config.width;
+        let linear = |name: &str| Linear::load(&vb.pp(name), d, d, true);
+        Ok(Self {
+            layers: (0..config.depth)
+                .map(|i| EncoderLayer::load(&vb.pp("transformer_encoder.layers").pp(i), &config))
+                .collect::<Result<_>>()?,
+            query_layer: linear("attention.query_layer")?,
+            key_layer: linear("attention.key_layer")?,
+            output_1: linear("attention.output_layer.0")?,
+            output_2: linear("attention.output_layer.2")?,
+            fc: linear("fc")?,
+            config,
+        })
     }
 
     /// The adapted CLIP states `w·fc(A) + (1 − w)·x` of `x` `[prompts, tokens, width]` (with

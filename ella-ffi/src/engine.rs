@@ -171,6 +171,14 @@ pub fn load(
         )),
         #[cfg(feature = "wgpu")]
         x if x == EllaBackend::Wgpu as u32 => {
+            if ella_core::gpu::wgpu_adapter().is_none() {
+                return Err(Failure(
+                    crate::EllaStatus::Unsupported,
+                    "the WGPU backend found no Vulkan adapter (no GPU driver, nor a software \
+                     one such as Mesa's lavapipe)"
+                        .into(),
+                ));
+            }
             use_kernel_cache()?;
             Ok(Box::new(Locked::<ella_core::Wgpu>::load(
                 paths,

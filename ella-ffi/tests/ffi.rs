@@ -485,43 +485,47 @@ fn n_threads_changes_where_not_what() {
 
 #[test]
 fn half_precision_model() {
+    // The same request in F32 and in F16 (the official ELLA setting): the F16 image stays
+    // within the tolerance the Rust parity test allows half precision (mean |Δpixel| ≤ 2).
     let p = paths();
-    let mut model = null_mut();
-    let half = EllaModelParams {
-        precision: 1,
-        ..params(&p)
-    };
-    assert_eq!(
-        unsafe { ella_model_load(&half, &mut model) },
-        EllaStatus::Ok,
-        "{}",
-        last_error()
-    );
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
     let prompt = CString::new("a red book").unwrap();
-    let mut buffer = vec![0u8; 32 * 32 * 3];
     let r = EllaGenerateRequest {
         steps: 1,
         ..request(&prompt)
     };
-    assert_eq!(
-        unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) },
-        EllaStatus::Ok,
-        "{}",
-        last_error()
+    let image = |precision: EllaPrecision| {
+        let mut model = null_mut();
+        let params = EllaModelParams {
+            precision: precision as u32,
+            ..params(&p)
+        };
+        assert_eq!(
+            unsafe { ella_model_load(&params, &mut model) },
+            EllaStatus::Ok,
+            "{}",
+            last_error()
+        );
+        let mut ctx = null_mut();
+        assert_eq!(
+            unsafe { ella_context_new(model, null(), &mut ctx) },
+            EllaStatus::Ok
+        );
+        let pixels = generate_32(ctx, &r);
+        unsafe {
+            ella_context_free(ctx);
+            ella_model_free(model);
+        }
+        pixels.unwrap()
+    };
+    let (full, half) = (image(EllaPrecision::F32), image(EllaPrecision::F16));
+    let errors: Vec<u8> = full.iter().zip(&half).map(|(a, b)| a.abs_diff(*b)).collect();
+    let mean = errors.iter().map(|&e| f64::from(e)).sum::<f64>() / errors.len() as f64;
+    println!(
+        "F16 vs F32 through the C ABI: mean |Δpixel| {mean:.2}, max {}",
+        errors.iter().max().unwrap()
     );
-    assert!(
-        buffer.iter().any(|&v| v != buffer[0]),
-        "a non-constant image"
-    );
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
+    assert!(mean <= 2.0, "mean pixel error {mean:.2}");
+    assert!(full.iter().any(|&v| v != full[0]), "a non-constant image");
 }
 
 #[test]
@@ -628,6 +632,9 @@ fn vae_decode_modes() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backend_matches_the_cpu() {
+    if !wgpu_usable() {
+        return;
+    }
     let p = paths();
     let file = tempfile::NamedTempFile::new().unwrap();
     let unwritable = file.path().join("kernels");

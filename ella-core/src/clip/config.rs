@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
-use crate::weights::{TensorSpec, check_positive, check_sizes, linear_specs, read_config};
+use crate::weights::{check_positive, check_sizes, read_config};
 
 /// Names and defaults are transformers'; `sd15()` is SD1.5's text encoder.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -99,54 +99,5 @@ impl ClipTextConfig {
             return Err(format!("`hidden_act` {} is not supported", self.hidden_act));
         }
         Ok(())
-    }
-
-    /// Every tensor of `text_encoder/model.safetensors` with its shape; names start with
-    /// `prefix` (`text_model.` in SD1.5's file, nothing in files saved by transformers 5).
-    pub fn expected_tensors(&self, prefix: &str) -> Vec<TensorSpec> {
-        let d = self.hidden_size;
-        let mut specs = vec![
-            TensorSpec::new(
-                format!("{prefix}embeddings.token_embedding.weight"),
-                &[self.vocab_size, d],
-            ),
-            TensorSpec::new(
-                format!("{prefix}embeddings.position_embedding.weight"),
-                &[self.max_position_embeddings, d],
-            ),
-        ];
-        let norm = |name: String| {
-            [
-                TensorSpec::new(format!("{name}.weight"), &[d]),
-                TensorSpec::new(format!("{name}.bias"), &[d]),
-            ]
-        };
-        for i in 0..self.num_hidden_layers {
-            let layer = format!("{prefix}encoder.layers.{i}");
-            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                specs.extend(linear_specs(
-                    &format!("{layer}.self_attn.{proj}"),
-                    d,
-                    d,
-                    true,
-                ));
-            }
-            specs.extend(norm(format!("{layer}.layer_norm1")));
-            specs.extend(linear_specs(
-                &format!("{layer}.mlp.fc1"),
-                d,
-                self.intermediate_size,
-                true,
-            ));
-            specs.extend(linear_specs(
-                &format!("{layer}.mlp.fc2"),
-                self.intermediate_size,
-                d,
-                true,
-            ));
-            specs.extend(norm(format!("{layer}.layer_norm2")));
-        }
-        specs.extend(norm(format!("{prefix}final_layer_norm")));
-        specs
     }
 }

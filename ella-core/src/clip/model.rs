@@ -13,7 +13,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use super::config::ClipTextConfig;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, multi_head_attention};
-use crate::weights::{Checkpoint, Loader, WeightIndex, check_config};
+use crate::weights::{Checkpoint, Loader, WeightIndex, check_config, load_checked};
 
 /// One encoder layer: `x + attn(ln1(x))`, then `x + fc2(act(fc1(ln2(x))))`.
 #[derive(Module, Debug)]
@@ -34,6 +34,23 @@ pub struct ClipEncoderLayer<B: Backend> {
 }
 
 impl<B: Backend> ClipEncoderLayer<B> {
+    fn load(vb: &Loader<B>, config: &ClipTextConfig) -> Result<Self> {
+        let (d, eps) = (config.hidden_size, config.layer_norm_eps);
+        let attention = |proj: &str| Linear::load(&vb.pp("self_attn").pp(proj), d, d, true);
+        Ok(Self {
+            layer_norm1: LayerNorm::load(&vb.pp("layer_norm1"), d, eps)?,
+            q_proj: attention("q_proj")?,
+            k_proj: attention("k_proj")?,
+            v_proj: attention("v_proj")?,
+            out_proj: attention("out_proj")?,
+            layer_norm2: LayerNorm::load(&vb.pp("layer_norm2"), d, eps)?,
+            fc1: Linear::load(&vb.pp("mlp.fc1"), d, config.intermediate_size, true)?,
+            fc2: Linear::load(&vb.pp("mlp.fc2"), config.intermediate_size, d, true)?,
+            heads: config.num_attention_heads,
+            quick_gelu: config.hidden_act == "quick_gelu",
+        })
+    }
+
     fn forward(&self, x: Tensor<B, 3>, causal: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
         let h = self.layer_norm1.forward(x.clone());
         let attended = multi_head_attention(
@@ -91,55 +108,43 @@ impl<B: Backend> ClipTextModel<B> {
         check_config(config.validate(), checkpoint.path())?;
         let prefix = match checkpoint.shape("embeddings.token_embedding.weight") {
             Some(_) => "",
-            None => "text_model.",
+            None => "text_model",
         };
-        let position_ids = format!("{prefix}embeddings.position_ids");
+        let position_ids = match prefix {
+            "" => "embeddings.position_ids".to_string(),
+            prefix => format!("{prefix}.embeddings.position_ids"),
+        };
         let ignorable = |name: &str| name == position_ids;
-        checkpoint.check(&config.expected_tensors(prefix), ignorable)?;
-        let load = Loader::<B>::new(checkpoint, device, dtype);
-        let (d, eps) = (config.hidden_size, config.layer_norm_eps);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let layer = format!("{prefix}encoder.layers.{i}");
-            let attn = |proj: &str| load.linear(&format!("{layer}.self_attn.{proj}"), d, d, true);
-            layers.push(ClipEncoderLayer {
-                layer_norm1: load.layer_norm(&format!("{layer}.layer_norm1"), d, eps)?,
-                q_proj: attn("q_proj")?,
-                k_proj: attn("k_proj")?,
-                v_proj: attn("v_proj")?,
-                out_proj: attn("out_proj")?,
-                layer_norm2: load.layer_norm(&format!("{layer}.layer_norm2"), d, eps)?,
-                fc1: load.linear(
-                    &format!("{layer}.mlp.fc1"),
-                    d,
-                    config.intermediate_size,
-                    true,
-                )?,
-                fc2: load.linear(
-                    &format!("{layer}.mlp.fc2"),
-                    config.intermediate_size,
-                    d,
-                    true,
-                )?,
-                heads: config.num_attention_heads,
-                quick_gelu: config.hidden_act == "quick_gelu",
-            });
-        }
-        let model = Self {
-            token_embedding: Param::from_tensor(load.tensor(
-                &format!("{prefix}embeddings.token_embedding.weight"),
-                [config.vocab_size, d],
-            )?),
-            position_embedding: Param::from_tensor(load.tensor(
-                &format!("{prefix}embeddings.position_embedding.weight"),
+        let build = |vb: &Loader<B>| Self::from_loader(&vb.pp(prefix), &config);
+        let (mut model, weights) = load_checked(checkpoint, device, dtype, ignorable, build)?;
+        model.weights = weights;
+        Ok(model)
+    }
+
+    /// Builds the model of a validated `config` from `vb` (transformers' names below
+    /// `text_model.`).
+    pub fn from_loader(vb: &Loader<B>, config: &ClipTextConfig) -> Result<Self> {
+        let d = config.hidden_size;
+        let embeddings = vb.pp("embeddings");
+        Ok(Self {
+            token_embedding: Param::from_tensor(
+                embeddings.tensor("token_embedding.weight", [config.vocab_size, d])?,
+            ),
+            position_embedding: Param::from_tensor(embeddings.tensor(
+                "position_embedding.weight",
                 [config.max_position_embeddings, d],
             )?),
-            layers,
-            final_layer_norm: load.layer_norm(&format!("{prefix}final_layer_norm"), d, eps)?,
-            config,
-            weights: load.finish(ignorable)?,
-        };
-        Ok(model)
+            layers: (0..config.num_hidden_layers)
+                .map(|i| ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), config))
+                .collect::<Result<_>>()?,
+            final_layer_norm: LayerNorm::load(
+                &vb.pp("final_layer_norm"),
+                d,
+                config.layer_norm_eps,
+            )?,
+            config: config.clone(),
+            weights: WeightIndex::default(),
+        })
     }
 
     /// `last_hidden_state` `[batch, seq, hidden]` of token ids `[batch, seq]` (seq ≤ the

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::limits::{MAX_LAYERS, MAX_WIDTH};
-use crate::weights::{TensorSpec, check_sizes, linear_specs, read_config};
+use crate::weights::{check_sizes, read_config};
 
 /// Sizes of the Timestep-Aware Semantic Connector. `Default` is the official SD1.5 file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -77,43 +77,5 @@ impl ConnectorConfig {
     /// The width of the tokens the connector outputs.
     pub fn output_width(&self) -> usize {
         self.output_dim.unwrap_or(self.width)
-    }
-
-    /// Every tensor of the connector's state dict, official names.
-    pub fn expected_tensors(&self) -> Vec<TensorSpec> {
-        let (w, t) = (self.width, self.time_embed_dim);
-        let mut specs = linear_specs("time_embedding.linear_1", self.time_channel, t, true);
-        specs.extend(linear_specs("time_embedding.linear_2", t, t, true));
-        specs.push(TensorSpec::new("connector.latents", &[self.num_latents, w]));
-        specs.extend(linear_specs("connector.time_aware_linear", t, w, true));
-        specs.extend(linear_specs("connector.proj_in", self.input_dim, w, true));
-        for i in 0..self.layers {
-            let block = format!("connector.perceiver_blocks.{i}");
-            specs.push(TensorSpec::new(
-                format!("{block}.attn.in_proj_weight"),
-                &[3 * w, w],
-            ));
-            specs.push(TensorSpec::new(
-                format!("{block}.attn.in_proj_bias"),
-                &[3 * w],
-            ));
-            specs.extend(linear_specs(&format!("{block}.attn.out_proj"), w, w, true));
-            specs.extend(linear_specs(&format!("{block}.mlp.c_fc"), w, 4 * w, true));
-            specs.extend(linear_specs(&format!("{block}.mlp.c_proj"), 4 * w, w, true));
-            for norm in ["ln_1", "ln_2", "ln_ff"] {
-                specs.extend(linear_specs(
-                    &format!("{block}.{norm}.linear"),
-                    t,
-                    2 * w,
-                    true,
-                ));
-            }
-        }
-        if let Some(out) = self.output_dim {
-            specs.extend(linear_specs("connector.proj_out.0", w, out, true));
-            specs.push(TensorSpec::new("connector.proj_out.1.weight", &[out]));
-            specs.push(TensorSpec::new("connector.proj_out.1.bias", &[out]));
-        }
-        specs
     }
 }

@@ -19,7 +19,7 @@ use burn::tensor::{DType, Tensor};
 use super::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, MultiheadAttention, TimestepEmbedding, layer_norm, timestep_features};
-use crate::weights::{Checkpoint, Loader, check_config};
+use crate::weights::{Checkpoint, Loader, check_config, load_checked};
 
 /// LayerNorm without affine (eps 1e-6) modulated by the timestep embedding:
 /// `norm(x) · (1 + scale) + shift`, with `[shift | scale] = linear(SiLU(temb))`.
@@ -68,6 +68,13 @@ pub struct Connector<B: Backend> {
 }
 
 impl<B: Backend> AdaLayerNorm<B> {
+    /// `linear` from the timestep embedding (`time_embed_dim`) to shift and scale.
+    fn load(vb: &Loader<B>, time_embed_dim: usize, width: usize) -> Result<Self> {
+        Ok(Self {
+            linear: Linear::load(&vb.pp("linear"), time_embed_dim, 2 * width, true)?,
+        })
+    }
+
     fn forward(&self, x: Tensor<B, 3>, temb: Tensor<B, 3>) -> Tensor<B, 3> {
         let width = x.dims()[2];
         let emb = self.linear.forward(silu(temb));
@@ -78,6 +85,18 @@ impl<B: Backend> AdaLayerNorm<B> {
 }
 
 impl<B: Backend> PerceiverAttentionBlock<B> {
+    fn load(vb: &Loader<B>, config: &ConnectorConfig) -> Result<Self> {
+        let (w, t) = (config.width, config.time_embed_dim);
+        Ok(Self {
+            attn: MultiheadAttention::load(&vb.pp("attn"), w, config.heads)?,
+            c_fc: Linear::load(&vb.pp("mlp.c_fc"), w, 4 * w, true)?,
+            c_proj: Linear::load(&vb.pp("mlp.c_proj"), 4 * w, w, true)?,
+            ln_1: AdaLayerNorm::load(&vb.pp("ln_1"), t, w)?,
+            ln_2: AdaLayerNorm::load(&vb.pp("ln_2"), t, w)?,
+            ln_ff: AdaLayerNorm::load(&vb.pp("ln_ff"), t, w)?,
+        })
+    }
+
     fn forward(
         &self,
         text: Tensor<B, 3>,
@@ -92,6 +111,27 @@ impl<B: Backend> PerceiverAttentionBlock<B> {
         let latents = latents + self.attn.forward(normed, kv);
         let hidden = relu(self.c_fc.forward(self.ln_ff.forward(latents.clone(), temb)));
         latents + self.c_proj.forward(hidden.clone() * hidden)
+    }
+}
+
+impl<B: Backend> PerceiverResampler<B> {
+    fn load(vb: &Loader<B>, config: &ConnectorConfig) -> Result<Self> {
+        let (w, t) = (config.width, config.time_embed_dim);
+        Ok(Self {
+            latents: Param::from_tensor(vb.tensor("latents", [config.num_latents, w])?),
+            time_aware_linear: Linear::load(&vb.pp("time_aware_linear"), t, w, true)?,
+            proj_in: Linear::load(&vb.pp("proj_in"), config.input_dim, w, true)?,
+            perceiver_blocks: (0..config.layers)
+                .map(|i| PerceiverAttentionBlock::load(&vb.pp("perceiver_blocks").pp(i), config))
+                .collect::<Result<_>>()?,
+            proj_out: match config.output_dim {
+                Some(out) => Some(ProjOut {
+                    linear: Linear::load(&vb.pp("proj_out.0"), w, out, true)?,
+                    norm: LayerNorm::load(&vb.pp("proj_out.1"), out, 1e-5)?,
+                }),
+                None => None,
+            },
+        })
     }
 }
 
@@ -116,49 +156,19 @@ impl<B: Backend> Connector<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        checkpoint.check(&config.expected_tensors(), |_| false)?;
-        let load = Loader::<B>::new(checkpoint, device, dtype);
-        let (w, t) = (config.width, config.time_embed_dim);
-        let ada = |name: String| -> Result<AdaLayerNorm<B>> {
-            Ok(AdaLayerNorm {
-                linear: load.linear(&format!("{name}.linear"), t, 2 * w, true)?,
-            })
-        };
-        let mut blocks = Vec::with_capacity(config.layers);
-        for i in 0..config.layers {
-            let block = format!("connector.perceiver_blocks.{i}");
-            blocks.push(PerceiverAttentionBlock {
-                attn: MultiheadAttention::load(&load, &format!("{block}.attn"), w, config.heads)?,
-                c_fc: load.linear(&format!("{block}.mlp.c_fc"), w, 4 * w, true)?,
-                c_proj: load.linear(&format!("{block}.mlp.c_proj"), 4 * w, w, true)?,
-                ln_1: ada(format!("{block}.ln_1"))?,
-                ln_2: ada(format!("{block}.ln_2"))?,
-                ln_ff: ada(format!("{block}.ln_ff"))?,
-            });
-        }
-        let proj_out = match config.output_dim {
-            Some(out) => Some(ProjOut {
-                linear: load.linear("connector.proj_out.0", w, out, true)?,
-                norm: load.layer_norm("connector.proj_out.1", out, 1e-5)?,
-            }),
-            None => None,
-        };
+        let build = |vb: &Loader<B>| Self::from_loader(vb, config);
+        Ok(load_checked(checkpoint, device, dtype, |_| false, build)?.0)
+    }
+
+    /// Builds the connector of a validated `config` from `vb` (the official names).
+    pub fn from_loader(vb: &Loader<B>, config: &ConnectorConfig) -> Result<Self> {
         Ok(Self {
             time_embedding: TimestepEmbedding::load(
-                &load,
-                "time_embedding",
+                &vb.pp("time_embedding"),
                 config.time_channel,
-                t,
+                config.time_embed_dim,
             )?,
-            connector: PerceiverResampler {
-                latents: Param::from_tensor(
-                    load.tensor("connector.latents", [config.num_latents, w])?,
-                ),
-                time_aware_linear: load.linear("connector.time_aware_linear", t, w, true)?,
-                proj_in: load.linear("connector.proj_in", config.input_dim, w, true)?,
-                perceiver_blocks: blocks,
-                proj_out,
-            },
+            connector: PerceiverResampler::load(&vb.pp("connector"), config)?,
             config: config.clone(),
         })
     }

@@ -10,7 +10,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::weights::{Loader, split_rows};
+use crate::weights::{Layout, Loader, split_rows};
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
@@ -134,18 +134,16 @@ pub struct MultiheadAttention<B: Backend> {
 }
 
 impl<B: Backend> MultiheadAttention<B> {
-    /// Reads `{prefix}.in_proj_weight` / `in_proj_bias` (q, k, v stacked) and `out_proj`.
-    pub fn load(load: &Loader<B>, prefix: &str, width: usize, heads: usize) -> Result<Self> {
-        let [w_q, w_k, w_v] =
-            split_rows(&load.data(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?);
-        let [b_q, b_k, b_v] =
-            split_rows(&load.data(&format!("{prefix}.in_proj_bias"), &[3 * width])?);
-        let part = |weight, bias| load.linear_from_data(weight, Some(bias));
+    /// Reads `in_proj_weight` / `in_proj_bias` (q, k, v stacked) and `out_proj`.
+    pub fn load(vb: &Loader<B>, width: usize, heads: usize) -> Result<Self> {
+        let [w_q, w_k, w_v] = split_rows(&vb.data("in_proj_weight", &[3 * width, width])?);
+        let [b_q, b_k, b_v] = split_rows(&vb.data("in_proj_bias", &[3 * width])?);
+        let part = |weight, bias| Linear::from_parts(vb, weight, bias);
         Ok(Self {
             q_proj: part(w_q, b_q)?,
             k_proj: part(w_k, b_k)?,
             v_proj: part(w_v, b_v)?,
-            out_proj: load.linear(&format!("{prefix}.out_proj"), width, width, true)?,
+            out_proj: Linear::load(&vb.pp("out_proj"), width, width, true)?,
             heads,
         })
     }
@@ -174,6 +172,40 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
+    /// PyTorch's `weight` `[out, in]` (transposed here once) and, with `bias`, `bias`.
+    pub fn load(vb: &Loader<B>, d_input: usize, d_output: usize, bias: bool) -> Result<Self> {
+        Self::load_as(vb, d_input, d_output, bias, vb.dtype())
+    }
+
+    /// [`Linear::load`] in `dtype` instead of the loader's (T5's `wo` kept in F32).
+    pub fn load_as(
+        vb: &Loader<B>,
+        d_input: usize,
+        d_output: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Self> {
+        let shape = [d_output, d_input];
+        let linear = Self {
+            weight: Param::from_tensor(vb.transposed("weight", shape, dtype)?),
+            bias: match bias {
+                true => Some(Param::from_tensor(vb.tensor_as("bias", [d_output], dtype)?)),
+                false => None,
+            },
+        };
+        vb.record("weight", linear.weight.id, Layout::Linear, &shape);
+        Ok(linear)
+    }
+
+    /// A linear from host data in PyTorch's layout (one part of a stacked weight), in the
+    /// loader's float type.
+    pub fn from_parts(vb: &Loader<B>, weight: TensorData, bias: TensorData) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.upload_data(weight, vb.dtype(), true)?),
+            bias: Some(Param::from_tensor(vb.upload_data(bias, vb.dtype(), false)?)),
+        })
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         B::linear_forward(x, self.weight.val(), self.bias.as_ref().map(Param::val))
     }
@@ -189,6 +221,14 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
+    pub fn load(vb: &Loader<B>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [dim])?),
+            bias: Param::from_tensor(vb.tensor("bias", [dim])?),
+            eps,
+        })
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         layer_norm(x, self.eps) * self.weight.val().unsqueeze::<D>()
             + self.bias.val().unsqueeze::<D>()
@@ -207,6 +247,15 @@ pub struct GroupNorm<B: Backend> {
 }
 
 impl<B: Backend> GroupNorm<B> {
+    pub fn load(vb: &Loader<B>, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [channels])?),
+            bias: Param::from_tensor(vb.tensor("bias", [channels])?),
+            groups,
+            eps,
+        })
+    }
+
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, channels, height, width] = x.dims();
         let dtype = x.dtype();
@@ -241,6 +290,27 @@ pub struct Conv2d<B: Backend> {
 }
 
 impl<B: Backend> Conv2d<B> {
+    /// `weight` `[out, in, k, k]` and `bias`; `channels` = `[in, out]`.
+    pub fn load(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let shape = [c_out, c_in, kernel, kernel];
+        let conv = Self {
+            weight: Param::from_tensor(vb.tensor("weight", shape)?),
+            bias: Some(Param::from_tensor(vb.tensor("bias", [c_out])?)),
+            stride,
+            padding,
+            extra_end_padding: 0,
+        };
+        vb.record("weight", conv.weight.id, Layout::Conv, &shape);
+        Ok(conv)
+    }
+
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         B::conv2d_forward(
             x,
@@ -277,10 +347,10 @@ pub struct TimestepEmbedding<B: Backend> {
 }
 
 impl<B: Backend> TimestepEmbedding<B> {
-    pub fn load(load: &Loader<B>, prefix: &str, channels: usize, dim: usize) -> Result<Self> {
+    pub fn load(vb: &Loader<B>, channels: usize, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: load.linear(&format!("{prefix}.linear_1"), channels, dim, true)?,
-            linear_2: load.linear(&format!("{prefix}.linear_2"), dim, dim, true)?,
+            linear_1: Linear::load(&vb.pp("linear_1"), channels, dim, true)?,
+            linear_2: Linear::load(&vb.pp("linear_2"), dim, dim, true)?,
         })
     }
 

@@ -13,7 +13,8 @@ use crate::lora::Lora;
 use crate::scheduler::SchedulerConfig;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
-use crate::weights::{Checkpoint, ldm};
+use super::ldm;
+use crate::weights::Checkpoint;
 
 /// Where the model files are.
 #[derive(Debug, Clone, PartialEq)]

@@ -24,6 +24,7 @@
 //! ```
 
 mod image;
+pub mod ldm;
 mod load;
 pub mod memory;
 pub mod noise;

@@ -8,7 +8,7 @@ use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
-use crate::weights::{TensorSpec, check_positive, check_sizes, read_config};
+use crate::weights::{check_positive, check_sizes, read_config};
 
 /// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -143,48 +143,6 @@ impl T5Config {
             }
         };
         Ok((act, gated))
-    }
-
-    /// Every tensor of an HF `T5EncoderModel` checkpoint for this config.
-    pub fn expected_tensors(&self) -> Vec<TensorSpec> {
-        let (d, inner) = (self.d_model, self.num_heads * self.d_kv);
-        let gated = matches!(self.feed_forward(), Ok((_, true)));
-        let mut specs = vec![
-            TensorSpec::new("shared.weight", &[self.vocab_size, d]),
-            TensorSpec::new(
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                &[self.relative_attention_num_buckets, self.num_heads],
-            ),
-            TensorSpec::new("encoder.final_layer_norm.weight", &[d]),
-        ];
-        for i in 0..self.num_layers {
-            let attn = format!("encoder.block.{i}.layer.0");
-            let ff = format!("encoder.block.{i}.layer.1");
-            for proj in ["q", "k", "v"] {
-                specs.push(TensorSpec::new(
-                    format!("{attn}.SelfAttention.{proj}.weight"),
-                    &[inner, d],
-                ));
-            }
-            specs.push(TensorSpec::new(
-                format!("{attn}.SelfAttention.o.weight"),
-                &[d, inner],
-            ));
-            specs.push(TensorSpec::new(format!("{attn}.layer_norm.weight"), &[d]));
-            let inputs: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
-            for wi in inputs {
-                specs.push(TensorSpec::new(
-                    format!("{ff}.DenseReluDense.{wi}.weight"),
-                    &[self.d_ff, d],
-                ));
-            }
-            specs.push(TensorSpec::new(
-                format!("{ff}.DenseReluDense.wo.weight"),
-                &[d, self.d_ff],
-            ));
-            specs.push(TensorSpec::new(format!("{ff}.layer_norm.weight"), &[d]));
-        }
-        specs
     }
 }
 

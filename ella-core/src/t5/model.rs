@@ -17,9 +17,9 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::config::{Activation, T5Config, T5Precision};
 use crate::cancel::Cancel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::multi_head_attention;
-use crate::weights::{Checkpoint, Loader, check_config};
+use crate::weights::{Checkpoint, Loader, check_config, load_checked};
 
 /// T5's layer norm: `x / sqrt(mean(x²) + eps) · weight`, with the statistics in f32.
 #[derive(Module, Debug)]
@@ -30,6 +30,13 @@ pub struct T5LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> T5LayerNorm<B> {
+    pub fn load(vb: &Loader<B>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [dim])?),
+            eps,
+        })
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
@@ -86,6 +93,17 @@ pub struct T5Encoder<B: Backend> {
 }
 
 impl<B: Backend> T5Attention<B> {
+    fn load(vb: &Loader<B>, config: &T5Config) -> Result<Self> {
+        let (d, inner) = (config.d_model, config.num_heads * config.d_kv);
+        Ok(Self {
+            q: Linear::load(&vb.pp("q"), d, inner, false)?,
+            k: Linear::load(&vb.pp("k"), d, inner, false)?,
+            v: Linear::load(&vb.pp("v"), d, inner, false)?,
+            o: Linear::load(&vb.pp("o"), inner, d, false)?,
+            num_heads: config.num_heads,
+        })
+    }
+
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -106,6 +124,25 @@ impl<B: Backend> T5Attention<B> {
 }
 
 impl<B: Backend> T5FeedForward<B> {
+    /// `wi` (or `wi_0` and `wi_1` when gated) and `wo`, `wo` in `wo_dtype`.
+    fn load(vb: &Loader<B>, config: &T5Config, wo_dtype: DType) -> Result<Self> {
+        let (d, d_ff) = (config.d_model, config.d_ff);
+        let (activation, gated) = config.feed_forward().map_err(Error::InvalidInput)?;
+        let (wi_0, wi_1) = match gated {
+            true => (
+                Linear::load(&vb.pp("wi_0"), d, d_ff, false)?,
+                Some(Linear::load(&vb.pp("wi_1"), d, d_ff, false)?),
+            ),
+            false => (Linear::load(&vb.pp("wi"), d, d_ff, false)?, None),
+        };
+        Ok(Self {
+            wi_0,
+            wi_1,
+            wo: Linear::load_as(&vb.pp("wo"), d_ff, d, false, wo_dtype)?,
+            activation,
+        })
+    }
+
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = self.wi_0.forward(x.clone());
         let hidden = match self.activation {
@@ -125,6 +162,17 @@ impl<B: Backend> T5FeedForward<B> {
 }
 
 impl<B: Backend> T5Block<B> {
+    fn load(vb: &Loader<B>, config: &T5Config, wo_dtype: DType) -> Result<Self> {
+        let (d, eps) = (config.d_model, config.layer_norm_epsilon);
+        let (attention, feed_forward) = (vb.pp("layer.0"), vb.pp("layer.1"));
+        Ok(Self {
+            attention_norm: T5LayerNorm::load(&attention.pp("layer_norm"), d, eps)?,
+            attention: T5Attention::load(&attention.pp("SelfAttention"), config)?,
+            feed_forward_norm: T5LayerNorm::load(&feed_forward.pp("layer_norm"), d, eps)?,
+            feed_forward: T5FeedForward::load(&feed_forward.pp("DenseReluDense"), config, wo_dtype)?,
+        })
+    }
+
     fn forward(
         &self,
         h: Tensor<B, 3>,
@@ -189,76 +237,49 @@ impl<B: Backend> T5Encoder<B> {
         precision: T5Precision,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let (activation, gated) = check_config(config.feed_forward(), checkpoint.path())?;
-        let embed_name = if checkpoint.shape("shared.weight").is_none()
+        check_config(config.feed_forward(), checkpoint.path())?;
+        let embedding = if checkpoint.shape("shared.weight").is_none()
             && checkpoint.shape("encoder.embed_tokens.weight").is_some()
         {
             "encoder.embed_tokens.weight"
         } else {
             "shared.weight"
         };
-        let mut expected = config.expected_tensors();
-        expected[0].name = embed_name.to_string();
-        checkpoint.check(&expected, |name| {
+        let ignorable = |name: &str| {
             name == "encoder.embed_tokens.weight"
                 || name == "shared.weight"
                 || name.starts_with("decoder.")
                 || name.starts_with("lm_head.")
-        })?;
-
-        let load = Loader::<B>::new(checkpoint, device, precision.dtype());
-        let (d, inner, d_ff) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
-        let norm = |name: String| -> Result<T5LayerNorm<B>> {
-            Ok(T5LayerNorm {
-                weight: Param::from_tensor(load.tensor(&name, [d])?),
-                eps: config.layer_norm_epsilon,
-            })
         };
-        let mut block = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let attn = format!("encoder.block.{i}.layer.0.SelfAttention");
-            let ff = format!("encoder.block.{i}.layer.1.DenseReluDense");
-            let (wi_0, wi_1) = if gated {
-                (
-                    load.linear(&format!("{ff}.wi_0"), d, d_ff, false)?,
-                    Some(load.linear(&format!("{ff}.wi_1"), d, d_ff, false)?),
-                )
-            } else {
-                (load.linear(&format!("{ff}.wi"), d, d_ff, false)?, None)
-            };
-            block.push(T5Block {
-                attention_norm: norm(format!("encoder.block.{i}.layer.0.layer_norm.weight"))?,
-                attention: T5Attention {
-                    q: load.linear(&format!("{attn}.q"), d, inner, false)?,
-                    k: load.linear(&format!("{attn}.k"), d, inner, false)?,
-                    v: load.linear(&format!("{attn}.v"), d, inner, false)?,
-                    o: load.linear(&format!("{attn}.o"), inner, d, false)?,
-                    num_heads: config.num_heads,
-                },
-                feed_forward_norm: norm(format!("encoder.block.{i}.layer.1.layer_norm.weight"))?,
-                feed_forward: T5FeedForward {
-                    wi_0,
-                    wi_1,
-                    wo: load.linear_as(
-                        &format!("{ff}.wo"),
-                        d_ff,
-                        d,
-                        false,
-                        precision.wo_dtype(),
-                    )?,
-                    activation,
-                },
-            });
-        }
+        let build = |vb: &Loader<B>| Self::from_loader(vb, &config, precision, embedding);
+        Ok(load_checked(checkpoint, device, precision.dtype(), ignorable, build)?.0)
+    }
+
+    /// Builds the encoder of a validated `config` from `vb` (HF's names), the token
+    /// embedding read from `embedding` (`shared.weight` or `encoder.embed_tokens.weight`).
+    pub fn from_loader(
+        vb: &Loader<B>,
+        config: &T5Config,
+        precision: T5Precision,
+        embedding: &str,
+    ) -> Result<Self> {
+        let d = config.d_model;
+        let encoder = vb.pp("encoder");
         Ok(Self {
-            shared: Param::from_tensor(load.tensor(embed_name, [config.vocab_size, d])?),
-            relative_attention_bias: Param::from_tensor(load.tensor(
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            shared: Param::from_tensor(vb.tensor(embedding, [config.vocab_size, d])?),
+            relative_attention_bias: Param::from_tensor(encoder.tensor(
+                "block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                 [config.relative_attention_num_buckets, config.num_heads],
             )?),
-            block,
-            final_layer_norm: norm("encoder.final_layer_norm.weight".into())?,
-            config,
+            block: (0..config.num_layers)
+                .map(|i| T5Block::load(&encoder.pp("block").pp(i), config, precision.wo_dtype()))
+                .collect::<Result<_>>()?,
+            final_layer_norm: T5LayerNorm::load(
+                &encoder.pp("final_layer_norm"),
+                d,
+                config.layer_norm_epsilon,
+            )?,
+            config: config.clone(),
         })
     }
 

@@ -1,134 +1,18 @@
-//! The building blocks of diffusers' SD1.5 U-Net (also used by the VAE): `ResnetBlock2D`,
-//! `Transformer2DModel` with its `BasicTransformerBlock`s, and the down, mid and up blocks.
+//! The building blocks of diffusers' SD1.5 U-Net (also the ControlNet's):
+//! `Transformer2DModel` with its `BasicTransformerBlock`s, and the down, mid and up blocks
+//! (diffusers' `unet_2d_blocks.py`). The resnets and attention they share with the VAE are
+//! in [`crate::resnet`] and [`crate::attention`].
 
-use crate::backend::Backend;
-use crate::nn::Linear;
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::gelu;
 
+use crate::attention::Attention;
+use crate::backend::Backend;
 use crate::error::Result;
-use crate::nn::{Conv2d, GroupNorm, LayerNorm, multi_head_attention, resize_nearest};
+use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, resize_nearest};
+use crate::resnet::{ResnetBlock2D, ResnetSettings};
 use crate::weights::Loader;
-
-/// `ResnetBlock2D`: two GroupNorm-SiLU-conv layers, the timestep embedding added in
-/// between (when there is one: the VAE has none), and a residual (1×1 conv when the width
-/// changes), divided by `output_scale_factor`.
-#[derive(Module, Debug)]
-pub struct ResnetBlock2D<B: Backend> {
-    pub norm1: GroupNorm<B>,
-    pub conv1: Conv2d<B>,
-    pub time_emb_proj: Option<Linear<B>>,
-    pub norm2: GroupNorm<B>,
-    pub conv2: Conv2d<B>,
-    pub conv_shortcut: Option<Conv2d<B>>,
-    #[module(skip)]
-    pub output_scale_factor: f64,
-}
-
-/// Sizes shared by the resnets of a model.
-#[derive(Debug, Clone, Copy)]
-pub struct ResnetSettings {
-    pub groups: usize,
-    pub eps: f64,
-    /// Width of the timestep embedding, `None` for the VAE.
-    pub temb_channels: Option<usize>,
-    pub output_scale_factor: f64,
-}
-
-impl<B: Backend> ResnetBlock2D<B> {
-    pub fn load(
-        load: &Loader<B>,
-        prefix: &str,
-        channels: [usize; 2],
-        s: ResnetSettings,
-    ) -> Result<Self> {
-        let [c_in, c_out] = channels;
-        Ok(Self {
-            norm1: load.group_norm(&format!("{prefix}.norm1"), s.groups, c_in, s.eps)?,
-            conv1: load.conv2d(&format!("{prefix}.conv1"), [c_in, c_out], 3, 1, 1)?,
-            time_emb_proj: match s.temb_channels {
-                Some(t) => Some(load.linear(&format!("{prefix}.time_emb_proj"), t, c_out, true)?),
-                None => None,
-            },
-            norm2: load.group_norm(&format!("{prefix}.norm2"), s.groups, c_out, s.eps)?,
-            conv2: load.conv2d(&format!("{prefix}.conv2"), [c_out, c_out], 3, 1, 1)?,
-            conv_shortcut: match c_in != c_out {
-                true => {
-                    Some(load.conv2d(&format!("{prefix}.conv_shortcut"), [c_in, c_out], 1, 1, 0)?)
-                }
-                false => None,
-            },
-            output_scale_factor: s.output_scale_factor,
-        })
-    }
-
-    /// `temb` is the SiLU-activated timestep embedding `[batch, temb_channels]`.
-    pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => h + proj.forward(temb.clone()).unsqueeze_dims::<4>(&[2, 3]),
-            _ => h,
-        };
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
-            None => x,
-        };
-        let out = shortcut + h;
-        if self.output_scale_factor == 1.0 {
-            out
-        } else {
-            out / self.output_scale_factor
-        }
-    }
-}
-
-/// diffusers' `Attention` as the U-Net uses it: `to_q`, `to_k`, `to_v` (no bias) and
-/// `to_out.0`; self-attention when there is no context.
-#[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
-    pub to_q: Linear<B>,
-    pub to_k: Linear<B>,
-    pub to_v: Linear<B>,
-    pub to_out: Linear<B>,
-    #[module(skip)]
-    pub heads: usize,
-}
-
-impl<B: Backend> Attention<B> {
-    /// `dims` = `[query width, context width]`; `bias` for the q/k/v projections.
-    pub fn load(
-        load: &Loader<B>,
-        prefix: &str,
-        dims: [usize; 2],
-        heads: usize,
-        bias: bool,
-    ) -> Result<Self> {
-        let [query, context] = dims;
-        Ok(Self {
-            to_q: load.linear(&format!("{prefix}.to_q"), query, query, bias)?,
-            to_k: load.linear(&format!("{prefix}.to_k"), context, query, bias)?,
-            to_v: load.linear(&format!("{prefix}.to_v"), context, query, bias)?,
-            to_out: load.linear(&format!("{prefix}.to_out.0"), query, query, true)?,
-            heads,
-        })
-    }
-
-    pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
-        let context = context.unwrap_or_else(|| x.clone());
-        let out = multi_head_attention(
-            self.to_q.forward(x),
-            self.to_k.forward(context.clone()),
-            self.to_v.forward(context),
-            self.heads,
-            None,
-            None,
-            None,
-        );
-        self.to_out.forward(out)
-    }
-}
 
 /// `BasicTransformerBlock`: self-attention, cross-attention to the condition tokens, and a
 /// GEGLU feed-forward, each pre-LayerNorm with a residual.
@@ -146,28 +30,16 @@ pub struct BasicTransformerBlock<B: Backend> {
 }
 
 impl<B: Backend> BasicTransformerBlock<B> {
-    fn load(
-        load: &Loader<B>,
-        prefix: &str,
-        dim: usize,
-        cross_dim: usize,
-        heads: usize,
-    ) -> Result<Self> {
+    fn load(vb: &Loader<B>, dim: usize, cross_dim: usize, heads: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            norm1: load.layer_norm(&format!("{prefix}.norm1"), dim, 1e-5)?,
-            attn1: Attention::load(load, &format!("{prefix}.attn1"), [dim, dim], heads, false)?,
-            norm2: load.layer_norm(&format!("{prefix}.norm2"), dim, 1e-5)?,
-            attn2: Attention::load(
-                load,
-                &format!("{prefix}.attn2"),
-                [dim, cross_dim],
-                heads,
-                false,
-            )?,
-            norm3: load.layer_norm(&format!("{prefix}.norm3"), dim, 1e-5)?,
-            ff_proj: load.linear(&format!("{prefix}.ff.net.0.proj"), dim, 2 * inner, true)?,
-            ff_out: load.linear(&format!("{prefix}.ff.net.2"), inner, dim, true)?,
+            norm1: LayerNorm::load(&vb.pp("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(&vb.pp("attn1"), [dim, dim], heads, false)?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(&vb.pp("attn2"), [dim, cross_dim], heads, false)?,
+            norm3: LayerNorm::load(&vb.pp("norm3"), dim, 1e-5)?,
+            ff_proj: Linear::load(&vb.pp("ff.net.0.proj"), dim, 2 * inner, true)?,
+            ff_out: Linear::load(&vb.pp("ff.net.2"), inner, dim, true)?,
         })
     }
 
@@ -191,10 +63,10 @@ pub enum Projection<B: Backend> {
 }
 
 impl<B: Backend> Projection<B> {
-    fn load(load: &Loader<B>, prefix: &str, channels: usize, linear: bool) -> Result<Self> {
+    fn load(vb: &Loader<B>, channels: usize, linear: bool) -> Result<Self> {
         Ok(match linear {
-            true => Projection::Linear(load.linear(prefix, channels, channels, true)?),
-            false => Projection::Conv(load.conv2d(prefix, [channels, channels], 1, 1, 0)?),
+            true => Projection::Linear(Linear::load(vb, channels, channels, true)?),
+            false => Projection::Conv(Conv2d::load(vb, [channels, channels], 1, 1, 0)?),
         })
     }
 }
@@ -220,37 +92,17 @@ pub struct TransformerSettings {
 }
 
 impl<B: Backend> Transformer2DModel<B> {
-    pub fn load(
-        load: &Loader<B>,
-        prefix: &str,
-        channels: usize,
-        s: TransformerSettings,
-    ) -> Result<Self> {
+    pub fn load(vb: &Loader<B>, channels: usize, s: TransformerSettings) -> Result<Self> {
         Ok(Self {
-            norm: load.group_norm(&format!("{prefix}.norm"), s.groups, channels, 1e-6)?,
-            proj_in: Projection::load(
-                load,
-                &format!("{prefix}.proj_in"),
-                channels,
-                s.linear_projection,
-            )?,
+            norm: GroupNorm::load(&vb.pp("norm"), s.groups, channels, 1e-6)?,
+            proj_in: Projection::load(&vb.pp("proj_in"), channels, s.linear_projection)?,
             transformer_blocks: (0..s.layers)
                 .map(|k| {
-                    BasicTransformerBlock::load(
-                        load,
-                        &format!("{prefix}.transformer_blocks.{k}"),
-                        channels,
-                        s.cross_attention_dim,
-                        s.heads,
-                    )
+                    let block = vb.pp("transformer_blocks").pp(k);
+                    BasicTransformerBlock::load(&block, channels, s.cross_attention_dim, s.heads)
                 })
                 .collect::<Result<_>>()?,
-            proj_out: Projection::load(
-                load,
-                &format!("{prefix}.proj_out"),
-                channels,
-                s.linear_projection,
-            )?,
+            proj_out: Projection::load(&vb.pp("proj_out"), channels, s.linear_projection)?,
         })
     }
 
@@ -289,7 +141,52 @@ pub struct DownBlock<B: Backend> {
     pub downsampler: Option<Conv2d<B>>,
 }
 
+/// What a down or up block is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSettings {
+    /// Resnets in the block.
+    pub layers: usize,
+    pub resnet: ResnetSettings,
+    /// A transformer after each resnet (`CrossAttn…Block2D`), or none.
+    pub transformer: Option<TransformerSettings>,
+    /// Whether the block ends with a down- or upsampler (all but the last).
+    pub resample: bool,
+}
+
 impl<B: Backend> DownBlock<B> {
+    /// `channels` = `[in, out]`; the downsampler is a stride-2 conv with `padding`.
+    pub fn load(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        s: BlockSettings,
+        padding: usize,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let mut resnets = Vec::with_capacity(s.layers);
+        let mut attentions = Vec::new();
+        for j in 0..s.layers {
+            let width_in = if j == 0 { c_in } else { c_out };
+            let resnet = vb.pp("resnets").pp(j);
+            resnets.push(ResnetBlock2D::load(&resnet, [width_in, c_out], s.resnet)?);
+            if let Some(transformer) = s.transformer {
+                let attention = vb.pp("attentions").pp(j);
+                attentions.push(Transformer2DModel::load(&attention, c_out, transformer)?);
+            }
+        }
+        let downsampler = match s.resample {
+            true => {
+                let conv = vb.pp("downsamplers.0.conv");
+                Some(Conv2d::load(&conv, [c_out, c_out], 3, 2, padding)?)
+            }
+            false => None,
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            downsampler,
+        })
+    }
+
     /// Returns the block's output and the states it hands to the up path's skip connections.
     pub fn forward(
         &self,
@@ -321,6 +218,20 @@ pub struct MidBlock<B: Backend> {
 }
 
 impl<B: Backend> MidBlock<B> {
+    pub fn load(
+        vb: &Loader<B>,
+        channels: usize,
+        resnet: ResnetSettings,
+        transformer: TransformerSettings,
+    ) -> Result<Self> {
+        let resnet_at = |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], resnet);
+        let attention = vb.pp("attentions.0");
+        Ok(Self {
+            resnets: vec![resnet_at(0)?, resnet_at(1)?],
+            attentions: vec![Transformer2DModel::load(&attention, channels, transformer)?],
+        })
+    }
+
     pub fn forward(
         &self,
         x: Tensor<B, 4>,
@@ -346,6 +257,37 @@ pub struct UpBlock<B: Backend> {
 }
 
 impl<B: Backend> UpBlock<B> {
+    /// `channels` = `[previous block's output, this block's output, the mirrored down
+    /// block's input]`: each resnet reads its input concatenated with one skip connection,
+    /// the last one the down block's input.
+    pub fn load(vb: &Loader<B>, channels: [usize; 3], s: BlockSettings) -> Result<Self> {
+        let [prev_output, c_out, c_in] = channels;
+        let mut resnets = Vec::with_capacity(s.layers);
+        let mut attentions = Vec::new();
+        for j in 0..s.layers {
+            let skip = if j + 1 == s.layers { c_in } else { c_out };
+            let width_in = if j == 0 { prev_output } else { c_out };
+            let resnet = vb.pp("resnets").pp(j);
+            resnets.push(ResnetBlock2D::load(&resnet, [width_in + skip, c_out], s.resnet)?);
+            if let Some(transformer) = s.transformer {
+                let attention = vb.pp("attentions").pp(j);
+                attentions.push(Transformer2DModel::load(&attention, c_out, transformer)?);
+            }
+        }
+        let upsampler = match s.resample {
+            true => {
+                let conv = vb.pp("upsamplers.0.conv");
+                Some(Conv2d::load(&conv, [c_out, c_out], 3, 1, 1)?)
+            }
+            false => None,
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            upsampler,
+        })
+    }
+
     /// `upsample_size`: the size to upsample to when the latent size is not a multiple of
     /// the U-Net's downsampling (diffusers resizes to the next skip connection's size).
     pub fn forward(

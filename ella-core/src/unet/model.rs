@@ -9,15 +9,13 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 
-use super::blocks::{
-    DownBlock, MidBlock, ResnetBlock2D, ResnetSettings, Transformer2DModel, TransformerSettings,
-    UpBlock,
-};
+use super::blocks::{BlockSettings, DownBlock, MidBlock, TransformerSettings, UpBlock};
 use super::config::{BlockKind, UNetConfig};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
-use crate::weights::{Checkpoint, Loader, WeightIndex, check_config};
+use crate::resnet::ResnetSettings;
+use crate::weights::{Checkpoint, Loader, WeightIndex, check_config, load_checked};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
@@ -53,94 +51,59 @@ impl<B: Backend> UNet2DConditionModel<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let load = Loader::<B>::new(checkpoint, device, dtype);
+        let (mut unet, weights) = load_checked(checkpoint, device, dtype, |_| false, |vb| {
+            Self::from_loader(vb, &config)
+        })?;
+        unet.weights = weights;
+        Ok(unet)
+    }
+
+    /// Builds the U-Net of a validated `config` from `vb` (diffusers' names).
+    pub fn from_loader(vb: &Loader<B>, config: &UNetConfig) -> Result<Self> {
         let channels = &config.block_out_channels;
         let n = channels.len();
-        let (resnet, transformer) = block_settings(&config);
-        let kind_error = |reason: String| Error::InvalidConfig {
-            path: checkpoint.path().to_path_buf(),
-            reason,
-        };
-
         let DownPath {
             conv_in,
             time_embedding,
             down_blocks,
             mid_block,
-        } = load_down_path(&load, &config, checkpoint.path())?;
-
+        } = load_down_path(vb, config)?;
+        let (resnet, transformer) = block_settings(config);
         let mut up_blocks = Vec::with_capacity(n);
         let mut prev_output = channels[n - 1];
         for i in 0..n {
             // Up block i mirrors down block n-1-i.
             let level = n - 1 - i;
-            let prefix = format!("up_blocks.{i}");
-            let c_out = channels[level];
-            let c_in = channels[level.saturating_sub(1)];
-            let cross = config.up_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
-            let layers = config.layers_per_block.get(level) + 1;
-            let mut resnets = Vec::with_capacity(layers);
-            let mut attentions = Vec::new();
-            for j in 0..layers {
-                let skip = if j + 1 == layers { c_in } else { c_out };
-                let width_in = if j == 0 { prev_output } else { c_out };
-                resnets.push(ResnetBlock2D::load(
-                    &load,
-                    &format!("{prefix}.resnets.{j}"),
-                    [width_in + skip, c_out],
-                    resnet,
-                )?);
-                if cross {
-                    attentions.push(Transformer2DModel::load(
-                        &load,
-                        &format!("{prefix}.attentions.{j}"),
-                        c_out,
-                        transformer(level),
-                    )?);
-                }
-            }
-            let upsampler = match i + 1 < n {
-                true => Some(load.conv2d(
-                    &format!("{prefix}.upsamplers.0.conv"),
-                    [c_out, c_out],
-                    3,
-                    1,
-                    1,
-                )?),
-                false => None,
+            let cross = config.up_block(i) == Ok(BlockKind::CrossAttention);
+            let settings = BlockSettings {
+                layers: config.layers_per_block.get(level) + 1,
+                resnet,
+                transformer: cross.then(|| transformer(level)),
+                resample: i + 1 < n,
             };
-            up_blocks.push(UpBlock {
-                resnets,
-                attentions,
-                upsampler,
-            });
-            prev_output = c_out;
+            let c_in = channels[level.saturating_sub(1)];
+            let widths = [prev_output, channels[level], c_in];
+            up_blocks.push(UpBlock::load(&vb.pp("up_blocks").pp(i), widths, settings)?);
+            prev_output = channels[level];
         }
-
-        drop(transformer); // it borrows `config`, which the U-Net keeps
-        let unet = Self {
+        let (groups, eps, kernel) = (config.norm_num_groups, config.norm_eps, config.conv_out_kernel);
+        Ok(Self {
             conv_in,
             time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: load.group_norm(
-                "conv_norm_out",
-                config.norm_num_groups,
-                channels[0],
-                config.norm_eps,
-            )?,
-            conv_out: load.conv2d(
-                "conv_out",
+            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, channels[0], eps)?,
+            conv_out: Conv2d::load(
+                &vb.pp("conv_out"),
                 [channels[0], config.out_channels],
-                config.conv_out_kernel,
+                kernel,
                 1,
-                config.conv_out_kernel / 2,
+                kernel / 2,
             )?,
-            config,
-            weights: load.finish(|_| false)?,
-        };
-        Ok(unet)
+            config: config.clone(),
+            weights: WeightIndex::default(),
+        })
     }
 
     /// Noise prediction `[batch, out_channels, h, w]` for `sample` `[batch, in_channels, h, w]`
@@ -331,91 +294,42 @@ pub(crate) fn block_settings(
 }
 
 /// Loads `conv_in`, `time_embedding`, `down_blocks.*` and `mid_block.*` (diffusers' names in
-/// both `UNet2DConditionModel` and `ControlNetModel`).
-pub(crate) fn load_down_path<B: Backend>(
-    load: &Loader<B>,
-    config: &UNetConfig,
-    path: &Path,
-) -> Result<DownPath<B>> {
+/// both `UNet2DConditionModel` and `ControlNetModel`) of a validated `config`.
+pub(crate) fn load_down_path<B: Backend>(vb: &Loader<B>, config: &UNetConfig) -> Result<DownPath<B>> {
     let channels = &config.block_out_channels;
     let n = channels.len();
     let (resnet, transformer) = block_settings(config);
-    let kind_error = |reason: String| Error::InvalidConfig {
-        path: path.to_path_buf(),
-        reason,
-    };
     let mut down_blocks = Vec::with_capacity(n);
     for i in 0..n {
-        let prefix = format!("down_blocks.{i}");
-        let c_out = channels[i];
-        let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
-        let cross = config.down_block(i).map_err(kind_error)? == BlockKind::CrossAttention;
-        let layers = config.layers_per_block.get(i);
-        let mut resnets = Vec::with_capacity(layers);
-        let mut attentions = Vec::new();
-        for j in 0..layers {
-            let width_in = if j == 0 { c_in } else { c_out };
-            resnets.push(ResnetBlock2D::load(
-                load,
-                &format!("{prefix}.resnets.{j}"),
-                [width_in, c_out],
-                resnet,
-            )?);
-            if cross {
-                attentions.push(Transformer2DModel::load(
-                    load,
-                    &format!("{prefix}.attentions.{j}"),
-                    c_out,
-                    transformer(i),
-                )?);
-            }
-        }
-        let downsampler = match i + 1 < n {
-            true => Some(load.conv2d(
-                &format!("{prefix}.downsamplers.0.conv"),
-                [c_out, c_out],
-                3,
-                2,
-                config.downsample_padding,
-            )?),
-            false => None,
+        let cross = config.down_block(i) == Ok(BlockKind::CrossAttention);
+        let settings = BlockSettings {
+            layers: config.layers_per_block.get(i),
+            resnet,
+            transformer: cross.then(|| transformer(i)),
+            resample: i + 1 < n,
         };
-        down_blocks.push(DownBlock {
-            resnets,
-            attentions,
-            downsampler,
-        });
+        let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
+        let block = vb.pp("down_blocks").pp(i);
+        let padding = config.downsample_padding;
+        down_blocks.push(DownBlock::load(&block, [c_in, channels[i]], settings, padding)?);
     }
-
-    let mid = channels[n - 1];
     let mid_resnet = ResnetSettings {
         output_scale_factor: config.mid_block_scale_factor,
         ..resnet
     };
-    let mid_block = MidBlock {
-        resnets: vec![
-            ResnetBlock2D::load(load, "mid_block.resnets.0", [mid, mid], mid_resnet)?,
-            ResnetBlock2D::load(load, "mid_block.resnets.1", [mid, mid], mid_resnet)?,
-        ],
-        attentions: vec![Transformer2DModel::load(
-            load,
-            "mid_block.attentions.0",
-            mid,
-            transformer(n - 1),
-        )?],
-    };
-
+    let mid = channels[n - 1];
+    let mid_block = MidBlock::load(&vb.pp("mid_block"), mid, mid_resnet, transformer(n - 1))?;
+    let kernel = config.conv_in_kernel;
     Ok(DownPath {
-        conv_in: load.conv2d(
-            "conv_in",
+        conv_in: Conv2d::load(
+            &vb.pp("conv_in"),
             [config.in_channels, channels[0]],
-            config.conv_in_kernel,
+            kernel,
             1,
-            config.conv_in_kernel / 2,
+            kernel / 2,
         )?,
         time_embedding: TimestepEmbedding::load(
-            load,
-            "time_embedding",
+            &vb.pp("time_embedding"),
             channels[0],
             config.time_embed_dim(),
         )?,

@@ -5,4 +5,7 @@ mod config;
 mod model;
 
 pub use config::VaeConfig;
-pub use model::{AutoencoderKL, Decoder, Encoder, VaeAttention, VaeDecode, VaeMidBlock};
+pub use model::{
+    AutoencoderKL, Decoder, DownEncoderBlock2D, Encoder, UNetMidBlock2D, UpDecoderBlock2D,
+    VaeAttention, VaeDecode,
+};

@@ -1,5 +1,6 @@
 //! `AutoencoderKL`: encoder and decoder of resnets, a single-head attention in the middle,
-//! and 2× resampling between levels.
+//! and 2× resampling between levels (diffusers' `autoencoder_kl.py` and `vae.py`; block
+//! names as there).
 
 use std::path::Path;
 
@@ -9,13 +10,15 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::config::VaeConfig;
+use crate::attention::Attention;
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, resize_nearest};
-use crate::unet::blocks::{Attention, ResnetBlock2D, ResnetSettings};
-use crate::weights::{Checkpoint, Loader, check_config};
+use crate::resnet::{ResnetBlock2D, ResnetSettings};
+use crate::weights::{Checkpoint, Loader, check_config, load_checked};
 
-/// The VAE's mid-block attention: GroupNorm, one head over all `h·w` positions, residual.
+/// The mid block's attention: GroupNorm, one head over all `h·w` positions, residual
+/// (diffusers' `Attention` with `group_norm`, `residual_connection`).
 #[derive(Module, Debug)]
 pub struct VaeAttention<B: Backend> {
     pub group_norm: GroupNorm<B>,
@@ -23,6 +26,13 @@ pub struct VaeAttention<B: Backend> {
 }
 
 impl<B: Backend> VaeAttention<B> {
+    fn load(vb: &Loader<B>, channels: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            group_norm: GroupNorm::load(&vb.pp("group_norm"), groups, channels, 1e-6)?,
+            attention: Attention::load(vb, [channels, channels], 1, true)?,
+        })
+    }
+
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, channels, height, width] = x.dims();
         let tokens = self
@@ -39,42 +49,23 @@ impl<B: Backend> VaeAttention<B> {
 
 /// `UNetMidBlock2D` without timestep: resnet, attention, resnet.
 #[derive(Module, Debug)]
-pub struct VaeMidBlock<B: Backend> {
+pub struct UNetMidBlock2D<B: Backend> {
     pub resnets: Vec<ResnetBlock2D<B>>,
     pub attention: Option<VaeAttention<B>>,
 }
 
-impl<B: Backend> VaeMidBlock<B> {
-    fn load(load: &Loader<B>, prefix: &str, channels: usize, config: &VaeConfig) -> Result<Self> {
+impl<B: Backend> UNetMidBlock2D<B> {
+    fn load(vb: &Loader<B>, channels: usize, config: &VaeConfig) -> Result<Self> {
         let settings = resnet_settings(config);
+        let resnet = |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], settings);
         Ok(Self {
-            resnets: vec![
-                ResnetBlock2D::load(
-                    load,
-                    &format!("{prefix}.resnets.0"),
-                    [channels, channels],
-                    settings,
-                )?,
-                ResnetBlock2D::load(
-                    load,
-                    &format!("{prefix}.resnets.1"),
-                    [channels, channels],
-                    settings,
-                )?,
-            ],
+            resnets: vec![resnet(0)?, resnet(1)?],
             attention: match config.mid_block_add_attention {
-                true => {
-                    let attn = format!("{prefix}.attentions.0");
-                    Some(VaeAttention {
-                        group_norm: load.group_norm(
-                            &format!("{attn}.group_norm"),
-                            config.norm_num_groups,
-                            channels,
-                            1e-6,
-                        )?,
-                        attention: Attention::load(load, &attn, [channels, channels], 1, true)?,
-                    })
-                }
+                true => Some(VaeAttention::load(
+                    &vb.pp("attentions.0"),
+                    channels,
+                    config.norm_num_groups,
+                )?),
                 false => None,
             },
         })
@@ -99,36 +90,185 @@ fn resnet_settings(config: &VaeConfig) -> ResnetSettings {
     }
 }
 
-/// One level of the decoder: resnets, then nearest 2× upsampling and a conv (but the last).
-#[derive(Module, Debug)]
-pub struct DecoderUpBlock<B: Backend> {
-    pub resnets: Vec<ResnetBlock2D<B>>,
-    pub upsampler: Option<Conv2d<B>>,
-}
-
 /// One level of the encoder: resnets, then a stride-2 conv (but the last).
 #[derive(Module, Debug)]
-pub struct EncoderDownBlock<B: Backend> {
+pub struct DownEncoderBlock2D<B: Backend> {
     pub resnets: Vec<ResnetBlock2D<B>>,
     pub downsampler: Option<Conv2d<B>>,
 }
 
+impl<B: Backend> DownEncoderBlock2D<B> {
+    /// `channels` = `[in, out]`.
+    fn load(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        config: &VaeConfig,
+        downsample: bool,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let resnets = (0..config.layers_per_block)
+            .map(|j| {
+                let width_in = if j == 0 { c_in } else { c_out };
+                let resnet = vb.pp("resnets").pp(j);
+                ResnetBlock2D::load(&resnet, [width_in, c_out], resnet_settings(config))
+            })
+            .collect::<Result<_>>()?;
+        let downsampler = match downsample {
+            true => {
+                // diffusers pads (0, 1, 0, 1) before a padding-free stride-2 conv.
+                let mut conv = Conv2d::load(&vb.pp("downsamplers.0.conv"), [c_out; 2], 3, 2, 0)?;
+                conv.extra_end_padding = 1;
+                Some(conv)
+            }
+            false => None,
+        };
+        Ok(Self {
+            resnets,
+            downsampler,
+        })
+    }
+}
+
+/// One level of the decoder: resnets, then nearest 2× upsampling and a conv (but the last).
 #[derive(Module, Debug)]
-pub struct Decoder<B: Backend> {
-    pub conv_in: Conv2d<B>,
-    pub mid_block: VaeMidBlock<B>,
-    pub up_blocks: Vec<DecoderUpBlock<B>>,
-    pub conv_norm_out: GroupNorm<B>,
-    pub conv_out: Conv2d<B>,
+pub struct UpDecoderBlock2D<B: Backend> {
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub upsampler: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> UpDecoderBlock2D<B> {
+    /// `channels` = `[in, out]`.
+    fn load(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        config: &VaeConfig,
+        upsample: bool,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let resnets = (0..=config.layers_per_block)
+            .map(|j| {
+                let width_in = if j == 0 { c_in } else { c_out };
+                let resnet = vb.pp("resnets").pp(j);
+                ResnetBlock2D::load(&resnet, [width_in, c_out], resnet_settings(config))
+            })
+            .collect::<Result<_>>()?;
+        let upsampler = match upsample {
+            true => Some(Conv2d::load(&vb.pp("upsamplers.0.conv"), [c_out; 2], 3, 1, 1)?),
+            false => None,
+        };
+        Ok(Self { resnets, upsampler })
+    }
 }
 
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
     pub conv_in: Conv2d<B>,
-    pub down_blocks: Vec<EncoderDownBlock<B>>,
-    pub mid_block: VaeMidBlock<B>,
+    pub down_blocks: Vec<DownEncoderBlock2D<B>>,
+    pub mid_block: UNetMidBlock2D<B>,
     pub conv_norm_out: GroupNorm<B>,
     pub conv_out: Conv2d<B>,
+}
+
+impl<B: Backend> Encoder<B> {
+    fn load(vb: &Loader<B>, config: &VaeConfig) -> Result<Self> {
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let down_blocks = (0..n)
+            .map(|i| {
+                let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
+                let block = vb.pp("down_blocks").pp(i);
+                DownEncoderBlock2D::load(&block, [c_in, channels[i]], config, i + 1 < n)
+            })
+            .collect::<Result<_>>()?;
+        let top = channels[n - 1];
+        let groups = config.norm_num_groups;
+        Ok(Self {
+            conv_in: Conv2d::load(&vb.pp("conv_in"), [config.in_channels, channels[0]], 3, 1, 1)?,
+            down_blocks,
+            mid_block: UNetMidBlock2D::load(&vb.pp("mid_block"), top, config)?,
+            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, top, 1e-6)?,
+            conv_out: Conv2d::load(
+                &vb.pp("conv_out"),
+                [top, 2 * config.latent_channels],
+                3,
+                1,
+                1,
+            )?,
+        })
+    }
+
+    /// The moments (mean and log-variance) of an image; stops between resnets once
+    /// `cancel` is set.
+    fn forward(&self, image: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
+        let mut x = self.conv_in.forward(image);
+        for block in &self.down_blocks {
+            for resnet in &block.resnets {
+                cancel.check()?;
+                x = resnet.forward(x, None);
+            }
+            if let Some(conv) = &block.downsampler {
+                x = conv.forward(x);
+            }
+        }
+        x = self.mid_block.forward(x);
+        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub mid_block: UNetMidBlock2D<B>,
+    pub up_blocks: Vec<UpDecoderBlock2D<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+}
+
+impl<B: Backend> Decoder<B> {
+    fn load(vb: &Loader<B>, config: &VaeConfig) -> Result<Self> {
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let top = channels[n - 1];
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev = top;
+        for i in 0..n {
+            let c_out = channels[n - 1 - i];
+            let block = vb.pp("up_blocks").pp(i);
+            up_blocks.push(UpDecoderBlock2D::load(&block, [prev, c_out], config, i + 1 < n)?);
+            prev = c_out;
+        }
+        let groups = config.norm_num_groups;
+        Ok(Self {
+            conv_in: Conv2d::load(&vb.pp("conv_in"), [config.latent_channels, top], 3, 1, 1)?,
+            mid_block: UNetMidBlock2D::load(&vb.pp("mid_block"), top, config)?,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, channels[0], 1e-6)?,
+            conv_out: Conv2d::load(
+                &vb.pp("conv_out"),
+                [channels[0], config.out_channels],
+                3,
+                1,
+                1,
+            )?,
+        })
+    }
+
+    /// The image of (post-quant-conv) latents; stops between resnets once `cancel` is set.
+    fn forward(&self, latents: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
+        let mut x = self.mid_block.forward(self.conv_in.forward(latents));
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                cancel.check()?;
+                x = resnet.forward(x, None);
+            }
+            if let Some(conv) = &block.upsampler {
+                let [_, _, height, width] = x.dims();
+                x = conv.forward(resize_nearest(x, [2 * height, 2 * width]));
+            }
+        }
+        cancel.check()?;
+        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+    }
 }
 
 /// The VAE: `encode` an image to latents, `decode` latents to an image.
@@ -159,147 +299,40 @@ impl<B: Backend> AutoencoderKL<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let load = Loader::<B>::new(checkpoint, device, dtype);
-        let channels = &config.block_out_channels;
-        let n = channels.len();
-        let latent = config.latent_channels;
-        let settings = resnet_settings(&config);
-        let groups = config.norm_num_groups;
-
-        let mut down_blocks = Vec::with_capacity(n);
-        for (i, &c_out) in channels.iter().enumerate() {
-            let prefix = format!("encoder.down_blocks.{i}");
-            let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
-            let resnets = (0..config.layers_per_block)
-                .map(|j| {
-                    let width_in = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2D::load(
-                        &load,
-                        &format!("{prefix}.resnets.{j}"),
-                        [width_in, c_out],
-                        settings,
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let downsampler = match i + 1 < n {
-                true => {
-                    let mut conv = load.conv2d(
-                        &format!("{prefix}.downsamplers.0.conv"),
-                        [c_out, c_out],
-                        3,
-                        2,
-                        0,
-                    )?;
-                    conv.extra_end_padding = 1;
-                    Some(conv)
-                }
-                false => None,
-            };
-            down_blocks.push(EncoderDownBlock {
-                resnets,
-                downsampler,
-            });
-        }
-        let top = channels[n - 1];
-        let encoder = Encoder {
-            conv_in: load.conv2d(
-                "encoder.conv_in",
-                [config.in_channels, channels[0]],
-                3,
-                1,
-                1,
-            )?,
-            down_blocks,
-            mid_block: VaeMidBlock::load(&load, "encoder.mid_block", top, &config)?,
-            conv_norm_out: load.group_norm("encoder.conv_norm_out", groups, top, 1e-6)?,
-            conv_out: load.conv2d("encoder.conv_out", [top, 2 * latent], 3, 1, 1)?,
-        };
-
-        let mut up_blocks = Vec::with_capacity(n);
-        let mut prev = top;
-        for i in 0..n {
-            let c_out = channels[n - 1 - i];
-            let prefix = format!("decoder.up_blocks.{i}");
-            let resnets = (0..=config.layers_per_block)
-                .map(|j| {
-                    let width_in = if j == 0 { prev } else { c_out };
-                    ResnetBlock2D::load(
-                        &load,
-                        &format!("{prefix}.resnets.{j}"),
-                        [width_in, c_out],
-                        settings,
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let upsampler = match i + 1 < n {
-                true => Some(load.conv2d(
-                    &format!("{prefix}.upsamplers.0.conv"),
-                    [c_out, c_out],
-                    3,
-                    1,
-                    1,
-                )?),
-                false => None,
-            };
-            up_blocks.push(DecoderUpBlock { resnets, upsampler });
-            prev = c_out;
-        }
-        let decoder = Decoder {
-            conv_in: load.conv2d("decoder.conv_in", [latent, top], 3, 1, 1)?,
-            mid_block: VaeMidBlock::load(&load, "decoder.mid_block", top, &config)?,
-            up_blocks,
-            conv_norm_out: load.group_norm("decoder.conv_norm_out", groups, channels[0], 1e-6)?,
-            conv_out: load.conv2d(
-                "decoder.conv_out",
-                [channels[0], config.out_channels],
-                3,
-                1,
-                1,
-            )?,
-        };
-        let quant_conv = match config.use_quant_conv {
-            true => Some(load.conv2d("quant_conv", [2 * latent, 2 * latent], 1, 1, 0)?),
-            false => None,
-        };
-        let post_quant_conv = match config.use_post_quant_conv {
-            true => Some(load.conv2d("post_quant_conv", [latent, latent], 1, 1, 0)?),
-            false => None,
-        };
-        let vae = Self {
-            encoder,
-            quant_conv,
-            post_quant_conv,
-            decoder,
-            config,
-        };
-        load.finish(|_| false)?;
+        let (vae, _) = load_checked(checkpoint, device, dtype, |_| false, |vb| {
+            Self::from_loader(vb, &config)
+        })?;
         Ok(vae)
+    }
+
+    /// Builds the VAE of a validated `config` from `vb` (diffusers' names).
+    pub fn from_loader(vb: &Loader<B>, config: &VaeConfig) -> Result<Self> {
+        let latent = config.latent_channels;
+        let quant_conv = |name: &str, width: usize| Conv2d::load(&vb.pp(name), [width; 2], 1, 1, 0);
+        Ok(Self {
+            encoder: Encoder::load(&vb.pp("encoder"), config)?,
+            decoder: Decoder::load(&vb.pp("decoder"), config)?,
+            quant_conv: match config.use_quant_conv {
+                true => Some(quant_conv("quant_conv", 2 * latent)?),
+                false => None,
+            },
+            post_quant_conv: match config.use_post_quant_conv {
+                true => Some(quant_conv("post_quant_conv", latent)?),
+                false => None,
+            },
+            config: config.clone(),
+        })
     }
 
     /// Decodes latents `[batch, latent_channels, h, w]` (already divided by the scaling
     /// factor, as diffusers' `vae.decode`) to an image `[batch, out_channels, h·f, w·f]` in
     /// about [-1, 1]. Stops between resnets once `cancel` is set.
     pub fn decode(&self, latents: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
-        let mut x = match &self.post_quant_conv {
+        let latents = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,
         };
-        let decoder = &self.decoder;
-        x = decoder.mid_block.forward(decoder.conv_in.forward(x));
-        for block in &decoder.up_blocks {
-            for resnet in &block.resnets {
-                cancel.check()?;
-                x = resnet.forward(x, None);
-            }
-            if let Some(conv) = &block.upsampler {
-                let [_, _, height, width] = x.dims();
-                x = conv.forward(resize_nearest(x, [2 * height, 2 * width]));
-            }
-        }
-        cancel.check()?;
-        Ok(decoder
-            .conv_out
-            .forward(silu(decoder.conv_norm_out.forward(x))))
+        self.decoder.forward(latents, cancel)
     }
 
     /// [`AutoencoderKL::decode`] with a bound on memory for large images or batches; stops
@@ -370,21 +403,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// The mean of the latent distribution of an image `[batch, in_channels, H, W]` in
     /// [-1, 1] (multiply by the scaling factor for the U-Net).
     pub fn encode_mean(&self, image: Tensor<B, 4>, cancel: Cancel) -> Result<Tensor<B, 4>> {
-        let encoder = &self.encoder;
-        let mut x = encoder.conv_in.forward(image);
-        for block in &encoder.down_blocks {
-            for resnet in &block.resnets {
-                cancel.check()?;
-                x = resnet.forward(x, None);
-            }
-            if let Some(conv) = &block.downsampler {
-                x = conv.forward(x);
-            }
-        }
-        x = encoder.mid_block.forward(x);
-        let moments = encoder
-            .conv_out
-            .forward(silu(encoder.conv_norm_out.forward(x)));
+        let moments = self.encoder.forward(image, cancel)?;
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(moments),
             None => moments,

@@ -1,36 +1,32 @@
 //! Weight files: safetensors (single or sharded), every header checked before any data is
-//! read, tensors checked against what a model's config expects and converted to the chosen
-//! float type.
+//! read, tensors checked against what a model reads and converted to the chosen float type.
 //!
-//! This module knows file formats and names, never model math. Models describe the
-//! tensors they need as a list of [`TensorSpec`]s; [`Checkpoint::check`] compares that list
-//! with the file(s) before any tensor is built, so a wrong file fails with an error that
-//! names the tensor instead of producing a wrong image. Files are read, not mapped
-//! ([`file`]): what a host changes on disk later cannot crash it.
+//! This module knows file formats and tensors, never layers or model math. Each layer
+//! builds itself from a scoped [`Loader`]; [`load_checked`] first runs a model's loading
+//! code as a plan, so that [`Checkpoint::check`] can compare the tensors it would read with
+//! the file(s) before any is built: a wrong file fails with an error that names every
+//! missing, misshaped or left-over tensor instead of producing a wrong image. Files are
+//! read, not mapped ([`file`]): what a host changes on disk later cannot crash it.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::Backend;
-use crate::nn::Linear;
-use burn::module::{Param, ParamId};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, TensorData};
 use safetensors::Dtype;
 use safetensors::tensor::Metadata;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MoreProblems, Result};
 use crate::limits::{MAX_LEVELS, MAX_TEXT_BYTES};
-use crate::nn::{Conv2d, GroupNorm, LayerNorm};
 
 pub mod file;
-pub mod ldm;
+pub mod loader;
 
 use file::WeightFile;
 pub use file::{open_regular, read_bytes, read_text};
+pub use loader::{IndexedWeight, Layout, Loader, WeightIndex, load_checked, plan, split_rows};
 
 /// The largest safetensors header read (the `safetensors` crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -215,10 +211,22 @@ impl Checkpoint {
             return Err(Error::MissingTensor {
                 name: missing.to_string(),
                 path: path.to_path_buf(),
+                more: MoreProblems::default(),
             });
         }
         self.files.push(Arc::new(file));
         Ok(())
+    }
+
+    /// A checkpoint without tensors.
+    pub(crate) fn empty() -> Self {
+        Self {
+            origin: PathBuf::new(),
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            random_seed: None,
+        }
     }
 
     /// A checkpoint that has every tensor a model asks for, filled with small uniform random
@@ -286,34 +294,46 @@ impl Checkpoint {
 
     /// Checks that every expected tensor is present with the expected shape and a float
     /// dtype we read, and that every other tensor in the file is one `ignorable` accepts.
+    /// The error is about the first problem (in `expected`'s order, then left-over tensors
+    /// by name) and names all the others ([`MoreProblems`]).
     pub fn check(&self, expected: &[TensorSpec], ignorable: impl Fn(&str) -> bool) -> Result<()> {
-        for spec in expected {
-            self.check_spec(spec)?;
-        }
-        let wanted: BTreeSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
-        self.reject_unexpected(|name| wanted.contains(name) || ignorable(name))
-    }
-
-    /// Errors on the first tensor that `accepted` does not accept: the config and the file
-    /// describe different models.
-    fn reject_unexpected(&self, accepted: impl Fn(&str) -> bool) -> Result<()> {
-        match self.names().find(|name| !accepted(name)) {
-            Some(extra) => Err(Error::UnexpectedTensor {
-                name: extra.to_string(),
-                path: self.files[self.entries[extra].file].path.clone(),
-                hint: "the config describes a different model than this file holds (check the \
-                       number of layers, heads and widths)"
-                    .into(),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Checks that one tensor is present with the expected shape and a float dtype we read.
-    pub fn check_spec(&self, spec: &TensorSpec) -> Result<()> {
         if self.random_seed.is_some() {
             return Ok(());
         }
+        let wanted: BTreeSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
+        let mut problems: Vec<Error> = expected
+            .iter()
+            .filter_map(|spec| self.check_spec(spec).err())
+            .collect();
+        problems.extend(
+            self.names()
+                .filter(|name| !wanted.contains(name) && !ignorable(name))
+                .map(|extra| Error::UnexpectedTensor {
+                    name: extra.to_string(),
+                    path: self.files[self.entries[extra].file].path.clone(),
+                    hint: "the config describes a different model than this file holds (check \
+                           the number of layers, heads and widths)"
+                        .into(),
+                    more: MoreProblems::default(),
+                }),
+        );
+        let mut problems = problems.into_iter();
+        let Some(mut first) = problems.next() else {
+            return Ok(());
+        };
+        let others: Vec<String> = problems.map(|p| short_problem(&p)).collect();
+        match &mut first {
+            Error::MissingTensor { more, .. }
+            | Error::ShapeMismatch { more, .. }
+            | Error::UnsupportedDtype { more, .. }
+            | Error::UnexpectedTensor { more, .. } => more.0 = others,
+            _ => {}
+        }
+        Err(first)
+    }
+
+    /// Checks that one tensor is present with the expected shape and a float dtype we read.
+    fn check_spec(&self, spec: &TensorSpec) -> Result<()> {
         let entry = self.entry(&spec.name)?;
         if entry.shape != spec.shape {
             return Err(Error::ShapeMismatch {
@@ -321,6 +341,7 @@ impl Checkpoint {
                 path: self.files[entry.file].path.clone(),
                 expected: spec.shape.clone(),
                 actual: entry.shape.clone(),
+                more: MoreProblems::default(),
             });
         }
         if float_dtype(entry.dtype).is_none() {
@@ -328,6 +349,7 @@ impl Checkpoint {
                 name: spec.name.clone(),
                 path: self.files[entry.file].path.clone(),
                 dtype: format!("{:?}", entry.dtype),
+                more: MoreProblems::default(),
             });
         }
         Ok(())
@@ -337,6 +359,7 @@ impl Checkpoint {
         self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             path: self.origin.clone(),
+            more: MoreProblems::default(),
         })
     }
 
@@ -358,6 +381,7 @@ impl Checkpoint {
             name: name.to_string(),
             path: file.path.clone(),
             dtype: format!("{:?}", entry.dtype),
+            more: MoreProblems::default(),
         })?;
         // `add_file` checked that every range lay inside the file.
         let bytes = file.read_tensor(name, entry.bytes.clone())?;
@@ -377,278 +401,19 @@ impl Checkpoint {
     }
 }
 
-/// How a module stores a weight it was loaded with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// A `Linear` weight: `[in, out]`, PyTorch's `[out, in]` transposed.
-    Linear,
-    /// A convolution kernel, as PyTorch's `[out, in, k, k]`.
-    Conv,
-}
-
-/// A loaded weight: the module parameter that holds it, how, and its PyTorch shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexedWeight {
-    pub param: ParamId,
-    pub layout: Layout,
-    pub shape: Vec<usize>,
-}
-
-/// The linear and convolution weights of a loaded model by their file names, with the
-/// checkpoint they came from: what updating weights in place (LoRA) needs to find a
-/// parameter and to restore its original value.
-#[derive(Debug, Clone)]
-pub struct WeightIndex {
-    pub checkpoint: Checkpoint,
-    pub weights: BTreeMap<String, IndexedWeight>,
-}
-
-/// Builds modules from a checkpoint: every read names the tensor and the shape the model's
-/// config implies, so a wrong file fails on the first mismatching tensor with an error that
-/// names it; [`Loader::finish`] then reports tensors the model did not use.
-pub struct Loader<'a, B: Backend> {
-    checkpoint: &'a Checkpoint,
-    device: &'a B::Device,
-    dtype: DType,
-    used: RefCell<BTreeSet<String>>,
-    index: RefCell<BTreeMap<String, IndexedWeight>>,
-}
-
-impl<'a, B: Backend> Loader<'a, B> {
-    /// Reads from `checkpoint` into `dtype` tensors on `device`.
-    pub fn new(checkpoint: &'a Checkpoint, device: &'a B::Device, dtype: DType) -> Self {
-        // Every model's tensors are made here: the GPU kernel cache is settled before them.
-        #[cfg(any(feature = "wgpu", feature = "cuda"))]
-        crate::gpu::ensure_configured::<B>();
-        Self {
-            checkpoint,
-            device,
-            dtype,
-            used: RefCell::new(BTreeSet::new()),
-            index: RefCell::new(BTreeMap::new()),
-        }
-    }
-
-    /// Records which parameter holds weight `name` (see [`WeightIndex`]).
-    fn index(&self, name: String, param: ParamId, layout: Layout, shape: Vec<usize>) {
-        let weight = IndexedWeight {
-            param,
-            layout,
-            shape,
-        };
-        self.index.borrow_mut().insert(name, weight);
-    }
-
-    pub fn checkpoint(&self) -> &Checkpoint {
-        self.checkpoint
-    }
-
-    /// Host data of `name` after checking its shape and dtype.
-    pub fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        self.checkpoint.check_spec(&TensorSpec::new(name, shape))?;
-        self.used.borrow_mut().insert(name.to_string());
-        self.checkpoint.values(name, shape)
-    }
-
-    /// The tensor `name`, which must have `shape`.
-    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        check_precision::<B>(self.device, self.dtype)?;
-        let data = self.data(name, &shape)?;
-        Ok(Tensor::from_data(
-            data.convert_dtype(self.dtype),
-            (self.device, self.dtype),
-        ))
-    }
-
-    /// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
-    pub fn linear(
-        &self,
-        prefix: &str,
-        d_input: usize,
-        d_output: usize,
-        bias: bool,
-    ) -> Result<Linear<B>> {
-        self.linear_as(prefix, d_input, d_output, bias, self.dtype)
-    }
-
-    /// [`Loader::linear`] in `dtype` instead of the loader's (T5's `wo` kept in f32).
-    pub fn linear_as(
-        &self,
-        prefix: &str,
-        d_input: usize,
-        d_output: usize,
-        bias: bool,
-        dtype: DType,
-    ) -> Result<Linear<B>> {
-        let name = format!("{prefix}.weight");
-        let weight = self.data(&name, &[d_output, d_input])?;
-        let bias = match bias {
-            true => Some(self.data(&format!("{prefix}.bias"), &[d_output])?),
-            false => None,
-        };
-        let linear = linear_from_torch(weight, bias, self.device, dtype)?;
-        self.index(
+/// One line about a weight-file problem, without the path (listed after the first problem).
+fn short_problem(problem: &Error) -> String {
+    match problem {
+        Error::MissingTensor { name, .. } => format!("`{name}` missing"),
+        Error::ShapeMismatch {
             name,
-            linear.weight.id,
-            Layout::Linear,
-            vec![d_output, d_input],
-        );
-        Ok(linear)
-    }
-
-    /// A `Linear` from host data in PyTorch's layout (parts of a stacked weight), in the
-    /// loader's dtype.
-    pub fn linear_from_data(
-        &self,
-        weight: TensorData,
-        bias: Option<TensorData>,
-    ) -> Result<Linear<B>> {
-        linear_from_torch(weight, bias, self.device, self.dtype)
-    }
-
-    /// A PyTorch `nn.Conv2d` with a bias.
-    pub fn conv2d(
-        &self,
-        prefix: &str,
-        channels: [usize; 2],
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Conv2d<B>> {
-        let [c_in, c_out] = channels;
-        let name = format!("{prefix}.weight");
-        let shape = [c_out, c_in, kernel, kernel];
-        let conv = Conv2d {
-            weight: Param::from_tensor(self.tensor(&name, shape)?),
-            bias: Some(Param::from_tensor(
-                self.tensor(&format!("{prefix}.bias"), [c_out])?,
-            )),
-            stride,
-            padding,
-            extra_end_padding: 0,
-        };
-        self.index(name, conv.weight.id, Layout::Conv, shape.to_vec());
-        Ok(conv)
-    }
-
-    /// A PyTorch `nn.GroupNorm` (affine).
-    pub fn group_norm(
-        &self,
-        prefix: &str,
-        groups: usize,
-        channels: usize,
-        eps: f64,
-    ) -> Result<GroupNorm<B>> {
-        Ok(GroupNorm {
-            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [channels])?),
-            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
-            groups,
-            eps,
-        })
-    }
-
-    /// A PyTorch `nn.LayerNorm` (affine).
-    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm<B>> {
-        Ok(LayerNorm {
-            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [dim])?),
-            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [dim])?),
-            eps,
-        })
-    }
-
-    /// Errors on the first tensor of the checkpoint that no read used and `ignorable`
-    /// does not accept: the config and the file describe different models. Returns the
-    /// index of the linear and convolution weights read.
-    pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<WeightIndex> {
-        let used = self.used.into_inner();
-        self.checkpoint
-            .reject_unexpected(|name| used.contains(name) || ignorable(name))?;
-        Ok(WeightIndex {
-            checkpoint: self.checkpoint.clone(),
-            weights: self.index.into_inner(),
-        })
-    }
-}
-
-/// Burn's `Linear` from PyTorch's `nn.Linear` layout. Burn computes `x · W` with `W`
-/// `[in, out]`; the `[out, in]` weight is transposed on the host once, at load time, because
-/// matmuls on a contiguous `[in, out]` matrix run about 1.5× faster than on a transposed view.
-pub fn linear_from_torch<B: Backend>(
-    weight: TensorData,
-    bias: Option<TensorData>,
-    device: &B::Device,
-    dtype: DType,
-) -> Result<Linear<B>> {
-    let upload = |data: TensorData| -> Result<Param<Tensor<B, 1>>> {
-        check_precision::<B>(device, dtype)?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            data.convert_dtype(dtype),
-            (device, dtype),
-        )))
-    };
-    check_precision::<B>(device, dtype)?;
-    let weight = transpose(weight.convert_dtype(dtype));
-    Ok(Linear {
-        weight: Param::from_tensor(Tensor::from_data(weight, (device, dtype))),
-        bias: bias.map(upload).transpose()?,
-    })
-}
-
-/// Splits a `[N · rows, cols]` tensor into `N` tensors of `[rows, cols]` on the host
-/// (PyTorch's `in_proj_weight` stacks q, k and v this way).
-pub fn split_rows<const N: usize>(data: &TensorData) -> [TensorData; N] {
-    let row_shape: Vec<usize> = std::iter::once(data.shape[0] / N)
-        .chain(data.shape[1..].iter().copied())
-        .collect();
-    let bytes = data.as_bytes();
-    let part_len = bytes.len() / N;
-    std::array::from_fn(|i| {
-        let chunk = bytes[i * part_len..(i + 1) * part_len].to_vec();
-        TensorData::from_bytes_vec(chunk, row_shape.clone(), data.dtype)
-    })
-}
-
-/// Host transpose of a 2-D tensor of any element size.
-fn transpose(data: TensorData) -> TensorData {
-    let (rows, cols) = (data.shape[0], data.shape[1]);
-    let bytes = data.as_bytes();
-    let out = match data.dtype.size() {
-        2 => transpose_blocked::<2>(bytes, rows, cols),
-        4 => transpose_blocked::<4>(bytes, rows, cols),
-        _ => transpose_blocked::<8>(bytes, rows, cols),
-    };
-    TensorData::from_bytes_vec(out, [cols, rows], data.dtype)
-}
-
-/// Row-major `[rows, cols]` of `N`-byte elements → `[cols, rows]`, in 32×32 blocks so that
-/// reads and writes both stay in cache (billions of weights at load time).
-fn transpose_blocked<const N: usize>(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    const BLOCK: usize = 32;
-    let mut out = vec![0u8; bytes.len()];
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    let from = (r * cols + c) * N;
-                    let to = (c * rows + r) * N;
-                    out[to..to + N].copy_from_slice(&bytes[from..from + N]);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Errors unless `dtype` is a float type the backend computes in.
-fn check_precision<B: Backend>(device: &B::Device, dtype: DType) -> Result<()> {
-    let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
-    if float && B::supports_dtype(device, dtype) {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedPrecision {
-            dtype: format!("{dtype:?}"),
-            backend: B::name(device),
-        })
+            expected,
+            actual,
+            ..
+        } => format!("`{name}` has shape {actual:?}, expected {expected:?}"),
+        Error::UnsupportedDtype { name, dtype, .. } => format!("`{name}` has dtype {dtype}"),
+        Error::UnexpectedTensor { name, .. } => format!("`{name}` is not part of the model"),
+        other => other.to_string(),
     }
 }
 
@@ -708,17 +473,6 @@ pub fn tokenizers_call<T>(path: &Path, work: impl FnOnce() -> tokenizers::Result
     }
 }
 
-/// `[out, in]` expected shape of a PyTorch `nn.Linear` weight (and its bias).
-pub fn linear_specs(prefix: &str, d_input: usize, d_output: usize, bias: bool) -> Vec<TensorSpec> {
-    let mut specs = vec![TensorSpec::new(
-        format!("{prefix}.weight"),
-        &[d_output, d_input],
-    )];
-    if bias {
-        specs.push(TensorSpec::new(format!("{prefix}.bias"), &[d_output]));
-    }
-    specs
-}
 
 /// Errors unless every `(name, value, max)` has `1 ≤ value ≤ max`.
 pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<(), String> {

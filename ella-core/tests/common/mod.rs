@@ -153,6 +153,11 @@ fn max_abs(data: &TensorData) -> f32 {
     data.iter::<f32>().map(f32::abs).fold(0.0f32, f32::max)
 }
 
+#[cfg(feature = "wgpu")]
+mod wgpu_skip;
+#[cfg(feature = "wgpu")]
+pub use wgpu_skip::wgpu_usable;
+
 /// GPU tests keep their kernels where ella does by default, also those that make tensors
 /// without ella's loaders (which settle the directory otherwise).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -177,6 +182,9 @@ macro_rules! backend_tests {
         #[cfg(feature = "wgpu")]
         mod wgpu {
             $(#[test] fn $name() {
+                if !$crate::common::wgpu_usable() {
+                    return;
+                }
                 $crate::common::default_kernel_cache();
                 super::$body::<ella_core::Wgpu>();
             })*

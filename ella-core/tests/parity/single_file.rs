@@ -1,11 +1,11 @@
 //! An SD1.5 single-file checkpoint in the LDM layout (`scripts/single_file_fixtures.py`,
 //! checked there against diffusers' own `from_single_file`): the U-Net, VAE and CLIP text
-//! model read through `weights::ldm` compute what the diffusers-layout reference does.
+//! model read through `pipeline::ldm` compute what the diffusers-layout reference does.
 //! Tolerances: as the U-Net/VAE (1e-3) and CLIP (1e-4) tests.
 
 use burn::tensor::{DType, Tensor};
 use ella_core::Backend;
-use ella_core::weights::ldm;
+use ella_core::pipeline::ldm;
 use ella_core::{
     AutoencoderKL, Cancel, Checkpoint, ClipTextConfig, ClipTextModel, UNet2DConditionModel,
     UNetConfig, VaeConfig,

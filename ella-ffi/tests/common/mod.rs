@@ -8,6 +8,12 @@ use std::ptr::null_mut;
 
 use ella::*;
 
+#[cfg(feature = "wgpu")]
+#[path = "../../../ella-core/tests/common/wgpu_skip.rs"]
+mod wgpu_skip;
+#[cfg(feature = "wgpu")]
+pub use wgpu_skip::wgpu_usable;
+
 pub fn fixture(path: &str) -> CString {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../ella-core/tests/fixtures")

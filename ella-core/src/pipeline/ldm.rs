@@ -12,7 +12,7 @@
 //! of the views. The mapping is checked against diffusers' own single-file loader by
 //! `scripts/single_file_fixtures.py`.
 
-use super::Checkpoint;
+use crate::weights::Checkpoint;
 use crate::error::{Error, Result};
 use crate::unet::{BlockKind, UNetConfig};
 
