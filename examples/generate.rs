@@ -270,7 +270,12 @@ struct Needed {
 }
 
 impl Needed {
-    fn list(repo: &'static str, folder: &str, files: &[(&str, &'static str)], flag: &'static str) -> Vec<Self> {
+    fn list(
+        repo: &'static str,
+        folder: &str,
+        files: &[(&str, &'static str)],
+        flag: &'static str,
+    ) -> Vec<Self> {
         files
             .iter()
             .map(|&(file, size)| Self {
@@ -633,19 +638,24 @@ fn locate(needed: &[Needed], offline: bool) -> Result<HashMap<String, PathBuf>, 
     }
     let mut failure = String::from("offline (--offline)");
     if !offline {
-        match hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build() {
+        match hf_hub::api::sync::ApiBuilder::from_env()
+            .with_progress(true)
+            .build()
+        {
             Err(e) => failure = e.to_string(),
             Ok(api) => {
-                missing.retain(|need| match api.model(need.repo.to_string()).get(&need.file) {
-                    Ok(path) => {
-                        found.insert(need.file.clone(), path);
-                        false
-                    }
-                    Err(e) => {
-                        failure = e.to_string();
-                        true
-                    }
-                });
+                missing.retain(
+                    |need| match api.model(need.repo.to_string()).get(&need.file) {
+                        Ok(path) => {
+                            found.insert(need.file.clone(), path);
+                            false
+                        }
+                        Err(e) => {
+                            failure = e.to_string();
+                            true
+                        }
+                    },
+                );
             }
         }
     }

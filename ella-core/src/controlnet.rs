@@ -148,7 +148,13 @@ impl<B: Backend> ConditioningEmbedding<B> {
         Ok(Self {
             conv_in: Conv2d::load(&vb.pp("conv_in"), [image_channels, channels[0]], 3, 1, 1)?,
             blocks,
-            conv_out: Conv2d::load(&vb.pp("conv_out"), [channels[channels.len() - 1], out], 3, 1, 1)?,
+            conv_out: Conv2d::load(
+                &vb.pp("conv_out"),
+                [channels[channels.len() - 1], out],
+                3,
+                1,
+                1,
+            )?,
         })
     }
 

@@ -49,7 +49,13 @@ impl<B: Backend> ResnetBlock2D<B> {
             norm2: GroupNorm::load(&vb.pp("norm2"), s.groups, c_out, s.eps)?,
             conv2: Conv2d::load(&vb.pp("conv2"), [c_out, c_out], 3, 1, 1)?,
             conv_shortcut: match c_in != c_out {
-                true => Some(Conv2d::load(&vb.pp("conv_shortcut"), [c_in, c_out], 1, 1, 0)?),
+                true => Some(Conv2d::load(
+                    &vb.pp("conv_shortcut"),
+                    [c_in, c_out],
+                    1,
+                    1,
+                    0,
+                )?),
                 false => None,
             },
             output_scale_factor: s.output_scale_factor,

@@ -74,7 +74,9 @@ fn official_ella_connector_matches_the_loader_and_the_published_size() {
         .map(|(k, e)| (k.clone(), e.shape.clone()))
         .collect();
     let config = ConnectorConfig::default();
-    let expected = plan::<DefaultBackend, _>(&Default::default(), |vb| Connector::from_loader(vb, &config));
+    let expected = plan::<DefaultBackend, _>(&Default::default(), |vb| {
+        Connector::from_loader(vb, &config)
+    });
     assert_eq!(shapes, as_map(expected.unwrap()));
     assert_eq!(manifest.len(), 93);
     assert_eq!(params(&manifest), 66_820_608);

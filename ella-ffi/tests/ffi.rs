@@ -518,7 +518,11 @@ fn half_precision_model() {
         pixels.unwrap()
     };
     let (full, half) = (image(EllaPrecision::F32), image(EllaPrecision::F16));
-    let errors: Vec<u8> = full.iter().zip(&half).map(|(a, b)| a.abs_diff(*b)).collect();
+    let errors: Vec<u8> = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
     let mean = errors.iter().map(|&e| f64::from(e)).sum::<f64>() / errors.len() as f64;
     println!(
         "F16 vs F32 through the C ABI: mean |Δpixel| {mean:.2}, max {}",

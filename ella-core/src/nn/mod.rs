@@ -10,7 +10,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::weights::{Layout, Loader, split_rows};
+use crate::weights::{Layout, Loader};
 
 /// `[batch, seq, heads * head_dim]` → `[batch, heads, seq, head_dim]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
@@ -136,8 +136,8 @@ pub struct MultiheadAttention<B: Backend> {
 impl<B: Backend> MultiheadAttention<B> {
     /// Reads `in_proj_weight` / `in_proj_bias` (q, k, v stacked) and `out_proj`.
     pub fn load(vb: &Loader<B>, width: usize, heads: usize) -> Result<Self> {
-        let [w_q, w_k, w_v] = split_rows(&vb.data("in_proj_weight", &[3 * width, width])?);
-        let [b_q, b_k, b_v] = split_rows(&vb.data("in_proj_bias", &[3 * width])?);
+        let [w_q, w_k, w_v] = vb.stacked("in_proj_weight", &[3 * width, width])?;
+        let [b_q, b_k, b_v] = vb.stacked("in_proj_bias", &[3 * width])?;
         let part = |weight, bias| Linear::from_parts(vb, weight, bias);
         Ok(Self {
             q_proj: part(w_q, b_q)?,
@@ -189,7 +189,11 @@ impl<B: Backend> Linear<B> {
         let linear = Self {
             weight: Param::from_tensor(vb.transposed("weight", shape, dtype)?),
             bias: match bias {
-                true => Some(Param::from_tensor(vb.tensor_as("bias", [d_output], dtype)?)),
+                true => Some(Param::from_tensor(vb.tensor_as(
+                    "bias",
+                    [d_output],
+                    dtype,
+                )?)),
                 false => None,
             },
         };
@@ -202,7 +206,11 @@ impl<B: Backend> Linear<B> {
     pub fn from_parts(vb: &Loader<B>, weight: TensorData, bias: TensorData) -> Result<Self> {
         Ok(Self {
             weight: Param::from_tensor(vb.upload_data(weight, vb.dtype(), true)?),
-            bias: Some(Param::from_tensor(vb.upload_data(bias, vb.dtype(), false)?)),
+            bias: Some(Param::from_tensor(vb.upload_data(
+                bias,
+                vb.dtype(),
+                false,
+            )?)),
         })
     }
 

@@ -12,9 +12,9 @@
 //! of the views. The mapping is checked against diffusers' own single-file loader by
 //! `scripts/single_file_fixtures.py`.
 
-use crate::weights::Checkpoint;
 use crate::error::{Error, Result};
 use crate::unet::{BlockKind, UNetConfig};
+use crate::weights::Checkpoint;
 
 /// The U-Net's prefix in a single-file checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";

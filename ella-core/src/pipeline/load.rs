@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use crate::backend::Backend;
 use burn::tensor::DType;
 
+use super::ldm;
 use crate::clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 use crate::error::{Error, Result};
 use crate::lora::Lora;
 use crate::scheduler::SchedulerConfig;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
-use super::ldm;
 use crate::weights::Checkpoint;
 
 /// Where the model files are.

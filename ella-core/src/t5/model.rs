@@ -169,7 +169,11 @@ impl<B: Backend> T5Block<B> {
             attention_norm: T5LayerNorm::load(&attention.pp("layer_norm"), d, eps)?,
             attention: T5Attention::load(&attention.pp("SelfAttention"), config)?,
             feed_forward_norm: T5LayerNorm::load(&feed_forward.pp("layer_norm"), d, eps)?,
-            feed_forward: T5FeedForward::load(&feed_forward.pp("DenseReluDense"), config, wo_dtype)?,
+            feed_forward: T5FeedForward::load(
+                &feed_forward.pp("DenseReluDense"),
+                config,
+                wo_dtype,
+            )?,
         })
     }
 

@@ -224,7 +224,8 @@ impl<B: Backend> MidBlock<B> {
         resnet: ResnetSettings,
         transformer: TransformerSettings,
     ) -> Result<Self> {
-        let resnet_at = |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], resnet);
+        let resnet_at =
+            |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], resnet);
         let attention = vb.pp("attentions.0");
         Ok(Self {
             resnets: vec![resnet_at(0)?, resnet_at(1)?],
@@ -268,7 +269,11 @@ impl<B: Backend> UpBlock<B> {
             let skip = if j + 1 == s.layers { c_in } else { c_out };
             let width_in = if j == 0 { prev_output } else { c_out };
             let resnet = vb.pp("resnets").pp(j);
-            resnets.push(ResnetBlock2D::load(&resnet, [width_in + skip, c_out], s.resnet)?);
+            resnets.push(ResnetBlock2D::load(
+                &resnet,
+                [width_in + skip, c_out],
+                s.resnet,
+            )?);
             if let Some(transformer) = s.transformer {
                 let attention = vb.pp("attentions").pp(j);
                 attentions.push(Transformer2DModel::load(&attention, c_out, transformer)?);

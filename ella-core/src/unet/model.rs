@@ -51,9 +51,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let (mut unet, weights) = load_checked(checkpoint, device, dtype, |_| false, |vb| {
-            Self::from_loader(vb, &config)
-        })?;
+        let (mut unet, weights) = load_checked(
+            checkpoint,
+            device,
+            dtype,
+            |_| false,
+            |vb| Self::from_loader(vb, &config),
+        )?;
         unet.weights = weights;
         Ok(unet)
     }
@@ -86,7 +90,11 @@ impl<B: Backend> UNet2DConditionModel<B> {
             up_blocks.push(UpBlock::load(&vb.pp("up_blocks").pp(i), widths, settings)?);
             prev_output = channels[level];
         }
-        let (groups, eps, kernel) = (config.norm_num_groups, config.norm_eps, config.conv_out_kernel);
+        let (groups, eps, kernel) = (
+            config.norm_num_groups,
+            config.norm_eps,
+            config.conv_out_kernel,
+        );
         Ok(Self {
             conv_in,
             time_embedding,
@@ -295,7 +303,10 @@ pub(crate) fn block_settings(
 
 /// Loads `conv_in`, `time_embedding`, `down_blocks.*` and `mid_block.*` (diffusers' names in
 /// both `UNet2DConditionModel` and `ControlNetModel`) of a validated `config`.
-pub(crate) fn load_down_path<B: Backend>(vb: &Loader<B>, config: &UNetConfig) -> Result<DownPath<B>> {
+pub(crate) fn load_down_path<B: Backend>(
+    vb: &Loader<B>,
+    config: &UNetConfig,
+) -> Result<DownPath<B>> {
     let channels = &config.block_out_channels;
     let n = channels.len();
     let (resnet, transformer) = block_settings(config);
@@ -311,7 +322,12 @@ pub(crate) fn load_down_path<B: Backend>(vb: &Loader<B>, config: &UNetConfig) ->
         let c_in = if i == 0 { channels[0] } else { channels[i - 1] };
         let block = vb.pp("down_blocks").pp(i);
         let padding = config.downsample_padding;
-        down_blocks.push(DownBlock::load(&block, [c_in, channels[i]], settings, padding)?);
+        down_blocks.push(DownBlock::load(
+            &block,
+            [c_in, channels[i]],
+            settings,
+            padding,
+        )?);
     }
     let mid_resnet = ResnetSettings {
         output_scale_factor: config.mid_block_scale_factor,

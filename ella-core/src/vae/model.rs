@@ -57,7 +57,8 @@ pub struct UNetMidBlock2D<B: Backend> {
 impl<B: Backend> UNetMidBlock2D<B> {
     fn load(vb: &Loader<B>, channels: usize, config: &VaeConfig) -> Result<Self> {
         let settings = resnet_settings(config);
-        let resnet = |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], settings);
+        let resnet =
+            |j: usize| ResnetBlock2D::load(&vb.pp("resnets").pp(j), [channels; 2], settings);
         Ok(Self {
             resnets: vec![resnet(0)?, resnet(1)?],
             attention: match config.mid_block_add_attention {
@@ -153,7 +154,13 @@ impl<B: Backend> UpDecoderBlock2D<B> {
             })
             .collect::<Result<_>>()?;
         let upsampler = match upsample {
-            true => Some(Conv2d::load(&vb.pp("upsamplers.0.conv"), [c_out; 2], 3, 1, 1)?),
+            true => Some(Conv2d::load(
+                &vb.pp("upsamplers.0.conv"),
+                [c_out; 2],
+                3,
+                1,
+                1,
+            )?),
             false => None,
         };
         Ok(Self { resnets, upsampler })
@@ -183,7 +190,13 @@ impl<B: Backend> Encoder<B> {
         let top = channels[n - 1];
         let groups = config.norm_num_groups;
         Ok(Self {
-            conv_in: Conv2d::load(&vb.pp("conv_in"), [config.in_channels, channels[0]], 3, 1, 1)?,
+            conv_in: Conv2d::load(
+                &vb.pp("conv_in"),
+                [config.in_channels, channels[0]],
+                3,
+                1,
+                1,
+            )?,
             down_blocks,
             mid_block: UNetMidBlock2D::load(&vb.pp("mid_block"), top, config)?,
             conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, top, 1e-6)?,
@@ -234,7 +247,12 @@ impl<B: Backend> Decoder<B> {
         for i in 0..n {
             let c_out = channels[n - 1 - i];
             let block = vb.pp("up_blocks").pp(i);
-            up_blocks.push(UpDecoderBlock2D::load(&block, [prev, c_out], config, i + 1 < n)?);
+            up_blocks.push(UpDecoderBlock2D::load(
+                &block,
+                [prev, c_out],
+                config,
+                i + 1 < n,
+            )?);
             prev = c_out;
         }
         let groups = config.norm_num_groups;
@@ -299,9 +317,13 @@ impl<B: Backend> AutoencoderKL<B> {
         dtype: DType,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        let (vae, _) = load_checked(checkpoint, device, dtype, |_| false, |vb| {
-            Self::from_loader(vb, &config)
-        })?;
+        let (vae, _) = load_checked(
+            checkpoint,
+            device,
+            dtype,
+            |_| false,
+            |vb| Self::from_loader(vb, &config),
+        )?;
         Ok(vae)
     }
 

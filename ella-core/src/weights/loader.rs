@@ -139,13 +139,24 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     /// Host values of tensor `leaf`, which must have `shape`, as stored (F32, F16 or
-    /// BF16); zeros when planning.
+    /// BF16). When planning, a one-element placeholder of the same rank (a config may ask
+    /// for sizes no file has: nothing of that size is allocated before the check).
     pub fn data(&self, leaf: &str, shape: &[usize]) -> Result<TensorData> {
         let name = self.note(leaf, shape);
         match self.shared.source {
             Source::Checkpoint(checkpoint) => checkpoint.values(&name, shape),
-            Source::Plan => Ok(TensorData::zeros::<f32, _>(shape.to_vec())),
+            Source::Plan => Ok(TensorData::zeros::<f32, _>(vec![1; shape.len()])),
         }
+    }
+
+    /// Tensor `leaf` of `shape` `[N · rows, …]` split into `N` tensors of `[rows, …]` on the
+    /// host (PyTorch's `in_proj_weight` stacks q, k and v so); placeholders when planning.
+    pub fn stacked<const N: usize>(&self, leaf: &str, shape: &[usize]) -> Result<[TensorData; N]> {
+        let data = self.data(leaf, shape)?;
+        Ok(match self.shared.source {
+            Source::Checkpoint(_) => split_rows(&data),
+            Source::Plan => std::array::from_fn(|_| data.clone()),
+        })
     }
 
     /// Tensor `leaf` of `shape`, in the loader's float type.
@@ -187,6 +198,9 @@ impl<'a, B: Backend> Loader<'a, B> {
         dtype: DType,
         transpose_2d: bool,
     ) -> Result<Tensor<B, D>> {
+        if let Source::Plan = self.shared.source {
+            return Ok(Tensor::empty([1; D], (self.shared.device, DType::F32)));
+        }
         let data = data.convert_dtype(dtype);
         match transpose_2d {
             true => self.upload(transpose(data), dtype),
@@ -217,7 +231,10 @@ impl<'a, B: Backend> Loader<'a, B> {
             layout,
             shape: shape.to_vec(),
         };
-        self.shared.index.borrow_mut().insert(self.name(leaf), weight);
+        self.shared
+            .index
+            .borrow_mut()
+            .insert(self.name(leaf), weight);
     }
 }
 
@@ -264,9 +281,8 @@ pub fn load_checked<B: Backend, T>(
     ))
 }
 
-/// Splits a `[N · rows, cols]` tensor into `N` tensors of `[rows, cols]` on the host
-/// (PyTorch's `in_proj_weight` stacks q, k and v this way).
-pub fn split_rows<const N: usize>(data: &TensorData) -> [TensorData; N] {
+/// Splits a `[N · rows, cols]` tensor into `N` tensors of `[rows, cols]` on the host.
+fn split_rows<const N: usize>(data: &TensorData) -> [TensorData; N] {
     let row_shape: Vec<usize> = std::iter::once(data.shape[0] / N)
         .chain(data.shape[1..].iter().copied())
         .collect();

@@ -26,7 +26,7 @@ pub mod loader;
 
 use file::WeightFile;
 pub use file::{open_regular, read_bytes, read_text};
-pub use loader::{IndexedWeight, Layout, Loader, WeightIndex, load_checked, plan, split_rows};
+pub use loader::{IndexedWeight, Layout, Loader, WeightIndex, load_checked, plan};
 
 /// The largest safetensors header read (the `safetensors` crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -472,7 +472,6 @@ pub fn tokenizers_call<T>(path: &Path, work: impl FnOnce() -> tokenizers::Result
         )),
     }
 }
-
 
 /// Errors unless every `(name, value, max)` has `1 ≤ value ≤ max`.
 pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<(), String> {

@@ -156,6 +156,7 @@ fn max_abs(data: &TensorData) -> f32 {
 #[cfg(feature = "wgpu")]
 mod wgpu_skip;
 #[cfg(feature = "wgpu")]
+#[allow(unused_imports)] // not every test binary has wgpu tests
 pub use wgpu_skip::wgpu_usable;
 
 /// GPU tests keep their kernels where ella does by default, also those that make tensors

@@ -12,6 +12,7 @@ use ella::*;
 #[path = "../../../ella-core/tests/common/wgpu_skip.rs"]
 mod wgpu_skip;
 #[cfg(feature = "wgpu")]
+#[allow(unused_imports)] // not every test binary has wgpu tests
 pub use wgpu_skip::wgpu_usable;
 
 pub fn fixture(path: &str) -> CString {
