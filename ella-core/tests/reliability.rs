@@ -521,7 +521,7 @@ fn shard_paths_are_confined_and_duplicate_names_refused() {
     );
 }
 
-/// `ella_cancel` took effect only between steps (102 s late at 256² on a CPU). The flag is
+/// `ella_context_cancel` took effect only between steps (102 s late at 256² on a CPU). The flag is
 /// checked between the blocks of every model call: set inside a step (from the tensor hook
 /// that sees the step's condition tokens, before the U-Net runs) or before the decode, the
 /// call returns `Cancelled` without finishing the step or the image.

@@ -1,10 +1,12 @@
 //! One handle type for every backend: the C ABI holds a `dyn Engine`, implemented by
 //! `Pipeline<B>` for each backend compiled in, so no C function is generic.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::{EllaBackend, Failure, invalid};
+use crate::abi::{EllaBackend, EllaStatus};
+use crate::boundary::Failure;
 use ella_core::Backend;
 use ella_core::burn::tensor::{Tensor, TensorData};
 use ella_core::{
@@ -29,13 +31,13 @@ pub trait Engine: Send + Sync {
         hooks: &mut Hooks,
     ) -> Result<Vec<Image>>;
     /// T5 states `[1, tokens, d_model]` of one prompt.
-    fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData>;
+    fn encode_t5(&self, prompt: &str, mode: TokenMode) -> Result<TensorData>;
     /// The states of a prompt and its negative for every conditioning this model can run
     /// (T5's while T5 is loaded, CLIP's when CLIP is).
     fn encode_prompts(&self, prompt: &str, negative: &str, mode: TokenMode) -> Result<HostPrompt>;
-    fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData>;
+    fn run_connector(&self, states: TensorData, timestep: f32) -> Result<TensorData>;
     /// Drops T5 and returns its memory to the device.
-    fn free_text_encoder(&self);
+    fn free_t5(&self);
     /// Replaces the LoRAs applied to the U-Net and CLIP.
     fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport>;
 }
@@ -125,12 +127,12 @@ where
         })
     }
 
-    fn encode(&self, prompt: &str, mode: TokenMode) -> Result<TensorData> {
+    fn encode_t5(&self, prompt: &str, mode: TokenMode) -> Result<TensorData> {
         let states = self.read().encode_prompt(prompt, mode)?;
         Ok(states.into_data().convert::<f32>())
     }
 
-    fn connector_step(&self, states: TensorData, timestep: f32) -> Result<TensorData> {
+    fn run_connector(&self, states: TensorData, timestep: f32) -> Result<TensorData> {
         let pipeline = self.read();
         let device = pipeline.unet.conv_in.weight.device();
         let connector = pipeline.connector.as_ref().ok_or_else(|| {
@@ -140,7 +142,7 @@ where
         Ok(tokens.into_data().convert::<f32>())
     }
 
-    fn free_text_encoder(&self) {
+    fn free_t5(&self) {
         self.write().free_text_encoder();
     }
 
@@ -151,10 +153,10 @@ where
     }
 }
 
-/// Loads a pipeline on the backend numbered `backend` (an `ella_backend`); GPU backends
-/// keep their kernels in `kernel_cache` (None: ella's default directory).
+/// Loads a pipeline on `backend`; GPU backends keep their kernels in `kernel_cache` (None:
+/// ella's default directory).
 pub fn load(
-    backend: u32,
+    backend: EllaBackend,
     paths: &ModelPaths,
     precision: Precision,
     memory_budget: Option<u64>,
@@ -166,14 +168,17 @@ pub fn load(
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     let _ = kernel_cache;
     match backend {
-        x if x == EllaBackend::Cpu as u32 => Ok(Box::new(
-            Locked::<ella_core::DefaultBackend>::load(paths, precision, memory_budget, threads)?,
-        )),
+        EllaBackend::Cpu => Ok(Box::new(Locked::<ella_core::DefaultBackend>::load(
+            paths,
+            precision,
+            memory_budget,
+            threads,
+        )?)),
         #[cfg(feature = "wgpu")]
-        x if x == EllaBackend::Wgpu as u32 => {
+        EllaBackend::Wgpu => {
             if ella_core::gpu::wgpu_adapter().is_none() {
                 return Err(Failure(
-                    crate::EllaStatus::Unsupported,
+                    EllaStatus::Unsupported,
                     "the WGPU backend found no Vulkan adapter (no GPU driver, nor a software \
                      one such as Mesa's lavapipe)"
                         .into(),
@@ -188,9 +193,9 @@ pub fn load(
             )?))
         }
         #[cfg(not(feature = "wgpu"))]
-        x if x == EllaBackend::Wgpu as u32 => Err(not_built("WGPU", "wgpu")),
+        EllaBackend::Wgpu => Err(not_built("WGPU", "wgpu")),
         #[cfg(feature = "cuda")]
-        x if x == EllaBackend::Cuda as u32 => {
+        EllaBackend::Cuda => {
             use_kernel_cache()?;
             Ok(Box::new(Locked::<ella_core::Cuda>::load(
                 paths,
@@ -200,17 +205,74 @@ pub fn load(
             )?))
         }
         #[cfg(not(feature = "cuda"))]
-        x if x == EllaBackend::Cuda as u32 => Err(not_built("CUDA", "cuda")),
-        other => Err(invalid(format!(
-            "params.backend {other} is not an ella_backend"
-        ))),
+        EllaBackend::Cuda => Err(not_built("CUDA", "cuda")),
     }
 }
 
 #[cfg(not(all(feature = "wgpu", feature = "cuda")))]
 fn not_built(name: &str, feature: &str) -> Failure {
     Failure(
-        crate::EllaStatus::Unsupported,
+        EllaStatus::Unsupported,
         format!("the {name} backend is not compiled into this library (cargo feature `{feature}`)"),
     )
+}
+
+thread_local! {
+    /// The generations running on this thread, innermost last, as (context, engine)
+    /// addresses: a progress callback's calls into the library see them.
+    static RUNNING: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn address<T: ?Sized>(pointer: *const T) -> usize {
+    pointer as *const () as usize
+}
+
+/// Refuses a call on `engine` from a progress callback of a generation running on the same
+/// model: it would wait for (or re-enter) the generation it was called from.
+pub fn refuse_inside_generation(engine: &Arc<dyn Engine>, what: &str) -> Result<(), Failure> {
+    let engine = address(Arc::as_ptr(engine));
+    match RUNNING.with(|running| running.borrow().iter().any(|&(_, e)| e == engine)) {
+        true => Err(Failure(
+            EllaStatus::Busy,
+            format!(
+                "{what} was called from a progress callback of a generation on the same model, \
+                 which it would wait for; call it after ella_context_generate returns"
+            ),
+        )),
+        false => Ok(()),
+    }
+}
+
+/// A generation running on this thread, recorded until dropped.
+pub struct Running(());
+
+impl Running {
+    /// Records a generation of `context` on `engine`, unless one on the same engine runs
+    /// on this thread already (`what` would wait for it).
+    pub fn enter<Context>(
+        context: &Context,
+        engine: &Arc<dyn Engine>,
+        what: &str,
+    ) -> Result<Self, Failure> {
+        refuse_inside_generation(engine, what)?;
+        let entry = (
+            address(context as *const Context),
+            address(Arc::as_ptr(engine)),
+        );
+        RUNNING.with(|running| running.borrow_mut().push(entry));
+        Ok(Self(()))
+    }
+
+    /// Whether a generation of `context` runs on this thread (its progress callback is the
+    /// caller).
+    pub fn on_this_thread<Context>(context: &Context) -> bool {
+        let here = address(context as *const Context);
+        RUNNING.with(|running| running.borrow().iter().any(|&(c, _)| c == here))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|running| running.borrow_mut().pop());
+    }
 }

@@ -36,7 +36,7 @@ fn context_with_progress<T>(
     let params = EllaContextParams {
         progress_callback: callback,
         progress_user_data: Arc::as_ptr(user_data) as *mut c_void,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     let mut ctx = null_mut();
     assert_eq!(
@@ -121,7 +121,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
     }
     assert!(refused > 40, "{refused} sizes refused");
 
-    let defaults = ella_context_default_params();
+    let defaults = ella_context_params_default();
     let fields = field_ranges!(
         defaults,
         EllaContextParams {
@@ -193,7 +193,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
         };
         // An accepted request is refused next for the buffer, before any work.
         let mut byte = 0u8;
-        let status = unsafe { ella_generate_into(ctx, &r, &mut byte, 1, 96) };
+        let status = unsafe { ella_context_generate_into(ctx, &r, &mut byte, 1, 96) };
         let expected = match size < 4 || inside(size, &fields) {
             true => EllaStatus::InvalidArgument,
             false => EllaStatus::BufferTooSmall,
@@ -214,7 +214,7 @@ struct Reentry {
     statuses: Vec<(&'static str, EllaStatus)>,
 }
 
-unsafe extern "C" fn call_back_in(user_data: *mut c_void, step: u32, _total: u32) {
+unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void) {
     let state = unsafe { &mut *(user_data as *mut Reentry) };
     if step != 1 {
         return;
@@ -231,42 +231,39 @@ unsafe extern "C" fn call_back_in(user_data: *mut c_void, step: u32, _total: u32
         [
             (
                 "generate, same context",
-                ella_generate(state.ctx, &r, &mut image),
+                ella_context_generate(state.ctx, &r, &mut image),
             ),
             (
                 "generate, other context",
-                ella_generate(state.other_ctx, &r, &mut image),
+                ella_context_generate(state.other_ctx, &r, &mut image),
             ),
             (
                 "set_loras",
                 ella_model_set_loras(state.model, paths.as_ptr(), scales.as_ptr(), 1),
             ),
-            (
-                "free_text_encoder",
-                ella_model_free_text_encoder(state.model),
-            ),
+            ("free_text_encoder", ella_model_free_t5(state.model)),
             (
                 "encode_prompt",
-                ella_encode_prompt(state.model, prompt.as_ptr(), 0, &mut tensor),
+                ella_model_encode_t5(state.model, prompt.as_ptr(), 0, &mut tensor),
             ),
             (
                 "prompt_encode",
-                ella_prompt_encode(state.model, prompt.as_ptr(), null(), 0, &mut cached),
+                ella_prompt_new(state.model, prompt.as_ptr(), null(), 0, &mut cached),
             ),
             (
                 "connector_step",
-                ella_connector_step(state.model, states.as_ptr(), 2, 32, 500.0, &mut tensor),
+                ella_model_run_connector(state.model, states.as_ptr(), 2, 32, 500.0, &mut tensor),
             ),
         ]
     };
     state.statuses.extend(calls);
-    unsafe { ella_cancel(state.ctx) };
+    unsafe { ella_context_cancel(state.ctx) };
 }
 
 /// A progress callback that called `ella_model_set_loras` or
-/// `ella_model_free_text_encoder` on its own model deadlocked; any call that would wait for
+/// `ella_model_free_t5` on its own model deadlocked; any call that would wait for
 /// (or re-enter) the running generation is refused with `ELLA_STATUS_BUSY`, and
-/// `ella_cancel` from the callback works.
+/// `ella_context_cancel` from the callback works.
 #[test]
 fn callbacks_that_call_back_into_their_model_are_refused() {
     let model = load();
@@ -279,7 +276,7 @@ fn callbacks_that_call_back_into_their_model_are_refused() {
     let params = EllaContextParams {
         progress_callback: Some(call_back_in),
         progress_user_data: &mut state as *mut Reentry as *mut c_void,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     let (mut ctx, mut other) = (null_mut(), null_mut());
     unsafe {
@@ -295,7 +292,7 @@ fn callbacks_that_call_back_into_their_model_are_refused() {
     };
     let mut image = null_mut();
     assert_eq!(
-        unsafe { ella_generate(ctx, &r, &mut image) },
+        unsafe { ella_context_generate(ctx, &r, &mut image) },
         EllaStatus::Cancelled
     );
     assert_eq!(state.statuses.len(), 7);
@@ -305,7 +302,7 @@ fn callbacks_that_call_back_into_their_model_are_refused() {
     // Afterwards every one of them works again.
     assert_eq!(generate_32(other, &request(&prompt)).map(|_| ()), Ok(()));
     unsafe {
-        assert_eq!(ella_model_free_text_encoder(model), EllaStatus::Ok);
+        assert_eq!(ella_model_free_t5(model), EllaStatus::Ok);
         ella_context_free(ctx);
         ella_context_free(other);
         ella_model_free(model);
@@ -320,7 +317,7 @@ fn a_context_used_from_two_threads_at_once_is_busy() {
         inside: Barrier,
         tried: Barrier,
     }
-    unsafe extern "C" fn wait_at_step_one(user_data: *mut c_void, step: u32, _: u32) {
+    unsafe extern "C" fn wait_at_step_one(step: u32, _: u32, user_data: *mut c_void) {
         if step == 1 {
             let gate = unsafe { &*(user_data as *const Gate) };
             gate.inside.wait();
@@ -350,7 +347,7 @@ fn a_context_used_from_two_threads_at_once_is_busy() {
 /// returns; from another thread while it runs, it cancels the call and waits for it.
 #[test]
 fn contexts_freed_while_running() {
-    unsafe extern "C" fn free_self(user_data: *mut c_void, step: u32, _: u32) {
+    unsafe extern "C" fn free_self(step: u32, _: u32, user_data: *mut c_void) {
         if step == 1 {
             unsafe { ella_context_free(*(user_data as *const *mut EllaContext)) };
         }
@@ -360,7 +357,7 @@ fn contexts_freed_while_running() {
     let params = EllaContextParams {
         progress_callback: Some(free_self),
         progress_user_data: &mut slot as *mut *mut EllaContext as *mut c_void,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     assert_eq!(
         unsafe { ella_context_new(model, &params, &mut slot) },
@@ -369,7 +366,7 @@ fn contexts_freed_while_running() {
     let prompt = CString::new("a red book").unwrap();
     assert_eq!(generate_32(slot, &request(&prompt)).map(|_| ()), Ok(()));
 
-    unsafe extern "C" fn signal(user_data: *mut c_void, _: u32, _: u32) {
+    unsafe extern "C" fn signal(_: u32, _: u32, user_data: *mut c_void) {
         unsafe { &*(user_data as *const AtomicU32) }.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -439,7 +436,7 @@ fn image_buffers_must_have_their_stated_length() {
 }
 
 /// A 100,000-character prompt or `max_tokens` = 2³² − 1 aborted the host through
-/// `ella_encode_prompt`, `ella_prompt_encode` and `ella_generate`; an absurd guidance made
+/// `ella_model_encode_t5`, `ella_prompt_new` and `ella_context_generate`; an absurd guidance made
 /// a black image "successfully"; a request over the memory budget could not be refused.
 #[test]
 fn absurd_prompts_numbers_and_budgets_are_statuses() {
@@ -450,25 +447,25 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
     let mut cached = null_mut();
     unsafe {
         assert_eq!(
-            ella_encode_prompt(model, long.as_ptr(), 0, &mut tensor),
+            ella_model_encode_t5(model, long.as_ptr(), 0, &mut tensor),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_encode_prompt(model, short.as_ptr(), u32::MAX, &mut tensor),
+            ella_model_encode_t5(model, short.as_ptr(), u32::MAX, &mut tensor),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_prompt_encode(model, long.as_ptr(), null(), 0, &mut cached),
+            ella_prompt_new(model, long.as_ptr(), null(), 0, &mut cached),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_prompt_encode(model, short.as_ptr(), long.as_ptr(), 0, &mut cached),
+            ella_prompt_new(model, short.as_ptr(), long.as_ptr(), 0, &mut cached),
             EllaStatus::InvalidArgument
         );
     }
     let states = vec![0f32; 4097 * 32];
     assert_eq!(
-        unsafe { ella_connector_step(model, states.as_ptr(), 4097, 32, 500.0, &mut tensor) },
+        unsafe { ella_model_run_connector(model, states.as_ptr(), 4097, 32, 500.0, &mut tensor) },
         EllaStatus::InvalidArgument,
         "more tokens than T5 makes"
     );
@@ -480,7 +477,7 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
     );
     let status_of = |r: &EllaGenerateRequest| {
         let mut image = null_mut();
-        let status = unsafe { ella_generate(ctx, r, &mut image) };
+        let status = unsafe { ella_context_generate(ctx, r, &mut image) };
         unsafe { ella_image_free(image) };
         status
     };
@@ -498,7 +495,7 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
     assert!(last_error().contains("step 1 of 2"), "{}", last_error());
     // A prompt cache encoded flexibly, used by a request with `max_tokens` 7, panicked.
     assert_eq!(
-        unsafe { ella_prompt_encode(model, short.as_ptr(), null(), 0, &mut cached) },
+        unsafe { ella_prompt_new(model, short.as_ptr(), null(), 0, &mut cached) },
         EllaStatus::Ok
     );
     let from_cache = EllaGenerateRequest {
@@ -530,7 +527,7 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
     );
     let mut image = null_mut();
     assert_eq!(
-        unsafe { ella_generate(ctx, &request(&short), &mut image) },
+        unsafe { ella_context_generate(ctx, &request(&short), &mut image) },
         EllaStatus::OutOfMemory
     );
     assert!(last_error().contains("MiB"), "{}", last_error());
@@ -540,7 +537,7 @@ fn absurd_prompts_numbers_and_budgets_are_statuses() {
     }
 }
 
-/// `ella_model_set_loras` and `ella_model_free_text_encoder` while another thread
+/// `ella_model_set_loras` and `ella_model_free_t5` while another thread
 /// generates wait for that generation: it ends with the weights it started with, never a
 /// mix; the next one sees the change.
 #[test]
@@ -548,7 +545,7 @@ fn model_changes_wait_for_running_generations() {
     struct Slow {
         steps: AtomicU32,
     }
-    unsafe extern "C" fn slow_steps(user_data: *mut c_void, _: u32, _: u32) {
+    unsafe extern "C" fn slow_steps(_: u32, _: u32, user_data: *mut c_void) {
         unsafe { &*(user_data as *const Slow) }
             .steps
             .fetch_add(1, Ordering::SeqCst);
@@ -584,7 +581,7 @@ fn model_changes_wait_for_running_generations() {
             "set_loras" => unsafe {
                 ella_model_set_loras(model, paths.as_ptr(), scales.as_ptr(), 1)
             },
-            _ => unsafe { ella_model_free_text_encoder(model) },
+            _ => unsafe { ella_model_free_t5(model) },
         };
         assert_eq!(status, EllaStatus::Ok, "{change}: {}", last_error());
         assert_eq!(

@@ -118,7 +118,7 @@ fn generate_error_paths_and_success() {
     );
     let bad_params = EllaContextParams {
         struct_size: 2,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     assert_eq!(
         unsafe { ella_context_new(model, &bad_params, &mut ctx) },
@@ -131,14 +131,15 @@ fn generate_error_paths_and_success() {
 
     let prompt = CString::new("a red book").unwrap();
     let mut image = null_mut();
-    let generate =
-        |r: &EllaGenerateRequest, out: *mut *mut EllaImage| unsafe { ella_generate(ctx, r, out) };
+    let generate = |r: &EllaGenerateRequest, out: *mut *mut EllaImage| unsafe {
+        ella_context_generate(ctx, r, out)
+    };
     assert_eq!(
-        unsafe { ella_generate(null_mut(), &request(&prompt), &mut image) },
+        unsafe { ella_context_generate(null_mut(), &request(&prompt), &mut image) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_generate(ctx, null(), &mut image) },
+        unsafe { ella_context_generate(ctx, null(), &mut image) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
@@ -214,7 +215,7 @@ fn generate_error_paths_and_success() {
     };
     let mut buffer = vec![0u8; 32 * 32 * 3];
     assert_eq!(
-        unsafe { ella_generate_into(ctx, &old, buffer.as_mut_ptr(), buffer.len(), 96) },
+        unsafe { ella_context_generate_into(ctx, &old, buffer.as_mut_ptr(), buffer.len(), 96) },
         EllaStatus::Ok
     );
     assert_eq!(
@@ -229,7 +230,7 @@ fn generate_error_paths_and_success() {
     };
     let mut buffer = vec![0u8; 136 * 32];
     let into = |b: *mut u8, size: usize, pitch: usize| unsafe {
-        ella_generate_into(ctx, &rgba, b, size, pitch)
+        ella_context_generate_into(ctx, &rgba, b, size, pitch)
     };
     assert_eq!(into(null_mut(), 0, 136), EllaStatus::InvalidArgument);
     // The last row needs only width × 4 bytes, not a whole pitch.
@@ -274,11 +275,11 @@ struct CancelAfter {
     calls: Vec<(u32, u32)>,
 }
 
-unsafe extern "C" fn cancel_in_callback(user_data: *mut c_void, step: u32, total: u32) {
+unsafe extern "C" fn cancel_in_callback(step: u32, total: u32, user_data: *mut c_void) {
     let state = unsafe { &mut *(user_data as *mut CancelAfter) };
     state.calls.push((step, total));
     if step == 2 {
-        unsafe { ella_cancel(state.ctx) };
+        unsafe { ella_context_cancel(state.ctx) };
     }
 }
 
@@ -292,7 +293,7 @@ fn progress_and_cancel_leave_the_context_usable() {
     let params = EllaContextParams {
         progress_callback: Some(cancel_in_callback),
         progress_user_data: &mut state as *mut CancelAfter as *mut c_void,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     let mut ctx = null_mut();
     assert_eq!(
@@ -307,7 +308,7 @@ fn progress_and_cancel_leave_the_context_usable() {
     };
     let mut image = null_mut();
     assert_eq!(
-        unsafe { ella_generate(ctx, &long, &mut image) },
+        unsafe { ella_context_generate(ctx, &long, &mut image) },
         EllaStatus::Cancelled
     );
     assert_eq!(
@@ -317,14 +318,14 @@ fn progress_and_cancel_leave_the_context_usable() {
     );
     assert!(image.is_null());
     // A cancel while idle does not affect the next run; the context works again.
-    unsafe { ella_cancel(ctx) };
+    unsafe { ella_context_cancel(ctx) };
     state.calls.clear();
     let again = EllaGenerateRequest {
         steps: 3,
         ..request(&prompt)
     };
     assert_eq!(
-        unsafe { ella_generate(ctx, &again, &mut image) },
+        unsafe { ella_context_generate(ctx, &again, &mut image) },
         EllaStatus::Cancelled,
         "step 2 cancels again"
     );
@@ -334,12 +335,12 @@ fn progress_and_cancel_leave_the_context_usable() {
         ..request(&prompt)
     };
     assert_eq!(
-        unsafe { ella_generate(ctx, &one, &mut image) },
+        unsafe { ella_context_generate(ctx, &one, &mut image) },
         EllaStatus::Ok
     );
     unsafe {
         ella_image_free(image);
-        ella_cancel(null());
+        ella_context_cancel(null());
         ella_context_free(ctx);
         ella_model_free(model);
     }
@@ -351,19 +352,19 @@ fn encode_and_connector_step() {
     let prompt = CString::new("a red book on a wooden table").unwrap();
     let mut states = null_mut();
     assert_eq!(
-        unsafe { ella_encode_prompt(null(), prompt.as_ptr(), 0, &mut states) },
+        unsafe { ella_model_encode_t5(null(), prompt.as_ptr(), 0, &mut states) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_encode_prompt(model, null(), 0, &mut states) },
+        unsafe { ella_model_encode_t5(model, null(), 0, &mut states) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, null_mut()) },
+        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, null_mut()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 128, &mut states) },
+        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 128, &mut states) },
         EllaStatus::Ok
     );
     assert_eq!(
@@ -373,14 +374,14 @@ fn encode_and_connector_step() {
     );
     unsafe { ella_tensor_free(states) };
     assert_eq!(
-        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, &mut states) },
+        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, &mut states) },
         EllaStatus::Ok
     );
     let s = unsafe { &*states };
     assert_eq!((s.rank, s.shape), (3, [1, 17, 32, 0]));
     let mut tokens = null_mut();
     let step = |data: *const f32, n: usize, w: usize, t: f32, out: *mut *mut EllaTensor| unsafe {
-        ella_connector_step(model, data, n, w, t, out)
+        ella_model_run_connector(model, data, n, w, t, out)
     };
     assert_eq!(
         step(null(), 17, 32, 1.0, &mut tokens),
@@ -439,8 +440,9 @@ fn a_model_is_shared_by_contexts_on_several_threads() {
                     ..request(&prompt)
                 };
                 let mut buffer = vec![0u8; 32 * 32 * 3];
-                let status =
-                    unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
+                let status = unsafe {
+                    ella_context_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96)
+                };
                 unsafe { ella_context_free(ctx) };
                 assert_eq!(status, EllaStatus::Ok);
                 buffer
@@ -472,7 +474,8 @@ fn n_threads_changes_where_not_what() {
             steps: 2,
             ..request(&prompt)
         };
-        let status = unsafe { ella_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
+        let status =
+            unsafe { ella_context_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
         assert_eq!(status, EllaStatus::Ok, "{}", last_error());
         unsafe {
             ella_context_free(ctx);
@@ -549,7 +552,7 @@ fn prompt_cache_and_freed_text_encoder() {
     let direct = generate_32(ctx, &r).unwrap();
 
     let mut cache = null_mut();
-    let encode = |p, n, out| unsafe { ella_prompt_encode(model, p, n, 0, out) };
+    let encode = |p, n, out| unsafe { ella_prompt_new(model, p, n, 0, out) };
     assert_eq!(
         encode(null(), negative.as_ptr(), &mut cache),
         EllaStatus::InvalidArgument
@@ -559,7 +562,7 @@ fn prompt_cache_and_freed_text_encoder() {
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_prompt_encode(null(), prompt.as_ptr(), null(), 0, &mut cache) },
+        unsafe { ella_prompt_new(null(), prompt.as_ptr(), null(), 0, &mut cache) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
@@ -575,18 +578,15 @@ fn prompt_cache_and_freed_text_encoder() {
     assert_eq!(generate_32(ctx, &cached).unwrap(), direct, "same states");
 
     assert_eq!(
-        unsafe { ella_model_free_text_encoder(null()) },
+        unsafe { ella_model_free_t5(null()) },
         EllaStatus::InvalidArgument
     );
-    assert_eq!(
-        unsafe { ella_model_free_text_encoder(model) },
-        EllaStatus::Ok
-    );
+    assert_eq!(unsafe { ella_model_free_t5(model) }, EllaStatus::Ok);
     let error = generate_32(ctx, &r).unwrap_err();
     assert!(error.contains("text encoder was freed"), "{error}");
     let mut states = null_mut();
     assert_eq!(
-        unsafe { ella_encode_prompt(model, prompt.as_ptr(), 0, &mut states) },
+        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, &mut states) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
@@ -790,7 +790,7 @@ fn single_file_checkpoint_clip_and_concat_conditioning() {
     let the_red_hat = CString::new("the red hat").unwrap();
     let mut cache = null_mut();
     assert_eq!(
-        unsafe { ella_prompt_encode(clip_only, the_red_hat.as_ptr(), null(), 0, &mut cache) },
+        unsafe { ella_prompt_new(clip_only, the_red_hat.as_ptr(), null(), 0, &mut cache) },
         EllaStatus::Ok,
         "{}",
         last_error()
@@ -894,7 +894,7 @@ fn image_to_image() {
     };
     let mut image = null_mut();
     assert_eq!(
-        unsafe { ella_generate(ctx, &huge, &mut image) },
+        unsafe { ella_context_generate(ctx, &huge, &mut image) },
         EllaStatus::InvalidArgument
     );
     assert!(last_error().contains("init_image"), "{}", last_error());

@@ -130,8 +130,8 @@ fn model_params() {
 }
 
 /// Cancels the context whose address is in the slot `user_data` points to.
-unsafe extern "C" fn cancel_at_step_one(user_data: *mut c_void, _step: u32, _total: u32) {
-    unsafe { ella_cancel(*(user_data as *const *mut EllaContext)) };
+unsafe extern "C" fn cancel_at_step_one(_step: u32, _total: u32, user_data: *mut c_void) {
+    unsafe { ella_context_cancel(*(user_data as *const *mut EllaContext)) };
 }
 
 /// A context on `model` that cancels its generations at their first step.
@@ -139,7 +139,7 @@ fn cancelling_context(model: *const EllaModel, slot: &mut *mut EllaContext) {
     let params = EllaContextParams {
         progress_callback: Some(cancel_at_step_one),
         progress_user_data: slot as *mut *mut EllaContext as *mut c_void,
-        ..ella_context_default_params()
+        ..ella_context_params_default()
     };
     assert_eq!(
         unsafe { ella_context_new(model, &params, slot) },
@@ -182,7 +182,7 @@ fn context_params_and_requests() {
     let mut cache = null_mut();
     let prompt = CString::new("a red book").unwrap();
     assert_eq!(
-        unsafe { ella_prompt_encode(small_model, prompt.as_ptr(), null(), 0, &mut cache) },
+        unsafe { ella_prompt_new(small_model, prompt.as_ptr(), null(), 0, &mut cache) },
         EllaStatus::Ok
     );
     let pixels = vec![100u8; 1 << 16];
@@ -266,7 +266,7 @@ fn context_params_and_requests() {
             }
         }
         let mut image = null_mut();
-        let status = unsafe { ella_generate(*ctx, &r, &mut image) };
+        let status = unsafe { ella_context_generate(*ctx, &r, &mut image) };
         unsafe { ella_image_free(image) };
         matches!(status, EllaStatus::Ok | EllaStatus::Cancelled)
     });

@@ -29,7 +29,7 @@ struct progress {
     atomic_uint last_total;
 };
 
-static void on_progress(void *user_data, uint32_t step, uint32_t total) {
+static void on_progress(uint32_t step, uint32_t total, void *user_data) {
     struct progress *p = user_data;
     atomic_store(&p->steps_seen, step);
     atomic_store(&p->last_total, total);
@@ -55,7 +55,7 @@ static void *cancel_soon(void *arg) {
         struct timespec pause = {0, 1000000};
         nanosleep(&pause, NULL);
     }
-    ella_cancel(c->ctx);
+    ella_context_cancel(c->ctx);
     return NULL;
 }
 
@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
     ella_model *model = NULL;
     CHECK(ella_model_load(NULL, &model) == ELLA_STATUS_INVALID_ARGUMENT, "NULL params");
     CHECK(strlen(ella_last_error_message()) > 0, "an error message");
-    ella_model_params params = ella_model_default_params();
+    ella_model_params params = ella_model_params_default();
     params.t5_path = argv[1];
     params.ella_path = argv[2];
     params.ella_config_path = strcmp(argv[3], "-") == 0 ? NULL : argv[3];
@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     CHECK(log_count == 1, "one log message after loading, got %d", log_count);
 
     struct progress progress = {0, 0};
-    ella_context_params cparams = ella_context_default_params();
+    ella_context_params cparams = ella_context_params_default();
     cparams.progress_callback = on_progress;
     cparams.progress_user_data = &progress;
     ella_context *ctx = NULL;
@@ -114,24 +114,24 @@ int main(int argc, char **argv) {
     /* Error paths of generating. */
     ella_generate_request request = ella_generate_request_default();
     ella_image *image = NULL;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "NULL prompt");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "NULL prompt");
     request.prompt = "\xff\xfe not UTF-8";
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "invalid UTF-8");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "invalid UTF-8");
     request.prompt = "a red book on a wooden table";
     request.width = 33;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "width 33");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "width 33");
     request.width = size;
     request.height = size;
     request.steps = 0;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "0 steps");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "0 steps");
     request.scheduler = 42;
     request.steps = steps;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "unknown scheduler");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "unknown scheduler");
     request.scheduler = ELLA_SCHEDULER_DPM_SOLVER_MULTISTEP;
-    CHECK(ella_generate(NULL, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "NULL context");
+    CHECK(ella_context_generate(NULL, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "NULL context");
 
     /* A real image, with progress. */
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate");
     CHECK(image->width == size && image->height == size && image->channels == 3, "image size");
     CHECK(atomic_load(&progress.steps_seen) == steps && atomic_load(&progress.last_total) == steps,
           "progress %u/%u", atomic_load(&progress.steps_seen), atomic_load(&progress.last_total));
@@ -141,9 +141,9 @@ int main(int argc, char **argv) {
     request.pixel_format = ELLA_PIXEL_FORMAT_RGBA8;
     size_t pitch = size * 4 + 16;
     uint8_t *buffer = malloc(pitch * size);
-    CHECK(ella_generate_into(ctx, &request, buffer, pitch * 10, pitch) == ELLA_STATUS_BUFFER_TOO_SMALL, "small buffer");
-    CHECK(ella_generate_into(ctx, &request, buffer, pitch * size, size * 3) == ELLA_STATUS_BUFFER_TOO_SMALL, "short pitch");
-    CHECK(ella_generate_into(ctx, &request, buffer, pitch * size, pitch) == ELLA_STATUS_OK, "generate_into");
+    CHECK(ella_context_generate_into(ctx, &request, buffer, pitch * 10, pitch) == ELLA_STATUS_BUFFER_TOO_SMALL, "small buffer");
+    CHECK(ella_context_generate_into(ctx, &request, buffer, pitch * size, size * 3) == ELLA_STATUS_BUFFER_TOO_SMALL, "short pitch");
+    CHECK(ella_context_generate_into(ctx, &request, buffer, pitch * size, pitch) == ELLA_STATUS_OK, "generate_into");
     for (size_t y = 0; y < size; y++) {
         for (size_t x = 0; x < size; x++) {
             const uint8_t *px = buffer + y * pitch + x * 4;
@@ -163,26 +163,26 @@ int main(int argc, char **argv) {
     struct canceller canceller = {ctx, &progress};
     pthread_t thread;
     CHECK(pthread_create(&thread, NULL, cancel_soon, &canceller) == 0, "thread");
-    ella_status status = ella_generate(ctx, &request, &image);
+    ella_status status = ella_context_generate(ctx, &request, &image);
     pthread_join(thread, NULL);
     CHECK(status == ELLA_STATUS_CANCELLED, "cancelled, got %d", status);
     CHECK(atomic_load(&progress.steps_seen) < 500, "stopped early");
     request.steps = 1;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate after a cancel");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate after a cancel");
     ella_image_free(image);
 
     /* Encoding only, and one connector step (for hosts with their own U-Net). */
     ella_tensor *states = NULL, *tokens = NULL;
-    CHECK(ella_encode_prompt(model, NULL, 0, &states) == ELLA_STATUS_INVALID_ARGUMENT, "NULL prompt");
-    CHECK(ella_encode_prompt(model, "a red book", 0, &states) == ELLA_STATUS_OK, "encode");
+    CHECK(ella_model_encode_t5(model, NULL, 0, &states) == ELLA_STATUS_INVALID_ARGUMENT, "NULL prompt");
+    CHECK(ella_model_encode_t5(model, "a red book", 0, &states) == ELLA_STATUS_OK, "encode");
     CHECK(states->rank == 3 && states->shape[0] == 1 && states->shape[1] > 1, "states shape");
     size_t wide = states->shape[1] * (states->shape[2] + 1);
     float *wider = calloc(wide, sizeof(float));
-    CHECK(ella_connector_step(model, wider, states->shape[1], states->shape[2] + 1, 999.0f, &tokens) ==
+    CHECK(ella_model_run_connector(model, wider, states->shape[1], states->shape[2] + 1, 999.0f, &tokens) ==
               ELLA_STATUS_INVALID_ARGUMENT,
           "wrong width");
     free(wider);
-    CHECK(ella_connector_step(model, states->data, states->shape[1], states->shape[2], 999.0f, &tokens) == ELLA_STATUS_OK,
+    CHECK(ella_model_run_connector(model, states->data, states->shape[1], states->shape[2], 999.0f, &tokens) == ELLA_STATUS_OK,
           "connector step");
     CHECK(tokens->rank == 3 && tokens->shape[0] == 1, "tokens shape");
     printf("states [1, %llu, %llu] -> condition tokens [1, %llu, %llu]\n", (unsigned long long)states->shape[1],
@@ -193,13 +193,13 @@ int main(int argc, char **argv) {
 
     /* Encode once, free T5, then sample from the cached states (tiled VAE decoding too). */
     ella_prompt *cached = NULL;
-    CHECK(ella_prompt_encode(model, "a red book", NULL, 0, &cached) == ELLA_STATUS_OK, "prompt encode");
-    CHECK(ella_model_free_text_encoder(model) == ELLA_STATUS_OK, "free T5");
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "no T5, no cache");
+    CHECK(ella_prompt_new(model, "a red book", NULL, 0, &cached) == ELLA_STATUS_OK, "prompt encode");
+    CHECK(ella_model_free_t5(model) == ELLA_STATUS_OK, "free T5");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_INVALID_ARGUMENT, "no T5, no cache");
     request.prompt = NULL;
     request.prompt_cache = cached;
     request.vae_decode = ELLA_VAE_DECODE_TILED;
-    CHECK(ella_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate from the cache");
+    CHECK(ella_context_generate(ctx, &request, &image) == ELLA_STATUS_OK, "generate from the cache");
     ella_image_free(image);
     ella_prompt_free(cached);
 

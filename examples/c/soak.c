@@ -33,7 +33,7 @@ static const char *LORAS[2];
 static const ella_prompt *PROMPT;
 
 /* A step at which the progress callback hands over to the canceller thread and waits
- * until it has called ella_cancel: the next model block then sees the flag. */
+ * until it has called ella_context_cancel: the next model block then sees the flag. */
 struct worker {
     ella_model *model;
     ella_context *ctx;
@@ -47,7 +47,7 @@ struct worker {
     int quit;
 };
 
-static void on_progress(void *user_data, uint32_t step, uint32_t total) {
+static void on_progress(uint32_t step, uint32_t total, void *user_data) {
     struct worker *w = user_data;
     (void)total;
     if (step != w->cancel_at) {
@@ -72,7 +72,7 @@ static void *canceller(void *arg) {
         if (w->quit) {
             break;
         }
-        ella_cancel(w->ctx);
+        ella_context_cancel(w->ctx);
         w->want_cancel = 0;
         pthread_cond_broadcast(&w->changed);
     }
@@ -114,7 +114,7 @@ static void *work(void *arg) {
         w->cancel_at = 1 + next_random(&random) % (STEPS - 1);
         ella_generate_request r = request_for(next_random(&random));
         ella_image *image = NULL;
-        ella_status status = ella_generate(w->ctx, &r, &image);
+        ella_status status = ella_context_generate(w->ctx, &r, &image);
         CHECK(status == ELLA_STATUS_CANCELLED && image == NULL, "round %u: status %d", i, status);
         w->cancelled++;
         set_loras(w->model, next_random(&random) % 4);
@@ -131,11 +131,11 @@ static uint8_t *generate(ella_context *ctx, uint64_t seed) {
     ella_generate_request r = request_for(seed);
     size_t bytes = (size_t)SIZE * SIZE * 3;
     uint8_t *pixels = malloc(bytes);
-    CHECK(ella_generate_into(ctx, &r, pixels, bytes, (size_t)SIZE * 3) == ELLA_STATUS_OK, "generate");
+    CHECK(ella_context_generate_into(ctx, &r, pixels, bytes, (size_t)SIZE * 3) == ELLA_STATUS_OK, "generate");
     return pixels;
 }
 
-static void free_self(void *user_data, uint32_t step, uint32_t total) {
+static void free_self(uint32_t step, uint32_t total, void *user_data) {
     (void)total;
     if (step == 1) {
         ella_context_free(*(ella_context **)user_data);
@@ -155,7 +155,7 @@ int main(int argc, char **argv) {
     LORAS[0] = argv[5];
     LORAS[1] = argv[6];
 
-    ella_model_params params = ella_model_default_params();
+    ella_model_params params = ella_model_params_default();
     params.t5_path = argv[1];
     params.ella_path = argv[2];
     params.ella_config_path = argv[3];
@@ -163,7 +163,7 @@ int main(int argc, char **argv) {
     ella_model *model = NULL;
     CHECK(ella_model_load(&params, &model) == ELLA_STATUS_OK, "load");
     ella_prompt *prompt = NULL;
-    CHECK(ella_prompt_encode(model, "a red book on a wooden table", NULL, 0, &prompt) == ELLA_STATUS_OK, "encode");
+    CHECK(ella_prompt_new(model, "a red book on a wooden table", NULL, 0, &prompt) == ELLA_STATUS_OK, "encode");
     PROMPT = prompt;
 
     struct worker workers[2];
@@ -175,7 +175,7 @@ int main(int argc, char **argv) {
         w->rounds = rounds / 2 + (unsigned)i * (rounds % 2);
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->changed, NULL);
-        ella_context_params cparams = ella_context_default_params();
+        ella_context_params cparams = ella_context_params_default();
         cparams.progress_callback = on_progress;
         cparams.progress_user_data = w;
         CHECK(ella_context_new(model, &cparams, &w->ctx) == ELLA_STATUS_OK, "context %d", i);
@@ -213,7 +213,7 @@ int main(int argc, char **argv) {
 
     /* A context freed from its own progress callback is freed when its call returns. */
     ella_context *doomed = NULL;
-    ella_context_params cparams = ella_context_default_params();
+    ella_context_params cparams = ella_context_params_default();
     cparams.progress_callback = free_self;
     cparams.progress_user_data = &doomed;
     CHECK(ella_context_new(model, &cparams, &doomed) == ELLA_STATUS_OK, "doomed context");

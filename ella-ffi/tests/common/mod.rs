@@ -51,7 +51,7 @@ pub fn params(p: &Paths) -> EllaModelParams {
         ella_path: p.ella.as_ptr(),
         ella_config_path: p.config.as_ptr(),
         sd_path: p.sd.as_ptr(),
-        ..ella_model_default_params()
+        ..ella_model_params_default()
     }
 }
 
@@ -85,7 +85,8 @@ pub fn generate_32(
     request: &EllaGenerateRequest,
 ) -> Result<Vec<u8>, String> {
     let mut buffer = vec![0u8; 32 * 32 * 3];
-    match unsafe { ella_generate_into(ctx, request, buffer.as_mut_ptr(), buffer.len(), 96) } {
+    match unsafe { ella_context_generate_into(ctx, request, buffer.as_mut_ptr(), buffer.len(), 96) }
+    {
         EllaStatus::Ok => Ok(buffer),
         status => Err(format!("{status:?}: {}", last_error())),
     }

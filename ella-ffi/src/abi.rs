@@ -1,0 +1,432 @@
+//! The types of the C ABI (enums passed as `u32` fields, `struct_size`-versioned params
+//! structs, library-owned results) and the reading and writing of them across the boundary.
+
+use std::ffi::{CStr, c_char, c_void};
+
+use crate::boundary::{Failure, invalid};
+use crate::prompt::EllaPrompt;
+
+/// The result of every fallible call. Details: `ella_last_error_message()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaStatus {
+    Ok = 0,
+    /// A null pointer, invalid UTF-8, an out-of-range number or size, a wrong `struct_size`.
+    InvalidArgument = 1,
+    /// A file is missing or unreadable.
+    Io = 2,
+    /// A weight or config file is damaged or does not match the model (names the tensor).
+    InvalidModel = 3,
+    /// The request needs something this build does not have (e.g. a backend, a precision).
+    Unsupported = 4,
+    /// `ella_context_cancel` stopped the generation; the context stays usable.
+    Cancelled = 5,
+    /// The caller's buffer is too small for the image.
+    BufferTooSmall = 6,
+    /// A bug in ella (a caught panic); the message says where.
+    Internal = 7,
+    /// The request (or model) needs more working memory than `memory_budget` allows; the
+    /// message says how much. Nothing was allocated for it.
+    OutOfMemory = 8,
+    /// The computation produced NaN or infinite values (the message names the step): bad
+    /// weights, an overflow in F16, an absurd guidance or LoRA scale. No image is returned.
+    Numerical = 9,
+    /// The context is running another call (from another thread), or a callback called a
+    /// function that would wait for the generation it was called from.
+    Busy = 10,
+}
+
+/// Compute backend. A backend not compiled into the library (cargo features `wgpu`,
+/// `cuda`) is refused with `ELLA_STATUS_UNSUPPORTED`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaBackend {
+    /// Burn's `flex` CPU backend (or `ndarray` in builds without `flex`).
+    Cpu = 0,
+    /// Vulkan, Metal or DX12 through wgpu (F32 and F16).
+    Wgpu = 1,
+    /// NVIDIA GPUs (F32, F16 and BF16); needs the driver and NVRTC at run time only.
+    Cuda = 2,
+}
+
+/// Sampler; the other scheduler settings come from the SD folder's scheduler config.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaScheduler {
+    /// DPM-Solver++ 2M (the official ELLA demo's).
+    DpmSolverMultistep = 0,
+    DpmSolverMultistepKarras = 1,
+    Euler = 2,
+    Ddim = 3,
+}
+
+/// Float type of the weights and the computation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPrecision {
+    F32 = 0,
+    /// Half precision (the official ELLA setting on GPUs); on the CPU only with the `flex` backend.
+    F16 = 1,
+    Bf16 = 2,
+}
+
+/// Precision of the T5 encoder.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaT5Precision {
+    /// The model's `precision`, the whole encoder (F16 is what the official ELLA code runs).
+    Auto = 0,
+    F32 = 1,
+    F16 = 2,
+    /// F16 with the feed-forward output projections in F32 (transformers' F16 loading).
+    F16WoF32 = 3,
+    Bf16 = 4,
+}
+
+/// How the VAE decodes (memory against speed).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaVaeDecode {
+    /// Everything at once (fastest).
+    Whole = 0,
+    /// One image at a time: same pixels.
+    Sliced = 1,
+    /// Overlapping 512×512 tiles (diffusers' tiling): bounded memory for any size, pixels
+    /// differ slightly near tile seams.
+    Tiled = 2,
+}
+
+/// What the U-Net is conditioned on.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaConditioning {
+    /// ELLA's 64 tokens from T5 (the official way; the default).
+    Ella = 0,
+    /// ELLA's tokens followed by CLIP's 77 (ComfyUI-ELLA's concat mode: LoRA trigger words
+    /// keep working). Needs `load_clip`.
+    EllaClip = 1,
+    /// SD1.5's own CLIP conditioning (plain SD). Needs `load_clip`.
+    Clip = 2,
+    /// CLIP's states rewritten by a SUR-adapter (`sur_weight`, `sur_mode`). Needs `load_clip`
+    /// and `sur_adapter_path`.
+    ClipSur = 3,
+}
+
+/// How a SUR-adapter sees the negative and positive prompt.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaSurMode {
+    /// As the official pipeline: the two prompts attend to each other (reproduces its images).
+    Faithful = 0,
+    /// As the adapter was trained: each prompt alone.
+    PerToken = 1,
+}
+
+/// Pixel layout of an image.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPixelFormat {
+    Rgb8 = 0,
+    /// RGB8 plus an opaque alpha channel (255).
+    Rgba8 = 1,
+}
+
+/// Severity of a log message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaLogLevel {
+    Info = 0,
+    Warning = 1,
+}
+
+/// Receives log messages of one model handle (`message` is valid during the call only).
+pub type EllaLogCallback = Option<
+    unsafe extern "C" fn(level: EllaLogLevel, message: *const c_char, user_data: *mut c_void),
+>;
+
+/// Called after every denoising step, on the thread that runs `ella_context_generate`.
+pub type EllaProgressCallback =
+    Option<unsafe extern "C" fn(step: u32, total: u32, user_data: *mut c_void)>;
+
+/// How to load a model. Start from `ella_model_params_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaModelParams {
+    /// `sizeof(ella_model_params)`.
+    pub struct_size: u32,
+    /// T5 encoder folder (`config.json`, `tokenizer.json`, `model.safetensors`); NULL
+    /// together with `ella_path` to load SD with CLIP only.
+    pub t5_path: *const c_char,
+    /// ELLA connector file (`ella-sd1.5-tsc-t5xl.safetensors`).
+    pub ella_path: *const c_char,
+    /// JSON file with the connector's sizes; NULL for the official connector.
+    pub ella_config_path: *const c_char,
+    /// SD1.5: a folder in the diffusers layout (`unet/`, `vae/`, `scheduler/`, and
+    /// `text_encoder/` + `tokenizer/` for CLIP) or a single-file checkpoint (`.safetensors`,
+    /// LDM layout, as from CivitAI; SD2.x and SDXL files are refused as UNSUPPORTED).
+    pub sd_path: *const c_char,
+    /// An `ella_backend` (a plain integer here, so that any value is safe to pass).
+    pub backend: u32,
+    /// An `ella_precision` of the connector, U-Net and VAE; default F32.
+    pub precision: u32,
+    pub log_callback: EllaLogCallback,
+    pub log_user_data: *mut c_void,
+    /// An `ella_t5_precision`; default AUTO (the same as `precision`).
+    pub t5_precision: u32,
+    /// For a single-file `sd_path`: a diffusers-layout folder with its configs and CLIP
+    /// tokenizer; NULL for SD1.5's built-in configs (then CLIP cannot load).
+    pub sd_config_path: *const c_char,
+    /// A VAE replacing SD's (diffusers folder or file, or an LDM-layout file); NULL for none.
+    pub vae_path: *const c_char,
+    /// 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
+    /// default 0.
+    pub load_clip: u32,
+    /// A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
+    pub controlnet_path: *const c_char,
+    /// A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
+    /// official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
+    pub sur_adapter_path: *const c_char,
+    /// The working memory a request may use, in bytes: one that needs more is refused with
+    /// `ELLA_STATUS_OUT_OF_MEMORY` before it allocates anything. 0 (default): the memory the
+    /// machine (or its cgroup) has free when the request starts. On GPU backends, give the
+    /// device memory ella may use.
+    pub memory_budget: u64,
+    /// GPU backends: the directory where compiled kernels and autotune results are kept
+    /// between runs (created if needed), so that a later process starts without compiling.
+    /// NULL (default): the platform's cache directory (`~/.cache/ella/kernels` on Linux).
+    /// One directory per process: the first GPU model load settles it, and a later load
+    /// naming another one fails with `ELLA_STATUS_INVALID_ARGUMENT`.
+    pub kernel_cache_path: *const c_char,
+    /// CPU backend: how many threads the model's work runs on (loading included); callbacks
+    /// still run on the calling thread. 0 (default): every core. Leave cores to a game's own
+    /// threads with a smaller number.
+    pub n_threads: u32,
+}
+
+/// Per-context settings. Start from `ella_context_params_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaContextParams {
+    /// `sizeof(ella_context_params)`.
+    pub struct_size: u32,
+    pub progress_callback: EllaProgressCallback,
+    pub progress_user_data: *mut c_void,
+}
+
+/// One text-to-image request. Start from `ella_generate_request_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaGenerateRequest {
+    /// `sizeof(ella_generate_request)`.
+    pub struct_size: u32,
+    /// UTF-8 prompt; required.
+    pub prompt: *const c_char,
+    /// UTF-8 negative prompt; NULL means "".
+    pub negative_prompt: *const c_char,
+    /// Multiples of 8 (the VAE's factor for SD1.5), up to 4096. Default 512.
+    pub width: u32,
+    pub height: u32,
+    /// Default 25.
+    pub steps: u32,
+    /// Default 10; guidance is off at 1 or below.
+    pub guidance_scale: f32,
+    /// Default 1000.
+    pub seed: u64,
+    /// An `ella_scheduler`.
+    pub scheduler: u32,
+    /// 0: flexible (the prompt's own length, default); N: pad/truncate to N tokens (128 is
+    /// ELLA's training length).
+    pub max_tokens: u32,
+    /// An `ella_pixel_format`.
+    pub pixel_format: u32,
+    /// An `ella_vae_decode`; default WHOLE.
+    pub vae_decode: u32,
+    /// Prompt states from `ella_prompt_new`, used instead of encoding `prompt` and
+    /// `negative_prompt` (which may then be NULL); NULL by default. Required once the
+    /// model's text encoder was freed.
+    pub prompt_cache: *const EllaPrompt,
+    /// An `ella_conditioning`; default ELLA.
+    pub conditioning: u32,
+    /// Image-to-image: RGB8 of the request's size, rows top to bottom without padding
+    /// (`init_image_size` bytes, which must be `width * height * 3`); NULL (default) for
+    /// text-to-image.
+    pub init_image: *const u8,
+    /// With `init_image`: the part of the schedule to run, in (0, 1]; default 0.8.
+    pub strength: f32,
+    /// ControlNet guidance: RGB8 (an edge map, a depth map, …) of the request's size,
+    /// `control_image_size` bytes (`width * height * 3`); NULL (default) for none. Needs a
+    /// model with `controlnet_path`.
+    pub control_image: *const u8,
+    /// The ControlNet's conditioning scale; default 1.
+    pub control_scale: f32,
+    /// The part of the run the ControlNet acts in, as fractions of the steps; default 0 and 1.
+    pub control_start: f32,
+    pub control_end: f32,
+    /// `ELLA_CONDITIONING_CLIP_SUR`: the adapter weight in [0, 1]; default 0.1.
+    pub sur_weight: f32,
+    /// An `ella_sur_mode`; default FAITHFUL.
+    pub sur_mode: u32,
+    /// The byte length of the `init_image` buffer.
+    pub init_image_size: usize,
+    /// The byte length of the `control_image` buffer.
+    pub control_image_size: usize,
+}
+
+/// An image owned by the library until `ella_image_free`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct EllaImage {
+    pub width: u32,
+    pub height: u32,
+    /// 3 (RGB8) or 4 (RGBA8).
+    pub channels: u32,
+    /// `height` rows of `width * channels` bytes, top to bottom.
+    pub pixels: *mut u8,
+}
+
+/// A float tensor owned by the library until `ella_tensor_free` (row-major).
+#[repr(C)]
+#[derive(Debug)]
+pub struct EllaTensor {
+    /// Number of dimensions used in `shape`.
+    pub rank: u32,
+    pub shape: [u64; 4],
+    pub data: *mut f32,
+}
+
+/// A required UTF-8 string argument.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string.
+pub(crate) unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// A `struct_size`-versioned struct: where its fields lie, so that a size that ends inside
+/// one (half a pointer) is refused instead of read.
+pub(crate) trait Versioned: Copy {
+    /// The byte range of every field.
+    fn fields(&self) -> Vec<std::ops::Range<usize>>;
+}
+
+/// Implements [`Versioned`] for a struct from the list of all its fields (the destructuring
+/// has no `..`: a field added to the struct but not here does not compile).
+macro_rules! versioned {
+    ($t:ident { $($field:ident),* $(,)? }) => {
+        impl Versioned for $t {
+            fn fields(&self) -> Vec<std::ops::Range<usize>> {
+                let $t { $($field),* } = self;
+                vec![$({
+                    let start = std::mem::offset_of!($t, $field);
+                    start..start + std::mem::size_of_val($field)
+                }),*]
+            }
+        }
+    };
+}
+
+versioned!(EllaModelParams {
+    struct_size,
+    t5_path,
+    ella_path,
+    ella_config_path,
+    sd_path,
+    backend,
+    precision,
+    log_callback,
+    log_user_data,
+    t5_precision,
+    sd_config_path,
+    vae_path,
+    load_clip,
+    controlnet_path,
+    sur_adapter_path,
+    memory_budget,
+    kernel_cache_path,
+    n_threads,
+});
+versioned!(EllaContextParams {
+    struct_size,
+    progress_callback,
+    progress_user_data,
+});
+versioned!(EllaGenerateRequest {
+    struct_size,
+    prompt,
+    negative_prompt,
+    width,
+    height,
+    steps,
+    guidance_scale,
+    seed,
+    scheduler,
+    max_tokens,
+    pixel_format,
+    vae_decode,
+    prompt_cache,
+    conditioning,
+    init_image,
+    strength,
+    control_image,
+    control_scale,
+    control_start,
+    control_end,
+    sur_weight,
+    sur_mode,
+    init_image_size,
+    control_image_size,
+});
+
+/// A params struct read through its `struct_size`: fields past the given size keep their
+/// defaults, bytes past our size are ignored (a newer header's fields). A size that ends
+/// inside a field is refused: it cannot be an older header's `sizeof`.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `struct_size` readable bytes.
+pub(crate) unsafe fn read_struct<T: Versioned>(
+    ptr: *const T,
+    default: T,
+    what: &str,
+) -> Result<T, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: every params struct starts with a u32 `struct_size`.
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    let inside_a_field = default
+        .fields()
+        .iter()
+        .any(|field| field.start < size && size < field.end);
+    if !(4..=1 << 16).contains(&size) || inside_a_field {
+        return Err(invalid(format!(
+            "{what}.struct_size {size} is not the size of any version of this struct \
+             (set it to sizeof, or start from the *_default() function)"
+        )));
+    }
+    let mut value = default;
+    let count = size.min(std::mem::size_of::<T>());
+    // SAFETY: `count` bytes are readable at `ptr` (the caller's size) and writable in `value`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, count)
+    };
+    Ok(value)
+}
+
+/// Writes a result to the caller's out-pointer.
+///
+/// # Safety
+/// `out` is NULL or writable.
+pub(crate) unsafe fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null, and writable per this function's contract.
+    unsafe { out.write(value) };
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The context: one job at a time on a model, with its cancellation flag and progress
+//! callback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::abi::*;
+use crate::boundary::{Failure, guard, invalid};
+use crate::engine::{Engine, Running};
+use crate::model::{EllaModel, Logger};
+
+/// One job's state. One call at a time: a second call while one runs gets
+/// `ELLA_STATUS_BUSY` (`ella_context_cancel` excepted).
+pub struct EllaContext {
+    pub(crate) model: Arc<dyn Engine>,
+    pub(crate) log: Logger,
+    pub(crate) params: EllaContextParams,
+    pub(crate) cancel: AtomicBool,
+    busy: AtomicBool,
+    /// Set by `ella_context_free` from the context's own progress callback: the running
+    /// call frees the context when it returns.
+    free_when_done: AtomicBool,
+}
+
+// SAFETY: the progress callback is only called from the thread running the generation.
+unsafe impl Send for EllaContext {}
+unsafe impl Sync for EllaContext {}
+
+/// A call running on a context: marks it busy (and running on this thread) until dropped,
+/// however the call ends, a caught panic included.
+struct Session<'a> {
+    context: &'a EllaContext,
+    _running: Running,
+}
+
+impl<'a> Session<'a> {
+    fn begin(context: &'a EllaContext) -> Result<Self, Failure> {
+        let running = Running::enter(context, &context.model, "ella_context_generate")?;
+        if context.busy.swap(true, Ordering::SeqCst) {
+            return Err(Failure(
+                EllaStatus::Busy,
+                "another call is running on this context; use one context per thread".into(),
+            ));
+        }
+        Ok(Self {
+            context,
+            _running: running,
+        })
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.context.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+impl EllaContext {
+    /// Runs `work` on a live context marked busy; frees the context afterwards when its
+    /// progress callback asked to (`ella_context_free`).
+    ///
+    /// # Safety
+    /// `context` is NULL or a live handle.
+    pub(crate) unsafe fn run<T>(
+        context: *mut EllaContext,
+        work: impl FnOnce(&EllaContext) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        // SAFETY: NULL or a live handle.
+        let live = unsafe { context.as_ref() }.ok_or_else(|| invalid("context is NULL"))?;
+        let session = Session::begin(live)?;
+        live.cancel.store(false, Ordering::SeqCst);
+        let result = work(live);
+        let free = live.free_when_done.load(Ordering::SeqCst);
+        drop(session);
+        if free {
+            // SAFETY: the handle's last use: `ella_context_free` left it to this call.
+            drop(unsafe { Box::from_raw(context) });
+        }
+        result
+    }
+}
+
+/// Defaults: no progress callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_context_params_default() -> EllaContextParams {
+    EllaContextParams {
+        struct_size: std::mem::size_of::<EllaContextParams>() as u32,
+        progress_callback: None,
+        progress_user_data: std::ptr::null_mut(),
+    }
+}
+
+/// Makes a context (one job at a time) on a model; `*out_context` owns it (free with
+/// `ella_context_free`). `params` may be NULL for the defaults.
+///
+/// # Safety
+/// `model` is a live handle; `params` is NULL or valid; `out_context` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_new(
+    model: *const EllaModel,
+    params: *const EllaContextParams,
+    out_context: *mut *mut EllaContext,
+) -> EllaStatus {
+    guard(|| {
+        if out_context.is_null() {
+            return Err(invalid("out_context is NULL"));
+        }
+        // SAFETY: NULL or a live handle.
+        let model = unsafe { model.as_ref() }.ok_or_else(|| invalid("model is NULL"))?;
+        let params = match params.is_null() {
+            true => ella_context_params_default(),
+            // SAFETY: per this function's contract.
+            false => unsafe { read_struct(params, ella_context_params_default(), "params")? },
+        };
+        let context = Box::new(EllaContext {
+            model: Arc::clone(&model.engine),
+            log: model.log,
+            params,
+            cancel: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            free_when_done: AtomicBool::new(false),
+        });
+        // SAFETY: checked non-null above; writable per this function's contract.
+        unsafe { write_out(out_context, Box::into_raw(context), "out_context") }
+    })
+}
+
+/// Asks the generation running on `context` to stop: it returns `ELLA_STATUS_CANCELLED`
+/// within one model block (a U-Net block, a VAE level or tile, a T5 layer), and the context
+/// stays usable. Safe from any thread and from the progress callback; no effect when
+/// nothing runs.
+///
+/// # Safety
+/// `context` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_cancel(context: *const EllaContext) {
+    // SAFETY: NULL or a live handle; only the atomic flag is touched.
+    if let Some(context) = unsafe { context.as_ref() } {
+        context.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Frees a context. NULL is a no-op. While a call runs on it from another thread, cancels
+/// that call and waits for it to return; from the context's own progress callback, the
+/// running call frees the context when it returns.
+///
+/// # Safety
+/// `context` is NULL or a handle from `ella_context_new`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_free(context: *mut EllaContext) {
+    // SAFETY: NULL or a live handle.
+    let Some(live) = (unsafe { context.as_ref() }) else {
+        return;
+    };
+    if live.busy.load(Ordering::SeqCst) {
+        if Running::on_this_thread(live) {
+            live.free_when_done.store(true, Ordering::SeqCst);
+            return;
+        }
+        live.cancel.store(true, Ordering::SeqCst);
+        while live.busy.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    // SAFETY: a handle from ella_context_new, freed once, no call running on it.
+    drop(unsafe { Box::from_raw(context) });
+}

@@ -1,0 +1,344 @@
+//! Generation: a request run on a context, into a library-owned image or the host's buffer.
+
+use std::ffi::c_char;
+use std::time::Instant;
+
+use ella_core::limits::MAX_IMAGE_SIDE;
+use ella_core::{Control, GenerateRequest, Hooks, Image};
+
+use crate::abi::*;
+use crate::boundary::{Failure, guard, invalid};
+use crate::context::EllaContext;
+use crate::convert::{max_tokens, token_mode};
+use crate::prompt::EllaPrompt;
+
+/// Defaults of ella-core's `GenerateRequest` (the official demo's): 512×512, 25 steps,
+/// guidance 10, seed 1000, DPM-Solver++ 2M, flexible tokens, ELLA conditioning, the whole
+/// VAE at once; RGB8 pixels. `prompt` must still be set.
+#[unsafe(no_mangle)]
+pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
+    let d = GenerateRequest::default();
+    let control = Control::new(Image {
+        width: 0,
+        height: 0,
+        pixels: Vec::new(),
+    });
+    EllaGenerateRequest {
+        struct_size: std::mem::size_of::<EllaGenerateRequest>() as u32,
+        prompt: std::ptr::null(),
+        negative_prompt: std::ptr::null(),
+        width: d.width as u32,
+        height: d.height as u32,
+        steps: d.steps as u32,
+        guidance_scale: d.guidance_scale,
+        seed: d.seed,
+        scheduler: EllaScheduler::from(d.scheduler) as u32,
+        max_tokens: max_tokens(d.token_mode),
+        pixel_format: EllaPixelFormat::Rgb8 as u32,
+        vae_decode: EllaVaeDecode::from(d.vae_decode) as u32,
+        prompt_cache: std::ptr::null(),
+        conditioning: EllaConditioning::from(d.conditioning) as u32,
+        init_image: std::ptr::null(),
+        strength: d.strength,
+        control_image: std::ptr::null(),
+        control_scale: control.scale,
+        control_start: control.start,
+        control_end: control.end,
+        sur_weight: d.sur_weight,
+        sur_mode: EllaSurMode::from(d.sur_mode) as u32,
+        init_image_size: 0,
+        control_image_size: 0,
+    }
+}
+
+/// An RGB8 image of the request's size from `size` bytes at `pixels` (NULL: none).
+///
+/// # Safety
+/// `pixels` is NULL or points to `size` readable bytes.
+unsafe fn host_image(
+    pixels: *const u8,
+    size: usize,
+    request: &EllaGenerateRequest,
+    what: &str,
+) -> Result<Option<Image>, Failure> {
+    if pixels.is_null() {
+        return Ok(None);
+    }
+    let (width, height) = (request.width as usize, request.height as usize);
+    if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE {
+        return Err(invalid(format!(
+            "request.{what} needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
+        )));
+    }
+    let expected = width * height * 3;
+    if size != expected {
+        return Err(invalid(format!(
+            "request.{what}_size is {size} bytes; a {width}×{height} RGB8 image is {expected}"
+        )));
+    }
+    // SAFETY: `size` readable bytes, per this function's contract.
+    let pixels = unsafe { std::slice::from_raw_parts(pixels, size) };
+    Ok(Some(Image {
+        width,
+        height,
+        pixels: pixels.to_vec(),
+    }))
+}
+
+/// A C request read into ella-core's, with the prompt cache it names and its pixel format.
+struct Request<'a> {
+    generate: GenerateRequest,
+    cache: Option<&'a EllaPrompt>,
+    format: EllaPixelFormat,
+}
+
+/// Reads and checks a request.
+///
+/// # Safety
+/// `request` points to a valid request (strings NUL-terminated, buffers of their sizes,
+/// `prompt_cache` NULL or live).
+unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Request<'a>, Failure> {
+    // SAFETY: per this function's contract.
+    let request = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
+    let format = EllaPixelFormat::decode(request.pixel_format, "request.pixel_format")?;
+    // SAFETY: NULL or a live handle, per this function's contract.
+    let cache = unsafe { request.prompt_cache.as_ref() };
+    let optional_text = |ptr: *const c_char, what| match ptr.is_null() {
+        true => Ok(String::new()),
+        // SAFETY: strings per this function's contract.
+        false => unsafe { text(ptr, what) }.map(str::to_string),
+    };
+    let prompt = match cache {
+        Some(_) => optional_text(request.prompt, "request.prompt")?,
+        // SAFETY: strings per this function's contract.
+        None => unsafe { text(request.prompt, "request.prompt") }?.to_string(),
+    };
+    // SAFETY (both): buffers of the sizes given, per this function's contract.
+    let init_image = unsafe {
+        host_image(
+            request.init_image,
+            request.init_image_size,
+            &request,
+            "init_image",
+        )
+    }?;
+    let control_image = unsafe {
+        host_image(
+            request.control_image,
+            request.control_image_size,
+            &request,
+            "control_image",
+        )
+    }?;
+    let generate = GenerateRequest {
+        prompt,
+        negative_prompt: optional_text(request.negative_prompt, "request.negative_prompt")?,
+        width: request.width as usize,
+        height: request.height as usize,
+        steps: request.steps as usize,
+        guidance_scale: request.guidance_scale,
+        seed: request.seed,
+        token_mode: token_mode(request.max_tokens),
+        scheduler: EllaScheduler::decode(request.scheduler, "request.scheduler")?.into(),
+        vae_decode: EllaVaeDecode::decode(request.vae_decode, "request.vae_decode")?.into(),
+        conditioning: EllaConditioning::decode(request.conditioning, "request.conditioning")?
+            .into(),
+        init_image,
+        strength: request.strength,
+        sur_weight: request.sur_weight,
+        sur_mode: EllaSurMode::decode(request.sur_mode, "request.sur_mode")?.into(),
+        control: control_image.map(|image| Control {
+            image,
+            scale: request.control_scale,
+            start: request.control_start,
+            end: request.control_end,
+        }),
+        ..GenerateRequest::default()
+    };
+    Ok(Request {
+        generate,
+        cache,
+        format,
+    })
+}
+
+/// An image's pixels in the requested format, with its width, height and channels.
+struct Pixels {
+    bytes: Vec<u8>,
+    width: u32,
+    height: u32,
+    channels: u32,
+}
+
+/// Runs a request on a context.
+///
+/// # Safety
+/// `context` is NULL or a live handle; `request` as [`read_request`].
+unsafe fn run(
+    context: *mut EllaContext,
+    request: *const EllaGenerateRequest,
+) -> Result<Pixels, Failure> {
+    // SAFETY: per this function's contract.
+    unsafe {
+        EllaContext::run(context, |context| {
+            let request = read_request(request)?;
+            let image = denoise(context, &request)?;
+            Ok(pixels(image, request.format))
+        })
+    }
+}
+
+/// The generation itself, with the context's cancellation flag and progress callback.
+fn denoise(context: &EllaContext, request: &Request) -> Result<Image, Failure> {
+    let params = context.params;
+    let mut hooks = Hooks {
+        cancel: Some(&context.cancel),
+        progress: params.progress_callback.map(|callback| {
+            Box::new(move |step: usize, total: usize| {
+                // SAFETY: the host's callback with the documented signature.
+                unsafe { callback(step as u32, total as u32, params.progress_user_data) }
+            }) as ella_core::pipeline::ProgressFn
+        }),
+        ..Hooks::default()
+    };
+    let start = Instant::now();
+    let image = context
+        .model
+        .generate(
+            &request.generate,
+            request.cache.map(|c| &c.states),
+            &mut hooks,
+        )?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure(EllaStatus::Internal, "no image".into()))?;
+    context.log.log(
+        EllaLogLevel::Info,
+        &format!(
+            "ella: generated {}×{} in {:.2?}",
+            image.width,
+            image.height,
+            start.elapsed()
+        ),
+    );
+    Ok(image)
+}
+
+/// An RGB8 image in `format`.
+fn pixels(image: Image, format: EllaPixelFormat) -> Pixels {
+    let bytes = match format {
+        EllaPixelFormat::Rgb8 => image.pixels,
+        EllaPixelFormat::Rgba8 => image
+            .pixels
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+    };
+    Pixels {
+        bytes,
+        width: image.width as u32,
+        height: image.height as u32,
+        channels: format.channels(),
+    }
+}
+
+/// Generates an image; on success `*out_image` owns it (free with `ella_image_free`).
+///
+/// # Safety
+/// `context` is a live handle, `request` a valid request, `out_image` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_generate(
+    context: *mut EllaContext,
+    request: *const EllaGenerateRequest,
+    out_image: *mut *mut EllaImage,
+) -> EllaStatus {
+    guard(|| {
+        if out_image.is_null() {
+            return Err(invalid("out_image is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let image = unsafe { run(context, request)? };
+        let image = Box::new(EllaImage {
+            width: image.width,
+            height: image.height,
+            channels: image.channels,
+            pixels: Box::into_raw(image.bytes.into_boxed_slice()) as *mut u8,
+        });
+        // SAFETY: checked non-null above; writable per this function's contract.
+        unsafe { write_out(out_image, Box::into_raw(image), "out_image") }
+    })
+}
+
+/// Generates an image into the caller's buffer: `height` rows of `width * channels` bytes,
+/// each starting `row_pitch` bytes after the previous one. `ELLA_STATUS_BUFFER_TOO_SMALL`
+/// (checked before any work) when `row_pitch` or `buffer_size` cannot hold it.
+///
+/// # Safety
+/// `buffer` points to `buffer_size` writable bytes; the rest as `ella_context_generate`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_context_generate_into(
+    context: *mut EllaContext,
+    request: *const EllaGenerateRequest,
+    buffer: *mut u8,
+    buffer_size: usize,
+    row_pitch: usize,
+) -> EllaStatus {
+    guard(|| {
+        if buffer.is_null() {
+            return Err(invalid("buffer is NULL"));
+        }
+        // SAFETY: per this function's contract.
+        let peek = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
+        let format = EllaPixelFormat::decode(peek.pixel_format, "request.pixel_format")?;
+        let row = peek.width as usize * format.channels() as usize;
+        let needed = row_pitch
+            .checked_mul(peek.height.saturating_sub(1) as usize)
+            .and_then(|n| n.checked_add(row));
+        if row_pitch < row || needed.is_none_or(|n| n > buffer_size) {
+            return Err(Failure(
+                EllaStatus::BufferTooSmall,
+                format!(
+                    "a {}×{} image needs a row pitch ≥ {row} and {} bytes",
+                    peek.width,
+                    peek.height,
+                    needed.unwrap_or(usize::MAX)
+                ),
+            ));
+        }
+        // SAFETY: per this function's contract.
+        let image = unsafe { run(context, request)? };
+        for (y, source) in image
+            .bytes
+            .chunks_exact(row)
+            .take(peek.height as usize)
+            .enumerate()
+        {
+            // SAFETY: row y lies within buffer_size, checked above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(source.as_ptr(), buffer.add(y * row_pitch), row)
+            };
+        }
+        Ok(())
+    })
+}
+
+/// Frees an image from `ella_context_generate`. NULL is a no-op.
+///
+/// # Safety
+/// `image` is NULL or from `ella_context_generate`, not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ella_image_free(image: *mut EllaImage) {
+    if image.is_null() {
+        return;
+    }
+    // SAFETY: allocated by ella_context_generate as a boxed image and a boxed slice of this
+    // length.
+    unsafe {
+        let image = Box::from_raw(image);
+        let len = (image.width * image.height * image.channels) as usize;
+        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            image.pixels,
+            len,
+        )));
+    }
+}
