@@ -29,29 +29,24 @@ macro_rules! field_ranges {
 
 /// A new context on `model` whose progress callback gets `user_data`.
 fn context_with_progress<T>(
-    model: *mut EllaModel,
+    model: &Model,
     callback: EllaProgressCallback,
     user_data: &Arc<T>,
-) -> *mut EllaContext {
+) -> Context {
     let params = EllaContextParams {
         progress_callback: callback,
         progress_user_data: Arc::as_ptr(user_data) as *mut c_void,
         ..ella_context_params_default()
     };
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, &params, &mut ctx) },
-        EllaStatus::Ok
-    );
-    ctx
+    Context::with_params(model, &params)
 }
 
 /// A generation of "a red book" in `steps` steps on `ctx`, on another thread.
 fn generate_on_thread(
-    ctx: *mut EllaContext,
+    ctx: &Context,
     steps: u32,
 ) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
-    let shared = ctx as usize;
+    let shared = ctx.ptr() as usize;
     std::thread::spawn(move || {
         let prompt = CString::new("a red book").unwrap();
         let r = EllaGenerateRequest {
@@ -71,7 +66,7 @@ fn inside(size: usize, fields: &[std::ops::Range<usize>]) -> bool {
 /// a pointer and crashed the host; every size that ends inside any field is refused, every
 /// other size is read (fields past it keep their defaults).
 #[test]
-fn struct_sizes_that_end_inside_a_field_are_refused() {
+fn struct_sizes_that_end_inside_a_field_are_refused_in_model_params() {
     let p = paths();
     let full = params(&p);
     let fields = field_ranges!(
@@ -106,8 +101,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
             struct_size: size as u32,
             ..full
         };
-        let mut model = null_mut();
-        let status = unsafe { ella_model_load(&bad, &mut model) };
+        let status = load_status(&bad);
         let size_error = last_error().contains("struct_size");
         let expected = size < 4 || inside(size, &fields);
         assert_eq!(
@@ -117,10 +111,13 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
             last_error()
         );
         refused += usize::from(size_error);
-        unsafe { ella_model_free(model) };
     }
     assert!(refused > 40, "{refused} sizes refused");
+}
 
+/// Every context params size that ends inside a field is refused, every other is read.
+#[test]
+fn struct_sizes_that_end_inside_a_field_are_refused_in_context_params() {
     let defaults = ella_context_params_default();
     let fields = field_ranges!(
         defaults,
@@ -136,17 +133,16 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
             struct_size: size as u32,
             ..defaults
         };
-        let mut ctx = null_mut();
-        let status = unsafe { ella_context_new(model, &params, &mut ctx) };
+        let ctx = Context::try_with_params(&model, &params);
         let expected_ok = size >= 4 && !inside(size, &fields);
-        assert_eq!(
-            status == EllaStatus::Ok,
-            expected_ok,
-            "context params size {size}"
-        );
-        unsafe { ella_context_free(ctx) };
+        assert_eq!(ctx.is_ok(), expected_ok, "context params size {size}");
     }
+}
 
+/// Request sizes that end inside a field (12, 68, 84, 100 …) are refused; every other size
+/// is read, 16 (a whole default request) and 20 (half a pointer) included.
+#[test]
+fn struct_sizes_that_end_inside_a_field_are_refused_in_requests() {
     let prompt = CString::new("a red book").unwrap();
     let full = request(&prompt);
     let fields = field_ranges!(
@@ -181,11 +177,8 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
     for size in [12, 68, 84, 100] {
         assert!(inside(size, &fields), "the probe's size {size}");
     }
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let model = load();
+    let ctx = Context::new(&model);
     for size in 0..std::mem::size_of::<EllaGenerateRequest>() + 16 {
         let r = EllaGenerateRequest {
             struct_size: size as u32,
@@ -193,16 +186,12 @@ fn struct_sizes_that_end_inside_a_field_are_refused() {
         };
         // An accepted request is refused next for the buffer, before any work.
         let mut byte = 0u8;
-        let status = unsafe { ella_context_generate_into(ctx, &r, &mut byte, 1, 96) };
+        let status = unsafe { ella_context_generate_into(ctx.ptr(), &r, &mut byte, 1, 96) };
         let expected = match size < 4 || inside(size, &fields) {
             true => EllaStatus::InvalidArgument,
             false => EllaStatus::BufferTooSmall,
         };
         assert_eq!(status, expected, "request size {size}: {}", last_error());
-    }
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
     }
 }
 
@@ -221,9 +210,11 @@ unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void
     }
     let prompt = CString::new("a red book").unwrap();
     let r = request(&prompt);
-    let mut image = null_mut();
-    let mut tensor = null_mut();
-    let mut cached = null_mut();
+    // One owner per call: a call that wrongly succeeded leaks nothing, and no slot is reused
+    // (a panic here, in a C callback, would abort the test binary).
+    let (mut image, mut other_image) = (Image::null(), Image::null());
+    let (mut encoded, mut stepped) = (Tensor::null(), Tensor::null());
+    let mut cached = Prompt::null();
     let states = [0f32; 64];
     let lora = fixture("lora/kohya.safetensors");
     let (paths, scales) = ([lora.as_ptr()], [1.0f32]);
@@ -231,11 +222,11 @@ unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void
         [
             (
                 "generate, same context",
-                ella_context_generate(state.ctx, &r, &mut image),
+                ella_context_generate(state.ctx, &r, image.out()),
             ),
             (
                 "generate, other context",
-                ella_context_generate(state.other_ctx, &r, &mut image),
+                ella_context_generate(state.other_ctx, &r, other_image.out()),
             ),
             (
                 "set_loras",
@@ -244,15 +235,15 @@ unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void
             ("free_text_encoder", ella_model_free_t5(state.model)),
             (
                 "encode_prompt",
-                ella_model_encode_t5(state.model, prompt.as_ptr(), 0, &mut tensor),
+                ella_model_encode_t5(state.model, prompt.as_ptr(), 0, encoded.out()),
             ),
             (
                 "prompt_encode",
-                ella_prompt_new(state.model, prompt.as_ptr(), null(), 0, &mut cached),
+                ella_prompt_new(state.model, prompt.as_ptr(), null(), 0, cached.out()),
             ),
             (
                 "connector_step",
-                ella_model_run_connector(state.model, states.as_ptr(), 2, 32, 500.0, &mut tensor),
+                ella_model_run_connector(state.model, states.as_ptr(), 2, 32, 500.0, stepped.out()),
             ),
         ]
     };
@@ -268,7 +259,7 @@ unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void
 fn callbacks_that_call_back_into_their_model_are_refused() {
     let model = load();
     let mut state = Reentry {
-        model,
+        model: model.ptr(),
         ctx: null_mut(),
         other_ctx: null_mut(),
         statuses: Vec::new(),
@@ -278,35 +269,23 @@ fn callbacks_that_call_back_into_their_model_are_refused() {
         progress_user_data: &mut state as *mut Reentry as *mut c_void,
         ..ella_context_params_default()
     };
-    let (mut ctx, mut other) = (null_mut(), null_mut());
-    unsafe {
-        assert_eq!(ella_context_new(model, &params, &mut ctx), EllaStatus::Ok);
-        assert_eq!(ella_context_new(model, null(), &mut other), EllaStatus::Ok);
-    }
-    state.ctx = ctx;
-    state.other_ctx = other;
+    let ctx = Context::with_params(&model, &params);
+    let other = Context::new(&model);
+    state.ctx = ctx.ptr();
+    state.other_ctx = other.ptr();
     let prompt = CString::new("a red book").unwrap();
     let r = EllaGenerateRequest {
         steps: 3,
         ..request(&prompt)
     };
-    let mut image = null_mut();
-    assert_eq!(
-        unsafe { ella_context_generate(ctx, &r, &mut image) },
-        EllaStatus::Cancelled
-    );
+    assert_eq!(ctx.status_of(&r), EllaStatus::Cancelled);
     assert_eq!(state.statuses.len(), 7);
     for (call, status) in &state.statuses {
         assert_eq!(*status, EllaStatus::Busy, "{call} from the callback");
     }
     // Afterwards every one of them works again.
-    assert_eq!(generate_32(other, &request(&prompt)).map(|_| ()), Ok(()));
-    unsafe {
-        assert_eq!(ella_model_free_t5(model), EllaStatus::Ok);
-        ella_context_free(ctx);
-        ella_context_free(other);
-        ella_model_free(model);
-    }
+    assert_eq!(other.generate_32(&request(&prompt)).map(|_| ()), Ok(()));
+    assert_eq!(unsafe { ella_model_free_t5(model.ptr()) }, EllaStatus::Ok);
 }
 
 /// Two threads on one context: the second call is refused with `ELLA_STATUS_BUSY` while
@@ -329,24 +308,23 @@ fn a_context_used_from_two_threads_at_once_is_busy() {
         inside: Barrier::new(2),
         tried: Barrier::new(2),
     });
-    let ctx = context_with_progress(model, Some(wait_at_step_one), &gate);
-    let first = generate_on_thread(ctx, 2);
+    let ctx = context_with_progress(&model, Some(wait_at_step_one), &gate);
+    let first = generate_on_thread(&ctx, 2);
     gate.inside.wait();
     let prompt = CString::new("two cats").unwrap();
-    let second = generate_32(ctx, &request(&prompt)).unwrap_err();
+    let second = ctx.generate_32(&request(&prompt));
+    // The first call is released before any assertion: a failing one must not leave it
+    // waiting (the context's owner would wait for it).
     gate.tried.wait();
+    let second = second.unwrap_err();
     assert!(second.starts_with("Busy"), "{second}");
     assert!(first.join().unwrap().is_ok());
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
 }
 
 /// `ella_context_free` from the context's own progress callback frees it when the call
-/// returns; from another thread while it runs, it cancels the call and waits for it.
+/// returns.
 #[test]
-fn contexts_freed_while_running() {
+fn a_context_freed_from_its_own_callback_is_freed_when_the_call_returns() {
     unsafe extern "C" fn free_self(step: u32, _: u32, user_data: *mut c_void) {
         if step == 1 {
             unsafe { ella_context_free(*(user_data as *const *mut EllaContext)) };
@@ -360,27 +338,32 @@ fn contexts_freed_while_running() {
         ..ella_context_params_default()
     };
     assert_eq!(
-        unsafe { ella_context_new(model, &params, &mut slot) },
+        unsafe { ella_context_new(model.ptr(), &params, &mut slot) },
         EllaStatus::Ok
     );
     let prompt = CString::new("a red book").unwrap();
     assert_eq!(generate_32(slot, &request(&prompt)).map(|_| ()), Ok(()));
+}
 
+/// `ella_context_free` from another thread while the context runs cancels the call and
+/// waits for it.
+#[test]
+fn a_context_freed_from_another_thread_cancels_its_call_and_waits() {
     unsafe extern "C" fn signal(_: u32, _: u32, user_data: *mut c_void) {
         unsafe { &*(user_data as *const AtomicU32) }.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20));
     }
+    let model = load();
     let steps = Arc::new(AtomicU32::new(0));
-    let ctx = context_with_progress(model, Some(signal), &steps);
-    let running = generate_on_thread(ctx, 200);
+    let ctx = context_with_progress(&model, Some(signal), &steps);
+    let running = generate_on_thread(&ctx, 200);
     while steps.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
-    unsafe { ella_context_free(ctx) };
+    unsafe { ella_context_free(ctx.into_raw()) };
     let result = running.join().unwrap().unwrap_err();
     assert!(result.starts_with("Cancelled"), "{result}");
     assert!(steps.load(Ordering::SeqCst) < 200);
-    unsafe { ella_model_free(model) };
 }
 
 /// `init_image` and `control_image` had no length: a short buffer was read past its end
@@ -393,16 +376,8 @@ fn image_buffers_must_have_their_stated_length() {
         controlnet_path: controlnet.as_ptr(),
         ..params(&p)
     };
-    let mut model = null_mut();
-    assert_eq!(
-        unsafe { ella_model_load(&with_controlnet, &mut model) },
-        EllaStatus::Ok
-    );
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let model = Model::load(&with_controlnet);
+    let ctx = Context::new(&model);
     let prompt = CString::new("a red book").unwrap();
     let pixels = vec![128u8; 32 * 32 * 3];
     for size in [0, 1, pixels.len() - 1, pixels.len() + 1, usize::MAX] {
@@ -411,14 +386,14 @@ fn image_buffers_must_have_their_stated_length() {
             init_image_size: size,
             ..request(&prompt)
         };
-        let err = generate_32(ctx, &init).unwrap_err();
+        let err = ctx.generate_32(&init).unwrap_err();
         assert!(err.contains("init_image_size"), "{size}: {err}");
         let control = EllaGenerateRequest {
             control_image: pixels.as_ptr(),
             control_image_size: size,
             ..request(&prompt)
         };
-        let err = generate_32(ctx, &control).unwrap_err();
+        let err = ctx.generate_32(&control).unwrap_err();
         assert!(err.contains("control_image_size"), "{size}: {err}");
     }
     let both = EllaGenerateRequest {
@@ -428,113 +403,116 @@ fn image_buffers_must_have_their_stated_length() {
         control_image_size: pixels.len(),
         ..request(&prompt)
     };
-    assert_eq!(generate_32(ctx, &both).map(|_| ()), Ok(()));
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
+    assert_eq!(ctx.generate_32(&both).map(|_| ()), Ok(()));
+}
+
+/// A 100,000-character prompt.
+fn long_prompt() -> CString {
+    CString::new("a".repeat(100_000)).unwrap()
 }
 
 /// A 100,000-character prompt or `max_tokens` = 2³² − 1 aborted the host through
-/// `ella_model_encode_t5`, `ella_prompt_new` and `ella_context_generate`; an absurd guidance made
-/// a black image "successfully"; a request over the memory budget could not be refused.
+/// `ella_model_encode_t5` and `ella_prompt_new`; so did more T5 states than T5 makes
+/// through `ella_model_run_connector`.
 #[test]
-fn absurd_prompts_numbers_and_budgets_are_statuses() {
+fn absurd_prompts_and_token_counts_are_refused_by_the_encoders() {
     let model = load();
-    let long = CString::new("a".repeat(100_000)).unwrap();
+    let long = long_prompt();
     let short = CString::new("a red book").unwrap();
-    let mut tensor = null_mut();
-    let mut cached = null_mut();
+    let mut tensor = Tensor::null();
+    let mut cached = Prompt::null();
     unsafe {
         assert_eq!(
-            ella_model_encode_t5(model, long.as_ptr(), 0, &mut tensor),
+            ella_model_encode_t5(model.ptr(), long.as_ptr(), 0, tensor.out()),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_model_encode_t5(model, short.as_ptr(), u32::MAX, &mut tensor),
+            ella_model_encode_t5(model.ptr(), short.as_ptr(), u32::MAX, tensor.out()),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_prompt_new(model, long.as_ptr(), null(), 0, &mut cached),
+            ella_prompt_new(model.ptr(), long.as_ptr(), null(), 0, cached.out()),
             EllaStatus::InvalidArgument
         );
         assert_eq!(
-            ella_prompt_new(model, short.as_ptr(), long.as_ptr(), 0, &mut cached),
+            ella_prompt_new(model.ptr(), short.as_ptr(), long.as_ptr(), 0, cached.out()),
             EllaStatus::InvalidArgument
         );
     }
     let states = vec![0f32; 4097 * 32];
     assert_eq!(
-        unsafe { ella_model_run_connector(model, states.as_ptr(), 4097, 32, 500.0, &mut tensor) },
+        unsafe {
+            ella_model_run_connector(model.ptr(), states.as_ptr(), 4097, 32, 500.0, tensor.out())
+        },
         EllaStatus::InvalidArgument,
         "more tokens than T5 makes"
     );
     assert!(tensor.is_null() && cached.is_null());
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    let status_of = |r: &EllaGenerateRequest| {
-        let mut image = null_mut();
-        let status = unsafe { ella_context_generate(ctx, r, &mut image) };
-        unsafe { ella_image_free(image) };
-        status
-    };
-    assert_eq!(status_of(&request(&long)), EllaStatus::InvalidArgument);
+}
+
+/// A 100,000-character prompt or `max_tokens` = 2³² − 1 aborted the host through
+/// `ella_context_generate`.
+#[test]
+fn absurd_prompts_and_max_tokens_are_refused_by_generate() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let long = long_prompt();
+    assert_eq!(ctx.status_of(&request(&long)), EllaStatus::InvalidArgument);
+    let short = CString::new("a red book").unwrap();
     let max_tokens = EllaGenerateRequest {
         max_tokens: u32::MAX,
         ..request(&short)
     };
-    assert_eq!(status_of(&max_tokens), EllaStatus::InvalidArgument);
+    assert_eq!(ctx.status_of(&max_tokens), EllaStatus::InvalidArgument);
+}
+
+/// An absurd guidance made a black image "successfully".
+#[test]
+fn an_absurd_guidance_is_a_numerical_error() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let short = CString::new("a red book").unwrap();
     let guidance = EllaGenerateRequest {
         guidance_scale: 3e38,
         ..request(&short)
     };
-    assert_eq!(status_of(&guidance), EllaStatus::Numerical);
+    assert_eq!(ctx.status_of(&guidance), EllaStatus::Numerical);
     assert!(last_error().contains("step 1 of 2"), "{}", last_error());
-    // A prompt cache encoded flexibly, used by a request with `max_tokens` 7, panicked.
-    assert_eq!(
-        unsafe { ella_prompt_new(model, short.as_ptr(), null(), 0, &mut cached) },
-        EllaStatus::Ok
-    );
+}
+
+/// A prompt cache encoded flexibly, used by a request with `max_tokens` 7, panicked.
+#[test]
+fn a_flexible_prompt_cache_serves_a_request_of_7_tokens() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let short = CString::new("a red book").unwrap();
+    let cached = Prompt::new(&model, &short, None);
     let from_cache = EllaGenerateRequest {
-        prompt_cache: cached,
+        prompt_cache: cached.ptr(),
         max_tokens: 7,
         ..request(&short)
     };
-    assert_eq!(status_of(&from_cache), EllaStatus::Ok, "{}", last_error());
-    unsafe {
-        ella_prompt_free(cached);
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
+    assert_eq!(
+        ctx.status_of(&from_cache),
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+}
 
+/// A request over the memory budget could not be refused.
+#[test]
+fn a_request_over_the_memory_budget_is_out_of_memory() {
     let p = paths();
     let tiny_budget = EllaModelParams {
         memory_budget: 1 << 20,
         ..params(&p)
     };
-    let mut model = null_mut();
-    assert_eq!(
-        unsafe { ella_model_load(&tiny_budget, &mut model) },
-        EllaStatus::Ok
-    );
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    let mut image = null_mut();
-    assert_eq!(
-        unsafe { ella_context_generate(ctx, &request(&short), &mut image) },
-        EllaStatus::OutOfMemory
-    );
+    let model = Model::load(&tiny_budget);
+    let ctx = Context::new(&model);
+    let short = CString::new("a red book").unwrap();
+    assert_eq!(ctx.status_of(&request(&short)), EllaStatus::OutOfMemory);
     assert!(last_error().contains("MiB"), "{}", last_error());
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
 }
 
 /// `ella_model_set_loras` and `ella_model_free_t5` while another thread
@@ -557,31 +535,27 @@ fn model_changes_wait_for_running_generations() {
         steps: 4,
         ..request(&prompt)
     };
-    let mut plain_ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut plain_ctx) },
-        EllaStatus::Ok
-    );
+    let plain_ctx = Context::new(&model);
     let lora = fixture("lora/kohya.safetensors");
     let (paths, scales) = ([lora.as_ptr()], [1.0f32]);
 
     let mut befores = Vec::new();
     for change in ["set_loras", "free_text_encoder"] {
-        let before = generate_32(plain_ctx, &r).unwrap();
+        let before = plain_ctx.generate_32(&r).unwrap();
         befores.push(before.clone());
         let slow = Arc::new(Slow {
             steps: AtomicU32::new(0),
         });
-        let ctx = context_with_progress(model, Some(slow_steps), &slow);
-        let running = generate_on_thread(ctx, 4);
+        let ctx = context_with_progress(&model, Some(slow_steps), &slow);
+        let running = generate_on_thread(&ctx, 4);
         while slow.steps.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let status = match change {
             "set_loras" => unsafe {
-                ella_model_set_loras(model, paths.as_ptr(), scales.as_ptr(), 1)
+                ella_model_set_loras(model.ptr(), paths.as_ptr(), scales.as_ptr(), 1)
             },
-            _ => unsafe { ella_model_free_t5(model) },
+            _ => unsafe { ella_model_free_t5(model.ptr()) },
         };
         assert_eq!(status, EllaStatus::Ok, "{change}: {}", last_error());
         assert_eq!(
@@ -594,14 +568,9 @@ fn model_changes_wait_for_running_generations() {
             image == before,
             "{change}: the running generation kept the model it started with"
         );
-        unsafe { ella_context_free(ctx) };
     }
     // The generations after each change see it: the LoRA, then no T5 to encode with.
     assert!(befores[0] != befores[1], "the LoRA changed the next image");
-    let err = generate_32(plain_ctx, &r).unwrap_err();
+    let err = plain_ctx.generate_32(&r).unwrap_err();
     assert!(err.contains("T5"), "{err}");
-    unsafe {
-        ella_context_free(plain_ctx);
-        ella_model_free(model);
-    }
 }

@@ -1,6 +1,6 @@
 //! Every C ABI function's success and error paths, called as a C host would.
 
-use std::ffi::{CString, c_void};
+use std::ffi::{CStr, CString, c_void};
 use std::ptr::{null, null_mut};
 
 use ella::*;
@@ -9,53 +9,59 @@ mod common;
 use common::*;
 
 #[test]
-fn model_load_error_paths() {
+fn model_load_refuses_null_pointers_and_bad_struct_sizes() {
     let p = paths();
-    let mut model = null_mut();
-    let status = |params: &EllaModelParams, out: *mut *mut EllaModel| unsafe {
-        ella_model_load(params, out)
-    };
+    assert_eq!(load_status(null()), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("params is NULL"));
     assert_eq!(
-        unsafe { ella_model_load(null(), &mut model) },
+        unsafe { ella_model_load(&params(&p), null_mut()) },
         EllaStatus::InvalidArgument
     );
-    assert!(last_error().contains("params is NULL"));
-    assert_eq!(status(&params(&p), null_mut()), EllaStatus::InvalidArgument);
     for size in [0u32, 4, 1 << 20] {
         let bad = EllaModelParams {
             struct_size: size,
             ..params(&p)
         };
         assert_eq!(
-            status(&bad, &mut model),
+            load_status(&bad),
             EllaStatus::InvalidArgument,
             "struct_size {size}"
         );
     }
+}
+
+#[test]
+fn model_load_refuses_missing_non_utf8_and_nonexistent_paths() {
+    let p = paths();
     let no_t5 = EllaModelParams {
         t5_path: null(),
         ..params(&p)
     };
-    assert_eq!(status(&no_t5, &mut model), EllaStatus::InvalidArgument);
+    assert_eq!(load_status(&no_t5), EllaStatus::InvalidArgument);
     assert!(last_error().contains("t5_path"));
     let not_utf8 = CString::new(vec![0xff, 0xfe, b'x']).unwrap();
     let bad = EllaModelParams {
         sd_path: not_utf8.as_ptr(),
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidArgument);
     assert!(last_error().contains("UTF-8"));
     let missing = CString::new("/nonexistent/ella.safetensors").unwrap();
     let bad = EllaModelParams {
         ella_path: missing.as_ptr(),
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::Io);
+    assert_eq!(load_status(&bad), EllaStatus::Io);
     assert!(
         last_error().contains("/nonexistent/ella.safetensors"),
         "{}",
         last_error()
     );
+}
+
+#[test]
+fn truncated_or_mismatched_weights_are_an_invalid_model() {
+    let p = paths();
     // A truncated weight file is an invalid model, not a crash.
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixture("ella/ella.safetensors").to_str().unwrap()).unwrap();
@@ -66,54 +72,70 @@ fn model_load_error_paths() {
         ella_path: truncated.as_ptr(),
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidModel);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidModel);
     // The official connector's sizes on the tiny file: a mismatch names the tensor.
     let bad = EllaModelParams {
         ella_config_path: null(),
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidModel);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidModel);
     assert!(last_error().contains("shape"), "{}", last_error());
+}
+
+#[test]
+fn model_load_refuses_unknown_enums_and_thread_counts() {
+    let p = paths();
     let bad = EllaModelParams {
         backend: 7,
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidArgument);
     #[cfg(not(feature = "cuda"))]
     {
         let bad = EllaModelParams {
             backend: EllaBackend::Cuda as u32,
             ..params(&p)
         };
-        assert_eq!(status(&bad, &mut model), EllaStatus::Unsupported);
+        assert_eq!(load_status(&bad), EllaStatus::Unsupported);
         assert!(last_error().contains("`cuda`"), "{}", last_error());
     }
     let bad = EllaModelParams {
         t5_precision: 9,
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidArgument);
     assert!(last_error().contains("t5_precision"), "{}", last_error());
     let bad = EllaModelParams {
         n_threads: 1 << 20,
         ..params(&p)
     };
-    assert_eq!(status(&bad, &mut model), EllaStatus::InvalidArgument);
+    assert_eq!(load_status(&bad), EllaStatus::InvalidArgument);
     assert!(last_error().contains("threads"), "{}", last_error());
-    assert!(model.is_null(), "no handle on failure");
-    unsafe { ella_model_free(null_mut()) };
+}
+
+/// Every free function takes NULL, and so does `ella_context_cancel`.
+#[test]
+fn null_handles_are_no_ops_to_free_and_cancel() {
+    unsafe {
+        ella_model_free(null_mut());
+        ella_context_free(null_mut());
+        ella_context_cancel(null());
+        ella_image_free(null_mut());
+        ella_prompt_free(null_mut());
+        ella_tensor_free(null_mut());
+    }
 }
 
 #[test]
-fn generate_error_paths_and_success() {
+fn context_new_refuses_null_pointers_and_bad_params() {
     let model = load();
-    let mut ctx = null_mut();
+    let mut ctx = Context::null();
     assert_eq!(
-        unsafe { ella_context_new(null(), null(), &mut ctx) },
+        unsafe { ella_context_new(null(), null(), ctx.out()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_context_new(model, null(), null_mut()) },
+        unsafe { ella_context_new(model.ptr(), null(), null_mut()) },
         EllaStatus::InvalidArgument
     );
     let bad_params = EllaContextParams {
@@ -121,31 +143,41 @@ fn generate_error_paths_and_success() {
         ..ella_context_params_default()
     };
     assert_eq!(
-        unsafe { ella_context_new(model, &bad_params, &mut ctx) },
+        unsafe { ella_context_new(model.ptr(), &bad_params, ctx.out()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
+        unsafe { ella_context_new(model.ptr(), null(), ctx.out()) },
         EllaStatus::Ok
     );
+}
 
+#[test]
+fn generate_refuses_null_pointers() {
+    let model = load();
+    let ctx = Context::new(&model);
     let prompt = CString::new("a red book").unwrap();
-    let mut image = null_mut();
-    let generate = |r: &EllaGenerateRequest, out: *mut *mut EllaImage| unsafe {
-        ella_context_generate(ctx, r, out)
-    };
+    let mut image = Image::null();
     assert_eq!(
-        unsafe { ella_context_generate(null_mut(), &request(&prompt), &mut image) },
+        unsafe { ella_context_generate(null_mut(), &request(&prompt), image.out()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        unsafe { ella_context_generate(ctx, null(), &mut image) },
+        unsafe { ella_context_generate(ctx.ptr(), null(), image.out()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        generate(&request(&prompt), null_mut()),
+        unsafe { ella_context_generate(ctx.ptr(), &request(&prompt), null_mut()) },
         EllaStatus::InvalidArgument
     );
+}
+
+#[test]
+fn generate_refuses_invalid_requests_without_an_image() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let prompt = CString::new("a red book").unwrap();
+    let mut image = Image::null();
     let cases = [
         EllaGenerateRequest {
             prompt: null(),
@@ -182,7 +214,7 @@ fn generate_error_paths_and_success() {
     ];
     for case in cases {
         assert_eq!(
-            generate(&case, &mut image),
+            unsafe { ella_context_generate(ctx.ptr(), &case, image.out()) },
             EllaStatus::InvalidArgument,
             "{case:?}"
         );
@@ -193,20 +225,36 @@ fn generate_error_paths_and_success() {
         negative_prompt: not_utf8.as_ptr(),
         ..request(&prompt)
     };
-    assert_eq!(generate(&bad, &mut image), EllaStatus::InvalidArgument);
-    assert!(image.is_null());
-
     assert_eq!(
-        generate(&request(&prompt), &mut image),
-        EllaStatus::Ok,
-        "{}",
-        last_error()
+        unsafe { ella_context_generate(ctx.ptr(), &bad, image.out()) },
+        EllaStatus::InvalidArgument
     );
-    let img = unsafe { &*image };
-    assert_eq!((img.width, img.height, img.channels), (32, 32, 3));
-    let rgb = unsafe { std::slice::from_raw_parts(img.pixels, 32 * 32 * 3) }.to_vec();
-    unsafe { ella_image_free(image) };
+    assert!(image.is_null());
+}
 
+/// `prompt`'s image from `ella_context_generate` on `ctx`: 32×32 RGB8 pixels.
+fn generated_rgb(ctx: &Context, prompt: &CStr) -> Vec<u8> {
+    let image = ctx
+        .generate(&request(prompt))
+        .unwrap_or_else(|status| panic!("{status:?}: {}", last_error()));
+    let img = image.get();
+    assert_eq!((img.width, img.height, img.channels), (32, 32, 3));
+    image.pixels().to_vec()
+}
+
+#[test]
+fn generate_makes_an_owned_rgb8_image() {
+    let model = load();
+    let ctx = Context::new(&model);
+    generated_rgb(&ctx, c"a red book");
+}
+
+#[test]
+fn a_request_from_an_older_header_gets_the_default_pixel_format() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let prompt = CString::new("a red book").unwrap();
+    let rgb = generated_rgb(&ctx, &prompt);
     // A caller built against an older header: its request ends before `pixel_format`.
     let old = EllaGenerateRequest {
         struct_size: std::mem::offset_of!(EllaGenerateRequest, pixel_format) as u32,
@@ -215,22 +263,34 @@ fn generate_error_paths_and_success() {
     };
     let mut buffer = vec![0u8; 32 * 32 * 3];
     assert_eq!(
-        unsafe { ella_context_generate_into(ctx, &old, buffer.as_mut_ptr(), buffer.len(), 96) },
+        unsafe {
+            ella_context_generate_into(ctx.ptr(), &old, buffer.as_mut_ptr(), buffer.len(), 96)
+        },
         EllaStatus::Ok
     );
     assert_eq!(
         buffer, rgb,
         "the missing field took its default (RGB8), and the seed gives the same image"
     );
+}
 
-    // The caller's buffer: RGBA with a padded pitch; too small is refused before any work.
-    let rgba = EllaGenerateRequest {
+/// "a red book" in RGBA8.
+fn rgba_request(prompt: &CStr) -> EllaGenerateRequest {
+    EllaGenerateRequest {
         pixel_format: 1,
-        ..request(&prompt)
-    };
+        ..request(prompt)
+    }
+}
+
+/// The caller's buffer: too small is refused before any work.
+#[test]
+fn generate_into_refuses_a_null_or_short_buffer() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let rgba = rgba_request(c"a red book");
     let mut buffer = vec![0u8; 136 * 32];
     let into = |b: *mut u8, size: usize, pitch: usize| unsafe {
-        ella_context_generate_into(ctx, &rgba, b, size, pitch)
+        ella_context_generate_into(ctx.ptr(), &rgba, b, size, pitch)
     };
     assert_eq!(into(null_mut(), 0, 136), EllaStatus::InvalidArgument);
     // The last row needs only width × 4 bytes, not a whole pitch.
@@ -247,7 +307,28 @@ fn generate_error_paths_and_success() {
         into(buffer.as_mut_ptr(), buffer.len(), usize::MAX),
         EllaStatus::BufferTooSmall
     );
-    assert_eq!(into(buffer.as_mut_ptr(), buffer.len(), 136), EllaStatus::Ok);
+}
+
+/// The caller's buffer: RGBA with a padded pitch.
+#[test]
+fn generate_into_writes_rgba_rows_at_a_padded_pitch() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let prompt = c"a red book";
+    let rgb = generated_rgb(&ctx, prompt);
+    let mut buffer = vec![0u8; 136 * 32];
+    assert_eq!(
+        unsafe {
+            ella_context_generate_into(
+                ctx.ptr(),
+                &rgba_request(prompt),
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                136,
+            )
+        },
+        EllaStatus::Ok
+    );
     for y in 0..32 {
         for x in 0..32 {
             let px = &buffer[y * 136 + x * 4..][..4];
@@ -261,12 +342,6 @@ fn generate_error_paths_and_success() {
                 ]
             );
         }
-    }
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-        ella_context_free(null_mut());
-        ella_image_free(null_mut());
     }
 }
 
@@ -295,20 +370,16 @@ fn progress_and_cancel_leave_the_context_usable() {
         progress_user_data: &mut state as *mut CancelAfter as *mut c_void,
         ..ella_context_params_default()
     };
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, &params, &mut ctx) },
-        EllaStatus::Ok
-    );
-    state.ctx = ctx;
+    let ctx = Context::with_params(&model, &params);
+    state.ctx = ctx.ptr();
     let prompt = CString::new("a red book").unwrap();
     let long = EllaGenerateRequest {
         steps: 6,
         ..request(&prompt)
     };
-    let mut image = null_mut();
+    let mut image = Image::null();
     assert_eq!(
-        unsafe { ella_context_generate(ctx, &long, &mut image) },
+        unsafe { ella_context_generate(ctx.ptr(), &long, image.out()) },
         EllaStatus::Cancelled
     );
     assert_eq!(
@@ -318,14 +389,14 @@ fn progress_and_cancel_leave_the_context_usable() {
     );
     assert!(image.is_null());
     // A cancel while idle does not affect the next run; the context works again.
-    unsafe { ella_context_cancel(ctx) };
+    unsafe { ella_context_cancel(ctx.ptr()) };
     state.calls.clear();
     let again = EllaGenerateRequest {
         steps: 3,
         ..request(&prompt)
     };
     assert_eq!(
-        unsafe { ella_context_generate(ctx, &again, &mut image) },
+        unsafe { ella_context_generate(ctx.ptr(), &again, image.out()) },
         EllaStatus::Cancelled,
         "step 2 cancels again"
     );
@@ -335,56 +406,67 @@ fn progress_and_cancel_leave_the_context_usable() {
         ..request(&prompt)
     };
     assert_eq!(
-        unsafe { ella_context_generate(ctx, &one, &mut image) },
+        unsafe { ella_context_generate(ctx.ptr(), &one, image.out()) },
         EllaStatus::Ok
     );
-    unsafe {
-        ella_image_free(image);
-        ella_context_cancel(null());
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
+}
+
+/// The prompt of the T5 and connector tests: 17 tokens.
+const TABLE: &CStr = c"a red book on a wooden table";
+
+#[test]
+fn encode_t5_refuses_null_pointers() {
+    let model = load();
+    let mut states = Tensor::null();
+    assert_eq!(
+        unsafe { ella_model_encode_t5(null(), TABLE.as_ptr(), 0, states.out()) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_model_encode_t5(model.ptr(), null(), 0, states.out()) },
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_model_encode_t5(model.ptr(), TABLE.as_ptr(), 0, null_mut()) },
+        EllaStatus::InvalidArgument
+    );
 }
 
 #[test]
-fn encode_and_connector_step() {
+fn encode_t5_pads_to_max_tokens_or_keeps_the_prompts_length() {
     let model = load();
-    let prompt = CString::new("a red book on a wooden table").unwrap();
-    let mut states = null_mut();
+    let states = Tensor::encode_t5(&model, TABLE, 128);
     assert_eq!(
-        unsafe { ella_model_encode_t5(null(), prompt.as_ptr(), 0, &mut states) },
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        unsafe { ella_model_encode_t5(model, null(), 0, &mut states) },
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, null_mut()) },
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 128, &mut states) },
-        EllaStatus::Ok
-    );
-    assert_eq!(
-        unsafe { (*states).shape },
+        states.get().shape,
         [1, 128, 32, 0],
         "fixed mode pads to 128"
     );
-    unsafe { ella_tensor_free(states) };
-    assert_eq!(
-        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, &mut states) },
-        EllaStatus::Ok
-    );
-    let s = unsafe { &*states };
+    let states = Tensor::encode_t5(&model, TABLE, 0);
+    let s = states.get();
     assert_eq!((s.rank, s.shape), (3, [1, 17, 32, 0]));
-    let mut tokens = null_mut();
-    let step = |data: *const f32, n: usize, w: usize, t: f32, out: *mut *mut EllaTensor| unsafe {
-        ella_model_run_connector(model, data, n, w, t, out)
-    };
+}
+
+/// `ella_model_run_connector` on `model`.
+fn connector_step(
+    model: &Model,
+    data: *const f32,
+    tokens: usize,
+    width: usize,
+    timestep: f32,
+    out: *mut *mut EllaTensor,
+) -> EllaStatus {
+    unsafe { ella_model_run_connector(model.ptr(), data, tokens, width, timestep, out) }
+}
+
+#[test]
+fn connector_step_refuses_bad_states_widths_and_timesteps() {
+    let model = load();
+    let states = Tensor::encode_t5(&model, TABLE, 0);
+    let s = states.get();
+    let step = |data, n, w, t, out| connector_step(&model, data, n, w, t, out);
+    let mut tokens = Tensor::null();
     assert_eq!(
-        step(null(), 17, 32, 1.0, &mut tokens),
+        step(null(), 17, 32, 1.0, tokens.out()),
         EllaStatus::InvalidArgument
     );
     assert_eq!(
@@ -392,66 +474,59 @@ fn encode_and_connector_step() {
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        step(s.data, 0, 32, 1.0, &mut tokens),
+        step(s.data, 0, 32, 1.0, tokens.out()),
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        step(s.data, usize::MAX, 2, 1.0, &mut tokens),
+        step(s.data, usize::MAX, 2, 1.0, tokens.out()),
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        step(s.data, 16, 34, 1.0, &mut tokens),
+        step(s.data, 16, 34, 1.0, tokens.out()),
         EllaStatus::InvalidArgument,
         "wrong width"
     );
     assert_eq!(
-        step(s.data, 17, 32, f32::INFINITY, &mut tokens),
+        step(s.data, 17, 32, f32::INFINITY, tokens.out()),
         EllaStatus::InvalidArgument
     );
-    assert_eq!(step(s.data, 17, 32, 999.0, &mut tokens), EllaStatus::Ok);
+}
+
+#[test]
+fn connector_step_makes_the_condition_tokens() {
+    let model = load();
+    let states = Tensor::encode_t5(&model, TABLE, 0);
+    let mut tokens = Tensor::null();
     assert_eq!(
-        unsafe { ((*tokens).rank, (*tokens).shape) },
-        (3, [1, 8, 32, 0])
+        connector_step(&model, states.get().data, 17, 32, 999.0, tokens.out()),
+        EllaStatus::Ok
     );
-    unsafe {
-        ella_tensor_free(tokens);
-        ella_tensor_free(states);
-        ella_tensor_free(null_mut());
-        ella_model_free(model);
-    }
+    let t = tokens.get();
+    assert_eq!((t.rank, t.shape), (3, [1, 8, 32, 0]));
 }
 
 #[test]
 fn a_model_is_shared_by_contexts_on_several_threads() {
-    let model = load() as usize;
-    let handles: Vec<_> = (0..2)
-        .map(|seed| {
-            std::thread::spawn(move || {
-                let model = model as *const EllaModel;
-                let mut ctx = null_mut();
-                assert_eq!(
-                    unsafe { ella_context_new(model, null(), &mut ctx) },
-                    EllaStatus::Ok
-                );
-                let prompt = CString::new("a red book").unwrap();
-                let r = EllaGenerateRequest {
-                    seed,
-                    steps: 1,
-                    ..request(&prompt)
-                };
-                let mut buffer = vec![0u8; 32 * 32 * 3];
-                let status = unsafe {
-                    ella_context_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96)
-                };
-                unsafe { ella_context_free(ctx) };
-                assert_eq!(status, EllaStatus::Ok);
-                buffer
+    let model = load();
+    let images: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|seed| {
+                let model = &model;
+                scope.spawn(move || {
+                    let ctx = Context::new(model);
+                    let prompt = CString::new("a red book").unwrap();
+                    let r = EllaGenerateRequest {
+                        seed,
+                        steps: 1,
+                        ..request(&prompt)
+                    };
+                    ctx.generate_32(&r).unwrap()
+                })
             })
-        })
-        .collect();
-    let images: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     assert_ne!(images[0], images[1], "different seeds");
-    unsafe { ella_model_free(model as *mut EllaModel) };
 }
 
 /// A model on one thread of its own makes the same image as one on every core.
@@ -460,28 +535,16 @@ fn n_threads_changes_where_not_what() {
     let p = paths();
     let prompt = CString::new("a red book").unwrap();
     let image = |n_threads: u32| {
-        let model = load_with(&EllaModelParams {
+        let model = Model::load(&EllaModelParams {
             n_threads,
             ..params(&p)
         });
-        let mut ctx = null_mut();
-        assert_eq!(
-            unsafe { ella_context_new(model, null(), &mut ctx) },
-            EllaStatus::Ok
-        );
-        let mut buffer = vec![0u8; 32 * 32 * 3];
+        let ctx = Context::new(&model);
         let r = EllaGenerateRequest {
             steps: 2,
             ..request(&prompt)
         };
-        let status =
-            unsafe { ella_context_generate_into(ctx, &r, buffer.as_mut_ptr(), buffer.len(), 96) };
-        assert_eq!(status, EllaStatus::Ok, "{}", last_error());
-        unsafe {
-            ella_context_free(ctx);
-            ella_model_free(model);
-        }
-        buffer
+        ctx.generate_32(&r).unwrap()
     };
     assert_eq!(image(1), image(0));
 }
@@ -497,28 +560,11 @@ fn half_precision_model() {
         ..request(&prompt)
     };
     let image = |precision: EllaPrecision| {
-        let mut model = null_mut();
-        let params = EllaModelParams {
+        let model = Model::load(&EllaModelParams {
             precision: precision as u32,
             ..params(&p)
-        };
-        assert_eq!(
-            unsafe { ella_model_load(&params, &mut model) },
-            EllaStatus::Ok,
-            "{}",
-            last_error()
-        );
-        let mut ctx = null_mut();
-        assert_eq!(
-            unsafe { ella_context_new(model, null(), &mut ctx) },
-            EllaStatus::Ok
-        );
-        let pixels = generate_32(ctx, &r);
-        unsafe {
-            ella_context_free(ctx);
-            ella_model_free(model);
-        }
-        pixels.unwrap()
+        });
+        Context::new(&model).generate_32(&r).unwrap()
     };
     let (full, half) = (image(EllaPrecision::F32), image(EllaPrecision::F16));
     let errors: Vec<u8> = full
@@ -535,100 +581,105 @@ fn half_precision_model() {
     assert!(full.iter().any(|&v| v != full[0]), "a non-constant image");
 }
 
-#[test]
-fn prompt_cache_and_freed_text_encoder() {
-    let model = load();
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    let prompt = CString::new("a red book").unwrap();
-    let negative = CString::new("blurry").unwrap();
-    let r = EllaGenerateRequest {
-        negative_prompt: negative.as_ptr(),
-        ..request(&prompt)
-    };
-    let direct = generate_32(ctx, &r).unwrap();
+const RED_BOOK: &CStr = c"a red book";
+const BLURRY: &CStr = c"blurry";
 
-    let mut cache = null_mut();
-    let encode = |p, n, out| unsafe { ella_prompt_new(model, p, n, 0, out) };
-    assert_eq!(
-        encode(null(), negative.as_ptr(), &mut cache),
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        encode(prompt.as_ptr(), negative.as_ptr(), null_mut()),
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        unsafe { ella_prompt_new(null(), prompt.as_ptr(), null(), 0, &mut cache) },
-        EllaStatus::InvalidArgument
-    );
-    assert_eq!(
-        encode(prompt.as_ptr(), negative.as_ptr(), &mut cache),
-        EllaStatus::Ok
-    );
-    let cached = EllaGenerateRequest {
+/// "a red book", not "blurry", from its text.
+fn red_book_not_blurry() -> EllaGenerateRequest {
+    EllaGenerateRequest {
+        negative_prompt: BLURRY.as_ptr(),
+        ..request(RED_BOOK)
+    }
+}
+
+/// The same request from `cache`.
+fn from_cache(r: EllaGenerateRequest, cache: &Prompt) -> EllaGenerateRequest {
+    EllaGenerateRequest {
         prompt: null(),
         negative_prompt: null(),
-        prompt_cache: cache,
+        prompt_cache: cache.ptr(),
         ..r
-    };
-    assert_eq!(generate_32(ctx, &cached).unwrap(), direct, "same states");
+    }
+}
 
+#[test]
+fn prompt_new_refuses_null_pointers() {
+    let model = load();
+    let mut cache = Prompt::null();
+    let encode = |p, n, out| unsafe { ella_prompt_new(model.ptr(), p, n, 0, out) };
+    assert_eq!(
+        encode(null(), BLURRY.as_ptr(), cache.out()),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        encode(RED_BOOK.as_ptr(), BLURRY.as_ptr(), null_mut()),
+        EllaStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { ella_prompt_new(null(), RED_BOOK.as_ptr(), null(), 0, cache.out()) },
+        EllaStatus::InvalidArgument
+    );
+}
+
+#[test]
+fn a_prompt_cache_gives_the_image_of_its_text() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let r = red_book_not_blurry();
+    let direct = ctx.generate_32(&r).unwrap();
+    let cache = Prompt::new(&model, RED_BOOK, Some(BLURRY));
+    assert_eq!(
+        ctx.generate_32(&from_cache(r, &cache)).unwrap(),
+        direct,
+        "same states"
+    );
+}
+
+#[test]
+fn freeing_t5_refuses_text_prompts_but_not_prompt_caches() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let r = red_book_not_blurry();
+    let direct = ctx.generate_32(&r).unwrap();
+    let cache = Prompt::new(&model, RED_BOOK, Some(BLURRY));
     assert_eq!(
         unsafe { ella_model_free_t5(null()) },
         EllaStatus::InvalidArgument
     );
-    assert_eq!(unsafe { ella_model_free_t5(model) }, EllaStatus::Ok);
-    let error = generate_32(ctx, &r).unwrap_err();
+    assert_eq!(unsafe { ella_model_free_t5(model.ptr()) }, EllaStatus::Ok);
+    let error = ctx.generate_32(&r).unwrap_err();
     assert!(error.contains("text encoder was freed"), "{error}");
-    let mut states = null_mut();
+    let mut states = Tensor::null();
     assert_eq!(
-        unsafe { ella_model_encode_t5(model, prompt.as_ptr(), 0, &mut states) },
+        unsafe { ella_model_encode_t5(model.ptr(), RED_BOOK.as_ptr(), 0, states.out()) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
-        generate_32(ctx, &cached).unwrap(),
+        ctx.generate_32(&from_cache(r, &cache)).unwrap(),
         direct,
         "the cache outlives T5"
     );
-    unsafe {
-        ella_prompt_free(cache);
-        ella_prompt_free(null_mut());
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
 }
 
 #[test]
 fn vae_decode_modes() {
     let model = load();
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let ctx = Context::new(&model);
     let prompt = CString::new("a red book").unwrap();
-    let whole = generate_32(ctx, &request(&prompt)).unwrap();
+    let whole = ctx.generate_32(&request(&prompt)).unwrap();
     for mode in [EllaVaeDecode::Sliced, EllaVaeDecode::Tiled] {
         let r = EllaGenerateRequest {
             vae_decode: mode as u32,
             ..request(&prompt)
         };
         // 32×32 is one tile of the tiny VAE: every mode gives the same pixels.
-        assert_eq!(generate_32(ctx, &r).unwrap(), whole, "{mode:?}");
+        assert_eq!(ctx.generate_32(&r).unwrap(), whole, "{mode:?}");
     }
     let bad = EllaGenerateRequest {
         vae_decode: 3,
         ..request(&prompt)
     };
-    assert!(generate_32(ctx, &bad).unwrap_err().contains("vae_decode"));
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
+    assert!(ctx.generate_32(&bad).unwrap_err().contains("vae_decode"));
 }
 
 /// The same request on the wgpu backend (Vulkan; lavapipe in CI) as on the CPU; a kernel
@@ -647,16 +698,13 @@ fn wgpu_backend_matches_the_cpu() {
         (EllaBackend::Wgpu, EllaStatus::Io),
         (EllaBackend::Cpu, EllaStatus::Ok),
     ] {
-        let mut model = null_mut();
         let params = EllaModelParams {
             backend: backend as u32,
             kernel_cache_path: unwritable_c.as_ptr(),
             ..params(&p)
         };
-        assert_eq!(unsafe { ella_model_load(&params, &mut model) }, status);
-        if status == EllaStatus::Ok {
-            unsafe { ella_model_free(model) };
-        } else {
+        assert_eq!(load_status(&params), status);
+        if status != EllaStatus::Ok {
             assert!(
                 last_error().contains(unwritable.to_str().unwrap()),
                 "{}",
@@ -667,27 +715,12 @@ fn wgpu_backend_matches_the_cpu() {
     let prompt = CString::new("a red book").unwrap();
     let mut images = Vec::new();
     for backend in [EllaBackend::Cpu, EllaBackend::Wgpu] {
-        let mut model = null_mut();
-        let params = EllaModelParams {
+        let model = Model::load(&EllaModelParams {
             backend: backend as u32,
             ..params(&p)
-        };
-        assert_eq!(
-            unsafe { ella_model_load(&params, &mut model) },
-            EllaStatus::Ok,
-            "{}",
-            last_error()
-        );
-        let mut ctx = null_mut();
-        assert_eq!(
-            unsafe { ella_context_new(model, null(), &mut ctx) },
-            EllaStatus::Ok
-        );
-        images.push(generate_32(ctx, &request(&prompt)).unwrap());
-        unsafe {
-            ella_context_free(ctx);
-            ella_model_free(model);
-        }
+        });
+        let ctx = Context::new(&model);
+        images.push(ctx.generate_32(&request(&prompt)).unwrap());
     }
     let max_diff = images[0]
         .iter()
@@ -698,172 +731,164 @@ fn wgpu_backend_matches_the_cpu() {
     assert!(max_diff <= 1, "wgpu and CPU pixels differ by {max_diff}");
 }
 
-/// Loads `params` or fails with the library's message.
-fn load_with(params: &EllaModelParams) -> *mut EllaModel {
-    let mut model = null_mut();
-    let status = unsafe { ella_model_load(params, &mut model) };
-    assert_eq!(status, EllaStatus::Ok, "{}", last_error());
-    model
-}
-
-/// One 32×32 image per conditioning from a new context on `model`.
+/// One 32×32 image of "the red hat" per conditioning from a new context on `model`.
 fn images_by_conditioning(
-    model: *mut EllaModel,
+    model: &Model,
     conditionings: &[EllaConditioning],
 ) -> Vec<Result<Vec<u8>, String>> {
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let ctx = Context::new(model);
     let prompt = CString::new("the red hat").unwrap();
-    let images = conditionings
+    conditionings
         .iter()
         .map(|&conditioning| {
             let r = EllaGenerateRequest {
                 conditioning: conditioning as u32,
                 ..request(&prompt)
             };
-            generate_32(ctx, &r)
+            ctx.generate_32(&r)
         })
-        .collect();
-    unsafe { ella_context_free(ctx) };
-    images
+        .collect()
+}
+
+/// The tiny models (from the folder) with CLIP.
+fn with_clip(p: &Paths) -> EllaModelParams {
+    EllaModelParams {
+        load_clip: 1,
+        ..params(p)
+    }
+}
+
+/// CLIP only: no T5, no connector.
+fn clip_only(p: &Paths) -> EllaModelParams {
+    EllaModelParams {
+        t5_path: null(),
+        ella_path: null(),
+        ..with_clip(p)
+    }
+}
+
+const CONDITIONINGS: [EllaConditioning; 3] = [
+    EllaConditioning::Ella,
+    EllaConditioning::EllaClip,
+    EllaConditioning::Clip,
+];
+
+/// The folder models' images for [`CONDITIONINGS`].
+fn folder_images() -> Vec<Vec<u8>> {
+    let folder = Model::load(&with_clip(&paths()));
+    images_by_conditioning(&folder, &CONDITIONINGS)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
-fn single_file_checkpoint_clip_and_concat_conditioning() {
-    use EllaConditioning::{Clip, Ella, EllaClip};
+fn ella_clip_and_concat_conditioning_give_three_images() {
+    let expected = folder_images();
+    assert!(
+        expected[0] != expected[1] && expected[1] != expected[2],
+        "each conditioning gives another image"
+    );
+}
+
+#[test]
+fn an_unknown_conditioning_is_refused() {
+    let folder = Model::load(&with_clip(&paths()));
+    let ctx = Context::new(&folder);
+    let prompt = CString::new("x").unwrap();
+    let r = EllaGenerateRequest {
+        conditioning: 3,
+        ..request(&prompt)
+    };
+    assert!(ctx.generate_32(&r).unwrap_err().contains("conditioning"));
+}
+
+#[test]
+fn a_single_file_checkpoint_makes_the_folders_images() {
+    let expected = folder_images();
+    // The same models from the single-file checkpoint (whose VAE the LDM VAE file replaces).
     let p = paths();
     let (single, vae) = (
         fixture("sd-single-file.safetensors"),
         fixture("vae-ldm.safetensors"),
     );
-    let with_clip = EllaModelParams {
-        load_clip: 1,
-        ..params(&p)
-    };
-    let folder = load_with(&with_clip);
-    let expected = images_by_conditioning(folder, &[Ella, EllaClip, Clip]);
-    let expected: Vec<Vec<u8>> = expected.into_iter().map(Result::unwrap).collect();
-    assert!(
-        expected[0] != expected[1] && expected[1] != expected[2],
-        "each conditioning gives another image"
-    );
-    let prompt = CString::new("x").unwrap();
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(folder, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    let r = EllaGenerateRequest {
-        conditioning: 3,
-        ..request(&prompt)
-    };
-    assert!(generate_32(ctx, &r).unwrap_err().contains("conditioning"));
-    unsafe { ella_context_free(ctx) };
-
-    // The same models from the single-file checkpoint (whose VAE the LDM VAE file replaces).
-    let single_params = EllaModelParams {
+    let model = Model::load(&EllaModelParams {
         sd_path: single.as_ptr(),
         sd_config_path: p.sd.as_ptr(),
         vae_path: vae.as_ptr(),
-        ..with_clip
-    };
-    let model = load_with(&single_params);
-    let images = images_by_conditioning(model, &[Ella, EllaClip, Clip]);
+        ..with_clip(&p)
+    });
+    let images = images_by_conditioning(&model, &CONDITIONINGS);
     for (image, expected) in images.into_iter().zip(&expected) {
         assert_eq!(&image.unwrap(), expected);
     }
-    unsafe { ella_model_free(model) };
+}
 
-    // CLIP only: no T5, no connector; ELLA requests are refused; prompt caches work.
-    let clip_only = load_with(&EllaModelParams {
-        t5_path: null(),
-        ella_path: null(),
-        ..with_clip
-    });
-    let images = images_by_conditioning(clip_only, &[Ella, EllaClip, Clip]);
+/// CLIP only: no T5, no connector; ELLA requests are refused.
+#[test]
+fn a_clip_only_model_refuses_ella_conditioning() {
+    let expected = folder_images();
+    let clip_only = Model::load(&clip_only(&paths()));
+    let images = images_by_conditioning(&clip_only, &CONDITIONINGS);
     assert!(images[0].as_ref().unwrap_err().contains("T5"));
     assert!(images[1].is_err());
     assert_eq!(images[2].as_ref().unwrap(), &expected[2]);
+}
+
+/// CLIP only: prompt caches work.
+#[test]
+fn a_clip_only_model_generates_from_a_prompt_cache() {
+    let expected = folder_images();
+    let clip_only = Model::load(&clip_only(&paths()));
     let the_red_hat = CString::new("the red hat").unwrap();
-    let mut cache = null_mut();
-    assert_eq!(
-        unsafe { ella_prompt_new(clip_only, the_red_hat.as_ptr(), null(), 0, &mut cache) },
-        EllaStatus::Ok,
-        "{}",
-        last_error()
-    );
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(clip_only, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let cache = Prompt::new(&clip_only, &the_red_hat, None);
+    let ctx = Context::new(&clip_only);
     let cached = EllaGenerateRequest {
         prompt: null(),
-        prompt_cache: cache,
-        conditioning: Clip as u32,
+        prompt_cache: cache.ptr(),
+        conditioning: EllaConditioning::Clip as u32,
         ..request(&the_red_hat)
     };
-    assert_eq!(&generate_32(ctx, &cached).unwrap(), &expected[2]);
-    unsafe {
-        ella_context_free(ctx);
-        ella_prompt_free(cache);
-        ella_model_free(clip_only);
-        ella_model_free(folder);
-    }
+    assert_eq!(&ctx.generate_32(&cached).unwrap(), &expected[2]);
+}
 
-    // Refusals.
-    let mut model = null_mut();
-    let load = |params: &EllaModelParams, model: &mut *mut EllaModel| unsafe {
-        ella_model_load(params, model)
-    };
+#[test]
+fn a_file_without_a_unet_is_not_a_checkpoint() {
+    let p = paths();
     let not_a_checkpoint = fixture("ella/ella.safetensors");
-    let status = load(
-        &EllaModelParams {
-            sd_path: not_a_checkpoint.as_ptr(),
-            ..with_clip
-        },
-        &mut model,
-    );
+    let status = load_status(&EllaModelParams {
+        sd_path: not_a_checkpoint.as_ptr(),
+        ..with_clip(&p)
+    });
     assert_eq!(status, EllaStatus::Unsupported);
     assert!(
         last_error().contains("model.diffusion_model"),
         "{}",
         last_error()
     );
-    let status = load(
-        &EllaModelParams {
-            load_clip: 2,
-            ..with_clip
-        },
-        &mut model,
-    );
+}
+
+#[test]
+fn load_clip_is_0_or_1_and_some_text_encoder_is_loaded() {
+    let p = paths();
+    let status = load_status(&EllaModelParams {
+        load_clip: 2,
+        ..with_clip(&p)
+    });
     assert_eq!(status, EllaStatus::InvalidArgument);
-    let status = load(
-        &EllaModelParams {
-            t5_path: null(),
-            ella_path: null(),
-            load_clip: 0,
-            ..with_clip
-        },
-        &mut model,
-    );
+    let status = load_status(&EllaModelParams {
+        load_clip: 0,
+        ..clip_only(&p)
+    });
     assert_eq!(status, EllaStatus::InvalidArgument);
-    assert!(model.is_null());
 }
 
 #[test]
 fn image_to_image() {
     let model = load();
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+    let ctx = Context::new(&model);
     let prompt = CString::new("a red book").unwrap();
-    let text_to_image = generate_32(ctx, &request(&prompt)).unwrap();
+    let text_to_image = ctx.generate_32(&request(&prompt)).unwrap();
     let other = CString::new("two cats on a sofa").unwrap();
     let img2img = EllaGenerateRequest {
         init_image: text_to_image.as_ptr(),
@@ -872,47 +897,35 @@ fn image_to_image() {
         steps: 4,
         ..request(&other)
     };
-    let first = generate_32(ctx, &img2img).unwrap();
-    assert_eq!(generate_32(ctx, &img2img).unwrap(), first, "reproducible");
+    let first = ctx.generate_32(&img2img).unwrap();
+    assert_eq!(ctx.generate_32(&img2img).unwrap(), first, "reproducible");
     assert_ne!(first, text_to_image);
     // (The numbers are the Rust pipeline's, parity-tested against diffusers' img2img.)
     let all_steps = EllaGenerateRequest {
         strength: 1.0,
         ..img2img
     };
-    assert_ne!(generate_32(ctx, &all_steps).unwrap(), first);
+    assert_ne!(ctx.generate_32(&all_steps).unwrap(), first);
     for strength in [0.0, 1.5, f32::NAN] {
         let bad = EllaGenerateRequest {
             strength,
             ..img2img
         };
-        assert!(generate_32(ctx, &bad).unwrap_err().contains("strength"));
+        assert!(ctx.generate_32(&bad).unwrap_err().contains("strength"));
     }
     let huge = EllaGenerateRequest {
         width: 1 << 20,
         ..img2img
     };
-    let mut image = null_mut();
-    assert_eq!(
-        unsafe { ella_context_generate(ctx, &huge, &mut image) },
-        EllaStatus::InvalidArgument
-    );
+    assert_eq!(ctx.status_of(&huge), EllaStatus::InvalidArgument);
     assert!(last_error().contains("init_image"), "{}", last_error());
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
 }
 
 #[test]
-fn loras_at_run_time() {
-    let p = paths();
-    let model = load_with(&EllaModelParams {
-        load_clip: 1,
-        ..params(&p)
-    });
+fn loras_change_the_image_until_they_are_set_to_none() {
+    let model = Model::load(&with_clip(&paths()));
     let conditionings = [EllaConditioning::EllaClip];
-    let base = images_by_conditioning(model, &conditionings)
+    let base = images_by_conditioning(&model, &conditionings)
         .remove(0)
         .unwrap();
     let (kohya, peft) = (
@@ -922,29 +935,39 @@ fn loras_at_run_time() {
     let paths = [kohya.as_ptr(), peft.as_ptr()];
     let scales = [0.7f32, 1.3];
     let set = |count: usize| unsafe {
-        ella_model_set_loras(model, paths.as_ptr(), scales.as_ptr(), count)
+        ella_model_set_loras(model.ptr(), paths.as_ptr(), scales.as_ptr(), count)
     };
     assert_eq!(set(2), EllaStatus::Ok, "{}", last_error());
-    let both = images_by_conditioning(model, &conditionings)
+    let both = images_by_conditioning(&model, &conditionings)
         .remove(0)
         .unwrap();
     assert_ne!(both, base);
     assert_eq!(set(1), EllaStatus::Ok);
-    let kohya_only = images_by_conditioning(model, &conditionings)
+    let kohya_only = images_by_conditioning(&model, &conditionings)
         .remove(0)
         .unwrap();
     assert!(kohya_only != both && kohya_only != base);
     assert_eq!(set(0), EllaStatus::Ok);
     assert_eq!(
-        images_by_conditioning(model, &conditionings)
+        images_by_conditioning(&model, &conditionings)
             .remove(0)
             .unwrap(),
         base,
         "no LoRA: the original weights"
     );
+}
 
+#[test]
+fn set_loras_refuses_null_pointers_missing_files_and_other_models() {
+    let model = Model::load(&with_clip(&paths()));
+    let (kohya, peft) = (
+        fixture("lora/kohya.safetensors"),
+        fixture("lora/peft.safetensors"),
+    );
+    let paths = [kohya.as_ptr(), peft.as_ptr()];
+    let scales = [0.7f32, 1.3];
     assert_eq!(
-        unsafe { ella_model_set_loras(model, null(), scales.as_ptr(), 1) },
+        unsafe { ella_model_set_loras(model.ptr(), null(), scales.as_ptr(), 1) },
         EllaStatus::InvalidArgument
     );
     assert_eq!(
@@ -953,13 +976,13 @@ fn loras_at_run_time() {
     );
     let missing = fixture("lora/missing.safetensors");
     assert_eq!(
-        unsafe { ella_model_set_loras(model, &missing.as_ptr(), scales.as_ptr(), 1) },
+        unsafe { ella_model_set_loras(model.ptr(), &missing.as_ptr(), scales.as_ptr(), 1) },
         EllaStatus::Io
     );
     // A file of another model: no LoRA of this one.
     let connector = fixture("ella/ella.safetensors");
     assert_eq!(
-        unsafe { ella_model_set_loras(model, &connector.as_ptr(), scales.as_ptr(), 1) },
+        unsafe { ella_model_set_loras(model.ptr(), &connector.as_ptr(), scales.as_ptr(), 1) },
         EllaStatus::InvalidModel
     );
     assert!(
@@ -967,118 +990,127 @@ fn loras_at_run_time() {
         "{}",
         last_error()
     );
-    unsafe { ella_model_free(model) };
 }
 
-#[test]
-fn controlnet_guidance() {
+/// The tiny models with the tiny ControlNet.
+fn with_controlnet() -> Model {
     let p = paths();
     let controlnet = fixture("controlnet");
-    let model = load_with(&EllaModelParams {
+    Model::load(&EllaModelParams {
         controlnet_path: controlnet.as_ptr(),
         ..params(&p)
-    });
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    let prompt = CString::new("a red book").unwrap();
-    let plain = generate_32(ctx, &request(&prompt)).unwrap();
-    let edges: Vec<u8> = (0..32 * 32 * 3)
+    })
+}
+
+/// A control image: a vertical line at x = 8.
+fn edges() -> Vec<u8> {
+    (0..32 * 32 * 3)
         .map(|i| if (i / 3) % 32 == 8 { 255 } else { 0 })
-        .collect();
-    let controlled = EllaGenerateRequest {
+        .collect()
+}
+
+/// "a red book" guided by `edges` at scale 0.8.
+fn controlled(edges: &[u8]) -> EllaGenerateRequest {
+    EllaGenerateRequest {
         control_image: edges.as_ptr(),
         control_image_size: edges.len(),
         control_scale: 0.8,
-        ..request(&prompt)
-    };
-    let guided = generate_32(ctx, &controlled).unwrap();
-    assert_ne!(guided, plain);
-    let never = EllaGenerateRequest {
-        control_start: 1.0,
-        ..controlled
-    };
-    assert_eq!(
-        generate_32(ctx, &never).unwrap(),
-        plain,
-        "acting in no step"
-    );
-    let reversed = EllaGenerateRequest {
-        control_start: 0.9,
-        control_end: 0.1,
-        ..controlled
-    };
-    assert!(generate_32(ctx, &reversed).unwrap_err().contains("start"));
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
-    }
-    // Without a ControlNet, a control image is refused.
-    let model = load();
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
-    assert!(
-        generate_32(ctx, &controlled)
-            .unwrap_err()
-            .contains("ControlNet")
-    );
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
+        ..request(RED_BOOK)
     }
 }
 
 #[test]
-fn sur_adapter_conditioning() {
+fn a_controlnet_guides_the_steps_in_its_range() {
+    let model = with_controlnet();
+    let ctx = Context::new(&model);
+    let plain = ctx.generate_32(&request(RED_BOOK)).unwrap();
+    let edges = edges();
+    let guided = ctx.generate_32(&controlled(&edges)).unwrap();
+    assert_ne!(guided, plain);
+    let never = EllaGenerateRequest {
+        control_start: 1.0,
+        ..controlled(&edges)
+    };
+    assert_eq!(ctx.generate_32(&never).unwrap(), plain, "acting in no step");
+}
+
+#[test]
+fn a_reversed_control_range_is_refused() {
+    let model = with_controlnet();
+    let ctx = Context::new(&model);
+    let edges = edges();
+    let reversed = EllaGenerateRequest {
+        control_start: 0.9,
+        control_end: 0.1,
+        ..controlled(&edges)
+    };
+    assert!(ctx.generate_32(&reversed).unwrap_err().contains("start"));
+}
+
+/// Without a ControlNet, a control image is refused.
+#[test]
+fn a_control_image_without_a_controlnet_is_refused() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let edges = edges();
+    assert!(
+        ctx.generate_32(&controlled(&edges))
+            .unwrap_err()
+            .contains("ControlNet")
+    );
+}
+
+/// CLIP and the tiny SUR adapter, no T5.
+fn with_sur_adapter() -> Model {
     let p = paths();
     let sur = fixture("sur/adapter.safetensors");
-    let model = load_with(&EllaModelParams {
-        t5_path: null(),
-        ella_path: null(),
-        load_clip: 1,
+    Model::load(&EllaModelParams {
         sur_adapter_path: sur.as_ptr(),
-        ..params(&p)
-    });
-    let mut ctx = null_mut();
-    assert_eq!(
-        unsafe { ella_context_new(model, null(), &mut ctx) },
-        EllaStatus::Ok
-    );
+        ..clip_only(&p)
+    })
+}
+
+/// "the red hat" with SUR conditioning at weight 0.5.
+fn sur_request(prompt: &CStr) -> EllaGenerateRequest {
+    EllaGenerateRequest {
+        conditioning: EllaConditioning::ClipSur as u32,
+        sur_weight: 0.5,
+        ..request(prompt)
+    }
+}
+
+#[test]
+fn sur_conditioning_changes_clips_image_by_mode_and_weight() {
+    let model = with_sur_adapter();
+    let ctx = Context::new(&model);
     let prompt = CString::new("the red hat").unwrap();
     let clip = EllaGenerateRequest {
         conditioning: EllaConditioning::Clip as u32,
         ..request(&prompt)
     };
-    let sur = EllaGenerateRequest {
-        conditioning: EllaConditioning::ClipSur as u32,
-        sur_weight: 0.5,
-        ..request(&prompt)
-    };
-    let plain = generate_32(ctx, &clip).unwrap();
-    let faithful = generate_32(ctx, &sur).unwrap();
-    let per_token = generate_32(
-        ctx,
-        &EllaGenerateRequest {
+    let sur = sur_request(&prompt);
+    let plain = ctx.generate_32(&clip).unwrap();
+    let faithful = ctx.generate_32(&sur).unwrap();
+    let per_token = ctx
+        .generate_32(&EllaGenerateRequest {
             sur_mode: EllaSurMode::PerToken as u32,
             ..sur
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert!(faithful != plain && per_token != faithful);
     let no_weight = EllaGenerateRequest {
         sur_weight: 0.0,
         ..sur
     };
-    assert_eq!(
-        generate_32(ctx, &no_weight).unwrap(),
-        plain,
-        "w = 0 is CLIP"
-    );
+    assert_eq!(ctx.generate_32(&no_weight).unwrap(), plain, "w = 0 is CLIP");
+}
+
+#[test]
+fn sur_conditioning_refuses_bad_weights_and_modes() {
+    let model = with_sur_adapter();
+    let ctx = Context::new(&model);
+    let prompt = CString::new("the red hat").unwrap();
+    let sur = sur_request(&prompt);
     for bad in [
         EllaGenerateRequest {
             sur_weight: 2.0,
@@ -1087,14 +1119,10 @@ fn sur_adapter_conditioning() {
         EllaGenerateRequest { sur_mode: 2, ..sur },
     ] {
         assert!(
-            generate_32(ctx, &bad)
+            ctx.generate_32(&bad)
                 .unwrap_err()
                 .to_lowercase()
                 .contains("sur")
         );
-    }
-    unsafe {
-        ella_context_free(ctx);
-        ella_model_free(model);
     }
 }

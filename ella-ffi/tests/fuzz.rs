@@ -122,10 +122,7 @@ fn model_params() {
             }
         }
         params.memory_budget = *u.choose(&[0, 1, 1 << 20, 1 << 30, u64::MAX]).unwrap_or(&0);
-        let mut model = null_mut();
-        let status = unsafe { ella_model_load(&params, &mut model) };
-        unsafe { ella_model_free(model) };
-        status == EllaStatus::Ok
+        Model::try_load(&params).is_ok()
     });
 }
 
@@ -134,21 +131,24 @@ unsafe extern "C" fn cancel_at_step_one(_step: u32, _total: u32, user_data: *mut
     unsafe { ella_context_cancel(*(user_data as *const *mut EllaContext)) };
 }
 
-/// A context on `model` that cancels its generations at their first step.
-fn cancelling_context(model: *const EllaModel, slot: &mut *mut EllaContext) {
+/// A context on `model` that cancels its generations at their first step; its callback
+/// reads the context from the box (an owner is the handle, `#[repr(transparent)]`).
+fn cancelling_context(model: &Model) -> Box<Context> {
+    let mut slot = Box::new(Context::null());
     let params = EllaContextParams {
         progress_callback: Some(cancel_at_step_one),
-        progress_user_data: slot as *mut *mut EllaContext as *mut c_void,
+        progress_user_data: slot.out() as *mut c_void,
         ..ella_context_params_default()
     };
     assert_eq!(
-        unsafe { ella_context_new(model, &params, slot) },
+        unsafe { ella_context_new(model.ptr(), &params, slot.out()) },
         EllaStatus::Ok
     );
+    slot
 }
 
 #[test]
-fn context_params_and_requests() {
+fn context_params() {
     let model = load();
     let full = std::mem::size_of::<EllaContextParams>();
     Fuzzer::new("c-context-params").run(&[Vec::new()], choices, |input| {
@@ -158,33 +158,24 @@ fn context_params_and_requests() {
             progress_callback: None,
             progress_user_data: null_mut(),
         };
-        let mut ctx = null_mut();
-        let status = unsafe { ella_context_new(model, &params, &mut ctx) };
-        unsafe { ella_context_free(ctx) };
-        status == EllaStatus::Ok
+        Context::try_with_params(&model, &params).is_ok()
     });
+}
 
-    // Requests run on a context that cancels at the first step, under a 64 MiB budget: a
-    // valid request costs one step, a large one is refused before it allocates.
+/// Requests run on a context that cancels at the first step, under a 64 MiB budget: a
+/// valid request costs one step, a large one is refused before it allocates.
+#[test]
+fn requests() {
     let p = paths();
     let budget = EllaModelParams {
         memory_budget: 64 << 20,
         ..params(&p)
     };
-    let mut small_model = null_mut();
-    assert_eq!(
-        unsafe { ella_model_load(&budget, &mut small_model) },
-        EllaStatus::Ok
-    );
-    let mut ctx: Box<*mut EllaContext> = Box::new(null_mut());
-    cancelling_context(small_model, &mut ctx);
+    let small_model = Model::load(&budget);
+    let ctx = cancelling_context(&small_model);
     let strings = Strings::new(&[CString::new("a red book").unwrap()]);
-    let mut cache = null_mut();
     let prompt = CString::new("a red book").unwrap();
-    assert_eq!(
-        unsafe { ella_prompt_new(small_model, prompt.as_ptr(), null(), 0, &mut cache) },
-        EllaStatus::Ok
-    );
+    let cache = Prompt::new(&small_model, &prompt, None);
     let pixels = vec![100u8; 1 << 16];
     let full = std::mem::size_of::<EllaGenerateRequest>();
     Fuzzer::new("c-request").run(&[Vec::new()], choices, |input| {
@@ -239,7 +230,7 @@ fn context_params_and_requests() {
                 .unwrap_or(&0);
         }
         if change(&mut u) {
-            r.prompt_cache = cache;
+            r.prompt_cache = cache.ptr();
         }
         // Buffers are always as long as their stated size (a longer claim is the host's
         // undefined behaviour); the size itself is anything up to that, or exact.
@@ -265,15 +256,6 @@ fn context_params_and_requests() {
                 *field = float(&mut u);
             }
         }
-        let mut image = null_mut();
-        let status = unsafe { ella_context_generate(*ctx, &r, &mut image) };
-        unsafe { ella_image_free(image) };
-        matches!(status, EllaStatus::Ok | EllaStatus::Cancelled)
+        matches!(ctx.status_of(&r), EllaStatus::Ok | EllaStatus::Cancelled)
     });
-    unsafe {
-        ella_context_free(*ctx);
-        ella_prompt_free(cache);
-        ella_model_free(small_model);
-        ella_model_free(model);
-    }
 }
