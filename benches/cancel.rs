@@ -12,7 +12,7 @@ use burn::tensor::DType;
 use ella_core::{
     AutoencoderKL, Checkpoint, ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer,
     Conditioning, DefaultBackend as B, Error, GenerateRequest, Hooks, Pipeline, PipelineParts,
-    SchedulerConfig, UNet2DConditionModel, UNetConfig, VaeConfig,
+    SchedulerConfig, TimestepSchedule, UNet2DConditionModel, UNetConfig, VaeConfig,
 };
 
 fn main() {
@@ -29,7 +29,7 @@ fn main() {
     )
     .unwrap();
     let pipeline = Pipeline::from_parts(PipelineParts {
-        text_encoder: None,
+        t5: None,
         connector: None,
         clip: Some(ClipTextEncoder {
             tokenizer,
@@ -55,7 +55,7 @@ fn main() {
     let request = GenerateRequest {
         width: 256,
         height: 256,
-        steps: 2,
+        schedule: TimestepSchedule::Steps(2),
         conditioning: Conditioning::Clip,
         ..GenerateRequest::new("a red book on a wooden table")
     };

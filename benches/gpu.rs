@@ -32,7 +32,8 @@ use ella_core::gpu::{KernelCacheStats, set_kernel_cache_dir};
 use ella_core::{
     AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, ModelPaths,
     Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision,
-    T5Tokenizer, TextEncoder, TokenMode, UNet2DConditionModel, UNetConfig, VaeConfig,
+    T5TextEncoder, T5Tokenizer, TimestepSchedule, TokenMode, UNet2DConditionModel, UNetConfig,
+    VaeConfig,
 };
 
 const STEPS: usize = 20;
@@ -109,7 +110,7 @@ fn fixtures() -> PathBuf {
 /// The real-size pipeline with random weights; the tokenizer of the tiny test T5 (its ids
 /// are within flan-t5-xl's vocabulary).
 fn sd15_pipeline<B: Backend>(device: &B::Device, dtype: DType) -> ella_core::Result<Pipeline<B>> {
-    let t5 = TextEncoder {
+    let t5 = T5TextEncoder {
         tokenizer: T5Tokenizer::from_file(fixtures().join("t5/tokenizer.json"))?,
         encoder: T5Encoder::<B>::from_checkpoint(
             T5Config::flan_t5_xl(),
@@ -119,7 +120,7 @@ fn sd15_pipeline<B: Backend>(device: &B::Device, dtype: DType) -> ella_core::Res
         )?,
     };
     Pipeline::from_parts(PipelineParts {
-        text_encoder: Some(t5),
+        t5: Some(t5),
         connector: Some(Connector::from_checkpoint(
             &ConnectorConfig::default(),
             &Checkpoint::random(2),
@@ -146,7 +147,7 @@ fn sd15_pipeline<B: Backend>(device: &B::Device, dtype: DType) -> ella_core::Res
 /// The benchmark's request: fixed 128 tokens (the official long-prompt mode), guidance 7.5.
 fn sd15_request() -> GenerateRequest {
     GenerateRequest {
-        steps: STEPS,
+        schedule: TimestepSchedule::Steps(STEPS),
         guidance_scale: 7.5,
         token_mode: TokenMode::FIXED_128,
         scheduler: SchedulerKind::DpmSolverMultistep,
@@ -220,7 +221,7 @@ fn image<B: Backend>(name: &str, dtype: DType, images: usize) -> ella_core::Resu
         request.token_mode,
         request.conditioning,
     )?;
-    pipeline.free_text_encoder();
+    pipeline.free_t5();
     time("T5 freed", &mut |hooks| {
         pipeline
             .generate_with(&request, Some(&states), hooks)
@@ -259,7 +260,7 @@ fn start<B: Backend>(name: &str, work: &str, dir: &Path) -> ella_core::Result<()
             let request = GenerateRequest {
                 width: 64,
                 height: 64,
-                steps: 8,
+                schedule: TimestepSchedule::Steps(8),
                 ..GenerateRequest::new("a red book on a wooden table")
             };
             Box::new(move || pipeline.generate(&request).map(drop))

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ella_core::{
     Cancel, Checkpoint, Connector, ConnectorConfig, DefaultBackend as B, T5Config, T5Encoder,
-    T5Precision, TextEncoder, TokenMode,
+    T5Precision, T5TextEncoder, TokenMode,
 };
 
 /// flan-t5-base: 12 layers of width 768, gated-GELU.
@@ -35,7 +35,7 @@ fn benches(c: &mut Criterion) {
     let prompt = "a red book on a wooden table next to a cup of coffee, morning light";
 
     // Tiny test models.
-    let t5 = TextEncoder::<B>::load(fixture("t5"), &device).unwrap();
+    let t5 = T5TextEncoder::<B>::load(fixture("t5"), &device).unwrap();
     let config = ConnectorConfig::from_file(Path::new(&fixture("ella/config.json"))).unwrap();
     let ella = Connector::<B>::load(
         fixture("ella/ella.safetensors"),

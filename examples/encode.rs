@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use ella_core::burn::tensor::{DType, Tensor};
-use ella_core::{Connector, ConnectorConfig, DefaultBackend as B, TextEncoder, TokenMode};
+use ella_core::{Connector, ConnectorConfig, DefaultBackend as B, T5TextEncoder, TokenMode};
 
 #[derive(Parser)]
 #[command(about = "Encode a prompt into ELLA's timestep-dependent condition tokens")]
@@ -57,7 +57,7 @@ fn run(args: Args) -> ella_core::Result<()> {
     };
 
     let start = Instant::now();
-    let t5 = TextEncoder::<B>::load(&args.t5, &device)?;
+    let t5 = T5TextEncoder::<B>::load(&args.t5, &device)?;
     let ella = Connector::<B>::load(&args.ella, &config, &device, DType::F32)?;
     println!("loaded T5 and connector in {:.2?}", start.elapsed());
 

@@ -23,8 +23,9 @@ use ella_core::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, Precision, SchedulerKind, SurMode, T5Precision, Threads, VaeDecode,
+    Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
+    ModelPaths, Pipeline, Precision, SchedulerKind, SurMode, SurOptions, T5Precision, Threads,
+    TimestepSchedule, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -346,7 +347,13 @@ fn run(args: Args) -> Result<(), String> {
         (true, _) | (false, Cond::EllaClip) => Conditioning::EllaClip,
         (false, Cond::Ella) => Conditioning::Ella,
         (false, Cond::Clip) => Conditioning::Clip,
-        (false, Cond::ClipSur) => Conditioning::ClipSur,
+        (false, Cond::ClipSur) => Conditioning::ClipSur(SurOptions {
+            weight: args.sur_weight,
+            mode: match args.sur_mode {
+                SurModeName::Faithful => SurMode::Faithful,
+                SurModeName::PerToken => SurMode::PerToken,
+            },
+        }),
     };
     // Every official file the run needs, found (or fetched) together, so that a missing
     // download names all of them at once.
@@ -412,7 +419,10 @@ fn run(args: Args) -> Result<(), String> {
             .height
             .or(init_image.as_ref().map(|i| i.height))
             .unwrap_or(512),
-        steps: args.steps,
+        schedule: match args.timesteps {
+            Some(Timesteps::Ays) => TimestepSchedule::align_your_steps(),
+            None => TimestepSchedule::Steps(args.steps),
+        },
         guidance_scale: args.guidance,
         seed: args.seed,
         batch_size: args.batch,
@@ -424,9 +434,6 @@ fn run(args: Args) -> Result<(), String> {
             .scheduler
             .parse::<SchedulerKind>()
             .map_err(|e| e.to_string())?,
-        timesteps: args
-            .timesteps
-            .map(|Timesteps::Ays| ella_core::scheduler::ALIGN_YOUR_STEPS_SD15.to_vec()),
         init_latents,
         vae_decode: match args.vae_decode {
             Decode::Whole => VaeDecode::Whole,
@@ -434,13 +441,10 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Tiled => VaeDecode::Tiled,
         },
         conditioning,
-        init_image,
-        strength: args.strength,
-        sur_weight: args.sur_weight,
-        sur_mode: match args.sur_mode {
-            SurModeName::Faithful => SurMode::Faithful,
-            SurModeName::PerToken => SurMode::PerToken,
-        },
+        init_image: init_image.map(|image| InitImage {
+            image,
+            strength: args.strength,
+        }),
         control: match &args.control_image {
             Some(path) => Some(Control {
                 image: Image::load_png(path).map_err(|e| e.to_string())?,
@@ -461,7 +465,7 @@ fn run(args: Args) -> Result<(), String> {
         Float::Bf16 => DType::BF16,
     };
     let precision = Precision {
-        text_encoder: match args.t5_precision {
+        t5: match args.t5_precision {
             T5Float::Auto => T5Precision::uniform(dtype).map_err(|e| e.to_string())?,
             T5Float::F32 => T5Precision::F32,
             T5Float::F16 => T5Precision::F16,
@@ -521,10 +525,10 @@ fn generate<B: Backend>(
         for entry in &report.unmatched {
             eprintln!("warning: LoRA entry matches no weight: {entry}");
         }
-        if report.skipped_text_encoder > 0 {
+        if report.skipped_clip > 0 {
             eprintln!(
                 "warning: {} LoRA text-encoder entries skipped (CLIP is not loaded; see --conditioning)",
-                report.skipped_text_encoder
+                report.skipped_clip
             );
         }
     }
@@ -538,7 +542,7 @@ fn generate<B: Backend>(
                     request.conditioning,
                 )
                 .map_err(|e| e.to_string())?;
-            pipeline.free_text_encoder();
+            pipeline.free_t5();
             Some(states)
         }
         false => None,

@@ -10,11 +10,11 @@
 //! [`DefaultBackend`].
 //!
 //! ```no_run
-//! use ella_core::{Connector, ConnectorConfig, DefaultBackend, TextEncoder, TokenMode};
+//! use ella_core::{Connector, ConnectorConfig, DefaultBackend, T5TextEncoder, TokenMode};
 //!
 //! # fn main() -> ella_core::Result<()> {
 //! let device = Default::default();
-//! let t5 = TextEncoder::<DefaultBackend>::load("models--google--flan-t5-xl--text_encoder", &device)?;
+//! let t5 = T5TextEncoder::<DefaultBackend>::load("models--google--flan-t5-xl--text_encoder", &device)?;
 //! let ella = Connector::<DefaultBackend>::load(
 //!     "ella-sd1.5-tsc-t5xl.safetensors",
 //!     &ConnectorConfig::default(),
@@ -56,12 +56,13 @@ pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
 pub use pipeline::{
-    Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
-    PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, WorkingMemory,
+    Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, ModelPaths,
+    Pipeline, PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, SurOptions,
+    WorkingMemory,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};
-pub use t5::{T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode};
+pub use t5::{T5Config, T5Encoder, T5Precision, T5TextEncoder, T5Tokenizer, TokenBatch, TokenMode};
 pub use threads::Threads;
 pub use unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
 pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};

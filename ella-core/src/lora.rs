@@ -49,14 +49,14 @@ pub struct LoraReport {
     /// Entries of the files that match no weight of the models, as `file: name`.
     pub unmatched: Vec<String>,
     /// Text-encoder entries left out because CLIP is not loaded (ELLA alone does not use it).
-    pub skipped_text_encoder: usize,
+    pub skipped_clip: usize,
 }
 
 /// Which model an update belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
     Unet,
-    TextEncoder,
+    Clip,
 }
 
 /// One low-rank update of one weight.
@@ -170,7 +170,7 @@ impl<'a> Resolver<'a> {
         let found = if let Some(w) = self.unet_kohya.get(module) {
             Some((Target::Unet, w.clone()))
         } else if let Some(w) = self.clip_kohya.get(module) {
-            Some((Target::TextEncoder, w.clone()))
+            Some((Target::Clip, w.clone()))
         } else if let Some(path) = module.strip_prefix("unet.") {
             let weight = format!("{path}.weight");
             self.unet
@@ -179,9 +179,7 @@ impl<'a> Resolver<'a> {
                 .then_some((Target::Unet, weight))
         } else if let Some(path) = module.strip_prefix("text_encoder.") {
             let path = path.strip_prefix("text_model.").unwrap_or(path);
-            self.clip_paths
-                .get(path)
-                .map(|w| (Target::TextEncoder, w.clone()))
+            self.clip_paths.get(path).map(|w| (Target::Clip, w.clone()))
         } else {
             None
         };
@@ -191,7 +189,7 @@ impl<'a> Resolver<'a> {
     fn index(&self, target: Target) -> &WeightIndex {
         match target {
             Target::Unet => self.unet,
-            Target::TextEncoder => self.clip.expect("resolved only when CLIP is loaded"),
+            Target::Clip => self.clip.expect("resolved only when CLIP is loaded"),
         }
     }
 }
@@ -239,7 +237,7 @@ pub fn read_updates(
     let file_alpha = |target: Target| {
         let key = match target {
             Target::Unet => "unet.lora_alpha",
-            Target::TextEncoder => "text_encoder.lora_alpha",
+            Target::Clip => "text_encoder.lora_alpha",
         };
         let alpha = adapter_metadata.as_ref()?.get(key)?.as_f64()? as f32;
         alpha.is_finite().then_some(alpha)
@@ -339,7 +337,7 @@ pub fn read_updates(
     report
         .unmatched
         .extend(unmatched.into_iter().map(|m| format!("{file_name}: {m}")));
-    report.skipped_text_encoder += skipped;
+    report.skipped_clip += skipped;
     Ok(updates)
 }
 

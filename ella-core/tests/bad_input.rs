@@ -10,7 +10,8 @@ use common::files::{Tensors, edited, write_tensors};
 use common::fixture;
 use ella_core::{
     Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig, ControlNetModel, Error,
-    GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, T5Config, TextEncoder, TokenMode,
+    GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions, T5Config, T5TextEncoder,
+    TimestepSchedule, TokenMode,
 };
 use safetensors::Dtype;
 
@@ -167,7 +168,7 @@ fn t5_folder_without(skip: &[&str]) -> tempfile::TempDir {
 fn missing_config_or_tokenizer_or_weights_names_the_file() {
     for missing in ["config.json", "tokenizer.json", "model.safetensors"] {
         let dir = t5_folder_without(&[missing]);
-        let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+        let err = T5TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
         match &err {
             Error::Io { path, .. } => assert!(path.ends_with(missing), "{missing}: {err}"),
             other => panic!("{missing}: {other}"),
@@ -182,20 +183,20 @@ fn bad_config_is_an_invalid_config() {
         serde_json::from_str(&std::fs::read_to_string(fixture("t5/config.json")).unwrap()).unwrap();
     config["feed_forward_proj"] = "gated-tanh".into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    let err = T5TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
     assert!(
         matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("gated-tanh")),
         "{err}"
     );
     // Not JSON at all.
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
-    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    let err = T5TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
     // A config with fewer layers than the file: the extra block is reported.
     config["feed_forward_proj"] = "gated-gelu".into();
     config["num_layers"] = 2.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    let err = T5TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
     assert!(
         matches!(&err, Error::UnexpectedTensor { name, .. } if name.starts_with("encoder.block.2.")),
         "{err}"
@@ -206,7 +207,7 @@ fn bad_config_is_an_invalid_config() {
 fn corrupt_tokenizer_is_a_tokenizer_error() {
     let dir = t5_folder_without(&["tokenizer.json"]);
     std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 3}").unwrap();
-    let err = TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
+    let err = T5TextEncoder::<B>::load(dir.path(), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::Tokenizer { .. }), "{err}");
 }
 
@@ -251,7 +252,7 @@ fn sharded_index_errors() {
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_rejected() {
-    let t5 = TextEncoder::<B>::load(fixture("t5"), &Default::default()).unwrap();
+    let t5 = T5TextEncoder::<B>::load(fixture("t5"), &Default::default()).unwrap();
     let tokens = ella_core::TokenBatch {
         ids: vec![vec![5, 100_000, 1]],
         mask: vec![vec![1, 1, 1]],
@@ -480,7 +481,7 @@ fn conditioning_without_its_models_is_an_error() {
     let request = GenerateRequest {
         width: 32,
         height: 32,
-        steps: 1,
+        schedule: TimestepSchedule::Steps(1),
         ..GenerateRequest::new("a red book")
     };
     for conditioning in [Conditioning::Ella, Conditioning::EllaClip] {
@@ -585,7 +586,7 @@ fn lora_errors_and_report() {
     let report = ella_only
         .set_loras(&[Lora::new(fixture(kohya), 1.0)])
         .unwrap();
-    assert_eq!((report.updated, report.skipped_text_encoder), (6, 2));
+    assert_eq!((report.updated, report.skipped_clip), (6, 2));
 }
 
 #[test]
@@ -724,15 +725,18 @@ fn sur_adapter_errors() {
     let request = GenerateRequest {
         width: 32,
         height: 32,
-        steps: 1,
-        conditioning: Conditioning::ClipSur,
+        schedule: TimestepSchedule::Steps(1),
+        conditioning: Conditioning::ClipSur(SurOptions::default()),
         ..GenerateRequest::new("a red book")
     };
     assert!(pipeline.generate(&request).is_ok());
-    for sur_weight in [1.01, -0.5, f32::NAN] {
+    for weight in [1.01, -0.5, f32::NAN] {
         let err = pipeline
             .generate(&GenerateRequest {
-                sur_weight,
+                conditioning: Conditioning::ClipSur(SurOptions {
+                    weight,
+                    ..SurOptions::default()
+                }),
                 ..request.clone()
             })
             .unwrap_err();

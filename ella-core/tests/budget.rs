@@ -15,7 +15,7 @@ use ella_core::nn::ATTENTION_CHUNK_BYTES;
 use ella_core::pipeline::memory;
 use ella_core::{
     AutoencoderKL, Cancel, Checkpoint, DefaultBackend as B, GenerateRequest, Hooks, Pipeline,
-    UNet2DConditionModel, UNetConfig, VaeConfig, VaeDecode,
+    TimestepSchedule, UNet2DConditionModel, UNetConfig, VaeConfig, VaeDecode,
 };
 
 #[global_allocator]
@@ -40,7 +40,7 @@ fn generation_and_memory_budgets() {
     let request = GenerateRequest {
         width: 64,
         height: 64,
-        steps: 4,
+        schedule: TimestepSchedule::Steps(4),
         ..GenerateRequest::new("a red book on a wooden table")
     };
     pipeline.generate(&request).unwrap(); // warm-up: lazy one-time set-up is not counted
@@ -48,7 +48,7 @@ fn generation_and_memory_budgets() {
     let (_, two) = count(|| {
         pipeline
             .generate(&GenerateRequest {
-                steps: 8,
+                schedule: TimestepSchedule::Steps(8),
                 ..request.clone()
             })
             .unwrap()
@@ -73,13 +73,13 @@ fn generation_and_memory_budgets() {
             request.conditioning,
         )
         .unwrap();
-    let t5_bytes = pipeline.text_encoder().unwrap().encoder.num_params() * 4; // f32
-    pipeline.free_text_encoder();
+    let t5_bytes = pipeline.t5().unwrap().encoder.num_params() * 4; // f32
+    pipeline.free_t5();
     let freed = before.saturating_sub(live());
     println!("freed {freed} bytes, T5 weights {t5_bytes} bytes");
     assert!(
         freed >= t5_bytes * 9 / 10,
-        "free_text_encoder released {freed} bytes; T5's weights are {t5_bytes}"
+        "free_t5 released {freed} bytes; T5's weights are {t5_bytes}"
     );
     pipeline
         .generate_with(&request, Some(&states), &mut Hooks::default())
@@ -90,14 +90,14 @@ fn generation_and_memory_budgets() {
     let latents = Tensor::<B, 4>::zeros([1, 4, 128, 128], &device);
     let (_, whole) = count(|| {
         pipeline
-            .vae
+            .vae()
             .decode_with(latents.clone(), VaeDecode::Whole, Cancel::NEVER)
             .unwrap()
             .into_data()
     });
     let (_, tiled) = count(|| {
         pipeline
-            .vae
+            .vae()
             .decode_with(latents.clone(), VaeDecode::Tiled, Cancel::NEVER)
             .unwrap()
             .into_data()
@@ -146,14 +146,14 @@ fn working_memory_estimates_bound_the_measured_peaks(pipeline: &Pipeline<B>) {
         let context = Tensor::<B, 3>::zeros([rows, 64, 32], &device);
         let (_, step) = count(|| {
             let out = pipeline
-                .unet
+                .unet()
                 .forward(sample.clone(), &[500.0], context.clone());
             out.unwrap().into_data()
         });
         let latents = Tensor::<B, 4>::zeros([batch, 4, h, w], &device);
         let (_, decoded) = count(|| {
             let out = pipeline
-                .vae
+                .vae()
                 .decode_with(latents.clone(), decode, Cancel::NEVER);
             out.unwrap().into_data()
         });

@@ -18,8 +18,8 @@ use common::fuzz::{Fuzzer, mutate_bytes, mutate_json, mutate_safetensors};
 use ella_core::scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 use ella_core::{
     AutoencoderKL, Checkpoint, ClipTextModel, ClipTokenizer, Connector, ConnectorConfig,
-    ControlNetModel, GenerateRequest, Image, Lora, ModelPaths, Pipeline, T5Tokenizer, TextEncoder,
-    TokenMode, UNet2DConditionModel,
+    ControlNetModel, GenerateRequest, Image, Lora, ModelPaths, Pipeline, T5TextEncoder,
+    T5Tokenizer, TokenMode, UNet2DConditionModel,
 };
 
 #[global_allocator]
@@ -92,7 +92,7 @@ fn t5_config_and_tokenizer() {
     let folder = Folder::new("t5", "config.json");
     let device = Default::default();
     Fuzzer::new("t5-config").run(&seeds(&["t5/config.json"]), mutate_json, |bytes| {
-        TextEncoder::<B>::load(folder.with(bytes), &device)
+        T5TextEncoder::<B>::load(folder.with(bytes), &device)
             .and_then(|t5| t5.encode("a red book", TokenMode::Flexible))
             .is_ok()
     });
@@ -293,7 +293,7 @@ fn lora_files() {
     let request = GenerateRequest {
         width: 16,
         height: 16,
-        steps: 1,
+        schedule: TimestepSchedule::Steps(1),
         ..GenerateRequest::new("a red book")
     };
     pipeline.lock().unwrap().generate(&request).unwrap();

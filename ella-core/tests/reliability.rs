@@ -19,7 +19,8 @@ use common::{fixture, tiny_paths};
 use ella_core::limits::{MAX_PROMPT_BYTES, MAX_T5_TOKENS};
 use ella_core::{
     Checkpoint, Connector, ConnectorConfig, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, SchedulerKind, TextEncoder, TokenMode, UNet2DConditionModel, VaeDecode,
+    Pipeline, SchedulerKind, T5TextEncoder, TimestepSchedule, TokenMode, UNet2DConditionModel,
+    VaeDecode,
 };
 use safetensors::Dtype;
 
@@ -48,7 +49,7 @@ fn small_request(prompt: &str) -> GenerateRequest {
     GenerateRequest {
         width: 32,
         height: 32,
-        steps: 2,
+        schedule: TimestepSchedule::Steps(2),
         ..GenerateRequest::new(prompt)
     }
 }
@@ -98,7 +99,7 @@ fn absurd_config_sizes_are_refused_before_anything_is_allocated() {
     for (key, value, expected) in t5_cases {
         let dir = with_config("t5", "config.json", |c| c[key] = value);
         let err = within_mb(16, key, || {
-            TextEncoder::<B>::load(dir.path(), &device).unwrap_err()
+            T5TextEncoder::<B>::load(dir.path(), &device).unwrap_err()
         });
         invalid_config(err, expected, key);
     }
@@ -330,7 +331,7 @@ fn weights_with_nan_or_infinity_are_refused_at_load() {
         write_tensors(&path, &tensors);
         let device = Default::default();
         let err = match folder {
-            "t5" => TextEncoder::<B>::load(dir.path(), &device).map(|_| ()),
+            "t5" => T5TextEncoder::<B>::load(dir.path(), &device).map(|_| ()),
             "sd/unet" => {
                 UNet2DConditionModel::<B>::load(dir.path(), &device, DType::F32).map(|_| ())
             }
@@ -381,7 +382,7 @@ fn step_counts_the_schedule_cannot_make_are_bad_arguments() {
     for kind in [SchedulerKind::Ddim, SchedulerKind::DpmSolverMultistep] {
         let request = GenerateRequest {
             scheduler: kind,
-            steps: 1000,
+            schedule: TimestepSchedule::Steps(1000),
             ..small_request("a red book")
         };
         invalid_input(
@@ -480,7 +481,7 @@ fn fifos_are_refused_without_blocking() {
     std::fs::remove_file(t5.path().join("tokenizer.json")).unwrap();
     std::os::unix::fs::symlink(&fifo, t5.path().join("tokenizer.json")).unwrap();
     not_regular(
-        TextEncoder::<B>::load(t5.path(), &Default::default()).unwrap_err(),
+        T5TextEncoder::<B>::load(t5.path(), &Default::default()).unwrap_err(),
         "tokenizer",
     );
 }

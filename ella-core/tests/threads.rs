@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::tensor::DType;
-use ella_core::{DefaultBackend as B, GenerateRequest, Pipeline, Threads};
+use ella_core::{DefaultBackend as B, GenerateRequest, Pipeline, Threads, TimestepSchedule};
 
 /// CPU time (user + system) of each thread of this process, in clock ticks.
 fn thread_ticks() -> HashMap<u32, u64> {
@@ -60,7 +60,7 @@ fn pipeline_runs_on_the_threads_it_is_given() {
     let request = GenerateRequest {
         width: 64,
         height: 64,
-        steps: 4,
+        schedule: TimestepSchedule::Steps(4),
         ..GenerateRequest::new("a red book on a wooden table")
     };
     let run = |threads: Threads| {

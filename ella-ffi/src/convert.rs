@@ -2,7 +2,9 @@
 //! passes is safe to read) and ella-core's types.
 
 use ella_core::burn::tensor::DType;
-use ella_core::{Conditioning, SchedulerKind, SurMode, T5Precision, TokenMode, VaeDecode};
+use ella_core::{
+    Conditioning, SchedulerKind, SurMode, SurOptions, T5Precision, TokenMode, VaeDecode,
+};
 
 use crate::abi::*;
 use crate::boundary::{Failure, invalid};
@@ -55,10 +57,31 @@ c_enum!(EllaScheduler as "ella_scheduler" <=> SchedulerKind {
     DpmSolverMultistep, DpmSolverMultistepKarras, Euler, Ddim,
 });
 c_enum!(EllaVaeDecode as "ella_vae_decode" <=> VaeDecode { Whole, Sliced, Tiled });
-c_enum!(EllaConditioning as "ella_conditioning" <=> Conditioning {
-    Ella, EllaClip, Clip, ClipSur,
-});
+c_enum!(EllaConditioning as "ella_conditioning" { Ella, EllaClip, Clip, ClipSur });
 c_enum!(EllaSurMode as "ella_sur_mode" <=> SurMode { Faithful, PerToken });
+
+impl EllaConditioning {
+    /// ella-core's conditioning; `sur` is read for `ClipSur` only.
+    pub(crate) fn with_sur(self, sur: SurOptions) -> Conditioning {
+        match self {
+            EllaConditioning::Ella => Conditioning::Ella,
+            EllaConditioning::EllaClip => Conditioning::EllaClip,
+            EllaConditioning::Clip => Conditioning::Clip,
+            EllaConditioning::ClipSur => Conditioning::ClipSur(sur),
+        }
+    }
+}
+
+impl From<Conditioning> for EllaConditioning {
+    fn from(conditioning: Conditioning) -> Self {
+        match conditioning {
+            Conditioning::Ella => EllaConditioning::Ella,
+            Conditioning::EllaClip => EllaConditioning::EllaClip,
+            Conditioning::Clip => EllaConditioning::Clip,
+            Conditioning::ClipSur(_) => EllaConditioning::ClipSur,
+        }
+    }
+}
 
 impl From<EllaPrecision> for DType {
     fn from(precision: EllaPrecision) -> Self {

@@ -96,7 +96,7 @@ where
         hooks: &mut Hooks,
     ) -> Result<Vec<Image>> {
         let pipeline = self.read();
-        let device = pipeline.unet.conv_in.weight.device();
+        let device = pipeline.device();
         let upload = |pair: &Option<[TensorData; 2]>| {
             pair.as_ref().map(|[uncond, cond]| StatePair::<B> {
                 uncond: Tensor::from_data(uncond.clone(), &device),
@@ -112,7 +112,7 @@ where
 
     fn encode_prompts(&self, prompt: &str, negative: &str, mode: TokenMode) -> Result<HostPrompt> {
         let pipeline = self.read();
-        let conditioning = match (pipeline.text_encoder(), pipeline.clip()) {
+        let conditioning = match (pipeline.t5(), pipeline.clip()) {
             (Some(_), Some(_)) => Conditioning::EllaClip,
             (None, Some(_)) => Conditioning::Clip,
             _ => Conditioning::Ella,
@@ -134,8 +134,8 @@ where
 
     fn run_connector(&self, states: TensorData, timestep: f32) -> Result<TensorData> {
         let pipeline = self.read();
-        let device = pipeline.unet.conv_in.weight.device();
-        let connector = pipeline.connector.as_ref().ok_or_else(|| {
+        let device = pipeline.device();
+        let connector = pipeline.connector().ok_or_else(|| {
             Error::InvalidInput("this model was loaded without ELLA's connector".into())
         })?;
         let tokens = connector.forward(Tensor::<B, 3>::from_data(states, &device), &[timestep])?;
@@ -143,7 +143,7 @@ where
     }
 
     fn free_t5(&self) {
-        self.write().free_text_encoder();
+        self.write().free_t5();
     }
 
     fn set_loras(&self, loras: &[Lora]) -> Result<LoraReport> {

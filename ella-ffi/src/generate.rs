@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::time::Instant;
 
 use ella_core::limits::MAX_IMAGE_SIDE;
-use ella_core::{Control, GenerateRequest, Hooks, Image};
+use ella_core::{Control, GenerateRequest, Hooks, Image, InitImage, SurOptions, TimestepSchedule};
 
 use crate::abi::*;
 use crate::boundary::{Failure, guard, invalid};
@@ -18,18 +18,22 @@ use crate::prompt::EllaPrompt;
 #[unsafe(no_mangle)]
 pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
     let d = GenerateRequest::default();
-    let control = Control::new(Image {
+    let none = || Image {
         width: 0,
         height: 0,
         pixels: Vec::new(),
-    });
+    };
+    let control = Control::new(none());
+    let init = InitImage::new(none());
+    let sur = SurOptions::default();
+
     EllaGenerateRequest {
         struct_size: std::mem::size_of::<EllaGenerateRequest>() as u32,
         prompt: std::ptr::null(),
         negative_prompt: std::ptr::null(),
         width: d.width as u32,
         height: d.height as u32,
-        steps: d.steps as u32,
+        steps: d.schedule.steps() as u32,
         guidance_scale: d.guidance_scale,
         seed: d.seed,
         scheduler: EllaScheduler::from(d.scheduler) as u32,
@@ -39,13 +43,13 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         prompt_cache: std::ptr::null(),
         conditioning: EllaConditioning::from(d.conditioning) as u32,
         init_image: std::ptr::null(),
-        strength: d.strength,
+        strength: init.strength,
         control_image: std::ptr::null(),
         control_scale: control.scale,
         control_start: control.start,
         control_end: control.end,
-        sur_weight: d.sur_weight,
-        sur_mode: EllaSurMode::from(d.sur_mode) as u32,
+        sur_weight: sur.weight,
+        sur_mode: EllaSurMode::from(sur.mode) as u32,
         init_image_size: 0,
         control_image_size: 0,
     }
@@ -135,18 +139,21 @@ unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Reques
         negative_prompt: optional_text(request.negative_prompt, "request.negative_prompt")?,
         width: request.width as usize,
         height: request.height as usize,
-        steps: request.steps as usize,
+        schedule: TimestepSchedule::Steps(request.steps as usize),
         guidance_scale: request.guidance_scale,
         seed: request.seed,
         token_mode: token_mode(request.max_tokens),
         scheduler: EllaScheduler::decode(request.scheduler, "request.scheduler")?.into(),
         vae_decode: EllaVaeDecode::decode(request.vae_decode, "request.vae_decode")?.into(),
         conditioning: EllaConditioning::decode(request.conditioning, "request.conditioning")?
-            .into(),
-        init_image,
-        strength: request.strength,
-        sur_weight: request.sur_weight,
-        sur_mode: EllaSurMode::decode(request.sur_mode, "request.sur_mode")?.into(),
+            .with_sur(SurOptions {
+                weight: request.sur_weight,
+                mode: EllaSurMode::decode(request.sur_mode, "request.sur_mode")?.into(),
+            }),
+        init_image: init_image.map(|image| InitImage {
+            image,
+            strength: request.strength,
+        }),
         control: control_image.map(|image| Control {
             image,
             scale: request.control_scale,

@@ -120,7 +120,7 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
             sur_adapter: optional_path(params.sur_adapter_path, "params.sur_adapter_path")?,
         },
         precision: Precision {
-            text_encoder: t5.resolve(diffusion)?,
+            t5: t5.resolve(diffusion)?,
             diffusion,
         },
         memory_budget: (params.memory_budget > 0).then_some(params.memory_budget),
@@ -231,12 +231,12 @@ pub unsafe extern "C" fn ella_model_set_loras(
                 &format!("LoRA entry matches no weight: {entry}"),
             );
         }
-        if report.skipped_text_encoder > 0 {
+        if report.skipped_clip > 0 {
             model.log.log(
                 EllaLogLevel::Warning,
                 &format!(
                     "{} LoRA text-encoder entries skipped: CLIP is not loaded",
-                    report.skipped_text_encoder
+                    report.skipped_clip
                 ),
             );
         }

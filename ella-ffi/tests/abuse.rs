@@ -232,7 +232,7 @@ unsafe extern "C" fn call_back_in(step: u32, _total: u32, user_data: *mut c_void
                 "set_loras",
                 ella_model_set_loras(state.model, paths.as_ptr(), scales.as_ptr(), 1),
             ),
-            ("free_text_encoder", ella_model_free_t5(state.model)),
+            ("free_t5", ella_model_free_t5(state.model)),
             (
                 "encode_prompt",
                 ella_model_encode_t5(state.model, prompt.as_ptr(), 0, encoded.out()),
@@ -540,7 +540,7 @@ fn model_changes_wait_for_running_generations() {
     let (paths, scales) = ([lora.as_ptr()], [1.0f32]);
 
     let mut befores = Vec::new();
-    for change in ["set_loras", "free_text_encoder"] {
+    for change in ["set_loras", "free_t5"] {
         let before = plain_ctx.generate_32(&r).unwrap();
         befores.push(before.clone());
         let slow = Arc::new(Slow {

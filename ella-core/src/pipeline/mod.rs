@@ -39,7 +39,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 pub use image::Image;
 pub use load::{EllaPaths, ModelPaths};
 pub use memory::WorkingMemory;
-pub use request::{Conditioning, Control, GenerateRequest};
+pub use request::{Conditioning, Control, GenerateRequest, InitImage, SurOptions};
 
 use crate::cancel::Cancel;
 use crate::clip::{CLIP_TOKENS, ClipTextEncoder};
@@ -49,10 +49,10 @@ use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::SurAdapter;
-use crate::t5::{T5Precision, TextEncoder, TokenMode};
+use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
 use crate::unet::UNet2DConditionModel;
-use crate::vae::AutoencoderKL;
+use crate::vae::{AutoencoderKL, VaeDecode};
 
 /// One text encoder's states of a request's negative and positive prompt, `[1, tokens,
 /// width]` each.
@@ -102,12 +102,12 @@ impl Hooks<'_> {
 /// the VAE and the scheduler config.
 #[derive(Debug)]
 pub struct Pipeline<B: Backend> {
-    text_encoder: Option<TextEncoder<B>>,
-    pub connector: Option<Connector<B>>,
+    t5: Option<T5TextEncoder<B>>,
+    connector: Option<Connector<B>>,
     clip: Option<ClipTextEncoder<B>>,
-    pub unet: UNet2DConditionModel<B>,
-    pub vae: AutoencoderKL<B>,
-    pub scheduler_config: SchedulerConfig,
+    unet: UNet2DConditionModel<B>,
+    vae: AutoencoderKL<B>,
+    scheduler_config: SchedulerConfig,
     controlnet: Option<ControlNetModel<B>>,
     sur_adapter: Option<SurAdapter<B>>,
     /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
@@ -129,7 +129,7 @@ pub struct PreparedLoras {
 /// The models of a pipeline, for [`Pipeline::from_parts`].
 #[derive(Debug)]
 pub struct PipelineParts<B: Backend> {
-    pub text_encoder: Option<TextEncoder<B>>,
+    pub t5: Option<T5TextEncoder<B>>,
     pub connector: Option<Connector<B>>,
     pub clip: Option<ClipTextEncoder<B>>,
     pub unet: UNet2DConditionModel<B>,
@@ -141,7 +141,7 @@ pub struct PipelineParts<B: Backend> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Precision {
     /// T5's (the official code: the whole encoder in F16).
-    pub text_encoder: T5Precision,
+    pub t5: T5Precision,
     /// The connector's, CLIP's, the U-Net's and the VAE's.
     pub diffusion: DType,
 }
@@ -150,7 +150,7 @@ impl Precision {
     /// Every model in `dtype` (F32, F16 or BF16), T5 included, `wo` too.
     pub fn uniform(dtype: DType) -> Result<Self> {
         Ok(Self {
-            text_encoder: T5Precision::uniform(dtype)?,
+            t5: T5Precision::uniform(dtype)?,
             diffusion: dtype,
         })
     }
@@ -170,17 +170,17 @@ impl<B: Backend> Pipeline<B> {
         precision: Precision,
     ) -> Result<Self> {
         let dtype = precision.diffusion;
-        let (text_encoder, connector) = match &paths.ella {
+        let (t5, connector) = match &paths.ella {
             Some(ella) => {
                 let config = match &ella.config {
                     Some(path) => ConnectorConfig::from_file(path)?,
                     None => ConnectorConfig::default(),
                 };
                 (
-                    Some(TextEncoder::load_with_precision(
+                    Some(T5TextEncoder::load_with_precision(
                         &ella.t5,
                         device,
-                        precision.text_encoder,
+                        precision.t5,
                     )?),
                     Some(Connector::load(&ella.connector, &config, device, dtype)?),
                 )
@@ -189,7 +189,7 @@ impl<B: Backend> Pipeline<B> {
         };
         let sd = load::load_sd(paths, device, dtype)?;
         let mut pipeline = Self::from_parts(PipelineParts {
-            text_encoder,
+            t5,
             connector,
             clip: sd.clip,
             unet: sd.unet,
@@ -243,7 +243,7 @@ impl<B: Backend> Pipeline<B> {
             updates,
             mut report,
         } = prepared;
-        let device = self.unet.conv_in.weight.device();
+        let device = self.device();
         let of = |target: Target| -> Vec<&lora::Update> {
             updates.iter().filter(|u| u.target == target).collect()
         };
@@ -262,11 +262,11 @@ impl<B: Backend> Pipeline<B> {
                 let (model, names) = lora::apply(
                     clip.model.clone(),
                     &clip.model.weights,
-                    &of(Target::TextEncoder),
-                    &previous(Target::TextEncoder),
+                    &of(Target::Clip),
+                    &previous(Target::Clip),
                     &device,
                 )?;
-                changed.insert(Target::TextEncoder, names);
+                changed.insert(Target::Clip, names);
                 Some(model)
             }
             None => None,
@@ -309,7 +309,7 @@ impl<B: Backend> Pipeline<B> {
                 ));
             }
         }
-        if let (Some(t5), Some(connector)) = (&parts.text_encoder, &parts.connector)
+        if let (Some(t5), Some(connector)) = (&parts.t5, &parts.connector)
             && t5.encoder.config.d_model != connector.config.input_dim
         {
             return incompatible(format!(
@@ -333,7 +333,7 @@ impl<B: Backend> Pipeline<B> {
             ));
         }
         Ok(Self {
-            text_encoder: parts.text_encoder,
+            t5: parts.t5,
             connector: parts.connector,
             clip: parts.clip,
             unet: parts.unet,
@@ -379,14 +379,14 @@ impl<B: Backend> Pipeline<B> {
         let factor = self.vae.config.downscale_factor();
         let [h, w] = request.validate(factor, self.vae.config.latent_channels)?;
         let latent = [h as u64, w as u64];
-        let dtype = self.unet.conv_in.weight.val().dtype();
+        let dtype = self.dtype();
         let rows = request.unet_rows();
         let tokens = match request.conditioning {
             Conditioning::Ella => self.connector.as_ref().map_or(0, |c| c.config.num_latents),
             Conditioning::EllaClip => {
                 self.connector.as_ref().map_or(0, |c| c.config.num_latents) + CLIP_TOKENS
             }
-            Conditioning::Clip | Conditioning::ClipSur => CLIP_TOKENS,
+            Conditioning::Clip | Conditioning::ClipSur(_) => CLIP_TOKENS,
         } as u64;
         let mut denoising = memory::unet_step(&self.unet.config, rows, latent, tokens, dtype);
         if let (Some(_), Some(controlnet)) = (&request.control, &self.controlnet) {
@@ -433,7 +433,7 @@ impl<B: Backend> Pipeline<B> {
     fn adapt(
         &self,
         clip: &StatePair<B>,
-        request: &GenerateRequest,
+        options: SurOptions,
         guided: bool,
     ) -> Result<StatePair<B>> {
         let adapter = self.sur_adapter.as_ref().ok_or_else(|| {
@@ -441,7 +441,7 @@ impl<B: Backend> Pipeline<B> {
                 "ClipSur conditioning needs a SUR-adapter, which was not loaded".into(),
             )
         })?;
-        let (weight, mode) = (request.sur_weight, request.sur_mode);
+        let SurOptions { weight, mode } = options;
         if !guided {
             let cond = adapter.forward(clip.cond.clone(), weight, mode)?;
             return Ok(StatePair {
@@ -463,6 +463,37 @@ impl<B: Backend> Pipeline<B> {
     /// The ControlNet, if one is set.
     pub fn controlnet(&self) -> Option<&ControlNetModel<B>> {
         self.controlnet.as_ref()
+    }
+
+    /// ELLA's connector, if ELLA was loaded.
+    pub fn connector(&self) -> Option<&Connector<B>> {
+        self.connector.as_ref()
+    }
+
+    /// The U-Net. Read-only: its weights change through [`Pipeline::set_loras`], which
+    /// keeps the original values to restore.
+    pub fn unet(&self) -> &UNet2DConditionModel<B> {
+        &self.unet
+    }
+
+    /// The VAE.
+    pub fn vae(&self) -> &AutoencoderKL<B> {
+        &self.vae
+    }
+
+    /// The scheduler config requests are sampled with (the SD folder's `scheduler/`).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The device the diffusion models live on.
+    pub fn device(&self) -> B::Device {
+        self.unet.conv_in.weight.device()
+    }
+
+    /// The float type the diffusion models compute in.
+    fn dtype(&self) -> DType {
+        self.unet.conv_in.weight.val().dtype()
     }
 
     /// Sets (or with `None` removes) the ControlNet requests with a [`Control`] use, after
@@ -501,8 +532,8 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The T5 encoder, unless it was unloaded (or never loaded).
-    pub fn text_encoder(&self) -> Option<&TextEncoder<B>> {
-        self.text_encoder.as_ref()
+    pub fn t5(&self) -> Option<&T5TextEncoder<B>> {
+        self.t5.as_ref()
     }
 
     /// SD's CLIP text encoder, if it was loaded.
@@ -513,16 +544,16 @@ impl<B: Backend> Pipeline<B> {
     /// Takes T5 out of the pipeline and hands it to the caller (to keep or move elsewhere);
     /// encode prompts first ([`Pipeline::encode_prompts`]) and pass them to
     /// [`Pipeline::generate_with`]. To release its memory, use
-    /// [`Pipeline::free_text_encoder`].
-    pub fn unload_text_encoder(&mut self) -> Option<TextEncoder<B>> {
-        self.text_encoder.take()
+    /// [`Pipeline::free_t5`].
+    pub fn unload_t5(&mut self) -> Option<T5TextEncoder<B>> {
+        self.t5.take()
     }
 
     /// Drops T5 and returns its memory to the device (Burn's GPU backends keep freed
     /// buffers pooled until asked): sampling from encoded prompts then needs only the
     /// connector, U-Net and VAE resident.
-    pub fn free_text_encoder(&mut self) {
-        if let Some(t5) = self.unload_text_encoder() {
+    pub fn free_t5(&mut self) {
+        if let Some(t5) = self.unload_t5() {
             let device = t5.encoder.shared.device();
             drop(t5);
             B::memory_cleanup(&device);
@@ -603,7 +634,7 @@ impl<B: Backend> Pipeline<B> {
         mode: TokenMode,
         cancel: Cancel,
     ) -> Result<Tensor<B, 3>> {
-        let t5 = self.text_encoder.as_ref().ok_or_else(|| {
+        let t5 = self.t5.as_ref().ok_or_else(|| {
             Error::InvalidInput(
                 "the T5 text encoder was freed or not loaded; pass prompt states encoded \
                  before, or load ELLA"
@@ -625,6 +656,268 @@ impl<B: Backend> Pipeline<B> {
     /// Generates `request.batch_size` images.
     pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Image>> {
         self.generate_with(request, None, &mut Hooks::default())
+    }
+
+    /// Generates with precomputed prompt states (else the request's prompts are encoded)
+    /// and callbacks for progress, cancellation and intermediate tensors. The phases:
+    /// check the request, encode the prompts, prepare the starting latents, take the
+    /// guided denoising steps, decode.
+    pub fn generate_with(
+        &self,
+        request: &GenerateRequest,
+        states: Option<&PromptStates<B>>,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Image>> {
+        let latent_size = self.check_request(request)?;
+        let cancel = Cancel::from_flag(hooks.cancel);
+        let mut scheduler =
+            Scheduler::<B>::new(request.scheduler, &self.scheduler_config, &request.schedule)?;
+        let encoded;
+        let states = match states {
+            Some(states) => states,
+            None => {
+                encoded = self.encode_prompts_with(
+                    &request.prompt,
+                    &request.negative_prompt,
+                    request.token_mode,
+                    request.conditioning,
+                    cancel,
+                )?;
+                &encoded
+            }
+        };
+        let run = self.prepare_run(request, states, &scheduler, cancel, hooks)?;
+        let mut latents = self.prepare_latents(&run, latent_size, &scheduler, hooks)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate().skip(run.start) {
+            cancel.check()?;
+            latents = self.denoising_step(&run, &mut scheduler, i, t, latents, hooks)?;
+            if let Some(progress) = &mut hooks.progress {
+                progress(i + 1 - run.start, run.total - run.start);
+            }
+        }
+        self.decode(latents, request.vae_decode, cancel, hooks)
+    }
+
+    /// Checks a request against the pipeline and the memory budget before any work;
+    /// returns the latent `[height, width]`.
+    fn check_request(&self, request: &GenerateRequest) -> Result<[usize; 2]> {
+        let latent_size = request.validate(
+            self.vae.config.downscale_factor(),
+            self.vae.config.latent_channels,
+        )?;
+        if request.control.is_some() && self.controlnet.is_none() {
+            return Err(Error::InvalidInput(
+                "the request has a control image but the pipeline has no ControlNet".into(),
+            ));
+        }
+        let needs = self.working_memory(request)?;
+        memory::check(
+            &format!(
+                "a {}×{} request of {} image(s)",
+                request.width, request.height, request.batch_size
+            ),
+            needs.peak(),
+            self.memory_budget(),
+        )?;
+        Ok(latent_size)
+    }
+
+    /// What every step of a run reads: the prompts' states (CLIP's through the SUR-adapter
+    /// when asked), the ControlNet's input and the steps to take.
+    fn prepare_run<'a>(
+        &'a self,
+        request: &'a GenerateRequest,
+        states: &'a PromptStates<B>,
+        scheduler: &Scheduler<B>,
+        cancel: Cancel<'a>,
+        hooks: &mut Hooks,
+    ) -> Result<Run<'a, B>> {
+        let guided = request.guidance_scale > 1.0;
+        let adapted = match (request.conditioning, &states.clip) {
+            (Conditioning::ClipSur(options), Some(clip)) => {
+                Some(self.threads.install(|| self.adapt(clip, options, guided))?)
+            }
+            _ => None,
+        };
+        let t5 = states.t5.as_ref();
+        // Fixed-length states dump as one batch; states of two lengths (flexible mode, or
+        // precomputed states whatever the request's mode) one by one.
+        if let Some(t5) = t5.filter(|_| hooks.tensors.is_some()) {
+            let same_length = t5.uncond.dims() == t5.cond.dims();
+            match (request.token_mode, same_length) {
+                (TokenMode::Fixed(_), true) => hooks.dump(
+                    "t5_hidden",
+                    &Tensor::cat(vec![t5.uncond.clone(), t5.cond.clone()], 0),
+                ),
+                _ => {
+                    hooks.dump("t5_hidden_uncond", &t5.uncond);
+                    hooks.dump("t5_hidden_cond", &t5.cond);
+                }
+            }
+        }
+        let (device, dtype) = (self.device(), self.dtype());
+        let control = match (&request.control, &self.controlnet) {
+            (Some(control), Some(controlnet)) => {
+                let image = control.image.to_unit_tensor::<B>(&device, dtype);
+                let [_, c, h, w] = image.dims();
+                let rows = if guided { 2 } else { 1 } * request.batch_size;
+                Some((control, controlnet, image.expand([rows, c, h, w])))
+            }
+            _ => None,
+        };
+        let total = scheduler.timesteps().len();
+        Ok(Run {
+            request,
+            t5,
+            clip: adapted,
+            clip_states: states.clip.as_ref(),
+            guided,
+            control,
+            start: request.first_step(total)?,
+            total,
+            cancel,
+        })
+    }
+
+    /// The starting latents: the seed's noise (or the request's), scaled for the
+    /// scheduler, or for image-to-image the image's latent noised to the first step's level.
+    fn prepare_latents(
+        &self,
+        run: &Run<B>,
+        [latent_h, latent_w]: [usize; 2],
+        scheduler: &Scheduler<B>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor<B, 4>> {
+        let request = run.request;
+        let (device, dtype) = (self.device(), self.dtype());
+        let batch = request.batch_size;
+        let shape = [batch, self.vae.config.latent_channels, latent_h, latent_w];
+        let noise = match &request.init_latents {
+            Some(latents) => latents.clone(),
+            None => noise::initial_noise(request.seed, shape),
+        };
+        let noise = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype));
+        Ok(match &request.init_image {
+            None => noise * scheduler.init_noise_sigma(),
+            Some(init) => {
+                // The posterior mean, as diffusers' `sample_mode="argmax"`.
+                let image = init.image.to_tensor(&device, dtype);
+                let encoded = self
+                    .threads
+                    .install(|| self.vae.encode_mean(image, run.cancel))?
+                    * self.vae.config.scaling_factor;
+                hooks.dump("init_image_latents", &encoded);
+                let [_, c, h, w] = encoded.dims();
+                scheduler.add_noise(encoded.expand([batch, c, h, w]), noise, run.start)
+            }
+        })
+    }
+
+    /// Denoising step `i` (timestep `t`): the condition tokens of both branches, one U-Net
+    /// batch (ControlNet residuals added while it acts), classifier-free guidance, the
+    /// scheduler's step. The new latents are checked for NaN and infinity on the host (a
+    /// few KB read back): one would end as a black image.
+    fn denoising_step(
+        &self,
+        run: &Run<B>,
+        scheduler: &mut Scheduler<B>,
+        i: usize,
+        t: f32,
+        latents: Tensor<B, 4>,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor<B, 4>> {
+        let step = i - run.start;
+        let conditioning = run.request.conditioning;
+        let (cond, uncond) = self.threads.install(|| -> Result<_> {
+            let branch = |states: fn(&StatePair<B>) -> &Tensor<B, 3>| {
+                self.condition(conditioning, run.t5.map(states), run.clip().map(states), t)
+            };
+            let cond = branch(|s| &s.cond)?;
+            let uncond = run.guided.then(|| branch(|s| &s.uncond)).transpose()?;
+            Ok((cond, uncond))
+        })?;
+        hooks.dump(&format!("condition_cond_step{step}"), &cond);
+        if let Some(uncond) = &uncond {
+            hooks.dump(&format!("condition_uncond_step{step}"), uncond);
+        }
+        let batch = run.request.batch_size;
+        let latents = self.threads.install(|| -> Result<_> {
+            let per_sample = |tokens: Tensor<B, 3>| {
+                let [_, n, d] = tokens.dims();
+                tokens.expand([batch, n, d])
+            };
+            let (model_input, context) = match uncond {
+                Some(uncond) => (
+                    Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+                    Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
+                ),
+                None => (latents.clone(), per_sample(cond)),
+            };
+            let model_input = scheduler.scale_model_input(model_input, i);
+            // The ControlNet reads the U-Net's input and condition tokens.
+            let residuals = match &run.control {
+                Some((control, controlnet, image))
+                    if control.acts_at(step, run.total - run.start) =>
+                {
+                    Some(controlnet.forward(
+                        model_input.clone(),
+                        &[t],
+                        context.clone(),
+                        image.clone(),
+                        control.scale,
+                        run.cancel,
+                    )?)
+                }
+                _ => None,
+            };
+            let prediction =
+                self.unet
+                    .forward_with(model_input, &[t], context, residuals, run.cancel)?;
+            let prediction = match run.guided {
+                true => {
+                    let uncond = prediction.clone().narrow(0, 0, batch);
+                    let cond = prediction.narrow(0, batch, batch);
+                    uncond.clone() + (cond - uncond) * run.request.guidance_scale
+                }
+                false => prediction,
+            };
+            Ok(scheduler.step(prediction, i, latents))
+        })?;
+        hooks.dump(&format!("latents_step{step}"), &latents);
+        if !all_finite(&latents.to_data()) {
+            return Err(Error::NonFinite {
+                what: format!(
+                    "the latents after step {} of {}",
+                    step + 1,
+                    run.total - run.start
+                ),
+            });
+        }
+        Ok(latents)
+    }
+
+    /// The final latents through the VAE, as RGB8 images.
+    fn decode(
+        &self,
+        latents: Tensor<B, 4>,
+        how: VaeDecode,
+        cancel: Cancel,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Image>> {
+        hooks.dump("final_latents", &latents);
+        let latents = latents / self.vae.config.scaling_factor;
+        let decoded = self
+            .threads
+            .install(|| self.vae.decode_with(latents, how, cancel))?;
+        let images = to_images(decoded.into_data())?;
+        if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
+            sink(
+                "image",
+                TensorData::new(first.pixels.clone(), [first.height, first.width, 3]),
+            );
+        }
+        Ok(images)
     }
 
     /// The condition tokens `[1, tokens, width]` of one branch (`uncond` or `cond`) at
@@ -659,195 +952,29 @@ impl<B: Backend> Pipeline<B> {
         let parts: Vec<Tensor<B, 3>> = ella.into_iter().chain(clip).collect();
         Ok(Tensor::cat(parts, 1))
     }
+}
 
-    /// Generates with precomputed prompt states (else the request's prompts are encoded)
-    /// and callbacks for progress, cancellation and intermediate tensors.
-    pub fn generate_with(
-        &self,
-        request: &GenerateRequest,
-        states: Option<&PromptStates<B>>,
-        hooks: &mut Hooks,
-    ) -> Result<Vec<Image>> {
-        let latent_channels = self.vae.config.latent_channels;
-        let [latent_h, latent_w] =
-            request.validate(self.vae.config.downscale_factor(), latent_channels)?;
-        if request.control.is_some() && self.controlnet.is_none() {
-            return Err(Error::InvalidInput(
-                "the request has a control image but the pipeline has no ControlNet".into(),
-            ));
-        }
-        let needs = self.working_memory(request)?;
-        memory::check(
-            &format!(
-                "a {}×{} request of {} image(s)",
-                request.width, request.height, request.batch_size
-            ),
-            needs.peak(),
-            self.memory_budget(),
-        )?;
-        let cancel = Cancel::from_flag(hooks.cancel);
-        let threads = &self.threads;
-        let mut scheduler = Scheduler::<B>::new(
-            request.scheduler,
-            &self.scheduler_config,
-            &request.schedule(),
-        )?;
-        let encoded;
-        let states = match states {
-            Some(states) => states,
-            None => {
-                encoded = self.encode_prompts_with(
-                    &request.prompt,
-                    &request.negative_prompt,
-                    request.token_mode,
-                    request.conditioning,
-                    cancel,
-                )?;
-                &encoded
-            }
-        };
-        let conditioning = request.conditioning;
-        let guided = request.guidance_scale > 1.0;
-        let t5 = states.t5.as_ref();
-        let adapted = match (conditioning, &states.clip) {
-            (Conditioning::ClipSur, Some(clip)) => {
-                Some(threads.install(|| self.adapt(clip, request, guided))?)
-            }
-            _ => None,
-        };
-        let clip = adapted.as_ref().or(states.clip.as_ref());
-        // Fixed-length states dump as one batch; states of two lengths (flexible mode, or
-        // precomputed states whatever the request's mode) one by one.
-        if let Some(t5) = t5.filter(|_| hooks.tensors.is_some()) {
-            let same_length = t5.uncond.dims() == t5.cond.dims();
-            match (request.token_mode, same_length) {
-                (TokenMode::Fixed(_), true) => hooks.dump(
-                    "t5_hidden",
-                    &Tensor::cat(vec![t5.uncond.clone(), t5.cond.clone()], 0),
-                ),
-                _ => {
-                    hooks.dump("t5_hidden_uncond", &t5.uncond);
-                    hooks.dump("t5_hidden_cond", &t5.cond);
-                }
-            }
-        }
+/// What every denoising step of one request reads ([`Pipeline::prepare_run`]).
+struct Run<'a, B: Backend> {
+    request: &'a GenerateRequest,
+    t5: Option<&'a StatePair<B>>,
+    /// CLIP's states through the SUR-adapter (`ClipSur`), else `None`.
+    clip: Option<StatePair<B>>,
+    /// CLIP's states as encoded.
+    clip_states: Option<&'a StatePair<B>>,
+    guided: bool,
+    /// The request's control, the ControlNet and its image, one row per U-Net row.
+    control: Option<(&'a Control, &'a ControlNetModel<B>, Tensor<B, 4>)>,
+    /// The first step taken (image-to-image skips the noisiest) and the schedule's length.
+    start: usize,
+    total: usize,
+    cancel: Cancel<'a>,
+}
 
-        let device = self.unet.conv_in.weight.device();
-        let dtype = self.unet.conv_in.weight.val().dtype();
-        let batch = request.batch_size;
-        let shape = [batch, latent_channels, latent_h, latent_w];
-        let noise = match &request.init_latents {
-            Some(latents) => latents.clone(),
-            None => noise::initial_noise(request.seed, shape),
-        };
-        let noise = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype));
-        let timesteps = scheduler.timesteps().to_vec();
-        let total = timesteps.len();
-        let start = request.first_step(total)?;
-        let mut latents = match &request.init_image {
-            None => noise * scheduler.init_noise_sigma(),
-            Some(image) => {
-                // Image-to-image: the image's latent (the posterior mean, as diffusers'
-                // `sample_mode="argmax"`), noised to the first step's level.
-                let image = image.to_tensor(&device, dtype);
-                let encoded = threads.install(|| self.vae.encode_mean(image, cancel))?
-                    * self.vae.config.scaling_factor;
-                hooks.dump("init_image_latents", &encoded);
-                let [_, c, h, w] = encoded.dims();
-                scheduler.add_noise(encoded.expand([batch, c, h, w]), noise, start)
-            }
-        };
-        let control = match (&request.control, &self.controlnet) {
-            (Some(control), Some(controlnet)) => {
-                let image = control.image.to_unit_tensor::<B>(&device, dtype);
-                let [_, c, h, w] = image.dims();
-                let rows = if guided { 2 * batch } else { batch };
-                Some((control, controlnet, image.expand([rows, c, h, w])))
-            }
-            _ => None,
-        };
-        for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            cancel.check()?;
-            let (cond, uncond) = threads.install(|| -> Result<_> {
-                let branch = |states: fn(&StatePair<B>) -> &Tensor<B, 3>| {
-                    self.condition(conditioning, t5.map(states), clip.map(states), t)
-                };
-                let cond = branch(|s| &s.cond)?;
-                let uncond = guided.then(|| branch(|s| &s.uncond)).transpose()?;
-                Ok((cond, uncond))
-            })?;
-            hooks.dump(&format!("condition_cond_step{}", i - start), &cond);
-            if let Some(uncond) = &uncond {
-                hooks.dump(&format!("condition_uncond_step{}", i - start), uncond);
-            }
-            latents = threads.install(|| -> Result<_> {
-                let per_sample = |tokens: Tensor<B, 3>| {
-                    let [_, n, d] = tokens.dims();
-                    tokens.expand([batch, n, d])
-                };
-                let (model_input, context) = match uncond {
-                    Some(uncond) => (
-                        Tensor::cat(vec![latents.clone(), latents.clone()], 0),
-                        Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
-                    ),
-                    None => (latents.clone(), per_sample(cond)),
-                };
-                let model_input = scheduler.scale_model_input(model_input, i);
-                // The ControlNet reads the U-Net's input and condition tokens.
-                let residuals = match &control {
-                    Some((control, controlnet, image))
-                        if control.acts_at(i - start, total - start) =>
-                    {
-                        Some(controlnet.forward(
-                            model_input.clone(),
-                            &[t],
-                            context.clone(),
-                            image.clone(),
-                            control.scale,
-                            cancel,
-                        )?)
-                    }
-                    _ => None,
-                };
-                let prediction =
-                    self.unet
-                        .forward_with(model_input, &[t], context, residuals, cancel)?;
-                let prediction = if guided {
-                    let uncond = prediction.clone().narrow(0, 0, batch);
-                    let cond = prediction.narrow(0, batch, batch);
-                    uncond.clone() + (cond - uncond) * request.guidance_scale
-                } else {
-                    prediction
-                };
-                Ok(scheduler.step(prediction, i, latents))
-            })?;
-            hooks.dump(&format!("latents_step{}", i - start), &latents);
-            // Read back (a few KB) and checked on the host: a NaN would end as a black image.
-            if !all_finite(&latents.to_data()) {
-                return Err(Error::NonFinite {
-                    what: format!(
-                        "the latents after step {} of {}",
-                        i + 1 - start,
-                        total - start
-                    ),
-                });
-            }
-            if let Some(progress) = &mut hooks.progress {
-                progress(i + 1 - start, total - start);
-            }
-        }
-        hooks.dump("final_latents", &latents);
-        let latents = latents / self.vae.config.scaling_factor;
-        let decoded =
-            threads.install(|| self.vae.decode_with(latents, request.vae_decode, cancel))?;
-        let images = to_images(decoded.into_data())?;
-        if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
-            sink(
-                "image",
-                TensorData::new(first.pixels.clone(), [first.height, first.width, 3]),
-            );
-        }
-        Ok(images)
+impl<B: Backend> Run<'_, B> {
+    /// The CLIP states the U-Net conditions on.
+    fn clip(&self) -> Option<&StatePair<B>> {
+        self.clip.as_ref().or(self.clip_states)
     }
 }
 

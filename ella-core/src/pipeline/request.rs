@@ -11,7 +11,7 @@ use crate::t5::TokenMode;
 use crate::vae::VaeDecode;
 
 /// What the U-Net cross-attends to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub enum Conditioning {
     /// ELLA: the connector's 64 tokens from T5, recomputed at every step (the official way).
     #[default]
@@ -21,8 +21,8 @@ pub enum Conditioning {
     EllaClip,
     /// SD1.5's own CLIP conditioning (plain SD, the baseline); needs no T5 or connector.
     Clip,
-    /// CLIP's states rewritten once by a SUR-adapter (`sur_weight`, `sur_mode`).
-    ClipSur,
+    /// CLIP's states rewritten once by the pipeline's SUR-adapter.
+    ClipSur(SurOptions),
 }
 
 impl Conditioning {
@@ -33,7 +33,47 @@ impl Conditioning {
 
     /// Whether SD's CLIP text encoder takes part.
     pub fn uses_clip(self) -> bool {
-        matches!(self, Self::EllaClip | Self::Clip | Self::ClipSur)
+        matches!(self, Self::EllaClip | Self::Clip | Self::ClipSur(_))
+    }
+}
+
+/// How a SUR-adapter rewrites CLIP's states (`Conditioning::ClipSur`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SurOptions {
+    /// The adapter weight `w` of `w·adapter + (1 − w)·CLIP`, in [0, 1].
+    pub weight: f32,
+    /// How the adapter sees the negative and positive prompt.
+    pub mode: SurMode,
+}
+
+impl Default for SurOptions {
+    /// The official demo's weight, 0.1, and its way of running the adapter.
+    fn default() -> Self {
+        Self {
+            weight: 0.1,
+            mode: SurMode::Faithful,
+        }
+    }
+}
+
+/// Image-to-image: where a request starts instead of pure noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// The starting image, of the request's size.
+    pub image: Image,
+    /// How much of the schedule runs, in (0, 1]: the last `floor(steps · strength)` steps,
+    /// from the image noised to that level (diffusers' `strength`; 1 ignores the image's
+    /// content). Default 0.8, as diffusers.
+    pub strength: f32,
+}
+
+impl InitImage {
+    /// `image` at the default strength, 0.8.
+    pub fn new(image: Image) -> Self {
+        Self {
+            image,
+            strength: 0.8,
+        }
     }
 }
 
@@ -76,7 +116,8 @@ pub struct GenerateRequest {
     pub negative_prompt: String,
     pub width: usize,
     pub height: usize,
-    pub steps: usize,
+    /// How many steps, or which timesteps (e.g. [`TimestepSchedule::align_your_steps`]).
+    pub schedule: TimestepSchedule,
     /// Classifier-free guidance scale; guidance is off at 1 or below (as in diffusers).
     pub guidance_scale: f32,
     /// Sample `i` of the batch draws its noise from seed `seed + i` (see [`crate::pipeline::noise`]).
@@ -84,29 +125,18 @@ pub struct GenerateRequest {
     pub batch_size: usize,
     pub token_mode: TokenMode,
     pub scheduler: SchedulerKind,
-    /// Custom timesteps (e.g. [`TimestepSchedule::align_your_steps`]) instead of `steps`.
-    pub timesteps: Option<Vec<f32>>,
     /// Unit-variance initial noise `[batch, latent_channels, height/f, width/f]` instead of
     /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does (for
     /// image-to-image: the noise added to the image's latent).
     pub init_latents: Option<TensorData>,
     /// How the VAE decodes: whole batch, sliced or tiled (bounded memory for big images).
     pub vae_decode: VaeDecode,
-    /// ELLA (default), ELLA + CLIP, or CLIP alone.
+    /// ELLA (default), ELLA + CLIP, CLIP alone, or CLIP through a SUR-adapter.
     pub conditioning: Conditioning,
-    /// Image-to-image: start from this image (of the request's size) instead of pure noise.
-    pub init_image: Option<Image>,
-    /// How much of the schedule image-to-image runs, in (0, 1]: the last
-    /// `floor(steps · strength)` steps, from the image noised to that level (diffusers'
-    /// `strength`; 1 ignores the image's content). Default 0.8.
-    pub strength: f32,
+    /// Image-to-image: start from this image instead of pure noise.
+    pub init_image: Option<InitImage>,
     /// ControlNet guidance (needs a pipeline with a ControlNet).
     pub control: Option<Control>,
-    /// `ClipSur`: the adapter weight `w` of `w·adapter + (1 − w)·CLIP`, in [0, 1]; default 0.1
-    /// (the official demo's).
-    pub sur_weight: f32,
-    /// `ClipSur`: how the adapter sees the negative and positive prompt.
-    pub sur_mode: SurMode,
 }
 
 impl Default for GenerateRequest {
@@ -116,21 +146,17 @@ impl Default for GenerateRequest {
             negative_prompt: String::new(),
             width: 512,
             height: 512,
-            steps: 25,
+            schedule: TimestepSchedule::Steps(25),
             guidance_scale: 10.0,
             seed: 1000,
             batch_size: 1,
             token_mode: TokenMode::Flexible,
             scheduler: SchedulerKind::DpmSolverMultistep,
-            timesteps: None,
             init_latents: None,
             vae_decode: VaeDecode::Whole,
             conditioning: Conditioning::Ella,
             init_image: None,
-            strength: 0.8,
             control: None,
-            sur_weight: 0.1,
-            sur_mode: SurMode::Faithful,
         }
     }
 }
@@ -165,24 +191,15 @@ impl GenerateRequest {
     /// text-to-image): diffusers' `total − min(int(total · strength), total)`, read as the
     /// decimal strength the caller wrote (0.7 × 10 is 7 steps, not 6).
     pub fn first_step(&self, total: usize) -> Result<usize> {
-        if self.init_image.is_none() {
+        let Some(InitImage { strength, .. }) = self.init_image else {
             return Ok(0);
-        }
-        let steps = ((total as f64 * f64::from(self.strength)) + 1e-4).floor() as usize;
+        };
+        let steps = ((total as f64 * f64::from(strength)) + 1e-4).floor() as usize;
         match steps.min(total) {
             0 => Err(Error::InvalidInput(format!(
-                "strength {} of {total} steps leaves no step to run",
-                self.strength
+                "strength {strength} of {total} steps leaves no step to run"
             ))),
             steps => Ok(total - steps),
-        }
-    }
-
-    /// The timestep schedule this request asks for.
-    pub fn schedule(&self) -> TimestepSchedule {
-        match &self.timesteps {
-            Some(list) => TimestepSchedule::Custom(list.clone()),
-            None => TimestepSchedule::Steps(self.steps),
         }
     }
 
@@ -197,11 +214,10 @@ impl GenerateRequest {
                 ));
             }
         }
-        if self.timesteps.is_none() && !(1..=MAX_STEPS).contains(&self.steps) {
-            return invalid(format!(
-                "steps {} must be between 1 and {MAX_STEPS}",
-                self.steps
-            ));
+        if let TimestepSchedule::Steps(steps) = self.schedule
+            && !(1..=MAX_STEPS).contains(&steps)
+        {
+            return invalid(format!("steps {steps} must be between 1 and {MAX_STEPS}"));
         }
         check_prompt_lengths(&[&self.prompt, &self.negative_prompt])?;
         if !self.guidance_scale.is_finite() {
@@ -223,7 +239,7 @@ impl GenerateRequest {
                 "a fixed token length must be between 1 and {MAX_T5_TOKENS}, not {length}"
             ));
         }
-        if let Some(list) = &self.timesteps
+        if let TimestepSchedule::Custom(list) = &self.schedule
             && (list.is_empty()
                 || list.len() > MAX_STEPS
                 || list.iter().any(|t| !t.is_finite())
@@ -233,17 +249,16 @@ impl GenerateRequest {
                 "custom timesteps must be 1 to {MAX_STEPS} numbers, each below the one before"
             ));
         }
-        if let Some(image) = &self.init_image {
+        if let Some(InitImage { image, strength }) = &self.init_image {
             self.check_image(image, "init")?;
-            if !(self.strength > 0.0 && self.strength <= 1.0) {
-                return invalid(format!("strength {} must be in (0, 1]", self.strength));
+            if !(*strength > 0.0 && *strength <= 1.0) {
+                return invalid(format!("strength {strength} must be in (0, 1]"));
             }
         }
-        if self.conditioning == Conditioning::ClipSur && !(0.0..=1.0).contains(&self.sur_weight) {
-            return invalid(format!(
-                "SUR-adapter weight {} must be in [0, 1]",
-                self.sur_weight
-            ));
+        if let Conditioning::ClipSur(SurOptions { weight, .. }) = self.conditioning
+            && !(0.0..=1.0).contains(&weight)
+        {
+            return invalid(format!("SUR-adapter weight {weight} must be in [0, 1]"));
         }
         if let Some(control) = &self.control {
             self.check_image(&control.image, "control")?;

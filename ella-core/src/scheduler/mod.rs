@@ -96,6 +96,14 @@ impl TimestepSchedule {
     pub fn align_your_steps() -> Self {
         TimestepSchedule::Custom(ALIGN_YOUR_STEPS_SD15.to_vec())
     }
+
+    /// How many steps the schedule takes.
+    pub fn steps(&self) -> usize {
+        match self {
+            TimestepSchedule::Steps(steps) => *steps,
+            TimestepSchedule::Custom(timesteps) => timesteps.len(),
+        }
+    }
 }
 
 /// What the U-Net predicts (`prediction_type`).

@@ -22,12 +22,12 @@ use crate::error::{Error, Result};
 /// (as the official `models--google--flan-t5-xl--text_encoder`: `config.json`,
 /// `tokenizer.json`, `model.safetensors`).
 #[derive(Debug)]
-pub struct TextEncoder<B: Backend> {
+pub struct T5TextEncoder<B: Backend> {
     pub tokenizer: T5Tokenizer,
     pub encoder: T5Encoder<B>,
 }
 
-impl<B: Backend> TextEncoder<B> {
+impl<B: Backend> T5TextEncoder<B> {
     /// Loads the folder with f32 weights (the CPU default).
     pub fn load(folder: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         Self::load_with_precision(folder, device, T5Precision::F32)
@@ -60,7 +60,7 @@ impl<B: Backend> TextEncoder<B> {
         self.encode_tokens_with(tokens, Cancel::NEVER)
     }
 
-    /// [`TextEncoder::encode_tokens`], stopping between layers once `cancel` is set.
+    /// [`T5TextEncoder::encode_tokens`], stopping between layers once `cancel` is set.
     pub fn encode_tokens_with(&self, tokens: &TokenBatch, cancel: Cancel) -> Result<Tensor<B, 3>> {
         let batch = tokens.ids.len();
         let seq = tokens.ids.first().map_or(0, Vec::len);

@@ -25,7 +25,7 @@ fn unet_out<B: Backend>(pipeline: &Pipeline<B>) -> Tensor<B, 4> {
     let sample = Tensor::<B, 4>::from_data(inputs.data("unet.sample"), &device);
     let cond = Tensor::<B, 3>::from_data(inputs.data("unet.cond"), &device);
     pipeline
-        .unet
+        .unet()
         .forward(sample, &[999.0, 250.0], cond)
         .unwrap()
 }
@@ -59,7 +59,7 @@ fn loras_match_the_reference<B: Backend>() {
     pipeline.set_loras(std::slice::from_ref(&peft)).unwrap();
     check(&pipeline, &reference, "peft");
     let report = pipeline.set_loras(&[kohya, peft]).unwrap();
-    assert_eq!(report.skipped_text_encoder, 0);
+    assert_eq!(report.skipped_clip, 0);
     check(&pipeline, &reference, "both");
     // None: the original weights again.
     pipeline.set_loras(&[]).unwrap();
@@ -68,7 +68,7 @@ fn loras_match_the_reference<B: Backend>() {
     let sample = Tensor::<B, 4>::from_data(base.data("unet.sample"), &device);
     let cond = Tensor::<B, 3>::from_data(base.data("unet.cond"), &device);
     let out = pipeline
-        .unet
+        .unet()
         .forward(sample, &[999.0, 250.0], cond)
         .unwrap();
     assert_close(out, &base.data("unet.out"), UNET_TOLERANCE, "no LoRA");

@@ -14,8 +14,9 @@ use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Conditioning, Control, Error, GenerateRequest, Hooks, Image, ModelPaths, Pipeline,
-    PipelineParts,
+    AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage,
+    ModelPaths, Pipeline, PipelineParts, SchedulerConfig, SurOptions, TimestepSchedule,
+    UNet2DConditionModel,
 };
 use serde_json::Value;
 
@@ -44,7 +45,7 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         negative_prompt: run["negative"].as_str().unwrap().into(),
         width: run["width"].as_u64().unwrap() as usize,
         height: run["height"].as_u64().unwrap() as usize,
-        steps: run["steps"].as_u64().unwrap() as usize,
+        schedule: TimestepSchedule::Steps(run["steps"].as_u64().unwrap() as usize),
         guidance_scale: run["guidance"].as_f64().unwrap() as f32,
         token_mode: match run["mode"].as_str().unwrap() {
             "fixed" => TokenMode::FIXED_128,
@@ -56,23 +57,27 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             None | Some("ella") => Conditioning::Ella,
             Some("ella-clip") => Conditioning::EllaClip,
             Some("clip") => Conditioning::Clip,
-            Some("clip-sur") => Conditioning::ClipSur,
+            Some("clip-sur") => Conditioning::ClipSur(SurOptions {
+                weight: run
+                    .get("sur_weight")
+                    .map_or(0.1, |w| w.as_f64().unwrap() as f32),
+                ..SurOptions::default()
+            }),
             Some(other) => panic!("unknown conditioning {other}"),
         },
-        sur_weight: run
-            .get("sur_weight")
-            .map_or(0.1, |w| w.as_f64().unwrap() as f32),
         init_image: run.get("init_image").map(|_| {
             let (_, shape, pixels) = reference.raw("init_image");
-            Image {
-                width: shape[1],
-                height: shape[0],
-                pixels,
+            InitImage {
+                image: Image {
+                    width: shape[1],
+                    height: shape[0],
+                    pixels,
+                },
+                strength: run
+                    .get("strength")
+                    .map_or(0.8, |s| s.as_f64().unwrap() as f32),
             }
         }),
-        strength: run
-            .get("strength")
-            .map_or(0.8, |s| s.as_f64().unwrap() as f32),
         control: run.get("control_scale").map(|scale| {
             let (_, shape, pixels) = reference.raw("control_image");
             let number = |key: &str| run[key].as_f64().unwrap() as f32;
@@ -274,7 +279,7 @@ fn seeds_are_reproducible_and_per_sample() {
         prompt: "a red book".into(),
         width: 32,
         height: 32,
-        steps: 2,
+        schedule: TimestepSchedule::Steps(2),
         seed: 7,
         batch_size: 2,
         ..GenerateRequest::default()
@@ -301,7 +306,7 @@ fn progress_cancel_and_unloaded_text_encoder() {
         prompt: "a red book".into(),
         width: 32,
         height: 32,
-        steps: 3,
+        schedule: TimestepSchedule::Steps(3),
         ..GenerateRequest::default()
     };
     let mut seen = Vec::new();
@@ -326,7 +331,7 @@ fn progress_cancel_and_unloaded_text_encoder() {
     let states = pipeline
         .encode_prompts("a red book", "", TokenMode::Flexible, Conditioning::Ella)
         .unwrap();
-    assert!(pipeline.unload_text_encoder().is_some());
+    assert!(pipeline.unload_t5().is_some());
     assert!(matches!(
         pipeline.generate(&request),
         Err(Error::InvalidInput(_))
@@ -349,7 +354,7 @@ fn bad_requests_are_typed_errors() {
         prompt: "x".into(),
         width: 32,
         height: 32,
-        steps: 1,
+        schedule: TimestepSchedule::Steps(1),
         ..GenerateRequest::default()
     };
     let bad = [
@@ -366,7 +371,7 @@ fn bad_requests_are_typed_errors() {
             ..ok.clone()
         },
         GenerateRequest {
-            steps: 0,
+            schedule: TimestepSchedule::Steps(0),
             ..ok.clone()
         },
         GenerateRequest {
@@ -382,7 +387,7 @@ fn bad_requests_are_typed_errors() {
             ..ok.clone()
         },
         GenerateRequest {
-            timesteps: Some(vec![]),
+            schedule: TimestepSchedule::Custom(vec![]),
             ..ok.clone()
         },
         GenerateRequest {
@@ -392,40 +397,48 @@ fn bad_requests_are_typed_errors() {
         // Image-to-image: an init image of another size, a strength outside (0, 1], and one
         // too small to leave a step.
         GenerateRequest {
-            init_image: Some(Image {
+            init_image: Some(InitImage::new(Image {
                 width: 16,
                 height: 32,
                 pixels: vec![0; 16 * 32 * 3],
-            }),
+            })),
             ..ok.clone()
         },
         GenerateRequest {
-            init_image: Some(Image {
+            init_image: Some(InitImage::new(Image {
                 width: 32,
                 height: 32,
                 pixels: vec![0; 10],
+            })),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(InitImage {
+                image: gray.clone(),
+                strength: 0.0,
             }),
             ..ok.clone()
         },
         GenerateRequest {
-            init_image: Some(gray.clone()),
-            strength: 0.0,
+            init_image: Some(InitImage {
+                image: gray.clone(),
+                strength: 1.5,
+            }),
             ..ok.clone()
         },
         GenerateRequest {
-            init_image: Some(gray.clone()),
-            strength: 1.5,
+            init_image: Some(InitImage {
+                image: gray.clone(),
+                strength: f32::NAN,
+            }),
             ..ok.clone()
         },
         GenerateRequest {
-            init_image: Some(gray.clone()),
-            strength: f32::NAN,
-            ..ok.clone()
-        },
-        GenerateRequest {
-            init_image: Some(gray.clone()),
-            strength: 0.4,
-            steps: 2,
+            init_image: Some(InitImage {
+                image: gray.clone(),
+                strength: 0.4,
+            }),
+            schedule: TimestepSchedule::Steps(2),
             ..ok.clone()
         },
         // ControlNet: a control image of another size, a range that is not one.
@@ -473,9 +486,11 @@ fn bad_requests_are_typed_errors() {
     );
     let pipeline = without;
     let img2img = GenerateRequest {
-        init_image: Some(gray),
-        strength: 0.5,
-        steps: 2,
+        init_image: Some(InitImage {
+            image: gray,
+            strength: 0.5,
+        }),
+        schedule: TimestepSchedule::Steps(2),
         ..ok
     };
     assert!(pipeline.generate(&img2img).is_ok());
@@ -485,7 +500,6 @@ fn bad_requests_are_typed_errors() {
 fn mismatched_models_are_refused() {
     let device = Default::default();
     type B = burn::backend::Flex;
-    let p = pipeline::<B>();
     // A connector of another width than the U-Net's cross-attention.
     let config =
         ella_core::ConnectorConfig::from_file(&fixture("ella/config-proj-out.json")).unwrap();
@@ -497,12 +511,15 @@ fn mismatched_models_are_refused() {
     )
     .unwrap();
     let err = Pipeline::from_parts(PipelineParts {
-        text_encoder: None,
+        t5: None,
         connector: Some(connector),
         clip: None,
-        unet: p.unet,
-        vae: p.vae,
-        scheduler_config: p.scheduler_config,
+        unet: UNet2DConditionModel::load(fixture("sd/unet"), &device, DType::F32).unwrap(),
+        vae: AutoencoderKL::load(fixture("sd/vae"), &device, DType::F32).unwrap(),
+        scheduler_config: SchedulerConfig::from_file(&fixture(
+            "sd/scheduler/scheduler_config.json",
+        ))
+        .unwrap(),
     })
     .unwrap_err();
     assert!(

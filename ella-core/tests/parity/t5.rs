@@ -6,7 +6,7 @@ use burn::tensor::{DType, Tensor};
 use ella_core::Backend;
 use ella_core::t5::relative_position_buckets;
 use ella_core::{
-    Checkpoint, T5Config, T5Encoder, T5Precision, T5Tokenizer, TextEncoder, TokenBatch, TokenMode,
+    Checkpoint, T5Config, T5Encoder, T5Precision, T5TextEncoder, T5Tokenizer, TokenBatch, TokenMode,
 };
 use serde_json::Value;
 
@@ -97,8 +97,8 @@ fn relative_position_buckets_match_transformers() {
     }
 }
 
-fn encoder<B: Backend>(folder: &str) -> TextEncoder<B> {
-    TextEncoder::load(fixture(folder), &Default::default()).unwrap()
+fn encoder<B: Backend>(folder: &str) -> T5TextEncoder<B> {
+    T5TextEncoder::load(fixture(folder), &Default::default()).unwrap()
 }
 
 fn token_batch(reference: &Reference, prefix: &str) -> TokenBatch {
@@ -185,7 +185,7 @@ fn half_precision_files<B: Backend>() {
         let encoder =
             T5Encoder::<B>::from_checkpoint(config.clone(), &checkpoint, &device, T5Precision::F32)
                 .unwrap();
-        let t5 = TextEncoder {
+        let t5 = T5TextEncoder {
             tokenizer: T5Tokenizer::from_file(fixture("t5")).unwrap(),
             encoder,
         };
@@ -232,7 +232,7 @@ fn relu_feed_forward<B: Backend>() {
 fn f16_inference<B: Backend>() {
     let reference = Reference::open("t5.safetensors");
     let device = Default::default();
-    let loaded = TextEncoder::<B>::load_with_precision(fixture("t5"), &device, T5Precision::F16);
+    let loaded = T5TextEncoder::<B>::load_with_precision(fixture("t5"), &device, T5Precision::F16);
     if !B::supports_dtype(&device, DType::F16) {
         assert!(
             matches!(loaded, Err(ella_core::Error::UnsupportedPrecision { .. })),
@@ -267,7 +267,7 @@ fn precisions_against_f32<B: Backend>() {
         (T5Precision::F16WoF32, 8e-2),
         (T5Precision::BF16, 6e-1),
     ] {
-        let loaded = TextEncoder::<B>::load_with_precision(fixture("t5"), &device, precision);
+        let loaded = T5TextEncoder::<B>::load_with_precision(fixture("t5"), &device, precision);
         if !B::supports_dtype(&device, precision.dtype()) {
             // A backend without this dtype refuses it by name instead of computing wrongly.
             assert!(
