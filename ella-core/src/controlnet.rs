@@ -17,9 +17,10 @@ use crate::limits::{MAX_LEVELS, MAX_WIDTH};
 use crate::nn::{Conv2d, TimestepEmbedding};
 use crate::unet::blocks::{DownBlock, MidBlock};
 use crate::unet::{
-    ControlResiduals, UNetConfig, check_inputs, embed_time, load_down_path, run_down_path,
+    ControlResiduals, DownBlockType, UNetConfig, UpBlockType, check_inputs, embed_time,
+    load_down_path, run_down_path,
 };
-use crate::weights::{Checkpoint, Loader, check_config, load_checked, read_json};
+use crate::weights::{Checkpoint, Loader, check_config, config_error, load_checked, read_json};
 
 /// A ControlNet's `config.json`: the U-Net keys of its down path, and its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,9 +29,18 @@ pub struct ControlNetConfig {
     pub unet: UNetConfig,
     pub conditioning_channels: usize,
     pub conditioning_embedding_out_channels: Vec<usize>,
-    /// `rgb` or `bgr`: the channel order the ControlNet was trained on.
-    pub controlnet_conditioning_channel_order: String,
+    pub controlnet_conditioning_channel_order: ChannelOrder,
     pub global_pool_conditions: bool,
+}
+
+/// `controlnet_conditioning_channel_order`: the channel order the ControlNet was trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ChannelOrder {
+    #[serde(rename = "rgb")]
+    Rgb,
+    /// Refused by [`ControlNetConfig::validate`].
+    #[serde(rename = "bgr")]
+    Bgr,
 }
 
 /// The keys of a ControlNet config that a U-Net config lacks.
@@ -41,7 +51,7 @@ struct OwnKeys {
     #[serde(default = "embedding_channels")]
     conditioning_embedding_out_channels: Vec<usize>,
     #[serde(default = "rgb")]
-    controlnet_conditioning_channel_order: String,
+    controlnet_conditioning_channel_order: ChannelOrder,
     #[serde(default)]
     global_pool_conditions: bool,
 }
@@ -52,36 +62,27 @@ fn three() -> usize {
 fn embedding_channels() -> Vec<usize> {
     vec![16, 32, 96, 256]
 }
-fn rgb() -> String {
-    "rgb".into()
+fn rgb() -> ChannelOrder {
+    ChannelOrder::Rgb
 }
 
 impl ControlNetConfig {
     /// Reads and validates a ControlNet `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut json: serde_json::Value = read_json(path)?;
-        let invalid = |reason: String| Error::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        // The U-Net config reader wants up blocks; a ControlNet has none: mirror the down ones.
-        let up: Vec<serde_json::Value> = json["down_block_types"]
-            .as_array()
-            .ok_or_else(|| invalid("no `down_block_types`".into()))?
+        let json: serde_json::Value = read_json(path)?;
+        let invalid = |e: serde_json::Error| config_error(path, e);
+        let mut unet: UNetConfig = serde_json::from_value(json.clone()).map_err(invalid)?;
+        let own: OwnKeys = serde_json::from_value(json).map_err(invalid)?;
+        // A ControlNet has no up blocks; the U-Net checks want them: mirror the down ones.
+        unet.up_block_types = unet
+            .down_block_types
             .iter()
             .rev()
-            .map(|kind| match kind.as_str() {
-                Some("CrossAttnDownBlock2D") => "CrossAttnUpBlock2D".into(),
-                _ => "UpBlock2D".into(),
+            .map(|kind| match kind {
+                DownBlockType::CrossAttention => UpBlockType::CrossAttention,
+                DownBlockType::Plain => UpBlockType::Plain,
             })
             .collect();
-        json["up_block_types"] = up.into();
-        let reason = |e: serde_json::Error| Error::InvalidJson {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let unet: UNetConfig = serde_json::from_value(json.clone()).map_err(reason)?;
-        let own: OwnKeys = serde_json::from_value(json).map_err(reason)?;
         let config = Self {
             unet,
             conditioning_channels: own.conditioning_channels,
@@ -106,11 +107,11 @@ impl ControlNetConfig {
                 "`conditioning_embedding_out_channels` value {c} must be between 1 and {MAX_WIDTH}"
             ));
         }
-        if self.controlnet_conditioning_channel_order != "rgb" {
-            return Err(format!(
-                "`controlnet_conditioning_channel_order` \"{}\" is not supported (rgb only)",
-                self.controlnet_conditioning_channel_order
-            ));
+        if self.controlnet_conditioning_channel_order == ChannelOrder::Bgr {
+            return Err(
+                "`controlnet_conditioning_channel_order` \"bgr\" is not supported (rgb only)"
+                    .into(),
+            );
         }
         if self.global_pool_conditions {
             return Err("`global_pool_conditions` (shuffle ControlNets) is not supported".into());

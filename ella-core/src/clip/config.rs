@@ -6,53 +6,37 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use crate::nn::Activation;
 use crate::weights::{check_positive, check_sizes, read_config};
 
-/// Names and defaults are transformers'; `sd15()` is SD1.5's text encoder.
+/// Names and defaults (`Default`) are transformers'; `sd15()` is SD1.5's text encoder.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct ClipTextConfig {
-    #[serde(default = "vocab")]
     pub vocab_size: usize,
-    #[serde(default = "hidden")]
     pub hidden_size: usize,
-    #[serde(default = "intermediate")]
     pub intermediate_size: usize,
-    #[serde(default = "layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "heads")]
     pub num_attention_heads: usize,
-    #[serde(default = "positions")]
     pub max_position_embeddings: usize,
-    /// `quick_gelu` (OpenAI CLIP, SD1.5) or `gelu`.
-    #[serde(default = "quick_gelu")]
-    pub hidden_act: String,
-    #[serde(default = "eps")]
+    /// The MLP's activation: `quick_gelu` for OpenAI CLIP (SD1.5).
+    pub hidden_act: Activation,
     pub layer_norm_eps: f64,
 }
 
-fn vocab() -> usize {
-    49408
-}
-fn hidden() -> usize {
-    512
-}
-fn intermediate() -> usize {
-    2048
-}
-fn layers() -> usize {
-    12
-}
-fn heads() -> usize {
-    8
-}
-fn positions() -> usize {
-    77
-}
-fn quick_gelu() -> String {
-    "quick_gelu".into()
-}
-fn eps() -> f64 {
-    1e-5
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
 }
 
 impl ClipTextConfig {
@@ -62,7 +46,7 @@ impl ClipTextConfig {
             hidden_size: 768,
             intermediate_size: 3072,
             num_attention_heads: 12,
-            ..serde_json::from_str("{}").expect("defaults")
+            ..Self::default()
         }
     }
 
@@ -94,9 +78,6 @@ impl ClipTextConfig {
                 "`hidden_size` {} is not divisible by `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads
             ));
-        }
-        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(format!("`hidden_act` {} is not supported", self.hidden_act));
         }
         Ok(())
     }

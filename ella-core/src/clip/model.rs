@@ -1,12 +1,12 @@
 //! `ClipTextModel`: token and position embeddings, pre-norm transformer layers with causal
-//! self-attention and a QuickGELU MLP, a final LayerNorm; `last_hidden_state` out.
+//! self-attention and an MLP (QuickGELU for SD1.5), a final LayerNorm; `last_hidden_state`
+//! out.
 
 use std::path::Path;
 
 use crate::backend::Backend;
-use crate::nn::Linear;
+use crate::nn::{Activation, Linear};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
@@ -28,9 +28,9 @@ pub struct ClipEncoderLayer<B: Backend> {
     pub fc2: Linear<B>,
     #[module(skip)]
     pub heads: usize,
-    /// `quick_gelu` (x·σ(1.702x)) rather than the exact GELU.
+    /// The MLP's activation (`hidden_act`).
     #[module(skip)]
-    pub quick_gelu: bool,
+    pub activation: Activation,
 }
 
 impl<B: Backend> ClipEncoderLayer<B> {
@@ -47,7 +47,7 @@ impl<B: Backend> ClipEncoderLayer<B> {
             fc1: Linear::load(&vb.pp("mlp.fc1"), d, config.intermediate_size, true)?,
             fc2: Linear::load(&vb.pp("mlp.fc2"), config.intermediate_size, d, true)?,
             heads: config.num_attention_heads,
-            quick_gelu: config.hidden_act == "quick_gelu",
+            activation: config.hidden_act,
         })
     }
 
@@ -64,11 +64,7 @@ impl<B: Backend> ClipEncoderLayer<B> {
         );
         let x = x + self.out_proj.forward(attended);
         let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
-        let h = match self.quick_gelu {
-            true => h.clone() * sigmoid(h * 1.702),
-            false => gelu(h),
-        };
-        x + self.fc2.forward(h)
+        x + self.fc2.forward(self.activation.apply(h))
     }
 }
 

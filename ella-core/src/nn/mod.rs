@@ -1,10 +1,11 @@
 //! Small layers shared by several models: multi-head attention through Burn's fused
 //! `attention` op, layer and group norms with f32 statistics, 2-D convolution, PyTorch's
-//! nearest-neighbour resize, and the sinusoidal timestep features of diffusers' `Timesteps`.
+//! nearest-neighbour resize, the sinusoidal timestep features of diffusers' `Timesteps`, and
+//! the activations configs name.
 
 use crate::backend::Backend;
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{gelu, relu, sigmoid, silu, tanh};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
@@ -86,6 +87,47 @@ pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tens
     let x = x.cast(DType::F32);
     let (var, mean) = x.clone().var_mean_bias(D - 1);
     ((x - mean) / (var + eps).sqrt()).cast(dtype)
+}
+
+/// An activation as configs name it (transformers' `ACT2FN`, diffusers' `get_activation`):
+/// CLIP's `hidden_act`, the activation in T5's `feed_forward_proj`, U-Net and VAE `act_fn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum Activation {
+    #[serde(rename = "relu")]
+    Relu,
+    /// Exact (erf) GELU.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU, tanh approximation.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh")]
+    GeluNew,
+    /// `x·σ(1.702x)`, OpenAI CLIP's.
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+}
+
+impl Activation {
+    /// `x` through the activation, elementwise.
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Relu => relu(x),
+            Activation::Gelu => gelu(x),
+            Activation::GeluNew => gelu_new(x),
+            Activation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            Activation::Silu => silu(x),
+        }
+    }
+}
+
+/// `gelu_new`, the tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+/// Burn's `gelu_approximate` computes `x³` with a float `powf`, several times slower.
+fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    x * (tanh(inner) + 1.0) * 0.5
 }
 
 /// Sinusoidal timestep features as diffusers' `get_timestep_embedding`, `[batch, channels]`.

@@ -13,7 +13,7 @@
 //! `scripts/single_file_fixtures.py`.
 
 use crate::error::{Error, Result};
-use crate::unet::{BlockKind, UNetConfig};
+use crate::unet::{UNetConfig, UpBlockType};
 use crate::weights::Checkpoint;
 
 /// The U-Net's prefix in a single-file checkpoint.
@@ -71,8 +71,10 @@ pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
     let layers = |i: usize| config.layers_per_block.get(i);
     let down: Vec<usize> = (0..n).map(|i| layers(i) + usize::from(i + 1 < n)).collect();
     let up: Vec<usize> = (0..n).map(|i| layers(n - 1 - i) + 1).collect();
-    let up_attention: Vec<bool> = (0..n)
-        .map(|i| config.up_block(i) == Ok(BlockKind::CrossAttention))
+    let up_attention: Vec<bool> = config
+        .up_block_types
+        .iter()
+        .map(|&kind| kind == UpBlockType::CrossAttention)
         .collect();
     let layout = UNetLayout {
         down,

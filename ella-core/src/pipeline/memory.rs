@@ -14,7 +14,7 @@ use super::request::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::nn::ATTENTION_CHUNK_BYTES;
 use crate::t5::T5Config;
-use crate::unet::{BlockKind, UNetConfig};
+use crate::unet::{DownBlockType, UNetConfig};
 use crate::vae::{VaeConfig, VaeDecode};
 
 /// The working memory of a request's phases, in bytes. They run one after the other, so
@@ -101,7 +101,7 @@ pub fn unet_step(
         let c = config.block_out_channels[i] as u64;
         let layers = config.layers_per_block.get(i) as u64;
         skips = skips.saturating_add(product(&[layers + 1, c, s, b]));
-        let transformer = matches!(config.down_block(i), Ok(BlockKind::CrossAttention));
+        let transformer = config.down_block_types[i] == DownBlockType::CrossAttention;
         let width = if transformer { 24 } else { 8 };
         let here = product(&[width, c, s, b]).saturating_add(product(&[4, 2 * c, s, 4]));
         block = block.max(here);

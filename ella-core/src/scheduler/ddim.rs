@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::schedules::{numpy_arange, numpy_linspace};
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, unsupported};
+use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, unsupported};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct Ddim {
 
 impl Ddim {
     pub(crate) fn new(config: &SchedulerConfig, schedule: &TimestepSchedule) -> Result<Self> {
-        let common = Common::resolve(config, "leading")?;
+        let common = Common::resolve(config, TimestepSpacing::Leading)?;
         let TimestepSchedule::Steps(steps) = *schedule else {
             return Err(unsupported(
                 config,
@@ -32,17 +32,17 @@ impl Ddim {
         };
         common.check_steps(steps)?;
         let n = common.num_train_timesteps();
-        let timesteps: Vec<i64> = match common.timestep_spacing.as_str() {
-            "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps)
+        let timesteps: Vec<i64> = match common.timestep_spacing {
+            TimestepSpacing::Linspace => numpy_linspace(0.0, (n - 1) as f64, steps)
                 .iter()
                 .rev()
                 .map(|t| t.round_ties_even() as i64)
                 .collect(),
-            "leading" => (0..steps)
+            TimestepSpacing::Leading => (0..steps)
                 .rev()
                 .map(|i| (i * (n / steps) + common.steps_offset) as i64)
                 .collect(),
-            _ => numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            TimestepSpacing::Trailing => numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
                 .iter()
                 .map(|t| t.round_ties_even() as i64 - 1)
                 .collect(),

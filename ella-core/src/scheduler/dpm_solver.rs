@@ -8,15 +8,11 @@ use burn::tensor::Tensor;
 use super::schedules::{
     interp_index, karras_sigmas, numpy_arange, numpy_linspace, sigma_to_t, training_sigmas,
 };
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, unsupported};
+use super::{
+    Choice, Common, FinalSigmas, Prediction, SchedulerConfig, SolverType, TimestepSchedule,
+    TimestepSpacing, unsupported,
+};
 use crate::error::{Error, Result};
-
-/// `solver_type`: how the second-order term is formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SolverType {
-    Midpoint,
-    Heun,
-}
 
 #[derive(Debug)]
 pub struct DpmSolver<B: Backend> {
@@ -38,9 +34,8 @@ impl<B: Backend> DpmSolver<B> {
         schedule: &TimestepSchedule,
         force_karras: bool,
     ) -> Result<Self> {
-        let common = Common::resolve(config, "linspace")?;
-        let algorithm = config.algorithm_type.as_deref().unwrap_or("dpmsolver++");
-        if algorithm != "dpmsolver++" {
+        let common = Common::resolve(config, TimestepSpacing::Linspace)?;
+        if let Some(Choice::Unknown(algorithm)) = &config.algorithm_type {
             return Err(unsupported(
                 config,
                 format!("`algorithm_type` \"{algorithm}\" is not supported (dpmsolver++ is)"),
@@ -53,16 +48,8 @@ impl<B: Backend> DpmSolver<B> {
                 format!("`solver_order` {solver_order} is not supported (1 or 2)"),
             ));
         }
-        let solver_type = match config.solver_type.as_deref().unwrap_or("midpoint") {
-            "midpoint" => SolverType::Midpoint,
-            "heun" => SolverType::Heun,
-            other => {
-                return Err(unsupported(
-                    config,
-                    format!("`solver_type` \"{other}\" is not supported"),
-                ));
-            }
-        };
+        let solver_type =
+            config.choice("solver_type", &config.solver_type, SolverType::Midpoint)?;
         for (key, value) in [
             ("use_exponential_sigmas", config.use_exponential_sigmas),
             ("use_beta_sigmas", config.use_beta_sigmas),
@@ -99,22 +86,24 @@ impl<B: Backend> DpmSolver<B> {
             }
             &TimestepSchedule::Steps(steps) => {
                 common.check_steps(steps)?;
-                let spaced: Vec<f64> = match common.timestep_spacing.as_str() {
-                    "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps + 1)
+                let spaced: Vec<f64> = match common.timestep_spacing {
+                    TimestepSpacing::Linspace => numpy_linspace(0.0, (n - 1) as f64, steps + 1)
                         .iter()
                         .rev()
                         .take(steps)
                         .map(|t| t.round_ties_even())
                         .collect(),
-                    "leading" => (0..=steps)
+                    TimestepSpacing::Leading => (0..=steps)
                         .rev()
                         .take(steps)
                         .map(|i| (i * (n / (steps + 1)) + common.steps_offset) as f64)
                         .collect(),
-                    _ => numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                        .iter()
-                        .map(|t| t.round_ties_even() - 1.0)
-                        .collect(),
+                    TimestepSpacing::Trailing => {
+                        numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                            .iter()
+                            .map(|t| t.round_ties_even() - 1.0)
+                            .collect()
+                    }
                 };
                 if karras {
                     let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
@@ -135,16 +124,11 @@ impl<B: Backend> DpmSolver<B> {
                 }
             }
         };
-        let final_zero = match config.final_sigmas_type.as_deref().unwrap_or("zero") {
-            "zero" => true,
-            "sigma_min" => false,
-            other => {
-                return Err(unsupported(
-                    config,
-                    format!("`final_sigmas_type` \"{other}\" is not supported"),
-                ));
-            }
-        };
+        let final_zero = config.choice(
+            "final_sigmas_type",
+            &config.final_sigmas_type,
+            FinalSigmas::Zero,
+        )? == FinalSigmas::Zero;
         sigmas.push(if final_zero {
             0.0
         } else {

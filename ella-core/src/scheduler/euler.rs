@@ -7,7 +7,10 @@ use burn::tensor::Tensor;
 use super::schedules::{
     interp_index, karras_sigmas, numpy_arange, numpy_linspace, sigma_to_t, training_sigmas,
 };
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, unsupported};
+use super::{
+    Choice, Common, FinalSigmas, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing,
+    unsupported,
+};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -21,7 +24,7 @@ pub struct Euler {
 
 impl Euler {
     pub(crate) fn new(config: &SchedulerConfig, schedule: &TimestepSchedule) -> Result<Self> {
-        let common = Common::resolve(config, "linspace")?;
+        let common = Common::resolve(config, TimestepSpacing::Linspace)?;
         for (key, value) in [
             ("use_exponential_sigmas", config.use_exponential_sigmas),
             ("use_beta_sigmas", config.use_beta_sigmas),
@@ -30,21 +33,13 @@ impl Euler {
                 return Err(unsupported(config, format!("`{key}` is not supported")));
             }
         }
-        if config
-            .interpolation_type
-            .as_deref()
-            .is_some_and(|t| t != "linear")
-        {
+        if let Some(Choice::Unknown(_)) = config.interpolation_type {
             return Err(unsupported(
                 config,
                 "only `interpolation_type` linear is supported".into(),
             ));
         }
-        if config
-            .timestep_type
-            .as_deref()
-            .is_some_and(|t| t != "discrete")
-        {
+        if let Some(Choice::Unknown(_)) = config.timestep_type {
             return Err(unsupported(
                 config,
                 "only `timestep_type` discrete is supported".into(),
@@ -64,20 +59,22 @@ impl Euler {
             }
             &TimestepSchedule::Steps(steps) => {
                 common.check_steps(steps)?;
-                match common.timestep_spacing.as_str() {
-                    "linspace" => numpy_linspace(0.0, (n - 1) as f64, steps)
+                match common.timestep_spacing {
+                    TimestepSpacing::Linspace => numpy_linspace(0.0, (n - 1) as f64, steps)
                         .iter()
                         .rev()
                         .map(|&t| t as f32)
                         .collect(),
-                    "leading" => (0..steps)
+                    TimestepSpacing::Leading => (0..steps)
                         .rev()
                         .map(|i| (i * (n / steps)) as f32 + common.steps_offset as f32)
                         .collect(),
-                    _ => numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                        .iter()
-                        .map(|t| t.round_ties_even() as f32 - 1.0)
-                        .collect(),
+                    TimestepSpacing::Trailing => {
+                        numpy_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                            .iter()
+                            .map(|t| t.round_ties_even() as f32 - 1.0)
+                            .collect()
+                    }
                 }
             }
         };
@@ -100,22 +97,20 @@ impl Euler {
         } else {
             timesteps
         };
-        let last = match config.final_sigmas_type.as_deref().unwrap_or("zero") {
-            "zero" => 0.0,
-            "sigma_min" => f64::from(train_sigmas[0]),
-            other => {
-                return Err(unsupported(
-                    config,
-                    format!("`final_sigmas_type` \"{other}\" is not supported"),
-                ));
-            }
+        let last = match config.choice(
+            "final_sigmas_type",
+            &config.final_sigmas_type,
+            FinalSigmas::Zero,
+        )? {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => f64::from(train_sigmas[0]),
         };
         sigmas.push(last);
         let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
         let max_sigma = sigmas.iter().copied().fold(0.0f32, f32::max);
-        let init_noise_sigma = match common.timestep_spacing.as_str() {
-            "linspace" | "trailing" => max_sigma,
-            _ => (max_sigma * max_sigma + 1.0).sqrt(),
+        let init_noise_sigma = match common.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
         };
         common.check_timesteps(timesteps.iter().map(|&t| f64::from(t)))?;
         Ok(Self {

@@ -18,7 +18,10 @@ use std::str::FromStr;
 use crate::backend::Backend;
 use burn::tensor::Tensor;
 
-pub use config::SchedulerConfig;
+pub use config::{
+    Algorithm, BetaSchedule, Choice, FinalSigmas, Interpolation, Prediction, SchedulerConfig,
+    SolverType, TimestepSpacing, TimestepType,
+};
 pub use ddim::Ddim;
 pub use dpm_solver::DpmSolver;
 pub use euler::Euler;
@@ -104,14 +107,6 @@ impl TimestepSchedule {
             TimestepSchedule::Custom(timesteps) => timesteps.len(),
         }
     }
-}
-
-/// What the U-Net predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    Epsilon,
-    VPrediction,
-    Sample,
 }
 
 /// One sampling run's scheduler.
@@ -257,13 +252,13 @@ impl<B: Backend> Scheduler<B> {
 pub(crate) struct Common {
     pub alphas_cumprod: Vec<f32>,
     pub prediction: Prediction,
-    pub timestep_spacing: String,
+    pub timestep_spacing: TimestepSpacing,
     pub steps_offset: usize,
 }
 
 impl Common {
     /// Resolves the shared keys; `spacing` is the class's default `timestep_spacing`.
-    pub fn resolve(config: &SchedulerConfig, spacing: &str) -> Result<Self> {
+    pub fn resolve(config: &SchedulerConfig, spacing: TimestepSpacing) -> Result<Self> {
         let invalid = |reason: String| unsupported(config, reason);
         if config.thresholding == Some(true) {
             return Err(invalid("`thresholding` is not supported".into()));
@@ -306,12 +301,13 @@ impl Common {
                 list.iter().map(|&b| b as f32).collect()
             }
             None => {
-                let schedule = config.beta_schedule.as_deref().unwrap_or("linear");
+                let schedule =
+                    config.choice("beta_schedule", &config.beta_schedule, BetaSchedule::Linear)?;
                 let (beta_start, beta_end) = (
                     config.beta_start.unwrap_or(0.0001),
                     config.beta_end.unwrap_or(0.02),
                 );
-                if schedule != "squaredcos_cap_v2"
+                if schedule != BetaSchedule::SquaredcosCapV2
                     && !(beta_start > 0.0 && beta_start <= beta_end && beta_end < 1.0)
                 {
                     return Err(invalid(format!(
@@ -319,37 +315,24 @@ impl Common {
                          0 < beta_start ≤ beta_end < 1"
                     )));
                 }
-                schedules::betas(schedule, beta_start, beta_end, n).ok_or_else(|| {
-                    invalid(format!("`beta_schedule` \"{schedule}\" is not supported"))
-                })?
+                schedules::betas(schedule, beta_start, beta_end, n)
             }
         };
         if betas.iter().any(|&b| !(b > 0.0 && b < 1.0)) {
             return Err(invalid("betas must lie in (0, 1)".into()));
         }
-        let prediction = match config.prediction_type.as_deref().unwrap_or("epsilon") {
-            "epsilon" => Prediction::Epsilon,
-            "v_prediction" => Prediction::VPrediction,
-            "sample" => Prediction::Sample,
-            other => {
-                return Err(invalid(format!(
-                    "`prediction_type` \"{other}\" is not supported"
-                )));
-            }
-        };
-        let timestep_spacing = config
-            .timestep_spacing
-            .clone()
-            .unwrap_or_else(|| spacing.to_string());
-        if !["leading", "trailing", "linspace"].contains(&timestep_spacing.as_str()) {
-            return Err(invalid(format!(
-                "`timestep_spacing` \"{timestep_spacing}\" is not supported"
-            )));
-        }
         Ok(Self {
             alphas_cumprod: schedules::alphas_cumprod(&betas),
-            prediction,
-            timestep_spacing,
+            prediction: config.choice(
+                "prediction_type",
+                &config.prediction_type,
+                Prediction::Epsilon,
+            )?,
+            timestep_spacing: config.choice(
+                "timestep_spacing",
+                &config.timestep_spacing,
+                spacing,
+            )?,
             steps_offset: config.steps_offset.unwrap_or(0),
         })
     }

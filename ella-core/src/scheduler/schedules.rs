@@ -2,6 +2,8 @@
 //! computes in (torch f32 with its fused linspace and f64-accumulated cumprod; NumPy f64 for
 //! spacing and interpolation), so that timesteps come out identical.
 
+use super::BetaSchedule;
+
 /// SD1.5's Align Your Steps schedule (Sabour et al. 2024; diffusers' `AysSchedules`).
 pub const ALIGN_YOUR_STEPS_SD15: [f32; 10] = [
     999.0, 850.0, 736.0, 645.0, 545.0, 455.0, 343.0, 233.0, 124.0, 24.0,
@@ -53,32 +55,27 @@ pub fn numpy_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Betas of a named schedule as diffusers builds them (f32).
-pub fn betas(schedule: &str, start: f64, end: f64, n: usize) -> Option<Vec<f32>> {
+/// Betas of a schedule as diffusers builds them (f32).
+pub fn betas(schedule: BetaSchedule, start: f64, end: f64, n: usize) -> Vec<f32> {
     match schedule {
-        "linear" => Some(torch_linspace_f32(start as f32, end as f32, n)),
-        "scaled_linear" => Some(
-            torch_linspace_f32(start.sqrt() as f32, end.sqrt() as f32, n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
-        ),
-        "squaredcos_cap_v2" => {
+        BetaSchedule::Linear => torch_linspace_f32(start as f32, end as f32, n),
+        BetaSchedule::ScaledLinear => torch_linspace_f32(start.sqrt() as f32, end.sqrt() as f32, n)
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
+        BetaSchedule::SquaredcosCapV2 => {
             let alpha_bar = |t: f64| {
                 ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
                     .cos()
                     .powi(2)
             };
-            Some(
-                (0..n)
-                    .map(|i| {
-                        let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
-                        (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
-                    })
-                    .collect(),
-            )
+            (0..n)
+                .map(|i| {
+                    let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                    (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+                })
+                .collect()
         }
-        _ => None,
     }
 }
 

@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::IntoDeserializer;
 
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 use crate::limits::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use crate::nn::Activation;
 use crate::weights::{check_positive, check_sizes, read_config};
 
 /// The encoder's part of an HF `T5Config`. Field names and defaults are HF's.
@@ -25,9 +27,8 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
-    /// `"relu"` (T5 v1.0), `"gated-gelu"` (T5 v1.1 and flan-t5), or `"[gated-]ACT"`.
-    #[serde(default = "default_feed_forward_proj")]
-    pub feed_forward_proj: String,
+    #[serde(default)]
+    pub feed_forward_proj: FeedForwardProj,
     #[serde(default)]
     pub pad_token_id: u32,
     #[serde(default = "default_eos")]
@@ -43,22 +44,55 @@ fn default_max_distance() -> usize {
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_feed_forward_proj() -> String {
-    "relu".into()
-}
 fn default_eos() -> u32 {
     1
 }
 
-/// The feed-forward non-linearity, as HF's `dense_act_fn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Relu,
-    /// Exact (erf) GELU.
-    Gelu,
-    /// GELU, tanh approximation (`gelu_new`); what `"gated-gelu"` means in HF.
-    GeluNew,
-    Silu,
+/// `feed_forward_proj`: `"relu"` (T5 v1.0, the default), `"gated-gelu"` (T5 v1.1 and
+/// flan-t5) or `"[gated-]ACT"`, parsed as HF parses it into `dense_act_fn` and
+/// `is_gated_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FeedForwardProj {
+    pub activation: Activation,
+    /// `wo(act(wi_0 x) · wi_1 x)` rather than `wo(act(wi x))`.
+    pub gated: bool,
+}
+
+impl Default for FeedForwardProj {
+    fn default() -> Self {
+        Self {
+            activation: Activation::Relu,
+            gated: false,
+        }
+    }
+}
+
+impl TryFrom<String> for FeedForwardProj {
+    type Error = String;
+
+    fn try_from(proj: String) -> Result<Self, String> {
+        // HF special-cases `gated-gelu` to `gelu_new`.
+        if proj == "gated-gelu" {
+            return Ok(Self {
+                activation: Activation::GeluNew,
+                gated: true,
+            });
+        }
+        let (act, gated) = match proj.strip_prefix("gated-") {
+            Some(act) => (act, true),
+            None => (proj.as_str(), false),
+        };
+        let activation = Activation::deserialize(act.into_deserializer()).map_err(
+            |_: serde::de::value::Error| {
+                format!(
+                    "`feed_forward_proj` \"{proj}\" is not supported (relu, gelu, gelu_new, \
+                     quick_gelu, silu, each optionally `gated-`)"
+                )
+            },
+        )?;
+        Ok(Self { activation, gated })
+    }
 }
 
 impl T5Config {
@@ -74,7 +108,10 @@ impl T5Config {
             relative_attention_num_buckets: 32,
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "gated-gelu".into(),
+            feed_forward_proj: FeedForwardProj {
+                activation: Activation::GeluNew,
+                gated: true,
+            },
             pad_token_id: 0,
             eos_token_id: 1,
         }
@@ -87,7 +124,6 @@ impl T5Config {
 
     /// Checks that the sizes describe a buildable encoder of a plausible size.
     pub fn validate(&self) -> Result<(), String> {
-        self.feed_forward()?;
         check_sizes(&[
             ("vocab_size", self.vocab_size, MAX_VOCAB),
             ("d_model", self.d_model, MAX_WIDTH),
@@ -117,32 +153,6 @@ impl T5Config {
             return Err("`relative_attention_num_buckets` must be an even number ≥ 4".into());
         }
         check_positive("layer_norm_epsilon", self.layer_norm_epsilon)
-    }
-
-    /// The activation and whether the feed-forward is gated, parsed as HF parses
-    /// `feed_forward_proj` (`"gated-gelu"` is special-cased to `gelu_new`).
-    pub fn feed_forward(&self) -> Result<(Activation, bool), String> {
-        let proj = self.feed_forward_proj.as_str();
-        if proj == "gated-gelu" {
-            return Ok((Activation::GeluNew, true));
-        }
-        let (act, gated) = match proj.strip_prefix("gated-") {
-            Some(act) => (act, true),
-            None => (proj, false),
-        };
-        let act = match act {
-            "relu" => Activation::Relu,
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
-            "silu" | "swish" => Activation::Silu,
-            _ => {
-                return Err(format!(
-                    "`feed_forward_proj` \"{proj}\" is not supported \
-                     (relu, gelu, gelu_new, silu, each optionally `gated-`)"
-                ));
-            }
-        };
-        Ok((act, gated))
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-pub use config::{Activation, T5Config, T5Precision};
+pub use config::{FeedForwardProj, T5Config, T5Precision};
 pub use model::{
     T5Attention, T5Block, T5Encoder, T5FeedForward, T5LayerNorm, relative_position_buckets,
 };

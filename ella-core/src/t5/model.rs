@@ -11,14 +11,13 @@ use std::path::Path;
 use crate::backend::Backend;
 use crate::nn::Linear;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, relu, silu, tanh};
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
-use super::config::{Activation, T5Config, T5Precision};
+use super::config::{T5Config, T5Precision};
 use crate::cancel::Cancel;
-use crate::error::{Error, Result};
-use crate::nn::multi_head_attention;
+use crate::error::Result;
+use crate::nn::{Activation, multi_head_attention};
 use crate::weights::{Checkpoint, Loader, check_config, load_checked};
 
 /// T5's layer norm: `x / sqrt(mean(x²) + eps) · weight`, with the statistics in f32.
@@ -127,8 +126,7 @@ impl<B: Backend> T5FeedForward<B> {
     /// `wi` (or `wi_0` and `wi_1` when gated) and `wo`, `wo` in `wo_dtype`.
     fn load(vb: &Loader<B>, config: &T5Config, wo_dtype: DType) -> Result<Self> {
         let (d, d_ff) = (config.d_model, config.d_ff);
-        let (activation, gated) = config.feed_forward().map_err(Error::InvalidInput)?;
-        let (wi_0, wi_1) = match gated {
+        let (wi_0, wi_1) = match config.feed_forward_proj.gated {
             true => (
                 Linear::load(&vb.pp("wi_0"), d, d_ff, false)?,
                 Some(Linear::load(&vb.pp("wi_1"), d, d_ff, false)?),
@@ -139,18 +137,12 @@ impl<B: Backend> T5FeedForward<B> {
             wi_0,
             wi_1,
             wo: Linear::load_as(&vb.pp("wo"), d_ff, d, false, wo_dtype)?,
-            activation,
+            activation: config.feed_forward_proj.activation,
         })
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.wi_0.forward(x.clone());
-        let hidden = match self.activation {
-            Activation::Relu => relu(hidden),
-            Activation::Gelu => gelu(hidden),
-            Activation::GeluNew => gelu_new(hidden),
-            Activation::Silu => silu(hidden),
-        };
+        let hidden = self.activation.apply(self.wi_0.forward(x.clone()));
         let hidden = match &self.wi_1 {
             Some(wi_1) => hidden * wi_1.forward(x),
             None => hidden,
@@ -196,15 +188,6 @@ impl<B: Backend> T5Block<B> {
     }
 }
 
-/// `gelu_new`, the tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-/// Burn's `gelu_approximate` computes `x³` with a float `powf`, several times slower.
-fn gelu_new<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
-    x * (tanh(inner) + 1.0) * 0.5
-}
-
 /// HF clamps f16 activations to ±(65504 − 1000) so that an overflow in one layer does not
 /// turn the rest of the stack into inf/NaN. No-op for other dtypes.
 fn clamp_half<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -241,7 +224,6 @@ impl<B: Backend> T5Encoder<B> {
         precision: T5Precision,
     ) -> Result<Self> {
         check_config(config.validate(), checkpoint.path())?;
-        check_config(config.feed_forward(), checkpoint.path())?;
         let embedding = if checkpoint.shape("shared.weight").is_none()
             && checkpoint.shape("encoder.embed_tokens.weight").is_some()
         {

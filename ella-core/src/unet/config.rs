@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::limits::{MAX_BLOCK_LAYERS, MAX_WIDTH};
+use crate::nn::Activation;
 use crate::weights::{check_levels, check_positive, check_sizes, read_config};
 
 /// A config value given once for all blocks or once per block, as diffusers allows.
@@ -41,154 +42,163 @@ pub enum FlagPerBlock {
     Each(Vec<bool>),
 }
 
+/// A down block's type (`down_block_types`): the two SD1.5's U-Net is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DownBlockType {
+    /// Resnets each followed by a transformer.
+    #[serde(rename = "CrossAttnDownBlock2D")]
+    CrossAttention,
+    /// Resnets only.
+    #[serde(rename = "DownBlock2D")]
+    Plain,
+}
+
+/// An up block's type (`up_block_types`), as [`DownBlockType`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpBlockType {
+    #[serde(rename = "CrossAttnUpBlock2D")]
+    CrossAttention,
+    #[serde(rename = "UpBlock2D")]
+    Plain,
+}
+
+/// `mid_block_type`: SD1.5's, the only one built (diffusers' `null`, no mid block, is not).
+/// `Option` so that a `null` is refused by [`UNetConfig::validate`] as unsupported, not by
+/// serde as bad JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MidBlockType {
+    #[serde(rename = "UNetMidBlock2DCrossAttn")]
+    CrossAttention,
+}
+
+/// `resnet_time_scale_shift`: the timestep embedding is added to the resnets' features
+/// (`default`), not used as a scale and shift (`scale_shift`, not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ResnetTimeScaleShift {
+    #[serde(rename = "default")]
+    Default,
+}
+
+/// `time_embedding_type`: sinusoidal features (`positional`); Fourier features are not
+/// supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TimeEmbeddingType {
+    #[serde(rename = "positional")]
+    Positional,
+}
+
 /// The fields of a diffusers `UNet2DConditionModel` config that SD1.5-style U-Nets use.
-/// Field names and defaults are diffusers'.
+/// Field names and defaults (`Default`) are diffusers'; a value outside an enum's variants
+/// is a config this module does not build.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct UNetConfig {
-    #[serde(default = "four")]
     pub in_channels: usize,
-    #[serde(default = "four")]
     pub out_channels: usize,
-    #[serde(default)]
     pub center_input_sample: bool,
-    #[serde(default = "yes")]
     pub flip_sin_to_cos: bool,
-    #[serde(default)]
     pub freq_shift: f32,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
-    #[serde(default = "mid_block")]
-    pub mid_block_type: Option<String>,
+    pub down_block_types: Vec<DownBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
+    pub mid_block_type: Option<MidBlockType>,
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "two")]
     pub layers_per_block: PerBlock,
-    #[serde(default = "one")]
     pub downsample_padding: usize,
-    #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
-    #[serde(default = "silu")]
-    pub act_fn: String,
-    #[serde(default = "groups")]
+    pub act_fn: Activation,
     pub norm_num_groups: usize,
-    #[serde(default = "eps")]
     pub norm_eps: f64,
-    #[serde(default = "cross")]
     pub cross_attention_dim: PerBlock,
-    #[serde(default = "one_per")]
     pub transformer_layers_per_block: PerBlock,
     /// For SD1.5 this is the number of heads (a diffusers naming quirk), unless
     /// `num_attention_heads` is given.
-    #[serde(default = "heads")]
     pub attention_head_dim: PerBlock,
-    #[serde(default)]
     pub num_attention_heads: Option<PerBlock>,
-    #[serde(default)]
     pub use_linear_projection: bool,
-    #[serde(default = "no_flag")]
     pub only_cross_attention: FlagPerBlock,
-    #[serde(default)]
     pub dual_cross_attention: bool,
-    #[serde(default)]
     pub upcast_attention: bool,
-    #[serde(default = "default_str")]
-    pub resnet_time_scale_shift: String,
-    #[serde(default = "positional")]
-    pub time_embedding_type: String,
-    #[serde(default)]
+    pub resnet_time_scale_shift: ResnetTimeScaleShift,
+    pub time_embedding_type: TimeEmbeddingType,
     pub time_embedding_dim: Option<usize>,
-    #[serde(default = "three")]
     pub conv_in_kernel: usize,
-    #[serde(default = "three")]
     pub conv_out_kernel: usize,
-    #[serde(default)]
     pub class_embed_type: Option<String>,
-    #[serde(default)]
     pub num_class_embeds: Option<usize>,
-    #[serde(default)]
     pub addition_embed_type: Option<String>,
-    #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
-    #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
-    #[serde(default)]
     pub timestep_post_act: Option<String>,
-    #[serde(default)]
     pub time_embedding_act_fn: Option<String>,
-    #[serde(default = "one_f")]
     pub resnet_out_scale_factor: f64,
-    #[serde(default)]
     pub sample_size: Option<usize>,
 }
 
-fn four() -> usize {
-    4
-}
-fn two() -> PerBlock {
-    PerBlock::One(2)
-}
-fn one() -> usize {
-    1
-}
-fn one_per() -> PerBlock {
-    PerBlock::One(1)
-}
-fn three() -> usize {
-    3
-}
-fn one_f() -> f64 {
-    1.0
-}
-fn yes() -> bool {
-    true
-}
-fn no_flag() -> FlagPerBlock {
-    FlagPerBlock::One(false)
-}
-fn mid_block() -> Option<String> {
-    Some("UNetMidBlock2DCrossAttn".into())
-}
-fn silu() -> String {
-    "silu".into()
-}
-fn groups() -> usize {
-    32
-}
-fn eps() -> f64 {
-    1e-5
-}
-fn cross() -> PerBlock {
-    PerBlock::One(1280)
-}
-fn heads() -> PerBlock {
-    PerBlock::One(8)
-}
-fn default_str() -> String {
-    "default".into()
-}
-fn positional() -> String {
-    "positional".into()
-}
-
-/// The kind of a down or up block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockKind {
-    /// `CrossAttnDownBlock2D` / `CrossAttnUpBlock2D`: resnets each followed by a transformer.
-    CrossAttention,
-    /// `DownBlock2D` / `UpBlock2D`: resnets only.
-    Plain,
+impl Default for UNetConfig {
+    /// diffusers' defaults: SD1.5's U-Net but for a 1280-wide cross-attention.
+    fn default() -> Self {
+        use DownBlockType as Down;
+        use UpBlockType as Up;
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: vec![
+                Down::CrossAttention,
+                Down::CrossAttention,
+                Down::CrossAttention,
+                Down::Plain,
+            ],
+            up_block_types: vec![
+                Up::Plain,
+                Up::CrossAttention,
+                Up::CrossAttention,
+                Up::CrossAttention,
+            ],
+            mid_block_type: Some(MidBlockType::CrossAttention),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: PerBlock::One(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: Activation::Silu,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: PerBlock::One(1280),
+            transformer_layers_per_block: PerBlock::One(1),
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            use_linear_projection: false,
+            only_cross_attention: FlagPerBlock::One(false),
+            dual_cross_attention: false,
+            upcast_attention: false,
+            resnet_time_scale_shift: ResnetTimeScaleShift::Default,
+            time_embedding_type: TimeEmbeddingType::Positional,
+            time_embedding_dim: None,
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            class_embed_type: None,
+            num_class_embeds: None,
+            addition_embed_type: None,
+            time_cond_proj_dim: None,
+            encoder_hid_dim: None,
+            timestep_post_act: None,
+            time_embedding_act_fn: None,
+            resnet_out_scale_factor: 1.0,
+            sample_size: None,
+        }
+    }
 }
 
 impl UNetConfig {
     /// SD1.5's U-Net (`runwayml/stable-diffusion-v1-5/unet/config.json`).
     pub fn sd15() -> Self {
-        let json = r#"{
-            "block_out_channels": [320, 640, 1280, 1280],
-            "cross_attention_dim": 768,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            "attention_head_dim": 8, "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 64
-        }"#;
-        serde_json::from_str(json).expect("valid built-in config")
+        Self {
+            cross_attention_dim: PerBlock::One(768),
+            sample_size: Some(64),
+            ..Self::default()
+        }
     }
 
     /// Reads and validates `unet/config.json`.
@@ -245,8 +255,6 @@ impl UNetConfig {
             return Err("`resnet_out_scale_factor` must not be 0".into());
         }
         for i in 0..n {
-            self.down_block(i)?;
-            self.up_block(i)?;
             let channels = self.block_out_channels[i];
             check_sizes(&[
                 ("block_out_channels", channels, MAX_WIDTH),
@@ -280,22 +288,10 @@ impl UNetConfig {
                 ));
             }
         }
-        if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
-            return Err(format!(
-                "`mid_block_type` {:?} is not supported",
-                self.mid_block_type
-            ));
-        }
         let unsupported = [
-            ("act_fn", self.act_fn != "silu"),
-            (
-                "resnet_time_scale_shift",
-                self.resnet_time_scale_shift != "default",
-            ),
-            (
-                "time_embedding_type",
-                self.time_embedding_type != "positional",
-            ),
+            // diffusers' other activations would need every resnet and embedding to take one.
+            ("act_fn", self.act_fn != Activation::Silu),
+            ("mid_block_type", self.mid_block_type.is_none()),
             (
                 "class_embed_type",
                 self.class_embed_type.is_some() || self.num_class_embeds.is_some(),
@@ -322,22 +318,6 @@ impl UNetConfig {
             ));
         }
         Ok(())
-    }
-
-    pub fn down_block(&self, i: usize) -> Result<BlockKind, String> {
-        match self.down_block_types[i].as_str() {
-            "CrossAttnDownBlock2D" => Ok(BlockKind::CrossAttention),
-            "DownBlock2D" => Ok(BlockKind::Plain),
-            other => Err(format!("down block type `{other}` is not supported")),
-        }
-    }
-
-    pub fn up_block(&self, i: usize) -> Result<BlockKind, String> {
-        match self.up_block_types[i].as_str() {
-            "CrossAttnUpBlock2D" => Ok(BlockKind::CrossAttention),
-            "UpBlock2D" => Ok(BlockKind::Plain),
-            other => Err(format!("up block type `{other}` is not supported")),
-        }
     }
 
     /// Attention heads of down block `i` (diffusers: `num_attention_heads or attention_head_dim`).

@@ -4,6 +4,9 @@ pub mod blocks;
 mod config;
 mod model;
 
-pub use config::{BlockKind, FlagPerBlock, PerBlock, UNetConfig};
+pub use config::{
+    DownBlockType, FlagPerBlock, MidBlockType, PerBlock, ResnetTimeScaleShift, TimeEmbeddingType,
+    UNetConfig, UpBlockType,
+};
 pub use model::{ControlResiduals, UNet2DConditionModel};
 pub(crate) use model::{check_inputs, embed_time, load_down_path, run_down_path};

@@ -10,7 +10,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 
 use super::blocks::{BlockSettings, DownBlock, MidBlock, TransformerSettings, UpBlock};
-use super::config::{BlockKind, UNetConfig};
+use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, TimestepEmbedding, timestep_features};
@@ -78,7 +78,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for i in 0..n {
             // Up block i mirrors down block n-1-i.
             let level = n - 1 - i;
-            let cross = config.up_block(i) == Ok(BlockKind::CrossAttention);
+            let cross = config.up_block_types[i] == UpBlockType::CrossAttention;
             let settings = BlockSettings {
                 layers: config.layers_per_block.get(level) + 1,
                 resnet,
@@ -312,7 +312,7 @@ pub(crate) fn load_down_path<B: Backend>(
     let (resnet, transformer) = block_settings(config);
     let mut down_blocks = Vec::with_capacity(n);
     for i in 0..n {
-        let cross = config.down_block(i) == Ok(BlockKind::CrossAttention);
+        let cross = config.down_block_types[i] == DownBlockType::CrossAttention;
         let settings = BlockSettings {
             layers: config.layers_per_block.get(i),
             resnet,

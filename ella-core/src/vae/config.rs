@@ -6,77 +6,81 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::limits::{MAX_BLOCK_LAYERS, MAX_WIDTH};
+use crate::nn::Activation;
 use crate::weights::{check_levels, check_sizes, read_config};
 
-/// The fields of an `AutoencoderKL` config; names and defaults are diffusers'.
+/// An encoder block's type (`down_block_types`): diffusers' only one for `AutoencoderKL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DownBlockType {
+    #[serde(rename = "DownEncoderBlock2D")]
+    DownEncoder,
+}
+
+/// A decoder block's type (`up_block_types`): diffusers' only one for `AutoencoderKL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpBlockType {
+    #[serde(rename = "UpDecoderBlock2D")]
+    UpDecoder,
+}
+
+/// The fields of an `AutoencoderKL` config; names and defaults (`Default`) are diffusers'.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct VaeConfig {
-    #[serde(default = "three")]
     pub in_channels: usize,
-    #[serde(default = "three")]
     pub out_channels: usize,
-    pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
+    pub down_block_types: Vec<DownBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "one")]
     pub layers_per_block: usize,
-    #[serde(default = "silu")]
-    pub act_fn: String,
-    #[serde(default = "four")]
+    pub act_fn: Activation,
     pub latent_channels: usize,
-    #[serde(default = "groups")]
     pub norm_num_groups: usize,
     /// Latents are divided by this before decoding (0.18215 for SD1.5).
-    #[serde(default = "scaling")]
     pub scaling_factor: f32,
-    #[serde(default)]
     pub shift_factor: Option<f32>,
-    #[serde(default = "yes")]
     pub use_quant_conv: bool,
-    #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
-    #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
     /// The image side the VAE was trained on (512 for SD1.5): tiled decoding works in tiles
     /// of this size, as diffusers' `enable_tiling`.
-    #[serde(default = "thirty_two")]
     pub sample_size: usize,
 }
 
-fn three() -> usize {
-    3
-}
-fn thirty_two() -> usize {
-    32
-}
-fn one() -> usize {
-    1
-}
-fn four() -> usize {
-    4
-}
-fn groups() -> usize {
-    32
-}
-fn scaling() -> f32 {
-    0.18215
-}
-fn yes() -> bool {
-    true
-}
-fn silu() -> String {
-    "silu".into()
+impl Default for VaeConfig {
+    /// diffusers' defaults: one 64-wide level.
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec![DownBlockType::DownEncoder],
+            up_block_types: vec![UpBlockType::UpDecoder],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: Activation::Silu,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+            sample_size: 32,
+        }
+    }
 }
 
 impl VaeConfig {
     /// SD1.5's VAE (`runwayml/stable-diffusion-v1-5/vae/config.json`).
     pub fn sd15() -> Self {
-        let json = r#"{
-            "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "sample_size": 512,
-            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
-        }"#;
-        serde_json::from_str(json).expect("valid built-in config")
+        Self {
+            down_block_types: vec![DownBlockType::DownEncoder; 4],
+            up_block_types: vec![UpBlockType::UpDecoder; 4],
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            sample_size: 512,
+            ..Self::default()
+        }
     }
 
     /// Reads and validates `vae/config.json`.
@@ -107,22 +111,12 @@ impl VaeConfig {
                 "`block_out_channels` value {c} must be between 1 and {MAX_WIDTH}"
             ));
         }
-        if let Some(t) = self
-            .down_block_types
-            .iter()
-            .find(|t| *t != "DownEncoderBlock2D")
-        {
-            return Err(format!("down block type `{t}` is not supported"));
-        }
-        if let Some(t) = self
-            .up_block_types
-            .iter()
-            .find(|t| *t != "UpDecoderBlock2D")
-        {
-            return Err(format!("up block type `{t}` is not supported"));
-        }
-        if self.act_fn != "silu" {
-            return Err(format!("`act_fn` {} is not supported", self.act_fn));
+        // diffusers' other activations would need every resnet to take one.
+        if self.act_fn != Activation::Silu {
+            return Err(format!(
+                "`act_fn` {:?} is not supported (silu only)",
+                self.act_fn
+            ));
         }
         if let Some(c) = self
             .block_out_channels

@@ -4,7 +4,7 @@
 mod config;
 mod model;
 
-pub use config::VaeConfig;
+pub use config::{DownBlockType, UpBlockType, VaeConfig};
 pub use model::{
     AutoencoderKL, Decoder, DownEncoderBlock2D, Encoder, UNetMidBlock2D, UpDecoderBlock2D,
     VaeAttention, VaeDecode,

@@ -483,7 +483,7 @@ pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> Result<(), String> {
 
 /// The number of resolution levels of a U-Net or VAE config: `block_out_channels`,
 /// `down_block_types` and `up_block_types` must be as long, 1 to [`MAX_LEVELS`].
-pub fn check_levels(channels: &[usize], down: &[String], up: &[String]) -> Result<usize, String> {
+pub fn check_levels<D, U>(channels: &[usize], down: &[D], up: &[U]) -> Result<usize, String> {
     let n = channels.len();
     match (1..=MAX_LEVELS).contains(&n) && down.len() == n && up.len() == n {
         true => Ok(n),
@@ -515,9 +515,20 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
     path: &Path,
     validate: impl Fn(&T) -> Result<(), String>,
 ) -> Result<T> {
-    let config: T = read_json(path)?;
+    let config: T = serde_json::from_str(&read_text(path)?).map_err(|e| config_error(path, e))?;
     check_config(validate(&config), path)?;
     Ok(config)
+}
+
+/// Why a config file did not deserialise: `InvalidJson` when it is not JSON, `InvalidConfig`
+/// when a value is not one the config takes (serde's data errors: a block type or activation
+/// outside the enum's variants, a string for a number), as a value `validate` refuses.
+pub fn config_error(path: &Path, error: serde_json::Error) -> Error {
+    let (path, reason) = (path.to_path_buf(), error.to_string());
+    match error.classify() {
+        serde_json::error::Category::Data => Error::InvalidConfig { path, reason },
+        _ => Error::InvalidJson { path, reason },
+    }
 }
 
 /// Reads a JSON file into `T`, with errors that name the file.
