@@ -26,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod attention;
+mod attention;
 pub mod backend;
 pub mod cancel;
 pub mod clip;
@@ -37,9 +37,9 @@ pub mod error;
 pub mod gpu;
 pub mod limits;
 pub mod lora;
-pub mod nn;
+mod nn;
 pub mod pipeline;
-pub mod resnet;
+mod resnet;
 pub mod scheduler;
 pub mod sur_adapter;
 pub mod t5;

@@ -54,14 +54,14 @@ pub struct LoraReport {
 
 /// Which model an update belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
+pub(crate) enum Target {
     Unet,
     Clip,
 }
 
 /// One low-rank update of one weight.
 #[derive(Debug)]
-pub struct Update {
+pub(crate) struct Update {
     pub target: Target,
     /// The weight's name in its checkpoint (e.g. `down_blocks.0…to_q.weight`).
     pub weight: String,
@@ -197,7 +197,7 @@ impl<'a> Resolver<'a> {
 /// Reads one LoRA file and checks it against the loaded models: the updates it makes.
 /// Entries that match no weight are added to `report`; a file that matches nothing, or whose
 /// shapes differ from the weights it names, is an error (a LoRA for another architecture).
-pub fn read_updates(
+pub(crate) fn read_updates(
     lora: &Lora,
     unet: &WeightIndex,
     clip: Option<&WeightIndex>,
@@ -344,7 +344,7 @@ pub fn read_updates(
 /// Rebuilds the weights of `module` (indexed by `index`) that `updates` change or that
 /// `restore` names (changed by an earlier call): original value plus this call's updates.
 /// Returns the module and the names of the weights it now holds changed.
-pub fn apply<B: Backend, M: Module<B>>(
+pub(crate) fn apply<B: Backend, M: Module<B>>(
     module: M,
     index: &WeightIndex,
     updates: &[&Update],

@@ -11,8 +11,8 @@ use common::counting::{Counting, count, live};
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor};
-use ella_core::nn::ATTENTION_CHUNK_BYTES;
 use ella_core::pipeline::memory;
+use ella_core::pipeline::memory::ATTENTION_CHUNK_BYTES;
 use ella_core::{
     AutoencoderKL, Cancel, Checkpoint, DefaultBackend as B, GenerateRequest, Hooks, Pipeline,
     TimestepSchedule, UNet2DConditionModel, UNetConfig, VaeConfig, VaeDecode,

@@ -12,7 +12,7 @@ use burn::tensor::DType;
 
 use super::request::GenerateRequest;
 use crate::error::{Error, Result};
-use crate::nn::ATTENTION_CHUNK_BYTES;
+pub use crate::nn::ATTENTION_CHUNK_BYTES;
 use crate::t5::T5Config;
 use crate::unet::{DownBlockType, UNetConfig};
 use crate::vae::{VaeConfig, VaeDecode};

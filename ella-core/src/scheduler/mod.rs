@@ -9,7 +9,7 @@ mod config;
 mod ddim;
 mod dpm_solver;
 mod euler;
-pub mod schedules;
+mod schedules;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The frozen Stable Diffusion 1.5 U-Net (diffusers' `UNet2DConditionModel`).
 
-pub mod blocks;
+pub(crate) mod blocks;
 mod config;
 mod model;
 

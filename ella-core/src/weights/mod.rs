@@ -21,12 +21,13 @@ use serde::Deserialize;
 use crate::error::{Error, MoreProblems, Result};
 use crate::limits::{MAX_LEVELS, MAX_TEXT_BYTES};
 
-pub mod file;
-pub mod loader;
+mod file;
+mod loader;
 
 use file::WeightFile;
-pub use file::{open_regular, read_bytes, read_text};
-pub use loader::{IndexedWeight, Layout, Loader, WeightIndex, load_checked, plan};
+pub(crate) use file::{open_regular, read_bytes, read_text};
+pub use loader::plan;
+pub(crate) use loader::{Layout, Loader, WeightIndex, load_checked};
 
 /// The largest safetensors header read (the `safetensors` crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;

@@ -4,7 +4,7 @@
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
 use burn::tensor::{DType, Tensor};
 use ella_core::Backend;
-use ella_core::nn::timestep_features;
+use ella_core::connector::timestep_features;
 use ella_core::{Connector, ConnectorConfig, Error};
 
 fn config(name: &str) -> ConnectorConfig {
