@@ -50,6 +50,7 @@ pub mod weights;
 
 pub use backend::Backend;
 pub use cancel::Cancel;
+pub use nn::Activation;
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use controlnet::{ControlNetConfig, ControlNetModel};

@@ -341,10 +341,51 @@ pub(crate) fn read_updates(
     Ok(updates)
 }
 
+/// One application of a set of LoRA updates to the models they target, remembering which
+/// weights each model now holds changed (to restore them on the next application).
+pub(crate) struct Merge<'a, B: Backend> {
+    updates: &'a [Update],
+    /// The weights the previous application changed, per model.
+    previous: &'a BTreeMap<Target, BTreeSet<String>>,
+    device: &'a B::Device,
+    /// The weights this application changed, per model.
+    pub changed: BTreeMap<Target, BTreeSet<String>>,
+}
+
+impl<'a, B: Backend> Merge<'a, B> {
+    pub(crate) fn new(
+        updates: &'a [Update],
+        previous: &'a BTreeMap<Target, BTreeSet<String>>,
+        device: &'a B::Device,
+    ) -> Self {
+        Self {
+            updates,
+            previous,
+            device,
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// `module` (the `target` model, indexed by `index`) with its LoRA updates applied and
+    /// the weights the previous application changed restored.
+    pub(crate) fn model<M: Module<B>>(
+        &mut self,
+        module: M,
+        index: &WeightIndex,
+        target: Target,
+    ) -> Result<M> {
+        let updates: Vec<&Update> = self.updates.iter().filter(|u| u.target == target).collect();
+        let restore = self.previous.get(&target).cloned().unwrap_or_default();
+        let (module, changed) = apply(module, index, &updates, &restore, self.device)?;
+        self.changed.insert(target, changed);
+        Ok(module)
+    }
+}
+
 /// Rebuilds the weights of `module` (indexed by `index`) that `updates` change or that
 /// `restore` names (changed by an earlier call): original value plus this call's updates.
 /// Returns the module and the names of the weights it now holds changed.
-pub(crate) fn apply<B: Backend, M: Module<B>>(
+fn apply<B: Backend, M: Module<B>>(
     module: M,
     index: &WeightIndex,
     updates: &[&Update],

@@ -244,33 +244,15 @@ impl<B: Backend> Pipeline<B> {
             mut report,
         } = prepared;
         let device = self.device();
-        let of = |target: Target| -> Vec<&lora::Update> {
-            updates.iter().filter(|u| u.target == target).collect()
-        };
-        let mut changed = BTreeMap::new();
-        let previous = |target| self.lora_changed.get(&target).cloned().unwrap_or_default();
-        let (unet, names) = lora::apply(
-            self.unet.clone(),
-            &self.unet.weights,
-            &of(Target::Unet),
-            &previous(Target::Unet),
-            &device,
-        )?;
-        changed.insert(Target::Unet, names);
+        let mut merge = lora::Merge::new(&updates, &self.lora_changed, &device);
+        let unet = merge.model(self.unet.clone(), &self.unet.weights, Target::Unet)?;
         let clip = match &self.clip {
             Some(clip) => {
-                let (model, names) = lora::apply(
-                    clip.model.clone(),
-                    &clip.model.weights,
-                    &of(Target::Clip),
-                    &previous(Target::Clip),
-                    &device,
-                )?;
-                changed.insert(Target::Clip, names);
-                Some(model)
+                Some(merge.model(clip.model.clone(), &clip.model.weights, Target::Clip)?)
             }
             None => None,
         };
+        let changed = merge.changed;
         self.unet = unet;
         if let (Some(encoder), Some(model)) = (&mut self.clip, clip) {
             encoder.model = model;
