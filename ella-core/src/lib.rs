@@ -50,12 +50,12 @@ pub mod weights;
 
 pub use backend::Backend;
 pub use cancel::Cancel;
-pub use nn::Activation;
 pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
 pub use connector::{Connector, ConnectorConfig};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
+pub use nn::Activation;
 pub use pipeline::{
     Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, ModelPaths,
     Pipeline, PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, SurOptions,
