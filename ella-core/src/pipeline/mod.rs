@@ -716,11 +716,12 @@ impl<B: Backend> Pipeline<B> {
         hooks: &mut Hooks,
     ) -> Result<Run<'a, B>> {
         let guided = request.guidance_scale > 1.0;
-        let adapted = match (request.conditioning, &states.clip) {
+        // Cloning a state pair shares its tensors' buffers.
+        let clip = match (request.conditioning, &states.clip) {
             (Conditioning::ClipSur(options), Some(clip)) => {
                 Some(self.threads.install(|| self.adapt(clip, options, guided))?)
             }
-            _ => None,
+            (_, clip) => clip.clone(),
         };
         let t5 = states.t5.as_ref();
         // Fixed-length states dump as one batch; states of two lengths (flexible mode, or
@@ -752,8 +753,7 @@ impl<B: Backend> Pipeline<B> {
         Ok(Run {
             request,
             t5,
-            clip: adapted,
-            clip_states: states.clip.as_ref(),
+            clip,
             guided,
             control,
             start: request.first_step(total)?,
@@ -813,7 +813,12 @@ impl<B: Backend> Pipeline<B> {
         let conditioning = run.request.conditioning;
         let (cond, uncond) = self.threads.install(|| -> Result<_> {
             let branch = |states: fn(&StatePair<B>) -> &Tensor<B, 3>| {
-                self.condition(conditioning, run.t5.map(states), run.clip().map(states), t)
+                self.condition(
+                    conditioning,
+                    run.t5.map(states),
+                    run.clip.as_ref().map(states),
+                    t,
+                )
             };
             let cond = branch(|s| &s.cond)?;
             let uncond = run.guided.then(|| branch(|s| &s.uncond)).transpose()?;
@@ -940,10 +945,8 @@ impl<B: Backend> Pipeline<B> {
 struct Run<'a, B: Backend> {
     request: &'a GenerateRequest,
     t5: Option<&'a StatePair<B>>,
-    /// CLIP's states through the SUR-adapter (`ClipSur`), else `None`.
+    /// CLIP's states as the U-Net reads them (through the SUR-adapter for `ClipSur`).
     clip: Option<StatePair<B>>,
-    /// CLIP's states as encoded.
-    clip_states: Option<&'a StatePair<B>>,
     guided: bool,
     /// The request's control, the ControlNet and its image, one row per U-Net row.
     control: Option<(&'a Control, &'a ControlNetModel<B>, Tensor<B, 4>)>,
@@ -951,13 +954,6 @@ struct Run<'a, B: Backend> {
     start: usize,
     total: usize,
     cancel: Cancel<'a>,
-}
-
-impl<B: Backend> Run<'_, B> {
-    /// The CLIP states the U-Net conditions on.
-    fn clip(&self) -> Option<&StatePair<B>> {
-        self.clip.as_ref().or(self.clip_states)
-    }
 }
 
 fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {
