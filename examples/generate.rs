@@ -128,10 +128,13 @@ struct Args {
     /// Images per prompt (sample i uses seed + i).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// ddim, euler, dpm++2m or dpm++2m-karras; other settings come from the SD folder's
-    /// scheduler/scheduler_config.json.
+    /// ddim, euler, dpm++2m, dpm++2m-karras, or for LCM/TCD-LoRAs at 2–8 steps lcm or tcd;
+    /// other settings come from the SD folder's scheduler/scheduler_config.json.
     #[arg(long, default_value = "dpm++2m")]
     scheduler: String,
+    /// TCD's eta ("gamma") in [0, 1]: how much of each step is re-noised (0: deterministic).
+    #[arg(long, default_value_t = 0.3)]
+    eta: f32,
     #[arg(long, value_enum)]
     timesteps: Option<Timesteps>,
     #[arg(long, value_enum, default_value = "flexible")]
@@ -434,7 +437,9 @@ fn run(args: Args) -> Result<(), String> {
             .scheduler
             .parse::<SchedulerKind>()
             .map_err(|e| e.to_string())?,
+        eta: args.eta,
         init_latents,
+        step_noise: None,
         vae_decode: match args.vae_decode {
             Decode::Whole => VaeDecode::Whole,
             Decode::Sliced => VaeDecode::Sliced,

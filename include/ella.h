@@ -160,6 +160,10 @@ typedef enum ella_scheduler {
   ELLA_SCHEDULER_DPM_SOLVER_MULTISTEP_KARRAS = 1,
   ELLA_SCHEDULER_EULER = 2,
   ELLA_SCHEDULER_DDIM = 3,
+  // Latent Consistency Models' sampler: LCM models and LCM-LoRAs, 2–8 steps, guidance 1–2.
+  ELLA_SCHEDULER_LCM = 4,
+  // Trajectory Consistency Distillation's: TCD-LoRAs, 2–8 steps, with `eta`.
+  ELLA_SCHEDULER_TCD = 5,
 } ella_scheduler;
 
 // Pixel layout of an image.
@@ -302,6 +306,8 @@ typedef struct ella_generate_request {
   size_t init_image_size;
   // The byte length of the `control_image` buffer.
   size_t control_image_size;
+  // `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
+  float eta;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.
@@ -415,8 +421,8 @@ ELLA_API void ella_context_cancel(const struct ella_context *context);
 ELLA_API void ella_context_free(struct ella_context *context);
 
 // Defaults of ella-core's `GenerateRequest` (the official demo's): 512×512, 25 steps,
-// guidance 10, seed 1000, DPM-Solver++ 2M, flexible tokens, ELLA conditioning, the whole
-// VAE at once; RGB8 pixels. `prompt` must still be set.
+// guidance 10, seed 1000, DPM-Solver++ 2M (TCD's eta 0.3), flexible tokens, ELLA
+// conditioning, the whole VAE at once; RGB8 pixels. `prompt` must still be set.
 ELLA_API struct ella_generate_request ella_generate_request_default(void);
 
 // Generates an image; on success `*out_image` owns it (free with `ella_image_free`).

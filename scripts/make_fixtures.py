@@ -318,6 +318,7 @@ PARTS = {
     "clip": (part("clip_fixtures", "make_clip"), "the CLIP text encoder and tokenizer"),
     "conditioning": (part("sd_fixtures", "make_conditioning", ELLA_TINY), "samplings on CLIP and ELLA + CLIP"),
     "img2img": (part("sd_fixtures", "make_img2img", ELLA_TINY), "image-to-image samplings"),
+    "few-step": (part("few_step_fixtures", "make_few_step", ELLA_TINY), "LCM and TCD schedulers and samplings"),
     "lora": (part("lora_fixtures", "make_lora"), "LoRA files and outputs"),
     "controlnet": (part("controlnet_fixtures", "make_controlnet", ELLA_TINY), "the ControlNet and its samplings"),
     "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),

@@ -247,8 +247,11 @@ def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, steps=4,
     tensors = {**tensors, "init_latents": latents}
     for i, (t, lat) in enumerate(steps):
         tensors[f"latents_step{i}"] = lat
-        uncond, cond = proxy.conditions[i].chunk(2)
-        tensors[f"condition_uncond_step{i}"] = uncond
+        if guidance > 1:
+            uncond, cond = proxy.conditions[i].chunk(2)
+            tensors[f"condition_uncond_step{i}"] = uncond
+        else:  # without guidance the U-Net sees the prompt's branch alone
+            cond = proxy.conditions[i]
         tensors[f"condition_cond_step{i}"] = cond
     tensors["final_latents"] = steps[-1][1].clone()
     tensors["image"] = torch.from_numpy(np.round(image * 255).astype(np.uint8))
@@ -258,9 +261,9 @@ def sample_and_save(out, name, pipe, proxy, latents, guidance, tensors, steps=4,
 
 
 def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, prompt, negative, guidance, latents,
-                 clip_states=None, img2img=None):
+                 clip_states=None, img2img=None, extra=None):
     """An ELLA sampling; `img2img` = (init image, strength, steps) runs diffusers'
-    StableDiffusionImg2ImgPipeline instead."""
+    StableDiffusionImg2ImgPipeline instead; `extra` adds arguments to the pipeline call."""
     proxy = ELLAProxyUNet(ella, unet, clip_states)
     pipe_class = StableDiffusionPipeline if img2img is None else StableDiffusionImg2ImgPipeline
     pipe = pipe_class(
@@ -281,11 +284,13 @@ def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, pro
             neg_states = t5(**neg).last_hidden_state
             pos_states = t5(**pos).last_hidden_state
         n = max(neg_states.shape[1], pos_states.shape[1])
-        proxy.flexible_max_length_workaround = [neg_states.shape[1], pos_states.shape[1]]
+        lengths = [neg_states.shape[1], pos_states.shape[1]]
+        # Without guidance the U-Net's batch is the prompt's row alone.
+        proxy.flexible_max_length_workaround = lengths if guidance > 1 else lengths[1:]
         t5_tensors = {"t5_hidden_uncond": neg_states, "t5_hidden_cond": pos_states}
         pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[1]))
         neg_states, pos_states = pad(neg_states), pad(pos_states)
-    call = {"prompt_embeds": pos_states, "negative_prompt_embeds": neg_states}
+    call = {"prompt_embeds": pos_states, "negative_prompt_embeds": neg_states, **(extra or {})}
     steps, run = 4, {}
     if img2img is not None:
         image, strength, steps = img2img
@@ -297,8 +302,10 @@ def run_pipeline(out, name, t5, tokenizer, ella, unet, vae, scheduler, mode, pro
             "conditioning": "ella" if clip_states is None else "ella-clip", **run}
 
 
-def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, prompt, negative, guidance, latents):
-    """Plain SD1.5: diffusers' StableDiffusionPipeline with its CLIP text encoder."""
+def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, prompt, negative, guidance, latents,
+                      **extra):
+    """Plain SD1.5: diffusers' StableDiffusionPipeline with its CLIP text encoder; `extra`
+    adds arguments to the pipeline call."""
     proxy = ELLAProxyUNet(None, unet)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=proxy, scheduler=scheduler,
@@ -306,7 +313,7 @@ def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, 
     )
     pipe.set_progress_bar_config(disable=True)
     height, width = sample_and_save(out, name, pipe, proxy, latents, guidance, {}, prompt=prompt,
-                                    negative_prompt=negative)
+                                    negative_prompt=negative, **extra)
     return {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": 4, "mode": "flexible",
             "scheduler": name.split("_")[0], "height": height, "width": width, "conditioning": "clip"}
 

@@ -171,7 +171,8 @@ fn scheduler_configs() {
                 let mut x = Tensor::<B, 4>::ones([1, 1, 2, 2], &device);
                 for i in 0..scheduler.timesteps().len().min(30) {
                     let input = scheduler.scale_model_input(x.clone(), i);
-                    x = scheduler.step(input * 0.5, i, x);
+                    let noise = scheduler.draws_noise(i).then(|| x.clone() * 0.1);
+                    x = scheduler.step(input * 0.5, i, x, noise);
                 }
             }
         }

@@ -114,7 +114,7 @@ fn six_steps_with_fixed_model_outputs_match_diffusers() {
                 1e-5,
                 &format!("{key} scaled {i}"),
             );
-            x = scheduler.step(tensor(&format!("step.model_output{i}")), i, x);
+            x = scheduler.step(tensor(&format!("step.model_output{i}")), i, x, None);
             let expected = reference.data(&format!("{key}.prev{i}"));
             let scale = expected.iter::<f32>().map(f32::abs).fold(1.0, f32::max);
             common::assert_close(
@@ -127,6 +127,62 @@ fn six_steps_with_fixed_model_outputs_match_diffusers() {
         }
     }
     assert!(checked >= 6 * 13, "only {checked} steps checked");
+}
+
+/// LCM and TCD (`scripts/few_step_fixtures.py`): timesteps exactly for several step counts
+/// and configs, and four steps with fixed model outputs and diffusers' recorded noise to 1e-5
+/// relative; the noise is drawn exactly where diffusers draws it.
+#[test]
+fn consistency_schedulers_match_diffusers() {
+    let text = std::fs::read_to_string(fixture("reference/schedulers_consistency.json")).unwrap();
+    let cases: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    let reference = Reference::open("schedulers_consistency.safetensors");
+    let device = Default::default();
+    let tensor = |name: &str| Tensor::<B, 4>::from_data(reference.data(name), &device);
+    assert_eq!(cases.len(), 9);
+    for (key, case) in cases {
+        let kind: SchedulerKind = case["scheduler"].as_str().unwrap().parse().unwrap();
+        let config = sd15_config_with(&case["overrides"]);
+        let build = |steps: usize| {
+            let mut scheduler =
+                Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(steps)).unwrap();
+            if let Some(eta) = case["eta"].as_f64() {
+                scheduler.set_eta(eta as f32).unwrap();
+            }
+            scheduler
+        };
+        for (steps, expected) in case["steps"].as_object().unwrap() {
+            let scheduler = build(steps.parse().unwrap());
+            assert_eq!(
+                scheduler.timesteps(),
+                floats(expected).as_slice(),
+                "{key}, {steps} steps"
+            );
+        }
+        let mut scheduler = build(4);
+        let mut x = tensor("step.sample");
+        let mut draws = 0;
+        for i in 0..4 {
+            let noise = scheduler.draws_noise(i).then(|| {
+                draws += 1;
+                tensor(&format!("{key}.noise{}", draws - 1))
+            });
+            x = scheduler.step(tensor(&format!("step.model_output{i}")), i, x, noise);
+            let expected = reference.data(&format!("{key}.prev{i}"));
+            let scale = expected.iter::<f32>().map(f32::abs).fold(1.0, f32::max);
+            common::assert_close(
+                x.clone(),
+                &expected,
+                1e-5 * scale,
+                &format!("{key} step {i}"),
+            );
+        }
+        assert_eq!(
+            draws,
+            case["noise_draws"].as_u64().unwrap(),
+            "{key}: noise draws"
+        );
+    }
 }
 
 #[test]
@@ -160,6 +216,28 @@ fn bad_scheduler_inputs_are_typed_errors() {
     )
     .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    for kind in [SchedulerKind::Lcm, SchedulerKind::Tcd] {
+        // Beyond the distillation schedule's 50 timesteps, and custom lists.
+        let err = Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(51)).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.contains("original_inference_steps")),
+            "{kind}: {err}"
+        );
+        let err =
+            Scheduler::<B>::new(kind, &config, &TimestepSchedule::align_your_steps()).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{kind}: {err}");
+        let zero = sd15_config_with(&serde_json::json!({"original_inference_steps": 0}));
+        let err = Scheduler::<B>::new(kind, &zero, &TimestepSchedule::Steps(4)).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{kind}: {err}");
+    }
+    let mut tcd =
+        Scheduler::<B>::new(SchedulerKind::Tcd, &config, &TimestepSchedule::Steps(4)).unwrap();
+    for eta in [-0.1, 1.5, f32::NAN] {
+        assert!(
+            matches!(tcd.set_eta(eta), Err(Error::InvalidInput(_))),
+            "eta {eta}"
+        );
+    }
     let unsupported = sd15_config_with(&serde_json::json!({"beta_schedule": "cubic"}));
     let err = Scheduler::<B>::new(
         SchedulerKind::Euler,

@@ -58,6 +58,10 @@ pub enum EllaScheduler {
     DpmSolverMultistepKarras = 1,
     Euler = 2,
     Ddim = 3,
+    /// Latent Consistency Models' sampler: LCM models and LCM-LoRAs, 2–8 steps, guidance 1–2.
+    Lcm = 4,
+    /// Trajectory Consistency Distillation's: TCD-LoRAs, 2–8 steps, with `eta`.
+    Tcd = 5,
 }
 
 /// Float type of the weights and the computation.
@@ -270,6 +274,8 @@ pub struct EllaGenerateRequest {
     pub init_image_size: usize,
     /// The byte length of the `control_image` buffer.
     pub control_image_size: usize,
+    /// `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
+    pub eta: f32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -381,6 +387,7 @@ versioned!(EllaGenerateRequest {
     sur_mode,
     init_image_size,
     control_image_size,
+    eta,
 });
 
 /// A params struct read through its `struct_size`: fields past the given size keep their

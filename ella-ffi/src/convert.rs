@@ -54,7 +54,7 @@ c_enum!(EllaPrecision as "ella_precision" { F32, F16, Bf16 });
 c_enum!(EllaT5Precision as "ella_t5_precision" { Auto, F32, F16, F16WoF32, Bf16 });
 c_enum!(EllaPixelFormat as "ella_pixel_format" { Rgb8, Rgba8 });
 c_enum!(EllaScheduler as "ella_scheduler" <=> SchedulerKind {
-    DpmSolverMultistep, DpmSolverMultistepKarras, Euler, Ddim,
+    DpmSolverMultistep, DpmSolverMultistepKarras, Euler, Ddim, Lcm, Tcd,
 });
 c_enum!(EllaVaeDecode as "ella_vae_decode" <=> VaeDecode { Whole, Sliced, Tiled });
 c_enum!(EllaConditioning as "ella_conditioning" { Ella, EllaClip, Clip, ClipSur });

@@ -13,8 +13,8 @@ use crate::convert::{max_tokens, token_mode};
 use crate::prompt::EllaPrompt;
 
 /// Defaults of ella-core's `GenerateRequest` (the official demo's): 512×512, 25 steps,
-/// guidance 10, seed 1000, DPM-Solver++ 2M, flexible tokens, ELLA conditioning, the whole
-/// VAE at once; RGB8 pixels. `prompt` must still be set.
+/// guidance 10, seed 1000, DPM-Solver++ 2M (TCD's eta 0.3), flexible tokens, ELLA
+/// conditioning, the whole VAE at once; RGB8 pixels. `prompt` must still be set.
 #[unsafe(no_mangle)]
 pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
     let d = GenerateRequest::default();
@@ -52,6 +52,7 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         sur_mode: EllaSurMode::from(sur.mode) as u32,
         init_image_size: 0,
         control_image_size: 0,
+        eta: d.eta,
     }
 }
 
@@ -144,6 +145,7 @@ unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Reques
         seed: request.seed,
         token_mode: token_mode(request.max_tokens),
         scheduler: EllaScheduler::decode(request.scheduler, "request.scheduler")?.into(),
+        eta: request.eta,
         vae_decode: EllaVaeDecode::decode(request.vae_decode, "request.vae_decode")?.into(),
         conditioning: EllaConditioning::decode(request.conditioning, "request.conditioning")?
             .with_sur(SurOptions {

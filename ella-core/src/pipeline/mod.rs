@@ -654,6 +654,7 @@ impl<B: Backend> Pipeline<B> {
         let cancel = Cancel::from_flag(hooks.cancel);
         let mut scheduler =
             Scheduler::<B>::new(request.scheduler, &self.scheduler_config, &request.schedule)?;
+        scheduler.set_eta(request.eta)?;
         let encoded;
         let states = match states {
             Some(states) => states,
@@ -750,13 +751,24 @@ impl<B: Backend> Pipeline<B> {
             _ => None,
         };
         let total = scheduler.timesteps().len();
+        let start = request.first_step(total)?;
+        if let Some(given) = &request.step_noise {
+            let draws = (start..total).filter(|&i| scheduler.draws_noise(i)).count();
+            if given.len() < draws {
+                return Err(Error::InvalidInput(format!(
+                    "the request gives step noise for {} steps; {} of this run's steps draw                      noise",
+                    given.len(),
+                    draws
+                )));
+            }
+        }
         Ok(Run {
             request,
             t5,
             clip,
             guided,
             control,
-            start: request.first_step(total)?,
+            start,
             total,
             cancel,
         })
@@ -869,7 +881,10 @@ impl<B: Backend> Pipeline<B> {
                 }
                 false => prediction,
             };
-            Ok(scheduler.step(prediction, i, latents))
+            let noise = scheduler
+                .draws_noise(i)
+                .then(|| self.step_noise(run.request, step, latents.dims()));
+            Ok(scheduler.step(prediction, i, latents, noise))
         })?;
         hooks.dump(&format!("latents_step{step}"), &latents);
         if !all_finite(&latents.to_data()) {
@@ -882,6 +897,21 @@ impl<B: Backend> Pipeline<B> {
             });
         }
         Ok(latents)
+    }
+
+    /// The fresh noise of taken step `step`: the request's, else the seed's.
+    fn step_noise(
+        &self,
+        request: &GenerateRequest,
+        step: usize,
+        shape: [usize; 4],
+    ) -> Tensor<B, 4> {
+        let data = match &request.step_noise {
+            Some(given) => given[step].clone(),
+            None => noise::step_noise(request.seed, step, shape),
+        };
+        let (device, dtype) = (self.device(), self.dtype());
+        Tensor::from_data(data.convert_dtype(dtype), (&device, dtype))
     }
 
     /// The final latents through the VAE, as RGB8 images.

@@ -5,7 +5,7 @@ use burn::tensor::TensorData;
 use super::Image;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths};
-use crate::scheduler::{SchedulerKind, TimestepSchedule};
+use crate::scheduler::{SchedulerKind, Tcd, TimestepSchedule};
 use crate::sur_adapter::SurMode;
 use crate::t5::TokenMode;
 use crate::vae::VaeDecode;
@@ -125,10 +125,17 @@ pub struct GenerateRequest {
     pub batch_size: usize,
     pub token_mode: TokenMode,
     pub scheduler: SchedulerKind,
+    /// TCD's η ("gamma") in [0, 1]: how much of each step is re-noised; 0 is deterministic.
+    /// Default 0.3, the TCD authors'. Other schedulers ignore it.
+    pub eta: f32,
     /// Unit-variance initial noise `[batch, latent_channels, height/f, width/f]` instead of
     /// the seed's; scaled by the scheduler's `init_noise_sigma` as diffusers does (for
     /// image-to-image: the noise added to the image's latent).
     pub init_latents: Option<TensorData>,
+    /// The fresh noise stochastic schedulers (LCM, TCD) add, one tensor per step taken (the
+    /// initial latents' shape; the last step draws none), instead of the seed's: to
+    /// reproduce another implementation's run.
+    pub step_noise: Option<Vec<TensorData>>,
     /// How the VAE decodes: whole batch, sliced or tiled (bounded memory for big images).
     pub vae_decode: VaeDecode,
     /// ELLA (default), ELLA + CLIP, CLIP alone, or CLIP through a SUR-adapter.
@@ -152,7 +159,9 @@ impl Default for GenerateRequest {
             batch_size: 1,
             token_mode: TokenMode::Flexible,
             scheduler: SchedulerKind::DpmSolverMultistep,
+            eta: Tcd::DEFAULT_ETA,
             init_latents: None,
+            step_noise: None,
             vae_decode: VaeDecode::Whole,
             conditioning: Conditioning::Ella,
             init_image: None,
@@ -226,6 +235,9 @@ impl GenerateRequest {
                 self.guidance_scale
             ));
         }
+        if !(0.0..=1.0).contains(&self.eta) {
+            return invalid(format!("eta {} must be in [0, 1]", self.eta));
+        }
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
             return invalid(format!(
                 "batch size {} must be between 1 and {MAX_BATCH}",
@@ -273,16 +285,18 @@ impl GenerateRequest {
             }
         }
         let latent = [self.height / factor, self.width / factor];
-        if let Some(latents) = &self.init_latents {
-            let expected = [self.batch_size, latent_channels, latent[0], latent[1]];
+        let expected = [self.batch_size, latent_channels, latent[0], latent[1]];
+        let given = self.init_latents.iter().map(|l| ("initial latents", l));
+        let steps = self.step_noise.iter().flatten().map(|l| ("step noise", l));
+        for (what, latents) in given.chain(steps) {
             if latents.shape.as_slice() != expected {
                 return invalid(format!(
-                    "initial latents have shape {:?}, expected {expected:?} for this request",
+                    "{what} have shape {:?}, expected {expected:?} for this request",
                     latents.shape
                 ));
             }
             if latents.iter::<f32>().any(|v| !v.is_finite()) {
-                return invalid("initial latents contain NaN or infinity".into());
+                return invalid(format!("{what} contain NaN or infinity"));
             }
         }
         Ok(latent)

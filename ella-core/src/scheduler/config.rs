@@ -145,6 +145,9 @@ pub struct SchedulerConfig {
     pub euler_at_final: Option<bool>,
     pub use_lu_lambdas: Option<bool>,
     pub lambda_min_clipped: Option<f64>,
+    // LCM and TCD
+    pub original_inference_steps: Option<usize>,
+    pub timestep_scaling: Option<f64>,
 }
 
 impl SchedulerConfig {

@@ -1,15 +1,19 @@
-//! Diffusion schedulers as diffusers implements them for SD1.5: DDIM, Euler (discrete) and
-//! DPM-Solver++ (2M, optionally with Karras sigmas), configured from a diffusers
+//! Diffusion schedulers as diffusers implements them for SD1.5: DDIM, Euler (discrete),
+//! DPM-Solver++ (2M, optionally with Karras sigmas), and the few-step samplers of
+//! consistency-distilled models, LCM and TCD, configured from a diffusers
 //! `scheduler_config.json`, with step counts or custom timestep lists (Align Your Steps).
 //!
 //! A [`Scheduler`] is made for one sampling run: it holds the timesteps and, for the
-//! multistep solver, the previous model output.
+//! multistep solver, the previous model output. LCM and TCD are stochastic: each step but the
+//! last adds fresh noise, which the caller draws ([`Scheduler::draws_noise`]).
 
 mod config;
 mod ddim;
 mod dpm_solver;
 mod euler;
+mod lcm;
 mod schedules;
+mod tcd;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,7 +29,9 @@ pub use config::{
 pub use ddim::Ddim;
 pub use dpm_solver::DpmSolver;
 pub use euler::Euler;
+pub use lcm::Lcm;
 pub use schedules::ALIGN_YOUR_STEPS_SD15;
+pub use tcd::Tcd;
 
 use crate::error::{Error, Result};
 use crate::limits::MAX_TRAIN_TIMESTEPS;
@@ -42,14 +48,22 @@ pub enum SchedulerKind {
     DpmSolverMultistep,
     /// `dpm++2m-karras`: DPM-Solver++ 2M with Karras sigmas.
     DpmSolverMultistepKarras,
+    /// `lcm`: Latent Consistency Models' sampler, for LCM models and LCM-LoRAs (2–8 steps,
+    /// guidance 1–2).
+    Lcm,
+    /// `tcd`: Trajectory Consistency Distillation's sampler, for TCD-LoRAs (2–8 steps),
+    /// with the request's `eta`.
+    Tcd,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 4] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Ddim,
         SchedulerKind::Euler,
         SchedulerKind::DpmSolverMultistep,
         SchedulerKind::DpmSolverMultistepKarras,
+        SchedulerKind::Lcm,
+        SchedulerKind::Tcd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +72,8 @@ impl SchedulerKind {
             SchedulerKind::Euler => "euler",
             SchedulerKind::DpmSolverMultistep => "dpm++2m",
             SchedulerKind::DpmSolverMultistepKarras => "dpm++2m-karras",
+            SchedulerKind::Lcm => "lcm",
+            SchedulerKind::Tcd => "tcd",
         }
     }
 }
@@ -115,6 +131,8 @@ pub enum Scheduler<B: Backend> {
     Ddim(Ddim),
     Euler(Euler),
     DpmSolver(DpmSolver<B>),
+    Lcm(Lcm),
+    Tcd(Tcd),
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -171,6 +189,8 @@ impl<B: Backend> Scheduler<B> {
             SchedulerKind::DpmSolverMultistepKarras => {
                 Scheduler::DpmSolver(DpmSolver::new(config, schedule, true)?)
             }
+            SchedulerKind::Lcm => Scheduler::Lcm(Lcm::new(config, schedule)?),
+            SchedulerKind::Tcd => Scheduler::Tcd(Tcd::new(config, schedule)?),
         })
     }
 
@@ -180,13 +200,32 @@ impl<B: Backend> Scheduler<B> {
             Scheduler::Ddim(s) => &s.timesteps,
             Scheduler::Euler(s) => &s.timesteps,
             Scheduler::DpmSolver(s) => &s.timesteps,
+            Scheduler::Lcm(s) => &s.timesteps,
+            Scheduler::Tcd(s) => &s.timesteps,
+        }
+    }
+
+    /// Sets TCD's η (ignored by the other schedulers).
+    pub fn set_eta(&mut self, eta: f32) -> Result<()> {
+        match self {
+            Scheduler::Tcd(s) => s.set_eta(eta),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether step `index` adds fresh noise, which [`Scheduler::step`] then needs.
+    pub fn draws_noise(&self, index: usize) -> bool {
+        match self {
+            Scheduler::Lcm(s) => s.draws_noise(index),
+            Scheduler::Tcd(s) => s.draws_noise(index),
+            Scheduler::Ddim(_) | Scheduler::Euler(_) | Scheduler::DpmSolver(_) => false,
         }
     }
 
     /// The sigmas of the run (one more than timesteps), for sigma-based schedulers.
     pub fn sigmas(&self) -> Option<&[f32]> {
         match self {
-            Scheduler::Ddim(_) => None,
+            Scheduler::Ddim(_) | Scheduler::Lcm(_) | Scheduler::Tcd(_) => None,
             Scheduler::Euler(s) => Some(&s.sigmas),
             Scheduler::DpmSolver(s) => Some(&s.sigmas),
         }
@@ -196,12 +235,12 @@ impl<B: Backend> Scheduler<B> {
     pub fn init_noise_sigma(&self) -> f32 {
         match self {
             Scheduler::Euler(s) => s.init_noise_sigma,
-            Scheduler::Ddim(_) | Scheduler::DpmSolver(_) => 1.0,
+            _ => 1.0,
         }
     }
 
     /// `original` noised to the level of step `index`, where an image-to-image run starts:
-    /// `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε` (DDIM), `x + σ·ε` (Euler), `α_σ·x + σ_σ·ε`
+    /// `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε` (DDIM, LCM, TCD), `x + σ·ε` (Euler), `α_σ·x + σ_σ·ε`
     /// (DPM-Solver), as diffusers' `add_noise` with the run's begin index.
     pub fn add_noise(
         &self,
@@ -209,11 +248,14 @@ impl<B: Backend> Scheduler<B> {
         noise: Tensor<B, 4>,
         index: usize,
     ) -> Tensor<B, 4> {
+        let discrete = |alphas_cumprod: &[f32]| {
+            let alpha = alphas_cumprod[self.timesteps()[index] as usize];
+            (alpha.sqrt(), (1.0 - alpha).sqrt())
+        };
         let (signal, noise_scale) = match self {
-            Scheduler::Ddim(s) => {
-                let alpha = s.alphas_cumprod[self.timesteps()[index] as usize];
-                (alpha.sqrt(), (1.0 - alpha).sqrt())
-            }
+            Scheduler::Ddim(s) => discrete(&s.alphas_cumprod),
+            Scheduler::Lcm(s) => discrete(&s.alphas_cumprod),
+            Scheduler::Tcd(s) => discrete(&s.alphas_cumprod),
             Scheduler::Euler(s) => (1.0, s.sigmas[index]),
             Scheduler::DpmSolver(s) => {
                 let (alpha, sigma, _) = DpmSolver::<B>::alpha_sigma_lambda(s.sigmas[index]);
@@ -227,22 +269,27 @@ impl<B: Backend> Scheduler<B> {
     pub fn scale_model_input(&self, sample: Tensor<B, 4>, index: usize) -> Tensor<B, 4> {
         match self {
             Scheduler::Euler(s) => s.scale_model_input(sample, index),
-            Scheduler::Ddim(_) | Scheduler::DpmSolver(_) => sample,
+            _ => sample,
         }
     }
 
     /// The sample of step `index + 1` from the model output at step `index`. Steps must be
-    /// taken in order, from 0.
+    /// taken in order, from 0. `noise` (unit variance, the sample's shape) is the fresh
+    /// noise of a step that [draws it](Scheduler::draws_noise); without it that step
+    /// returns its denoised estimate.
     pub fn step(
         &mut self,
         model_output: Tensor<B, 4>,
         index: usize,
         sample: Tensor<B, 4>,
+        noise: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
         match self {
             Scheduler::Ddim(s) => s.step(model_output, index, sample),
             Scheduler::Euler(s) => s.step(model_output, index, sample),
             Scheduler::DpmSolver(s) => s.step(model_output, index, sample),
+            Scheduler::Lcm(s) => s.step(model_output, index, sample, noise),
+            Scheduler::Tcd(s) => s.step(model_output, index, sample, noise),
         }
     }
 }

@@ -61,6 +61,11 @@ impl Reference {
         self.0.data(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Whether the reference has a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.shape(name).is_some()
+    }
+
     /// An int32 tensor of the reference (token ids, masks) as rows.
     pub fn rows(&self, name: &str) -> Vec<Vec<u32>> {
         let data = self.data_int(name);

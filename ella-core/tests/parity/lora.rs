@@ -1,7 +1,8 @@
 //! LoRAs in kohya's and in diffusers' PEFT format (`scripts/lora_fixtures.py`) applied to the
 //! tiny U-Net and CLIP: one U-Net forward and one CLIP forward against the reference with the
 //! same LoRAs (kohya's merge formula, diffusers' `fuse_lora` and `set_adapters`), swapped at
-//! run time. Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests.
+//! run time; an LCM-LoRA (kohya) and a TCD-LoRA (PEFT) over every module they train.
+//! Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests.
 
 use burn::tensor::{DType, Tensor};
 use ella_core::Backend;
@@ -84,7 +85,35 @@ fn loras_merged_at_load<B: Backend>() {
     check(&pipeline, &Reference::open("lora.safetensors"), "kohya");
 }
 
+/// An LCM-LoRA in kohya's format and a TCD-LoRA in PEFT's (`scripts/few_step_fixtures.py`),
+/// over every module the distillation trains (attention, feed-forward, projections, resnet
+/// and resampler convolutions, time projections), through the same LoRA path.
+fn few_step_loras_match_the_reference<B: Backend>() {
+    let mut pipeline = Pipeline::<B>::load(&paths(), &Default::default(), DType::F32).unwrap();
+    let reference = Reference::open("lora_few_step.safetensors");
+    for (file, run) in [
+        ("lora/lcm-lora-kohya.safetensors", "lcm-kohya"),
+        ("lora/tcd-lora-peft.safetensors", "tcd-peft"),
+    ] {
+        let report = pipeline
+            .set_loras(&[Lora::new(fixture(file), 1.0)])
+            .unwrap();
+        assert!(
+            report.updated > 40 && report.unmatched.is_empty(),
+            "{run}: {report:?}"
+        );
+        let key = format!("{run}.unet");
+        assert_close(
+            unet_out(&pipeline),
+            &reference.data(&key),
+            UNET_TOLERANCE,
+            &key,
+        );
+    }
+}
+
 backend_tests! {
     loras_match_the_reference => loras_match_the_reference,
     loras_merged_at_load => loras_merged_at_load,
+    few_step_loras_match_the_reference => few_step_loras_match_the_reference,
 }

@@ -1,6 +1,8 @@
 //! Whole ELLA samplings (tiny T5 + connector + U-Net + VAE, 4 steps with classifier-free
 //! guidance, from given initial latents) against the reference pipeline: diffusers'
-//! `StableDiffusionPipeline` with the official `ELLAProxyUNet` (`scripts/sd_fixtures.py`);
+//! `StableDiffusionPipeline` with the official `ELLAProxyUNet` (`scripts/sd_fixtures.py`),
+//! also with LCM and TCD, with and without guidance, given diffusers' step noise
+//! (`scripts/few_step_fixtures.py`);
 //! the same conditioned on CLIP alone (plain diffusers) and on ELLA's tokens followed by
 //! CLIP's (ComfyUI-ELLA's concat mode), and from a single-file checkpoint.
 //! Tolerances: connector tokens 1e-4, latents 1e-3 relative to their scale, the decoded
@@ -52,7 +54,17 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             _ => TokenMode::Flexible,
         },
         scheduler: run["scheduler"].as_str().unwrap().parse().unwrap(),
+        eta: run
+            .get("eta")
+            .map_or(0.0, |eta| eta.as_f64().unwrap() as f32),
         init_latents: Some(reference.data("init_latents")),
+        step_noise: Some(
+            (0..)
+                .map(|i| format!("step_noise{i}"))
+                .take_while(|key| reference.has(key))
+                .map(|key| reference.data(&key))
+                .collect(),
+        ),
         conditioning: match run["conditioning"].as_str() {
             None | Some("ella") => Conditioning::Ella,
             Some("ella-clip") => Conditioning::EllaClip,
@@ -104,8 +116,9 @@ fn scale_of(data: &TensorData) -> f32 {
 /// ControlNet. In CI wgpu runs on lavapipe, where one tiny sampling takes a minute; the
 /// others add no kernel these lack (they recombine the same ones), and the CPU backends and
 /// CUDA check every run.
-const WGPU_RUNS: [&str; 6] = [
+const WGPU_RUNS: [&str; 7] = [
     "dpm++2m_flexible",
+    "tcd_ella",
     "ddim_fixed",
     "euler_img2img",
     "dpm++2m_ella-clip",
@@ -186,7 +199,16 @@ fn check_run<B: Backend>(pipeline: &Pipeline<B>, name: &str, run: &Value) {
     );
     for i in 0..steps {
         check(&format!("condition_cond_step{i}"), 1e-4);
-        check(&format!("condition_uncond_step{i}"), 1e-4);
+        // Without guidance (≤ 1) there is no negative branch.
+        let uncond = format!("condition_uncond_step{i}");
+        assert_eq!(
+            dumped.contains_key(&uncond),
+            reference.has(&uncond),
+            "{name}: {uncond}"
+        );
+        if reference.has(&uncond) {
+            check(&uncond, 1e-4);
+        }
         check(&format!("latents_step{i}"), 1e-3);
     }
     check("final_latents", 1e-3);
