@@ -24,8 +24,8 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
-    ModelPaths, Pipeline, Precision, SchedulerKind, SurMode, SurOptions, T5Precision, Threads,
-    TimestepSchedule, VaeDecode,
+    ModelPaths, Pipeline, Precision, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
+    Threads, TimestepSchedule, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -67,6 +67,14 @@ enum Decode {
     Whole,
     Sliced,
     Tiled,
+}
+
+/// The axes a seamless texture wraps around.
+#[derive(Clone, Copy, ValueEnum)]
+enum Tile {
+    X,
+    Y,
+    Xy,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -220,6 +228,9 @@ struct Args {
     /// VAE decoding: sliced (one image at a time) or tiled (bounded memory for big images).
     #[arg(long, value_enum, default_value = "whole")]
     vae_decode: Decode,
+    /// A seamless texture: the image wraps around along x, y or both (copies of it tile).
+    #[arg(long, value_enum)]
+    tile: Option<Tile>,
     /// Encode the prompts, free T5, then sample (less memory while sampling).
     #[arg(long)]
     free_t5: bool,
@@ -446,6 +457,12 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Tiled => VaeDecode::Tiled,
         },
         conditioning,
+        seamless: match args.tile {
+            None => Seamless::Off,
+            Some(Tile::X) => Seamless::X,
+            Some(Tile::Y) => Seamless::Y,
+            Some(Tile::Xy) => Seamless::XY,
+        },
         init_image: init_image.map(|image| InitImage {
             image,
             strength: args.strength,

@@ -308,6 +308,8 @@ typedef struct ella_generate_request {
   size_t control_image_size;
   // `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
   float eta;
+  // An `ella_seamless`: the axes along which the image wraps around; default NONE.
+  uint32_t seamless;
 } ella_generate_request;
 
 // An image owned by the library until `ella_image_free`.

@@ -323,6 +323,7 @@ PARTS = {
     "controlnet": (part("controlnet_fixtures", "make_controlnet", ELLA_TINY), "the ControlNet and its samplings"),
     "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),
     "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
+    "seamless": (part("seamless_fixtures", "make_seamless", ELLA_TINY), "samplings and VAE decodes that wrap around"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}

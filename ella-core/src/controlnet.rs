@@ -135,6 +135,12 @@ pub struct ConditioningEmbedding<B: Backend> {
     pub conv_out: Conv2d<B>,
 }
 
+crate::nn::seamless_fields!(ConditioningEmbedding {
+    conv_in,
+    blocks,
+    conv_out
+});
+
 impl<B: Backend> ConditioningEmbedding<B> {
     /// `conv_in`, then per pair of `channels` a 3×3 conv and a stride-2 one, `conv_out` to
     /// `out` (the U-Net's first width).
@@ -182,6 +188,15 @@ pub struct ControlNetModel<B: Backend> {
     #[module(skip)]
     pub config: ControlNetConfig,
 }
+
+crate::nn::seamless_fields!(ControlNetModel {
+    conv_in,
+    controlnet_cond_embedding,
+    down_blocks,
+    mid_block,
+    controlnet_down_blocks,
+    controlnet_mid_block
+});
 
 impl<B: Backend> ControlNetModel<B> {
     /// Loads a diffusers ControlNet: its folder (`config.json`,

@@ -55,7 +55,7 @@ pub use connector::{Connector, ConnectorConfig};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
-pub use nn::Activation;
+pub use nn::{Activation, Seamless, SetSeamless};
 pub use pipeline::{
     Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, ModelPaths,
     Pipeline, PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, SurOptions,

@@ -35,6 +35,12 @@ pub struct ResnetSettings {
     pub output_scale_factor: f64,
 }
 
+crate::nn::seamless_fields!(ResnetBlock2D {
+    conv1,
+    conv2,
+    conv_shortcut
+});
+
 impl<B: Backend> ResnetBlock2D<B> {
     /// `channels` = `[in, out]`.
     pub fn load(vb: &Loader<B>, channels: [usize; 2], s: ResnetSettings) -> Result<Self> {

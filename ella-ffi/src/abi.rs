@@ -64,6 +64,20 @@ pub enum EllaScheduler {
     Tcd = 5,
 }
 
+/// Seamless textures: the axes along which the image wraps around (its copies tile).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaSeamless {
+    /// A normal image (default).
+    Off = 0,
+    /// The left and right edges meet.
+    X = 1,
+    /// The top and bottom edges meet.
+    Y = 2,
+    /// Both: tiles in every direction.
+    XY = 3,
+}
+
 /// Float type of the weights and the computation.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +290,8 @@ pub struct EllaGenerateRequest {
     pub control_image_size: usize,
     /// `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
     pub eta: f32,
+    /// An `ella_seamless`: the axes along which the image wraps around; default NONE.
+    pub seamless: u32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -388,6 +404,7 @@ versioned!(EllaGenerateRequest {
     init_image_size,
     control_image_size,
     eta,
+    seamless,
 });
 
 /// A params struct read through its `struct_size`: fields past the given size keep their

@@ -53,6 +53,7 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         init_image_size: 0,
         control_image_size: 0,
         eta: d.eta,
+        seamless: EllaSeamless::from(d.seamless) as u32,
     }
 }
 
@@ -146,6 +147,7 @@ unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Reques
         token_mode: token_mode(request.max_tokens),
         scheduler: EllaScheduler::decode(request.scheduler, "request.scheduler")?.into(),
         eta: request.eta,
+        seamless: EllaSeamless::decode(request.seamless, "request.seamless")?.into(),
         vae_decode: EllaVaeDecode::decode(request.vae_decode, "request.vae_decode")?.into(),
         conditioning: EllaConditioning::decode(request.conditioning, "request.conditioning")?
             .with_sur(SurOptions {

@@ -173,6 +173,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_requests() {
             init_image_size,
             control_image_size,
             eta,
+            seamless,
         }
     );
     for size in [12, 68, 84, 100] {

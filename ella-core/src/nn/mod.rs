@@ -323,6 +323,74 @@ impl<B: Backend> GroupNorm<B> {
     }
 }
 
+/// Which image axes wrap around (seamless, tileable textures): every convolution pads
+/// circularly along them instead of with zeros, as diffusers users get by setting each
+/// `Conv2d`'s `padding_mode="circular"` (both axes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seamless {
+    /// Zero padding, a normal image.
+    #[default]
+    Off,
+    /// The left and right edges meet.
+    X,
+    /// The top and bottom edges meet.
+    Y,
+    /// Both: a texture that tiles in every direction.
+    XY,
+}
+
+impl Seamless {
+    pub fn wraps_x(self) -> bool {
+        matches!(self, Seamless::X | Seamless::XY)
+    }
+
+    pub fn wraps_y(self) -> bool {
+        matches!(self, Seamless::Y | Seamless::XY)
+    }
+}
+
+/// A model or block whose convolutions can wrap around ([`Seamless`]). Models are cheap to
+/// clone (their weights are shared), so a request that wraps sets it on clones.
+pub trait SetSeamless {
+    fn set_seamless(&mut self, seamless: Seamless);
+}
+
+impl<T: SetSeamless> SetSeamless for Vec<T> {
+    fn set_seamless(&mut self, seamless: Seamless) {
+        self.iter_mut().for_each(|t| t.set_seamless(seamless));
+    }
+}
+
+impl<T: SetSeamless> SetSeamless for Option<T> {
+    fn set_seamless(&mut self, seamless: Seamless) {
+        if let Some(t) = self {
+            t.set_seamless(seamless);
+        }
+    }
+}
+
+/// Implements [`SetSeamless`] for a struct by passing the setting to the listed fields (those
+/// that hold convolutions).
+macro_rules! seamless_fields {
+    ($t:ident { $($field:ident),* $(,)? }) => {
+        impl<B: $crate::backend::Backend> $crate::nn::SetSeamless for $t<B> {
+            fn set_seamless(&mut self, seamless: $crate::nn::Seamless) {
+                $($crate::nn::SetSeamless::set_seamless(&mut self.$field, seamless);)*
+            }
+        }
+    };
+}
+pub(crate) use seamless_fields;
+
+/// `x` with its last `padding` rows (columns) before it and its first after it, along `dim`:
+/// PyTorch's circular padding.
+fn pad_circular<B: Backend>(x: Tensor<B, 4>, dim: usize, padding: usize) -> Tensor<B, 4> {
+    let size = x.dims()[dim];
+    let head = x.clone().narrow(dim, 0, padding);
+    let tail = x.clone().narrow(dim, size - padding, padding);
+    Tensor::cat(vec![tail, x, head], dim)
+}
+
 /// PyTorch `nn.Conv2d` (square kernel), weight `[out, in, k, k]`.
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {
@@ -337,6 +405,9 @@ pub struct Conv2d<B: Backend> {
     /// `(0, 1, 0, 1)` before a padding-free conv).
     #[module(skip)]
     pub extra_end_padding: usize,
+    /// The axes whose `padding` wraps around instead of being zeros.
+    #[module(skip)]
+    pub seamless: Seamless,
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -356,20 +427,34 @@ impl<B: Backend> Conv2d<B> {
             stride,
             padding,
             extra_end_padding: 0,
+            seamless: Seamless::Off,
         };
         vb.record("weight", conv.weight.id, Layout::Conv, &shape);
         Ok(conv)
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let p = self.padding;
+        let wrap_y = p > 0 && self.seamless.wraps_y();
+        let wrap_x = p > 0 && self.seamless.wraps_x();
+        let x = if wrap_y { pad_circular(x, 2, p) } else { x };
+        let x = if wrap_x { pad_circular(x, 3, p) } else { x };
+        // A wrapped axis is already padded; the other keeps its zeros.
+        let zeros = [!wrap_y, !wrap_x].map(|zeros| if zeros { p } else { 0 });
         B::conv2d_forward(
             x,
             self.weight.val(),
             self.bias.as_ref().map(Param::val),
             self.stride,
-            [self.padding; 2],
-            [self.padding + self.extra_end_padding; 2],
+            zeros,
+            zeros.map(|z| z + self.extra_end_padding),
         )
+    }
+}
+
+impl<B: Backend> SetSeamless for Conv2d<B> {
+    fn set_seamless(&mut self, seamless: Seamless) {
+        self.seamless = seamless;
     }
 }
 

@@ -30,6 +30,7 @@ pub mod memory;
 pub mod noise;
 mod request;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 
@@ -47,6 +48,7 @@ use crate::connector::{Connector, ConnectorConfig};
 use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
+use crate::nn::{Seamless, SetSeamless};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::SurAdapter;
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
@@ -679,7 +681,7 @@ impl<B: Backend> Pipeline<B> {
                 progress(i + 1 - run.start, run.total - run.start);
             }
         }
-        self.decode(latents, request.vae_decode, cancel, hooks)
+        self.decode(&run.vae, latents, request.vae_decode, cancel, hooks)
     }
 
     /// Checks a request against the pipeline and the memory budget before any work;
@@ -746,7 +748,11 @@ impl<B: Backend> Pipeline<B> {
                 let image = control.image.to_unit_tensor::<B>(&device, dtype);
                 let [_, c, h, w] = image.dims();
                 let rows = if guided { 2 } else { 1 } * request.batch_size;
-                Some((control, controlnet, image.expand([rows, c, h, w])))
+                Some(RunControl {
+                    control,
+                    controlnet: wrapped(controlnet, request.seamless),
+                    image: image.expand([rows, c, h, w]),
+                })
             }
             _ => None,
         };
@@ -764,6 +770,8 @@ impl<B: Backend> Pipeline<B> {
         }
         Ok(Run {
             request,
+            unet: wrapped(&self.unet, request.seamless),
+            vae: wrapped(&self.vae, request.seamless),
             t5,
             clip,
             guided,
@@ -799,7 +807,7 @@ impl<B: Backend> Pipeline<B> {
                 let image = init.image.to_tensor(&device, dtype);
                 let encoded = self
                     .threads
-                    .install(|| self.vae.encode_mean(image, run.cancel))?
+                    .install(|| run.vae.encode_mean(image, run.cancel))?
                     * self.vae.config.scaling_factor;
                 hooks.dump("init_image_latents", &encoded);
                 let [_, c, h, w] = encoded.dims();
@@ -856,22 +864,22 @@ impl<B: Backend> Pipeline<B> {
             let model_input = scheduler.scale_model_input(model_input, i);
             // The ControlNet reads the U-Net's input and condition tokens.
             let residuals = match &run.control {
-                Some((control, controlnet, image))
-                    if control.acts_at(step, run.total - run.start) =>
-                {
-                    Some(controlnet.forward(
-                        model_input.clone(),
-                        &[t],
-                        context.clone(),
-                        image.clone(),
-                        control.scale,
-                        run.cancel,
-                    )?)
-                }
+                Some(RunControl {
+                    control,
+                    controlnet,
+                    image,
+                }) if control.acts_at(step, run.total - run.start) => Some(controlnet.forward(
+                    model_input.clone(),
+                    &[t],
+                    context.clone(),
+                    image.clone(),
+                    control.scale,
+                    run.cancel,
+                )?),
                 _ => None,
             };
             let prediction =
-                self.unet
+                run.unet
                     .forward_with(model_input, &[t], context, residuals, run.cancel)?;
             let prediction = match run.guided {
                 true => {
@@ -914,9 +922,10 @@ impl<B: Backend> Pipeline<B> {
         Tensor::from_data(data.convert_dtype(dtype), (&device, dtype))
     }
 
-    /// The final latents through the VAE, as RGB8 images.
+    /// The final latents through `vae` (the pipeline's, or a wrapping clone), as RGB8 images.
     fn decode(
         &self,
+        vae: &AutoencoderKL<B>,
         latents: Tensor<B, 4>,
         how: VaeDecode,
         cancel: Cancel,
@@ -926,7 +935,7 @@ impl<B: Backend> Pipeline<B> {
         let latents = latents / self.vae.config.scaling_factor;
         let decoded = self
             .threads
-            .install(|| self.vae.decode_with(latents, how, cancel))?;
+            .install(|| vae.decode_with(latents, how, cancel))?;
         let images = to_images(decoded.into_data())?;
         if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
             sink(
@@ -974,16 +983,39 @@ impl<B: Backend> Pipeline<B> {
 /// What every denoising step of one request reads ([`Pipeline::prepare_run`]).
 struct Run<'a, B: Backend> {
     request: &'a GenerateRequest,
+    /// The U-Net and VAE the run uses: the pipeline's, or clones whose convolutions wrap
+    /// around (a seamless request).
+    unet: Cow<'a, UNet2DConditionModel<B>>,
+    vae: Cow<'a, AutoencoderKL<B>>,
     t5: Option<&'a StatePair<B>>,
     /// CLIP's states as the U-Net reads them (through the SUR-adapter for `ClipSur`).
     clip: Option<StatePair<B>>,
     guided: bool,
-    /// The request's control, the ControlNet and its image, one row per U-Net row.
-    control: Option<(&'a Control, &'a ControlNetModel<B>, Tensor<B, 4>)>,
+    control: Option<RunControl<'a, B>>,
     /// The first step taken (image-to-image skips the noisiest) and the schedule's length.
     start: usize,
     total: usize,
     cancel: Cancel<'a>,
+}
+
+/// A request's control with the ControlNet that acts on it and its image, one row per
+/// U-Net row.
+struct RunControl<'a, B: Backend> {
+    control: &'a Control,
+    controlnet: Cow<'a, ControlNetModel<B>>,
+    image: Tensor<B, 4>,
+}
+
+/// `model` itself, or for a seamless request a clone (sharing its weights) that wraps around.
+fn wrapped<M: Clone + SetSeamless>(model: &M, seamless: Seamless) -> Cow<'_, M> {
+    match seamless {
+        Seamless::Off => Cow::Borrowed(model),
+        _ => {
+            let mut model = model.clone();
+            model.set_seamless(seamless);
+            Cow::Owned(model)
+        }
+    }
 }
 
 fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {

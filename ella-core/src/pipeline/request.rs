@@ -5,6 +5,7 @@ use burn::tensor::TensorData;
 use super::Image;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths};
+use crate::nn::Seamless;
 use crate::scheduler::{SchedulerKind, Tcd, TimestepSchedule};
 use crate::sur_adapter::SurMode;
 use crate::t5::TokenMode;
@@ -144,6 +145,9 @@ pub struct GenerateRequest {
     pub init_image: Option<InitImage>,
     /// ControlNet guidance (needs a pipeline with a ControlNet).
     pub control: Option<Control>,
+    /// Seamless textures: the axes along which the image wraps around (every convolution of
+    /// the U-Net, VAE and ControlNet pads circularly), so that copies of it tile.
+    pub seamless: Seamless,
 }
 
 impl Default for GenerateRequest {
@@ -166,6 +170,7 @@ impl Default for GenerateRequest {
             conditioning: Conditioning::Ella,
             init_image: None,
             control: None,
+            seamless: Seamless::Off,
         }
     }
 }

@@ -153,6 +153,11 @@ pub struct BlockSettings {
     pub resample: bool,
 }
 
+crate::nn::seamless_fields!(DownBlock {
+    resnets,
+    downsampler
+});
+
 impl<B: Backend> DownBlock<B> {
     /// `channels` = `[in, out]`; the downsampler is a stride-2 conv with `padding`.
     pub fn load(
@@ -217,6 +222,8 @@ pub struct MidBlock<B: Backend> {
     pub attentions: Vec<Transformer2DModel<B>>,
 }
 
+crate::nn::seamless_fields!(MidBlock { resnets });
+
 impl<B: Backend> MidBlock<B> {
     pub fn load(
         vb: &Loader<B>,
@@ -256,6 +263,8 @@ pub struct UpBlock<B: Backend> {
     pub attentions: Vec<Transformer2DModel<B>>,
     pub upsampler: Option<Conv2d<B>>,
 }
+
+crate::nn::seamless_fields!(UpBlock { resnets, upsampler });
 
 impl<B: Backend> UpBlock<B> {
     /// `channels` = `[previous block's output, this block's output, the mirrored down

@@ -33,6 +33,14 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub weights: WeightIndex,
 }
 
+crate::nn::seamless_fields!(UNet2DConditionModel {
+    conv_in,
+    down_blocks,
+    mid_block,
+    up_blocks,
+    conv_out
+});
+
 impl<B: Backend> UNet2DConditionModel<B> {
     /// Loads a diffusers `unet/` folder (`config.json`, `diffusion_pytorch_model.safetensors`
     /// or its sharded index) with weights converted to `dtype`.

@@ -54,6 +54,8 @@ pub struct UNetMidBlock2D<B: Backend> {
     pub attention: Option<VaeAttention<B>>,
 }
 
+crate::nn::seamless_fields!(UNetMidBlock2D { resnets });
+
 impl<B: Backend> UNetMidBlock2D<B> {
     fn load(vb: &Loader<B>, channels: usize, config: &VaeConfig) -> Result<Self> {
         let settings = resnet_settings(config);
@@ -98,6 +100,11 @@ pub struct DownEncoderBlock2D<B: Backend> {
     pub downsampler: Option<Conv2d<B>>,
 }
 
+crate::nn::seamless_fields!(DownEncoderBlock2D {
+    resnets,
+    downsampler
+});
+
 impl<B: Backend> DownEncoderBlock2D<B> {
     /// `channels` = `[in, out]`.
     fn load(
@@ -137,6 +144,8 @@ pub struct UpDecoderBlock2D<B: Backend> {
     pub upsampler: Option<Conv2d<B>>,
 }
 
+crate::nn::seamless_fields!(UpDecoderBlock2D { resnets, upsampler });
+
 impl<B: Backend> UpDecoderBlock2D<B> {
     /// `channels` = `[in, out]`.
     fn load(
@@ -175,6 +184,13 @@ pub struct Encoder<B: Backend> {
     pub conv_norm_out: GroupNorm<B>,
     pub conv_out: Conv2d<B>,
 }
+
+crate::nn::seamless_fields!(Encoder {
+    conv_in,
+    down_blocks,
+    mid_block,
+    conv_out
+});
 
 impl<B: Backend> Encoder<B> {
     fn load(vb: &Loader<B>, config: &VaeConfig) -> Result<Self> {
@@ -236,6 +252,13 @@ pub struct Decoder<B: Backend> {
     pub conv_norm_out: GroupNorm<B>,
     pub conv_out: Conv2d<B>,
 }
+
+crate::nn::seamless_fields!(Decoder {
+    conv_in,
+    mid_block,
+    up_blocks,
+    conv_out
+});
 
 impl<B: Backend> Decoder<B> {
     fn load(vb: &Loader<B>, config: &VaeConfig) -> Result<Self> {
@@ -299,6 +322,13 @@ pub struct AutoencoderKL<B: Backend> {
     #[module(skip)]
     pub config: VaeConfig,
 }
+
+crate::nn::seamless_fields!(AutoencoderKL {
+    encoder,
+    quant_conv,
+    post_quant_conv,
+    decoder
+});
 
 impl<B: Backend> AutoencoderKL<B> {
     /// Loads a diffusers `vae/` folder (`config.json`, `diffusion_pytorch_model.safetensors`).

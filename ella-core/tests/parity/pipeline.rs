@@ -17,7 +17,7 @@ use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
     AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage,
-    ModelPaths, Pipeline, PipelineParts, SchedulerConfig, SurOptions, TimestepSchedule,
+    ModelPaths, Pipeline, PipelineParts, SchedulerConfig, Seamless, SurOptions, TimestepSchedule,
     UNet2DConditionModel,
 };
 use serde_json::Value;
@@ -77,6 +77,13 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             }),
             Some(other) => panic!("unknown conditioning {other}"),
         },
+        seamless: match run.get("seamless").and_then(Value::as_str) {
+            None => Seamless::Off,
+            Some("x") => Seamless::X,
+            Some("y") => Seamless::Y,
+            Some("xy") => Seamless::XY,
+            Some(other) => panic!("unknown seamless axes {other}"),
+        },
         init_image: run.get("init_image").map(|_| {
             let (_, shape, pixels) = reference.raw("init_image");
             InitImage {
@@ -116,8 +123,9 @@ fn scale_of(data: &TensorData) -> f32 {
 /// ControlNet. In CI wgpu runs on lavapipe, where one tiny sampling takes a minute; the
 /// others add no kernel these lack (they recombine the same ones), and the CPU backends and
 /// CUDA check every run.
-const WGPU_RUNS: [&str; 7] = [
+const WGPU_RUNS: [&str; 8] = [
     "dpm++2m_flexible",
+    "dpm++2m_seamless-xy",
     "tcd_ella",
     "ddim_fixed",
     "euler_img2img",
@@ -292,6 +300,113 @@ backend_tests! {
     samplings_match_the_reference => samplings_match_the_reference,
     single_file_sampling_matches_the_reference => single_file_sampling_matches_the_reference,
     half_precision_sampling => half_precision_sampling,
+}
+
+/// `data` `[1, c, h, w]` rolled by `[dy, dx]` (NumPy's `roll`: value at `y` moves to `y + dy`).
+fn roll(data: &TensorData, [dy, dx]: [usize; 2]) -> TensorData {
+    let [c, h, w] = [data.shape[1], data.shape[2], data.shape[3]];
+    let values: Vec<f32> = data.iter::<f32>().collect();
+    let mut rolled = vec![0.0; values.len()];
+    for (i, v) in values.iter().enumerate() {
+        let (ch, y, x) = (i / (h * w), i / w % h, i % w);
+        rolled[(ch * h + (y + dy) % h) * w + (x + dx) % w] = *v;
+    }
+    TensorData::new(rolled, [1, c, h, w])
+}
+
+/// A seamless image has no seam: where its copies meet is like any other place in it. The
+/// U-Net, the VAE and the conditioning treat every position alike once the convolutions
+/// wrap, so rolling the initial noise (by a multiple of the U-Net's downsampling) rolls the
+/// image by as much: the edges meet exactly as interior rows and columns do. Along an axis
+/// that does not wrap, the zero padding breaks this.
+#[test]
+fn seamless_images_wrap_around_without_a_seam() {
+    let pipeline = pipeline::<burn::backend::Flex>();
+    let noise = ella_core::pipeline::noise::initial_noise(5, [1, 4, 12, 16]);
+    let request = |seamless, noise: TensorData| GenerateRequest {
+        prompt: "a mossy stone wall texture".into(),
+        width: 32,
+        height: 24,
+        schedule: TimestepSchedule::Steps(3),
+        init_latents: Some(noise),
+        seamless,
+        ..GenerateRequest::default()
+    };
+    // Latent shifts of 4 rows and 6 columns: 8 and 12 pixels (the tiny VAE's factor is 2).
+    let shift = [4, 6];
+    let generate = |seamless, noise: &TensorData| {
+        pipeline
+            .generate(&request(seamless, noise.clone()))
+            .unwrap()
+            .remove(0)
+    };
+    // The fraction of pixel values of `rolled` within 2/255 of `image` shifted by `by` pixels.
+    let agreement = |image: &Image, rolled: &Image, [dy, dx]: [usize; 2]| {
+        let (h, w) = (image.height, image.width);
+        let same = (0..h * w * 3)
+            .filter(|&i| {
+                let (y, x, c) = (i / (w * 3), i / 3 % w, i % 3);
+                let moved = (((y + dy) % h) * w + (x + dx) % w) * 3 + c;
+                image.pixels[i].abs_diff(rolled.pixels[moved]) <= 2
+            })
+            .count();
+        same as f64 / (h * w * 3) as f64
+    };
+    let image = generate(Seamless::XY, &noise);
+    let rolled = generate(Seamless::XY, &roll(&noise, shift));
+    let both = agreement(&image, &rolled, [8, 12]);
+    assert!(
+        both > 0.999,
+        "seamless XY: {:.2}% of pixels roll",
+        both * 100.0
+    );
+    // Along x only: rolling columns commutes, rolling rows does not.
+    let image = generate(Seamless::X, &noise);
+    let columns = agreement(
+        &image,
+        &generate(Seamless::X, &roll(&noise, [0, 6])),
+        [0, 12],
+    );
+    let rows = agreement(
+        &image,
+        &generate(Seamless::X, &roll(&noise, [4, 0])),
+        [8, 0],
+    );
+    assert!(columns > 0.999, "seamless X, columns: {columns}");
+    assert!(
+        rows < 0.9,
+        "seamless X, rows roll too ({rows}): the test proves nothing"
+    );
+    let image = generate(Seamless::Off, &noise);
+    let plain = agreement(
+        &image,
+        &generate(Seamless::Off, &roll(&noise, shift)),
+        [8, 12],
+    );
+    assert!(
+        plain < 0.9,
+        "a normal image rolls too ({plain}): the test proves nothing"
+    );
+    // Edge continuity: the step across the wrapped edge against the steps between
+    // neighbouring interior columns (printed; equal in distribution by the above).
+    let image = generate(Seamless::XY, &noise);
+    let (h, w) = (image.height, image.width);
+    let step = |a: usize, b: usize| {
+        (0..h)
+            .flat_map(|y| (0..3).map(move |c| (y, c)))
+            .map(|(y, c)| {
+                let at = |x: usize| image.pixels[(y * w + x) * 3 + c] as f64;
+                (at(a) - at(b)).abs()
+            })
+            .sum::<f64>()
+            / (h * 3) as f64
+    };
+    let interior = (0..w - 1).map(|x| step(x, x + 1)).sum::<f64>() / (w - 1) as f64;
+    let edge = step(w - 1, 0);
+    println!(
+        "seamless XY: mean step across the edge {edge:.1}, between interior columns {interior:.1}"
+    );
+    assert!(edge <= 2.0 * interior, "edge {edge} vs interior {interior}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::common::{Reference, assert_close, fixture};
 use burn::tensor::{DType, Tensor};
 use ella_core::Backend;
-use ella_core::{Cancel, UNet2DConditionModel, VaeDecode};
+use ella_core::{Cancel, Seamless, SetSeamless, UNet2DConditionModel, VaeDecode};
 
 const TOLERANCE: f32 = 1e-3;
 
@@ -79,7 +79,28 @@ fn vae_tiled_and_sliced_decode<B: Backend>() {
     assert_close(whole, &reference.data("whole"), TOLERANCE, "whole decode");
 }
 
+/// Seamless decoding (`scripts/seamless_fixtures.py`): diffusers with every Conv2d
+/// `padding_mode="circular"`, whole and tiled (each tile wraps within itself, as diffusers'
+/// `enable_tiling` then does), and wrapping along x only.
+fn vae_seamless_decode<B: Backend>() {
+    let reference = Reference::open("seamless_vae.safetensors");
+    let device = Default::default();
+    let mut vae = vae::<B>();
+    let latents = Tensor::<B, 4>::from_data(reference.data("latents"), &device);
+    vae.set_seamless(Seamless::XY);
+    for (mode, key) in [(VaeDecode::Whole, "whole"), (VaeDecode::Tiled, "tiled")] {
+        let decoded = vae
+            .decode_with(latents.clone(), mode, Cancel::NEVER)
+            .unwrap();
+        assert_close(decoded, &reference.data(key), TOLERANCE, key);
+    }
+    vae.set_seamless(Seamless::X);
+    let decoded = vae.decode(latents, Cancel::NEVER).unwrap();
+    assert_close(decoded, &reference.data("whole_x"), TOLERANCE, "whole_x");
+}
+
 backend_tests! {
+    vae_seamless_decode => vae_seamless_decode,
     unet_forward => unet_forward,
     unet_odd_sizes => unet_odd_sizes,
     vae_decode_and_encode => vae_decode_and_encode,
