@@ -24,8 +24,8 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
-    ModelPaths, Pipeline, Precision, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
-    Threads, TimestepSchedule, VaeDecode,
+    ModelPaths, Pipeline, Precision, Preview, PreviewMethod, Previews, SchedulerKind, Seamless,
+    SurMode, SurOptions, T5Precision, Threads, TimestepSchedule, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -214,6 +214,12 @@ struct Args {
     /// Write the intermediate tensors here as safetensors, to compare with a PyTorch run.
     #[arg(long)]
     dump_dir: Option<PathBuf>,
+    /// Live previews: after every N-th step, the image the run is heading to, saved in
+    /// --preview-dir as step-NNN.png.
+    #[arg(long, requires = "preview_dir")]
+    preview_every: Option<usize>,
+    #[arg(long, requires = "preview_every")]
+    preview_dir: Option<PathBuf>,
     /// Never download: use the paths given or the Hugging Face cache only.
     #[arg(long)]
     offline: bool,
@@ -352,6 +358,10 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(dir) = &args.dump_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
         check_writable(&dir.join("image.safetensors"))?;
+    }
+    if let Some(dir) = &args.preview_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
+        check_writable(&dir.join("step-000.png"))?;
     }
     let default = match args.sur_adapter {
         Some(_) => Cond::ClipSur,
@@ -588,6 +598,23 @@ fn generate<B: Backend>(
                     .push((name.to_string(), data))
             }) as Box<dyn FnMut(&str, TensorData)>
         }),
+        preview: match (args.preview_every, &args.preview_dir) {
+            (Some(every), Some(dir)) => Some(Previews {
+                every,
+                method: PreviewMethod::Linear,
+                sink: Box::new(move |preview: Preview| {
+                    let count = preview.images.len();
+                    for (i, image) in preview.images.iter().enumerate() {
+                        let name =
+                            numbered(&dir.join(format!("step-{:03}.png", preview.step)), i, count);
+                        if let Err(e) = image.save_png(&name) {
+                            eprintln!("warning: preview not saved: {e}");
+                        }
+                    }
+                }),
+            }),
+            _ => None,
+        },
         ..Hooks::default()
     };
     let start = std::time::Instant::now();

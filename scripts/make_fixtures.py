@@ -324,6 +324,7 @@ PARTS = {
     "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),
     "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
     "seamless": (part("seamless_fixtures", "make_seamless", ELLA_TINY), "samplings and VAE decodes that wrap around"),
+    "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}

@@ -58,8 +58,8 @@ pub use lora::{Lora, LoraReport};
 pub use nn::{Activation, Seamless, SetSeamless};
 pub use pipeline::{
     Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, ModelPaths,
-    Pipeline, PipelineParts, Precision, PreparedLoras, PromptStates, StatePair, SurOptions,
-    WorkingMemory,
+    Pipeline, PipelineParts, Precision, PreparedLoras, Preview, PreviewMethod, Previews,
+    PromptStates, StatePair, SurOptions, WorkingMemory,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};

@@ -185,6 +185,53 @@ fn consistency_schedulers_match_diffusers() {
     }
 }
 
+/// The clean sample each scheduler predicts (what live previews show) against diffusers'
+/// `pred_original_sample` (DDIM, Euler) and `convert_model_output` (DPM-Solver++), and
+/// the linear latent→RGB preview against ComfyUI's formula (`scripts/preview_fixtures.py`).
+#[test]
+fn predicted_clean_samples_and_linear_previews_match_the_reference() {
+    let steps = Reference::open("scheduler_steps.safetensors");
+    let reference = Reference::open("previews.safetensors");
+    let device = Default::default();
+    let tensor = |name: &str| Tensor::<B, 4>::from_data(steps.data(name), &device);
+    let config = sd15_config_with(&Value::Object(Default::default()));
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::DpmSolverMultistepKarras,
+    ] {
+        let mut scheduler =
+            Scheduler::<B>::new(kind, &config, &TimestepSchedule::Steps(6)).unwrap();
+        let mut x = tensor("step.sample") * scheduler.init_noise_sigma();
+        for i in 0..6 {
+            let output = tensor(&format!("step.model_output{i}"));
+            let x0 = scheduler.predicted_original(output.clone(), i, x.clone());
+            let expected = reference.data(&format!("{kind}.x0_{i}"));
+            let scale = expected.iter::<f32>().map(f32::abs).fold(1.0, f32::max);
+            common::assert_close(x0, &expected, 1e-5 * scale, &format!("{kind} x0 {i}"));
+            x = scheduler.step(output, i, x, None);
+        }
+    }
+    let images = ella_core::pipeline::preview::linear_preview(&reference.data("linear.latents"));
+    let (_, shape, expected) = reference.raw("linear.image");
+    assert_eq!(images.len(), shape[0]);
+    let per_image = shape[1] * shape[2] * 3;
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!([image.height, image.width], [shape[1], shape[2]]);
+        let want = &expected[i * per_image..(i + 1) * per_image];
+        // Rounding of values on a .5 boundary may differ by one level.
+        assert!(
+            image
+                .pixels
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.abs_diff(*b) <= 1),
+            "linear preview {i}"
+        );
+    }
+}
+
 #[test]
 fn bad_scheduler_inputs_are_typed_errors() {
     let config = sd15_config_with(&Value::Object(Default::default()));

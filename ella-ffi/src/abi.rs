@@ -166,6 +166,20 @@ pub type EllaLogCallback = Option<
 pub type EllaProgressCallback =
     Option<unsafe extern "C" fn(step: u32, total: u32, user_data: *mut c_void)>;
 
+/// Receives a live preview after every `preview_every`-th step, on the thread that runs
+/// `ella_context_generate`: `image` (RGB8) is valid during the call only.
+pub type EllaPreviewCallback = Option<
+    unsafe extern "C" fn(image: *const EllaImage, step: u32, total: u32, user_data: *mut c_void),
+>;
+
+/// How a live preview turns latents into pixels.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPreviewMethod {
+    /// A fixed linear latent→RGB projection: nearly free, 1/8 of the request's size.
+    Linear = 0,
+}
+
 /// How to load a model. Start from `ella_model_params_default()`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +243,12 @@ pub struct EllaContextParams {
     pub struct_size: u32,
     pub progress_callback: EllaProgressCallback,
     pub progress_user_data: *mut c_void,
+    /// Live previews: `preview_callback` after every `preview_every`-th step (0, the
+    /// default: none), made by `preview_method` (an `ella_preview_method`).
+    pub preview_callback: EllaPreviewCallback,
+    pub preview_user_data: *mut c_void,
+    pub preview_every: u32,
+    pub preview_method: u32,
 }
 
 /// One text-to-image request. Start from `ella_generate_request_default()`.
@@ -377,6 +397,10 @@ versioned!(EllaContextParams {
     struct_size,
     progress_callback,
     progress_user_data,
+    preview_callback,
+    preview_user_data,
+    preview_every,
+    preview_method,
 });
 versioned!(EllaGenerateRequest {
     struct_size,

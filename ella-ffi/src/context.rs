@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ella_core::PreviewMethod;
+
 use crate::abi::*;
 use crate::boundary::{Failure, guard, invalid};
 use crate::engine::{Engine, Running};
@@ -80,13 +82,17 @@ impl EllaContext {
     }
 }
 
-/// Defaults: no progress callback.
+/// Defaults: no progress callback, no previews.
 #[unsafe(no_mangle)]
 pub extern "C" fn ella_context_params_default() -> EllaContextParams {
     EllaContextParams {
         struct_size: std::mem::size_of::<EllaContextParams>() as u32,
         progress_callback: None,
         progress_user_data: std::ptr::null_mut(),
+        preview_callback: None,
+        preview_user_data: std::ptr::null_mut(),
+        preview_every: 0,
+        preview_method: EllaPreviewMethod::from(PreviewMethod::default()) as u32,
     }
 }
 

@@ -3,7 +3,8 @@
 
 use ella_core::burn::tensor::DType;
 use ella_core::{
-    Conditioning, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, TokenMode, VaeDecode,
+    Conditioning, PreviewMethod, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
+    TokenMode, VaeDecode,
 };
 
 use crate::abi::*;
@@ -58,6 +59,7 @@ c_enum!(EllaScheduler as "ella_scheduler" <=> SchedulerKind {
 });
 c_enum!(EllaVaeDecode as "ella_vae_decode" <=> VaeDecode { Whole, Sliced, Tiled });
 c_enum!(EllaSeamless as "ella_seamless" <=> Seamless { Off, X, Y, XY });
+c_enum!(EllaPreviewMethod as "ella_preview_method" <=> PreviewMethod { Linear });
 c_enum!(EllaConditioning as "ella_conditioning" { Ella, EllaClip, Clip, ClipSur });
 c_enum!(EllaSurMode as "ella_sur_mode" <=> SurMode { Faithful, PerToken });
 

@@ -4,7 +4,10 @@ use std::ffi::c_char;
 use std::time::Instant;
 
 use ella_core::limits::MAX_IMAGE_SIDE;
-use ella_core::{Control, GenerateRequest, Hooks, Image, InitImage, SurOptions, TimestepSchedule};
+use ella_core::{
+    Control, GenerateRequest, Hooks, Image, InitImage, Preview, Previews, SurOptions,
+    TimestepSchedule,
+};
 
 use crate::abi::*;
 use crate::boundary::{Failure, guard, invalid};
@@ -210,6 +213,36 @@ fn denoise(context: &EllaContext, request: &Request) -> Result<Image, Failure> {
                 unsafe { callback(step as u32, total as u32, params.progress_user_data) }
             }) as ella_core::pipeline::ProgressFn
         }),
+        preview: match (params.preview_callback, params.preview_every) {
+            (Some(callback), every) if every > 0 => Some(Previews {
+                every: every as usize,
+                method: EllaPreviewMethod::decode(params.preview_method, "params.preview_method")?
+                    .into(),
+                sink: Box::new(move |preview: Preview| {
+                    let Some(image) = preview.images.into_iter().next() else {
+                        return;
+                    };
+                    let mut pixels = image.pixels;
+                    let view = EllaImage {
+                        width: image.width as u32,
+                        height: image.height as u32,
+                        channels: 3,
+                        pixels: pixels.as_mut_ptr(),
+                    };
+                    // SAFETY: the host's callback with the documented signature; `view`
+                    // and its pixels outlive the call.
+                    unsafe {
+                        callback(
+                            &view,
+                            preview.step as u32,
+                            preview.total as u32,
+                            params.preview_user_data,
+                        )
+                    }
+                }),
+            }),
+            _ => None,
+        },
         ..Hooks::default()
     };
     let start = Instant::now();

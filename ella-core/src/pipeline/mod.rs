@@ -28,6 +28,7 @@ pub mod ldm;
 mod load;
 pub mod memory;
 pub mod noise;
+pub mod preview;
 mod request;
 
 use std::borrow::Cow;
@@ -40,6 +41,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 pub use image::Image;
 pub use load::{EllaPaths, ModelPaths};
 pub use memory::WorkingMemory;
+pub use preview::{Preview, PreviewMethod, Previews};
 pub use request::{Conditioning, Control, GenerateRequest, InitImage, SurOptions};
 
 use crate::cancel::Cancel;
@@ -90,6 +92,8 @@ pub struct Hooks<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Receives the intermediate tensors (see `examples/generate.rs --dump-dir` for names).
     pub tensors: Option<TensorSink<'a>>,
+    /// Live previews every few steps.
+    pub preview: Option<Previews<'a>>,
 }
 
 impl Hooks<'_> {
@@ -674,11 +678,24 @@ impl<B: Backend> Pipeline<B> {
         let run = self.prepare_run(request, states, &scheduler, cancel, hooks)?;
         let mut latents = self.prepare_latents(&run, latent_size, &scheduler, hooks)?;
         let timesteps = scheduler.timesteps().to_vec();
+        let taken = run.total - run.start;
         for (i, &t) in timesteps.iter().enumerate().skip(run.start) {
             cancel.check()?;
-            latents = self.denoising_step(&run, &mut scheduler, i, t, latents, hooks)?;
+            let step = i - run.start;
+            let preview = hooks.preview.as_ref().is_some_and(|p| p.due(step, taken));
+            let (next, x0) =
+                self.denoising_step(&run, &mut scheduler, i, t, latents, preview, hooks)?;
+            latents = next;
+            if let (Some(x0), Some(previews)) = (x0, &mut hooks.preview) {
+                let images = self.preview_images(x0, previews.method)?;
+                (previews.sink)(Preview {
+                    step: step + 1,
+                    total: taken,
+                    images,
+                });
+            }
             if let Some(progress) = &mut hooks.progress {
-                progress(i + 1 - run.start, run.total - run.start);
+                progress(step + 1, taken);
             }
         }
         self.decode(&run.vae, latents, request.vae_decode, cancel, hooks)
@@ -819,7 +836,9 @@ impl<B: Backend> Pipeline<B> {
     /// Denoising step `i` (timestep `t`): the condition tokens of both branches, one U-Net
     /// batch (ControlNet residuals added while it acts), classifier-free guidance, the
     /// scheduler's step. The new latents are checked for NaN and infinity on the host (a
-    /// few KB read back): one would end as a black image.
+    /// few KB read back): one would end as a black image. With `preview`, also the clean
+    /// latents x₀ the step predicts.
+    #[allow(clippy::too_many_arguments)]
     fn denoising_step(
         &self,
         run: &Run<B>,
@@ -827,8 +846,9 @@ impl<B: Backend> Pipeline<B> {
         i: usize,
         t: f32,
         latents: Tensor<B, 4>,
+        preview: bool,
         hooks: &mut Hooks,
-    ) -> Result<Tensor<B, 4>> {
+    ) -> Result<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
         let step = i - run.start;
         let conditioning = run.request.conditioning;
         let (cond, uncond) = self.threads.install(|| -> Result<_> {
@@ -849,7 +869,7 @@ impl<B: Backend> Pipeline<B> {
             hooks.dump(&format!("condition_uncond_step{step}"), uncond);
         }
         let batch = run.request.batch_size;
-        let latents = self.threads.install(|| -> Result<_> {
+        let (latents, x0) = self.threads.install(|| -> Result<_> {
             let per_sample = |tokens: Tensor<B, 3>| {
                 let [_, n, d] = tokens.dims();
                 tokens.expand([batch, n, d])
@@ -892,7 +912,9 @@ impl<B: Backend> Pipeline<B> {
             let noise = scheduler
                 .draws_noise(i)
                 .then(|| self.step_noise(run.request, step, latents.dims()));
-            Ok(scheduler.step(prediction, i, latents, noise))
+            let x0 = preview
+                .then(|| scheduler.predicted_original(prediction.clone(), i, latents.clone()));
+            Ok((scheduler.step(prediction, i, latents, noise), x0))
         })?;
         hooks.dump(&format!("latents_step{step}"), &latents);
         if !all_finite(&latents.to_data()) {
@@ -904,7 +926,14 @@ impl<B: Backend> Pipeline<B> {
                 ),
             });
         }
-        Ok(latents)
+        Ok((latents, x0))
+    }
+
+    /// Preview images of the predicted clean latents `x0`.
+    fn preview_images(&self, x0: Tensor<B, 4>, method: PreviewMethod) -> Result<Vec<Image>> {
+        match method {
+            PreviewMethod::Linear => Ok(preview::linear_preview(&x0.into_data().convert::<f32>())),
+        }
     }
 
     /// The fresh noise of taken step `step`: the request's, else the seed's.

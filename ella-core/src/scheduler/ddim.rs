@@ -4,7 +4,10 @@ use crate::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::schedules::{numpy_arange, numpy_linspace};
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, unsupported};
+use super::{
+    Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, unsupported,
+    x0_and_epsilon,
+};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -15,7 +18,7 @@ pub struct Ddim {
     final_alpha_cumprod: f32,
     /// `num_train_timesteps // steps`: how far back each step goes.
     step_ratio: usize,
-    prediction: Prediction,
+    pub(crate) prediction: Prediction,
     /// `clip_sample_range` when `clip_sample` is on.
     clip: Option<f32>,
 }
@@ -78,21 +81,7 @@ impl Ddim {
         let alpha_prev = t
             .checked_sub(self.step_ratio)
             .map_or(self.final_alpha_cumprod, |prev| self.alphas_cumprod[prev]);
-        let beta = 1.0 - alpha;
-        let (x0, epsilon) = match self.prediction {
-            Prediction::Epsilon => (
-                (sample.clone() - model_output.clone() * beta.sqrt()) / alpha.sqrt(),
-                model_output,
-            ),
-            Prediction::Sample => (
-                model_output.clone(),
-                (sample - model_output * alpha.sqrt()) / beta.sqrt(),
-            ),
-            Prediction::VPrediction => (
-                sample.clone() * alpha.sqrt() - model_output.clone() * beta.sqrt(),
-                model_output * alpha.sqrt() + sample * beta.sqrt(),
-            ),
-        };
+        let (x0, epsilon) = x0_and_epsilon(self.prediction, alpha, model_output, sample);
         let x0 = match self.clip {
             Some(range) => x0.clamp(-range, range),
             None => x0,

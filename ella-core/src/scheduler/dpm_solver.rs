@@ -167,20 +167,31 @@ impl<B: Backend> DpmSolver<B> {
         (alpha, sigma_t, alpha.ln() - sigma_t.ln())
     }
 
+    /// The data prediction x₀ of the model output at step `index` (dpmsolver++ works on it,
+    /// not on ε).
+    pub fn predicted_original(
+        &self,
+        model_output: Tensor<B, 4>,
+        index: usize,
+        sample: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let (alpha_s0, sigma_s0, _) = Self::alpha_sigma_lambda(self.sigmas[index]);
+        match self.prediction {
+            Prediction::Epsilon => (sample - model_output * sigma_s0) / alpha_s0,
+            Prediction::Sample => model_output,
+            Prediction::VPrediction => sample * alpha_s0 - model_output * sigma_s0,
+        }
+    }
+
     pub fn step(
         &mut self,
         model_output: Tensor<B, 4>,
         index: usize,
         sample: Tensor<B, 4>,
     ) -> Tensor<B, 4> {
-        let (alpha_s0, sigma_s0, lambda_s0) = Self::alpha_sigma_lambda(self.sigmas[index]);
+        let (_, sigma_s0, lambda_s0) = Self::alpha_sigma_lambda(self.sigmas[index]);
         let (alpha_t, sigma_t, lambda_t) = Self::alpha_sigma_lambda(self.sigmas[index + 1]);
-        // The data prediction x₀ (dpmsolver++ works on it, not on ε).
-        let x0 = match self.prediction {
-            Prediction::Epsilon => (sample.clone() - model_output * sigma_s0) / alpha_s0,
-            Prediction::Sample => model_output,
-            Prediction::VPrediction => sample.clone() * alpha_s0 - model_output * sigma_s0,
-        };
+        let x0 = self.predicted_original(model_output, index, sample.clone());
         let h = lambda_t - lambda_s0;
         let phi = (-h).exp() - 1.0;
         let last = index + 1 == self.timesteps.len();

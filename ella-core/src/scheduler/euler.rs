@@ -130,6 +130,24 @@ impl Euler {
         sample / (sigma * sigma + 1.0).sqrt()
     }
 
+    /// The clean sample x₀ the model output at step `index` predicts.
+    pub fn predicted_original<B: Backend>(
+        &self,
+        model_output: Tensor<B, 4>,
+        index: usize,
+        sample: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let sigma = self.sigmas[index];
+        match self.prediction {
+            Prediction::Epsilon => sample - model_output * sigma,
+            Prediction::Sample => model_output,
+            Prediction::VPrediction => {
+                model_output * (-sigma / (sigma * sigma + 1.0).sqrt())
+                    + sample / (sigma * sigma + 1.0)
+            }
+        }
+    }
+
     pub fn step<B: Backend>(
         &self,
         model_output: Tensor<B, 4>,
@@ -137,14 +155,7 @@ impl Euler {
         sample: Tensor<B, 4>,
     ) -> Tensor<B, 4> {
         let sigma = self.sigmas[index];
-        let x0 = match self.prediction {
-            Prediction::Epsilon => sample.clone() - model_output * sigma,
-            Prediction::Sample => model_output,
-            Prediction::VPrediction => {
-                model_output * (-sigma / (sigma * sigma + 1.0).sqrt())
-                    + sample.clone() / (sigma * sigma + 1.0)
-            }
-        };
+        let x0 = self.predicted_original(model_output, index, sample.clone());
         let derivative = (sample.clone() - x0) / sigma;
         let dt = self.sigmas[index + 1] - sigma;
         sample + derivative * dt

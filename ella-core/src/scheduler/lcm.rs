@@ -6,14 +6,17 @@
 use crate::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, unsupported};
+use super::{
+    Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, unsupported,
+    x0_and_epsilon,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct Lcm {
     pub timesteps: Vec<f32>,
     pub(crate) alphas_cumprod: Vec<f32>,
-    prediction: Prediction,
+    pub(crate) prediction: Prediction,
     /// `clip_sample_range` when `clip_sample` is on (off by default for LCM).
     clip: Option<f32>,
     /// `timestep_scaling`: how sharply the boundary condition switches from the sample to
@@ -55,7 +58,7 @@ impl Lcm {
     ) -> Tensor<B, 4> {
         let t = self.timesteps[index];
         let alpha = self.alphas_cumprod[t as usize];
-        let x0 = predicted_original(self.prediction, alpha, model_output, sample.clone());
+        let (x0, _) = x0_and_epsilon(self.prediction, alpha, model_output, sample.clone());
         let x0 = match self.clip {
             Some(range) => x0.clamp(-range, range),
             None => x0,
@@ -94,21 +97,6 @@ fn timestep_scaling(config: &SchedulerConfig) -> Result<f32> {
         ));
     }
     Ok(scaling as f32)
-}
-
-/// The predicted clean sample x₀ from the model output at ᾱ_t = `alpha`.
-pub(crate) fn predicted_original<B: Backend>(
-    prediction: Prediction,
-    alpha: f32,
-    model_output: Tensor<B, 4>,
-    sample: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let beta = 1.0 - alpha;
-    match prediction {
-        Prediction::Epsilon => (sample - model_output * beta.sqrt()) / alpha.sqrt(),
-        Prediction::Sample => model_output,
-        Prediction::VPrediction => sample * alpha.sqrt() - model_output * beta.sqrt(),
-    }
 }
 
 /// LCM's and TCD's timesteps: the distillation schedule of `original_inference_steps`

@@ -273,6 +273,27 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
+    /// The clean sample x₀ the model output at step `index` predicts (what a live preview
+    /// shows: the image the run is heading to, not the noisy current sample).
+    pub fn predicted_original(
+        &self,
+        model_output: Tensor<B, 4>,
+        index: usize,
+        sample: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let discrete = |prediction, alphas_cumprod: &[f32]| {
+            let alpha = alphas_cumprod[self.timesteps()[index] as usize];
+            x0_and_epsilon(prediction, alpha, model_output.clone(), sample.clone()).0
+        };
+        match self {
+            Scheduler::Ddim(s) => discrete(s.prediction, &s.alphas_cumprod),
+            Scheduler::Lcm(s) => discrete(s.prediction, &s.alphas_cumprod),
+            Scheduler::Tcd(s) => discrete(s.prediction, &s.alphas_cumprod),
+            Scheduler::Euler(s) => s.predicted_original(model_output, index, sample),
+            Scheduler::DpmSolver(s) => s.predicted_original(model_output, index, sample),
+        }
+    }
+
     /// The sample of step `index + 1` from the model output at step `index`. Steps must be
     /// taken in order, from 0. `noise` (unit variance, the sample's shape) is the fresh
     /// noise of a step that [draws it](Scheduler::draws_noise); without it that step
@@ -291,6 +312,31 @@ impl<B: Backend> Scheduler<B> {
             Scheduler::Lcm(s) => s.step(model_output, index, sample, noise),
             Scheduler::Tcd(s) => s.step(model_output, index, sample, noise),
         }
+    }
+}
+
+/// The predicted clean sample x₀ and noise ε of a DDPM-parametrised sample (DDIM, LCM, TCD)
+/// at ᾱ_t = `alpha`, from the model output as `prediction` reads it.
+pub(crate) fn x0_and_epsilon<B: Backend>(
+    prediction: Prediction,
+    alpha: f32,
+    model_output: Tensor<B, 4>,
+    sample: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let beta = 1.0 - alpha;
+    match prediction {
+        Prediction::Epsilon => (
+            (sample - model_output.clone() * beta.sqrt()) / alpha.sqrt(),
+            model_output,
+        ),
+        Prediction::Sample => (
+            model_output.clone(),
+            (sample - model_output * alpha.sqrt()) / beta.sqrt(),
+        ),
+        Prediction::VPrediction => (
+            sample.clone() * alpha.sqrt() - model_output.clone() * beta.sqrt(),
+            model_output * alpha.sqrt() + sample * beta.sqrt(),
+        ),
     }
 }
 

@@ -7,15 +7,17 @@
 use crate::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::lcm::{consistency_timesteps, predicted_original};
-use super::{Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing};
+use super::lcm::consistency_timesteps;
+use super::{
+    Common, Prediction, SchedulerConfig, TimestepSchedule, TimestepSpacing, x0_and_epsilon,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct Tcd {
     pub timesteps: Vec<f32>,
     pub(crate) alphas_cumprod: Vec<f32>,
-    prediction: Prediction,
+    pub(crate) prediction: Prediction,
     /// η in [0, 1]: how much of each step is re-noised.
     eta: f32,
 }
@@ -65,21 +67,7 @@ impl Tcd {
         let s = ((1.0 - self.eta) * t_prev).floor() as usize;
         let alpha = self.alphas_cumprod[t as usize];
         let alpha_s = self.alphas_cumprod[s];
-        let beta = 1.0 - alpha;
-        let (x0, epsilon) = match self.prediction {
-            Prediction::Epsilon => (
-                predicted_original(self.prediction, alpha, model_output.clone(), sample),
-                model_output,
-            ),
-            Prediction::Sample => (
-                model_output.clone(),
-                (sample - model_output * alpha.sqrt()) / beta.sqrt(),
-            ),
-            Prediction::VPrediction => (
-                predicted_original(self.prediction, alpha, model_output.clone(), sample.clone()),
-                model_output * alpha.sqrt() + sample * beta.sqrt(),
-            ),
-        };
+        let (x0, epsilon) = x0_and_epsilon(self.prediction, alpha, model_output, sample);
         let noised = x0 * alpha_s.sqrt() + epsilon * (1.0 - alpha_s).sqrt();
         match noise {
             Some(noise) if self.draws_noise(index) => {
