@@ -361,6 +361,28 @@ impl<B: Backend> Conv2d<B> {
         Ok(conv)
     }
 
+    /// [`Conv2d::load`] of a convolution without bias (PyTorch's `bias=False`: TAESD's
+    /// resampling convolutions).
+    pub fn load_without_bias(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let [c_in, c_out] = channels;
+        let shape = [c_out, c_in, kernel, kernel];
+        let conv = Self {
+            weight: Param::from_tensor(vb.tensor("weight", shape)?),
+            bias: None,
+            stride,
+            padding,
+            extra_end_padding: 0,
+        };
+        vb.record("weight", conv.weight.id, Layout::Conv, &shape);
+        Ok(conv)
+    }
+
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         B::conv2d_forward(
             x,
