@@ -11,9 +11,8 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::DType;
-use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, tanh};
+use burn::tensor::{DType, Tensor};
 
 use super::tiny_config::TinyConfig;
 use crate::backend::Backend;
