@@ -11,6 +11,7 @@ Everything lands in ella-core/tests/fixtures/ in the layouts users point the lib
   t5-relu/       a T5 v1.0-style (ReLU feed-forward) encoder
   ella/          ella.safetensors (official key names) + config.json; ella-f16.safetensors;
                  ella-proj-out.safetensors (+ config) with the optional output projection
+  taesd/         a tiny TAESD (diffusers AutoencoderTiny), scripts/taesd_fixtures.py
   reference/     inputs and reference outputs (safetensors) and token ids (json)
 """
 
@@ -325,6 +326,7 @@ PARTS = {
     "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
     "seamless": (part("seamless_fixtures", "make_seamless", ELLA_TINY), "samplings and VAE decodes that wrap around"),
     "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
+    "taesd": (part("taesd_fixtures", "make_taesd"), "the tiny TAESD (AutoencoderTiny) and its outputs"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}

@@ -66,7 +66,7 @@ pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5TextEncoder, T5Tokenizer, TokenBatch, TokenMode};
 pub use threads::Threads;
 pub use unet::{ControlResiduals, UNet2DConditionModel, UNetConfig};
-pub use vae::{AutoencoderKL, VaeConfig, VaeDecode};
+pub use vae::{AutoencoderKL, AutoencoderTiny, TinyConfig, VaeConfig, VaeDecode};
 pub use weights::Checkpoint;
 
 /// The CPU backend of this build: Burn's pure-Rust `flex` backend when the `flex` feature

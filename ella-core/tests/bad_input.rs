@@ -9,9 +9,9 @@ use burn::tensor::DType;
 use common::files::{Tensors, edited, write_tensors};
 use common::fixture;
 use ella_core::{
-    Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig, ControlNetModel, Error,
-    GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions, T5Config, T5TextEncoder,
-    TimestepSchedule, TokenMode,
+    AutoencoderTiny, Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig,
+    ControlNetModel, Error, GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions,
+    T5Config, T5TextEncoder, TimestepSchedule, TinyConfig, TokenMode,
 };
 use safetensors::Dtype;
 
@@ -752,4 +752,150 @@ fn sur_adapter_errors() {
         matches!(&err, Error::InvalidInput(m) if m.contains("SUR-adapter")),
         "{err}"
     );
+}
+
+/// The tiny TAESD folder with its weights and config edited, in a temp folder, loaded.
+fn edited_taesd(
+    edit_weights: impl FnOnce(&mut Tensors),
+    edit_config: impl FnOnce(&mut serde_json::Value),
+) -> ella_core::Result<AutoencoderTiny<B>> {
+    let dir = common::files::copied("taesd");
+    let weights = dir.path().join("diffusion_pytorch_model.safetensors");
+    let mut tensors = common::files::read_tensors(&weights);
+    edit_weights(&mut tensors);
+    write_tensors(&weights, &tensors);
+    common::files::edit_json(&dir.path().join("config.json"), edit_config);
+    AutoencoderTiny::load(dir.path(), &Default::default(), DType::F32)
+}
+
+#[test]
+fn taesd_missing_misshaped_and_extra_tensors_are_named() {
+    let block_bias = "decoder.layers.8.conv.2.bias";
+    let err = edited_taesd(|t| drop(t.remove(block_bias)), |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == block_bias),
+        "{err}"
+    );
+    // The encoder's first stride-2 convolution, read as a 1×1 kernel.
+    let downsampler = "encoder.layers.2.weight";
+    let err = edited_taesd(
+        |t| drop(t.insert(downsampler.into(), f32_tensor(&[4, 4, 1, 1]))),
+        |_| {},
+    )
+    .unwrap_err();
+    match err {
+        Error::ShapeMismatch {
+            name,
+            expected,
+            actual,
+            ..
+        } => {
+            assert_eq!(name, downsampler);
+            assert_eq!(expected, vec![4, 4, 3, 3]);
+            assert_eq!(actual, vec![4, 4, 1, 1]);
+        }
+        other => panic!("expected ShapeMismatch, got {other}"),
+    }
+    // A bias where diffusers' resampling convolutions have none.
+    let bias = "encoder.layers.2.bias";
+    let err = edited_taesd(|t| drop(t.insert(bias.into(), f32_tensor(&[4]))), |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { name, .. } if name == bias),
+        "{err}"
+    );
+    // A config of other block counts than the file: the first tensor it reads that the file
+    // lacks is named.
+    let err = edited_taesd(|_| {}, |c| c["num_decoder_blocks"][1] = 1.into()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::ShapeMismatch { .. } | Error::MissingTensor { .. }
+        ),
+        "{err}"
+    );
+    // Sanity: the unedited folder loads.
+    assert!(edited_taesd(|_| {}, |_| {}).is_ok());
+}
+
+#[test]
+fn taesd_bad_configs_are_invalid_configs() {
+    let invalid = |edit: &dyn Fn(&mut serde_json::Value), expected: &str| {
+        let err = edited_taesd(|_| {}, |c| edit(c)).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains(expected)),
+            "{expected}: {err}"
+        );
+    };
+    invalid(
+        &|c| c["encoder_block_out_channels"] = serde_json::json!([4, 8, 8, 8]),
+        "one width",
+    );
+    invalid(
+        &|c| c["decoder_block_out_channels"] = serde_json::json!([6, 6, 6]),
+        "same length",
+    );
+    invalid(
+        &|c| c["num_encoder_blocks"] = serde_json::json!([]),
+        "same length",
+    );
+    invalid(&|c| c["latent_channels"] = 0.into(), "latent_channels");
+    invalid(&|c| c["upsampling_scaling_factor"] = 0.into(), "upsampling");
+    invalid(&|c| c["upsample_fn"] = "bilinear".into(), "bilinear");
+    invalid(&|c| c["act_fn"] = "mish".into(), "mish");
+    invalid(&|c| c["act_fn"] = "quick_gelu".into(), "act_fn");
+    invalid(&|c| c["scaling_factor"] = 0.into(), "scaling_factor");
+    invalid(
+        &|c| c["num_decoder_blocks"][0] = 100_000.into(),
+        "num_decoder_blocks",
+    );
+}
+
+#[test]
+fn taesd_config_of_madebyollin_taesd() {
+    // `madebyollin/taesd`'s config as diffusers 0.30 reports it: diffusers' defaults.
+    let json = serde_json::json!({
+      "_class_name": "AutoencoderTiny",
+      "_diffusers_version": "0.30.0",
+      "act_fn": "relu",
+      "decoder_block_out_channels": [64, 64, 64, 64],
+      "encoder_block_out_channels": [64, 64, 64, 64],
+      "force_upcast": false,
+      "in_channels": 3,
+      "latent_channels": 4,
+      "latent_magnitude": 3,
+      "latent_shift": 0.5,
+      "num_decoder_blocks": [3, 3, 3, 1],
+      "num_encoder_blocks": [1, 3, 3, 3],
+      "out_channels": 3,
+      "scaling_factor": 1.0,
+      "shift_factor": 0.0,
+      "upsample_fn": "nearest",
+      "upsampling_scaling_factor": 2
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let read = |json: &serde_json::Value| {
+        std::fs::write(&path, json.to_string()).unwrap();
+        TinyConfig::from_file(&path).unwrap()
+    };
+    let config = read(&json);
+    assert_eq!(config, TinyConfig::default());
+    // Configs written before diffusers had `upsample_fn` and `shift_factor` read the same.
+    let mut older = json.clone();
+    for field in ["upsample_fn", "shift_factor"] {
+        older.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(read(&older), config);
+    assert_eq!((config.downscale_factor(), config.upscale_factor()), (8, 8));
+    // The tensors its loader reads: as many, and as large, as diffusers'
+    // `AutoencoderTiny()` state dict (134 tensors, 2,445,063 values).
+    let specs = ella_core::weights::plan::<B, _>(&Default::default(), |vb| {
+        AutoencoderTiny::from_loader(vb, &config)
+    })
+    .unwrap();
+    let values: usize = specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!((specs.len(), values), (134, 2_445_063));
 }

@@ -419,11 +419,36 @@ impl<B: Backend> Conv2d<B> {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let [c_in, c_out] = channels;
+        Self::load_with_bias(vb, channels, kernel, stride, padding, true)
+    }
+
+    /// [`Conv2d::load`] of a convolution without bias (PyTorch's `bias=False`: TAESD's
+    /// resampling convolutions).
+    pub fn load_without_bias(
+        vb: &Loader<B>,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Self::load_with_bias(vb, channels, kernel, stride, padding, false)
+    }
+
+    fn load_with_bias(
+        vb: &Loader<B>,
+        [c_in, c_out]: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let shape = [c_out, c_in, kernel, kernel];
         let conv = Self {
             weight: Param::from_tensor(vb.tensor("weight", shape)?),
-            bias: Some(Param::from_tensor(vb.tensor("bias", [c_out])?)),
+            bias: match bias {
+                true => Some(Param::from_tensor(vb.tensor("bias", [c_out])?)),
+                false => None,
+            },
             stride,
             padding,
             extra_end_padding: 0,

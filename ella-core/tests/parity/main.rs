@@ -17,4 +17,5 @@ mod pipeline;
 mod single_file;
 mod sur_adapter;
 mod t5;
+mod taesd;
 mod unet_vae;
