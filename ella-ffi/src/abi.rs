@@ -34,6 +34,9 @@ pub enum EllaStatus {
     /// The context is running another call (from another thread), or a callback called a
     /// function that would wait for the generation it was called from.
     Busy = 10,
+    /// The job has not finished: `ella_job_wait`'s timeout passed, or `ella_job_take_image`
+    /// was called while it was queued or running. It goes on.
+    NotReady = 11,
 }
 
 /// Compute backend. A backend not compiled into the library (cargo features `wgpu`,
@@ -149,6 +152,24 @@ pub enum EllaPixelFormat {
     Rgba8 = 1,
 }
 
+/// Where a job stands (`ella_job_progress.state`). QUEUED and RUNNING change; the other
+/// three are final.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaJobState {
+    /// Submitted, waiting for the jobs before it on its context.
+    Queued = 0,
+    /// On the context's worker thread now.
+    Running = 1,
+    /// Finished with an image: take it with `ella_job_take_image`.
+    Done = 2,
+    /// Ended with an error: `ella_job_progress.status` and `ella_job_error_message` say which.
+    Failed = 3,
+    /// Cancelled (`ella_job_cancel`, `ella_job_free`, `ella_context_cancel` or
+    /// `ella_context_free`) before it finished.
+    Cancelled = 4,
+}
+
 /// Severity of a log message.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +183,8 @@ pub type EllaLogCallback = Option<
     unsafe extern "C" fn(level: EllaLogLevel, message: *const c_char, user_data: *mut c_void),
 >;
 
-/// Called after every denoising step, on the thread that runs `ella_context_generate`.
+/// Called after every denoising step, on the thread that runs `ella_context_generate` (for a
+/// job: the context's worker thread).
 pub type EllaProgressCallback =
     Option<unsafe extern "C" fn(step: u32, total: u32, user_data: *mut c_void)>;
 
@@ -326,6 +348,26 @@ pub struct EllaImage {
     pub pixels: *mut u8,
 }
 
+/// A job's progress, written by `ella_job_poll`. Set `struct_size` to
+/// `sizeof(ella_job_progress)` before the call: the library writes only the fields that size
+/// covers (fields are only ever appended).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaJobProgress {
+    /// `sizeof(ella_job_progress)`, set by the caller; left as it is.
+    pub struct_size: u32,
+    /// An `ella_job_state`.
+    pub state: u32,
+    /// Denoising steps done (0 until the first one ends; `total` once the job is DONE).
+    pub step: u32,
+    /// The steps the job runs (fewer than `steps` for image-to-image); 0 until the first
+    /// step ends.
+    pub total: u32,
+    /// An `ella_status`: `ELLA_STATUS_OK` while queued, running or done;
+    /// `ELLA_STATUS_CANCELLED`; or the error a FAILED job ended with.
+    pub status: u32,
+}
+
 /// A float tensor owned by the library until `ella_tensor_free` (row-major).
 #[repr(C)]
 #[derive(Debug)]
@@ -431,6 +473,42 @@ versioned!(EllaGenerateRequest {
     seamless,
 });
 
+versioned!(EllaJobProgress {
+    struct_size,
+    state,
+    step,
+    total,
+    status,
+});
+
+/// The `struct_size` a versioned struct at `ptr` gives, checked: at least its first field,
+/// and not ending inside a field (it cannot be an older header's `sizeof`).
+///
+/// # Safety
+/// `ptr` is NULL or points to a struct that starts with a `u32` `struct_size`.
+unsafe fn struct_size<T: Versioned>(
+    ptr: *const T,
+    value: &T,
+    what: &str,
+) -> Result<usize, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: every versioned struct starts with a u32 `struct_size`.
+    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
+    let inside_a_field = value
+        .fields()
+        .iter()
+        .any(|field| field.start < size && size < field.end);
+    if !(4..=1 << 16).contains(&size) || inside_a_field {
+        return Err(invalid(format!(
+            "{what}.struct_size {size} is not the size of any version of this struct \
+             (set it to sizeof, or start from the *_default() function)"
+        )));
+    }
+    Ok(size)
+}
+
 /// A params struct read through its `struct_size`: fields past the given size keep their
 /// defaults, bytes past our size are ignored (a newer header's fields). A size that ends
 /// inside a field is refused: it cannot be an older header's `sizeof`.
@@ -442,21 +520,8 @@ pub(crate) unsafe fn read_struct<T: Versioned>(
     default: T,
     what: &str,
 ) -> Result<T, Failure> {
-    if ptr.is_null() {
-        return Err(invalid(format!("{what} is NULL")));
-    }
-    // SAFETY: every params struct starts with a u32 `struct_size`.
-    let size = unsafe { (ptr as *const u32).read_unaligned() } as usize;
-    let inside_a_field = default
-        .fields()
-        .iter()
-        .any(|field| field.start < size && size < field.end);
-    if !(4..=1 << 16).contains(&size) || inside_a_field {
-        return Err(invalid(format!(
-            "{what}.struct_size {size} is not the size of any version of this struct \
-             (set it to sizeof, or start from the *_default() function)"
-        )));
-    }
+    // SAFETY: per this function's contract.
+    let size = unsafe { struct_size(ptr, &default, what)? };
     let mut value = default;
     let count = size.min(std::mem::size_of::<T>());
     // SAFETY: `count` bytes are readable at `ptr` (the caller's size) and writable in `value`.
@@ -464,6 +529,32 @@ pub(crate) unsafe fn read_struct<T: Versioned>(
         std::ptr::copy_nonoverlapping(ptr as *const u8, &mut value as *mut T as *mut u8, count)
     };
     Ok(value)
+}
+
+/// Writes a result struct through the `struct_size` the caller set in it: only the fields
+/// that size covers (an older header's struct is smaller); `struct_size` stays the caller's.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `struct_size` writable bytes.
+pub(crate) unsafe fn write_struct<T: Versioned>(
+    ptr: *mut T,
+    value: T,
+    what: &str,
+) -> Result<(), Failure> {
+    // SAFETY: per this function's contract.
+    let size = unsafe { struct_size(ptr, &value, what)? };
+    let count = size.min(std::mem::size_of::<T>());
+    let skip = std::mem::size_of::<u32>();
+    // SAFETY: `count` bytes (at least the u32 skipped) are writable at `ptr` (the caller's
+    // size) and readable in `value`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&value as *const T as *const u8).add(skip),
+            (ptr as *mut u8).add(skip),
+            count - skip,
+        )
+    };
+    Ok(())
 }
 
 /// Writes a result to the caller's out-pointer.

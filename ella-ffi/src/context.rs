@@ -1,5 +1,5 @@
-//! The context: one job at a time on a model, with its cancellation flag and progress
-//! callback.
+//! The context: one call at a time on a model, with its cancellation flag, progress
+//! callback and the worker thread of its jobs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,22 +9,28 @@ use ella_core::PreviewMethod;
 use crate::abi::*;
 use crate::boundary::{Failure, guard, invalid};
 use crate::engine::{Engine, Running};
+use crate::job::Jobs;
 use crate::model::{EllaModel, Logger};
 
-/// One job's state. One call at a time: a second call while one runs gets
-/// `ELLA_STATUS_BUSY` (`ella_context_cancel` excepted).
+/// Where generations run on a model: one call at a time (a second call while one runs gets
+/// `ELLA_STATUS_BUSY`, `ella_context_cancel` excepted), and the queue of its jobs with their
+/// worker thread.
 pub struct EllaContext {
     pub(crate) model: Arc<dyn Engine>,
     pub(crate) log: Logger,
     pub(crate) params: EllaContextParams,
     pub(crate) cancel: AtomicBool,
-    busy: AtomicBool,
+    /// Set while a call or a job runs on the context (shared with its jobs' worker).
+    pub(crate) busy: Arc<AtomicBool>,
     /// Set by `ella_context_free` from the context's own progress callback: the running
     /// call frees the context when it returns.
     free_when_done: AtomicBool,
+    /// The jobs submitted on the context and their worker thread.
+    pub(crate) jobs: Jobs,
 }
 
-// SAFETY: the progress callback is only called from the thread running the generation.
+// SAFETY: the progress callback is only called from the thread running the generation (the
+// caller's, or the worker thread of the context's jobs).
 unsafe impl Send for EllaContext {}
 unsafe impl Sync for EllaContext {}
 
@@ -123,32 +129,44 @@ pub unsafe extern "C" fn ella_context_new(
             log: model.log,
             params,
             cancel: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
+            busy: Arc::new(AtomicBool::new(false)),
             free_when_done: AtomicBool::new(false),
+            jobs: Jobs::default(),
         });
         // SAFETY: checked non-null above; writable per this function's contract.
         unsafe { write_out(out_context, Box::into_raw(context), "out_context") }
     })
 }
 
-/// Asks the generation running on `context` to stop: it returns `ELLA_STATUS_CANCELLED`
-/// within one model block (a U-Net block, a VAE level or tile, a T5 layer), and the context
-/// stays usable. Safe from any thread and from the progress callback; no effect when
-/// nothing runs.
+/// Asks the generation running on `context` to stop, a call's or a job's: it returns
+/// `ELLA_STATUS_CANCELLED` (the job ends CANCELLED) within one model block (a U-Net block, a
+/// VAE level or tile, a T5 layer), and the context stays usable. Queued jobs are not
+/// touched. Safe from any thread and from the progress callback; no effect when nothing
+/// runs.
 ///
 /// # Safety
 /// `context` is NULL or a live handle.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ella_context_cancel(context: *const EllaContext) {
-    // SAFETY: NULL or a live handle; only the atomic flag is touched.
+    // SAFETY: NULL or a live handle; only the atomic flags are touched.
     if let Some(context) = unsafe { context.as_ref() } {
         context.cancel.store(true, Ordering::SeqCst);
+        context.jobs.cancel_running();
     }
 }
 
-/// Frees a context. NULL is a no-op. While a call runs on it from another thread, cancels
-/// that call and waits for it to return; from the context's own progress callback, the
-/// running call frees the context when it returns.
+impl Drop for EllaContext {
+    fn drop(&mut self) {
+        self.jobs.stop();
+    }
+}
+
+/// Frees a context. NULL is a no-op. Its jobs that have not finished are cancelled (their
+/// handles stay valid and report CANCELLED) and its worker thread ends; this waits for the
+/// running job to stop (one model block), except from a progress callback of that job.
+/// While a call runs on it from another thread, cancels that call and waits for it to
+/// return; from the context's own progress callback, the running call frees the context
+/// when it returns.
 ///
 /// # Safety
 /// `context` is NULL or a handle from `ella_context_new`, not used after this call.
@@ -158,11 +176,21 @@ pub unsafe extern "C" fn ella_context_free(context: *mut EllaContext) {
     let Some(live) = (unsafe { context.as_ref() }) else {
         return;
     };
+    if live.jobs.on_worker_thread() {
+        // From a callback of one of its jobs: the worker keeps nothing of the context (its
+        // running job is cancelled and the thread ends after it).
+        // SAFETY: a handle from ella_context_new, freed once; the job running on this
+        // thread does not read it.
+        drop(unsafe { Box::from_raw(context) });
+        return;
+    }
+    if Running::on_this_thread(live) {
+        live.free_when_done.store(true, Ordering::SeqCst);
+        return;
+    }
+    // The worker first: the job it runs holds `busy` until it stops.
+    live.jobs.stop();
     if live.busy.load(Ordering::SeqCst) {
-        if Running::on_this_thread(live) {
-            live.free_when_done.store(true, Ordering::SeqCst);
-            return;
-        }
         live.cancel.store(true, Ordering::SeqCst);
         while live.busy.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));

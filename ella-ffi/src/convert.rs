@@ -48,7 +48,7 @@ macro_rules! c_enum {
 
 c_enum!(EllaStatus as "ella_status" {
     Ok, InvalidArgument, Io, InvalidModel, Unsupported, Cancelled, BufferTooSmall, Internal,
-    OutOfMemory, Numerical, Busy,
+    OutOfMemory, Numerical, Busy, NotReady,
 });
 c_enum!(EllaBackend as "ella_backend" { Cpu, Wgpu, Cuda });
 c_enum!(EllaPrecision as "ella_precision" { F32, F16, Bf16 });

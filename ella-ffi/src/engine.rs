@@ -223,7 +223,7 @@ thread_local! {
     static RUNNING: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn address<T: ?Sized>(pointer: *const T) -> usize {
+pub(crate) fn address<T: ?Sized>(pointer: *const T) -> usize {
     pointer as *const () as usize
 }
 
@@ -254,11 +254,13 @@ impl Running {
         engine: &Arc<dyn Engine>,
         what: &str,
     ) -> Result<Self, Failure> {
+        Self::enter_at(address(context as *const Context), engine, what)
+    }
+
+    /// [`Self::enter`] with the context's address (a job's worker keeps the address only).
+    pub fn enter_at(context: usize, engine: &Arc<dyn Engine>, what: &str) -> Result<Self, Failure> {
         refuse_inside_generation(engine, what)?;
-        let entry = (
-            address(context as *const Context),
-            address(Arc::as_ptr(engine)),
-        );
+        let entry = (context, address(Arc::as_ptr(engine)));
         RUNNING.with(|running| running.borrow_mut().push(entry));
         Ok(Self(()))
     }

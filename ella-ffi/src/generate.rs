@@ -1,9 +1,11 @@
 //! Generation: a request run on a context, into a library-owned image or the host's buffer.
 
 use std::ffi::c_char;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ella_core::limits::MAX_IMAGE_SIDE;
+use ella_core::pipeline::ProgressFn;
 use ella_core::{
     Control, GenerateRequest, Hooks, Image, InitImage, Preview, Previews, SurOptions,
     TimestepSchedule,
@@ -13,7 +15,8 @@ use crate::abi::*;
 use crate::boundary::{Failure, guard, invalid};
 use crate::context::EllaContext;
 use crate::convert::{max_tokens, token_mode};
-use crate::prompt::EllaPrompt;
+use crate::engine::{Engine, HostPrompt};
+use crate::model::Logger;
 
 /// Defaults of ella-core's `GenerateRequest` (the official demo's): 512×512, 25 steps,
 /// guidance 10, seed 1000, DPM-Solver++ 2M (TCD's eta 0.3), flexible tokens, ELLA
@@ -94,24 +97,26 @@ unsafe fn host_image(
     }))
 }
 
-/// A C request read into ella-core's, with the prompt cache it names and its pixel format.
-struct Request<'a> {
-    generate: GenerateRequest,
-    cache: Option<&'a EllaPrompt>,
-    format: EllaPixelFormat,
+/// A C request read into owned values (ella-core's request, the prompt cache it names, its
+/// pixel format): nothing of it points into the host's memory, so a job can keep it.
+pub(crate) struct Request {
+    pub(crate) generate: GenerateRequest,
+    pub(crate) cache: Option<Arc<HostPrompt>>,
+    pub(crate) format: EllaPixelFormat,
 }
 
-/// Reads and checks a request.
+/// Reads and checks a request, copying what it points to (strings, image buffers) and
+/// sharing the prompt cache's states.
 ///
 /// # Safety
 /// `request` points to a valid request (strings NUL-terminated, buffers of their sizes,
 /// `prompt_cache` NULL or live).
-unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Request<'a>, Failure> {
+pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result<Request, Failure> {
     // SAFETY: per this function's contract.
     let request = unsafe { read_struct(request, ella_generate_request_default(), "request")? };
     let format = EllaPixelFormat::decode(request.pixel_format, "request.pixel_format")?;
     // SAFETY: NULL or a live handle, per this function's contract.
-    let cache = unsafe { request.prompt_cache.as_ref() };
+    let cache = unsafe { request.prompt_cache.as_ref() }.map(|cache| Arc::clone(&cache.states));
     let optional_text = |ptr: *const c_char, what| match ptr.is_null() {
         true => Ok(String::new()),
         // SAFETY: strings per this function's contract.
@@ -177,11 +182,23 @@ unsafe fn read_request<'a>(request: *const EllaGenerateRequest) -> Result<Reques
 }
 
 /// An image's pixels in the requested format, with its width, height and channels.
-struct Pixels {
+pub(crate) struct Pixels {
     bytes: Vec<u8>,
     width: u32,
     height: u32,
     channels: u32,
+}
+
+impl Pixels {
+    /// The image as a library-owned `ella_image` (freed by `ella_image_free`).
+    pub(crate) fn into_c_image(self) -> *mut EllaImage {
+        Box::into_raw(Box::new(EllaImage {
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            pixels: Box::into_raw(self.bytes.into_boxed_slice()) as *mut u8,
+        }))
+    }
 }
 
 /// Runs a request on a context.
@@ -196,67 +213,77 @@ unsafe fn run(
     unsafe {
         EllaContext::run(context, |context| {
             let request = read_request(request)?;
-            let image = denoise(context, &request)?;
-            Ok(pixels(image, request.format))
+            let mut hooks = Hooks {
+                cancel: Some(&context.cancel),
+                progress: progress_callback(context.params),
+                preview: preview_callback(context.params)?,
+                ..Hooks::default()
+            };
+            render(&context.model, &context.log, &request, &mut hooks)
         })
     }
 }
 
-/// The generation itself, with the context's cancellation flag and progress callback.
-fn denoise(context: &EllaContext, request: &Request) -> Result<Image, Failure> {
-    let params = context.params;
-    let mut hooks = Hooks {
-        cancel: Some(&context.cancel),
-        progress: params.progress_callback.map(|callback| {
-            Box::new(move |step: usize, total: usize| {
-                // SAFETY: the host's callback with the documented signature.
-                unsafe { callback(step as u32, total as u32, params.progress_user_data) }
-            }) as ella_core::pipeline::ProgressFn
-        }),
-        preview: match (params.preview_callback, params.preview_every) {
-            (Some(callback), every) if every > 0 => Some(Previews {
-                every: every as usize,
-                method: EllaPreviewMethod::decode(params.preview_method, "params.preview_method")?
-                    .into(),
-                sink: Box::new(move |preview: Preview| {
-                    let Some(image) = preview.images.into_iter().next() else {
-                        return;
-                    };
-                    let mut pixels = image.pixels;
-                    let view = EllaImage {
-                        width: image.width as u32,
-                        height: image.height as u32,
-                        channels: 3,
-                        pixels: pixels.as_mut_ptr(),
-                    };
-                    // SAFETY: the host's callback with the documented signature; `view`
-                    // and its pixels outlive the call.
-                    unsafe {
-                        callback(
-                            &view,
-                            preview.step as u32,
-                            preview.total as u32,
-                            params.preview_user_data,
-                        )
-                    }
-                }),
-            }),
-            _ => None,
-        },
-        ..Hooks::default()
+/// The context's preview callback as a pipeline hook, if it asks for previews.
+pub(crate) fn preview_callback<'a>(
+    params: EllaContextParams,
+) -> Result<Option<Previews<'a>>, Failure> {
+    let (Some(callback), every @ 1..) = (params.preview_callback, params.preview_every) else {
+        return Ok(None);
     };
+    Ok(Some(Previews {
+        every: every as usize,
+        method: EllaPreviewMethod::decode(params.preview_method, "params.preview_method")?.into(),
+        sink: Box::new(move |preview: Preview| {
+            let Some(image) = preview.images.into_iter().next() else {
+                return;
+            };
+            let mut pixels = image.pixels;
+            let view = EllaImage {
+                width: image.width as u32,
+                height: image.height as u32,
+                channels: 3,
+                pixels: pixels.as_mut_ptr(),
+            };
+            // SAFETY: the host's callback with the documented signature; `view` and its
+            // pixels outlive the call.
+            unsafe {
+                callback(
+                    &view,
+                    preview.step as u32,
+                    preview.total as u32,
+                    params.preview_user_data,
+                )
+            }
+        }),
+    }))
+}
+
+/// The context's progress callback as a pipeline hook, if it has one.
+pub(crate) fn progress_callback<'a>(params: EllaContextParams) -> Option<ProgressFn<'a>> {
+    params.progress_callback.map(|callback| {
+        Box::new(move |step: usize, total: usize| {
+            // SAFETY: the host's callback with the documented signature.
+            unsafe { callback(step as u32, total as u32, params.progress_user_data) }
+        }) as ProgressFn
+    })
+}
+
+/// The generation itself, with the given cancellation flag and progress hook (what
+/// `ella_context_generate` and a job share).
+pub(crate) fn render(
+    model: &Arc<dyn Engine>,
+    log: &Logger,
+    request: &Request,
+    hooks: &mut Hooks,
+) -> Result<Pixels, Failure> {
     let start = Instant::now();
-    let image = context
-        .model
-        .generate(
-            &request.generate,
-            request.cache.map(|c| &c.states),
-            &mut hooks,
-        )?
+    let image = model
+        .generate(&request.generate, request.cache.as_deref(), hooks)?
         .into_iter()
         .next()
         .ok_or_else(|| Failure(EllaStatus::Internal, "no image".into()))?;
-    context.log.log(
+    log.log(
         EllaLogLevel::Info,
         &format!(
             "ella: generated {}×{} in {:.2?}",
@@ -265,11 +292,11 @@ fn denoise(context: &EllaContext, request: &Request) -> Result<Image, Failure> {
             start.elapsed()
         ),
     );
-    Ok(image)
+    Ok(pixels(image, request.format))
 }
 
 /// An RGB8 image in `format`.
-fn pixels(image: Image, format: EllaPixelFormat) -> Pixels {
+pub(crate) fn pixels(image: Image, format: EllaPixelFormat) -> Pixels {
     let bytes = match format {
         EllaPixelFormat::Rgb8 => image.pixels,
         EllaPixelFormat::Rgba8 => image
@@ -302,14 +329,8 @@ pub unsafe extern "C" fn ella_context_generate(
         }
         // SAFETY: per this function's contract.
         let image = unsafe { run(context, request)? };
-        let image = Box::new(EllaImage {
-            width: image.width,
-            height: image.height,
-            channels: image.channels,
-            pixels: Box::into_raw(image.bytes.into_boxed_slice()) as *mut u8,
-        });
         // SAFETY: checked non-null above; writable per this function's contract.
-        unsafe { write_out(out_image, Box::into_raw(image), "out_image") }
+        unsafe { write_out(out_image, image.into_c_image(), "out_image") }
     })
 }
 
@@ -366,16 +387,17 @@ pub unsafe extern "C" fn ella_context_generate_into(
     })
 }
 
-/// Frees an image from `ella_context_generate`. NULL is a no-op.
+/// Frees an image from `ella_context_generate` or `ella_job_take_image`. NULL is a no-op.
 ///
 /// # Safety
-/// `image` is NULL or from `ella_context_generate`, not used after this call.
+/// `image` is NULL or from `ella_context_generate` or `ella_job_take_image`, not used after
+/// this call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ella_image_free(image: *mut EllaImage) {
     if image.is_null() {
         return;
     }
-    // SAFETY: allocated by ella_context_generate as a boxed image and a boxed slice of this
+    // SAFETY: allocated by `Pixels::into_c_image` as a boxed image and a boxed slice of this
     // length.
     unsafe {
         let image = Box::from_raw(image);

@@ -8,8 +8,9 @@
 //! - Every function that can fail returns an [`EllaStatus`]; `ella_last_error_message()`
 //!   gives the text of the calling thread's last error. No Rust panic crosses the boundary
 //!   ([`boundary`]).
-//! - A model handle is immutable and may be shared by threads; a context is one job at a
-//!   time. `ella_context_cancel` may be called from any thread.
+//! - A model handle is immutable and may be shared by threads; a context runs one call at a
+//!   time. `ella_context_cancel` may be called from any thread. Jobs (`ella_job_submit`)
+//!   run on a worker thread per context that the library owns ([`job`]).
 //! - Params and request structs start with `struct_size`: fill them from the `*_default()`
 //!   functions; the library reads only the fields the given size covers, so programs built
 //!   against an older header keep working when fields are appended ([`abi`]).
@@ -27,6 +28,8 @@ mod context;
 pub use context::*;
 mod generate;
 pub use generate::*;
+mod job;
+pub use job::*;
 mod prompt;
 pub use prompt::*;
 mod tensor;

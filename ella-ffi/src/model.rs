@@ -27,7 +27,7 @@ pub(crate) struct Logger {
 }
 
 // SAFETY: the host promises (header) that its log callback and user data may be used from
-// the threads it calls the library on; the library never calls them from its own threads.
+// the threads it calls the library on and from the worker threads of its jobs.
 unsafe impl Send for Logger {}
 unsafe impl Sync for Logger {}
 

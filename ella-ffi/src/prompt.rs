@@ -1,6 +1,7 @@
 //! The prompt cache: a prompt and its negative encoded once, generated from many times.
 
 use std::ffi::c_char;
+use std::sync::Arc;
 
 use crate::abi::*;
 use crate::boundary::{guard, invalid};
@@ -11,7 +12,8 @@ use crate::model::EllaModel;
 /// The T5 and CLIP states of a prompt and its negative prompt, kept in host memory: generate
 /// from them any number of times, also after `ella_model_free_t5`.
 pub struct EllaPrompt {
-    pub(crate) states: HostPrompt,
+    /// Shared with the jobs submitted with this prompt, so that it may be freed before they run.
+    pub(crate) states: Arc<HostPrompt>,
 }
 
 /// Encodes a prompt and its negative prompt (NULL means "") once, with T5 (while loaded) and
@@ -45,7 +47,9 @@ pub unsafe extern "C" fn ella_prompt_new(
         let states = model
             .engine
             .encode_prompts(prompt, negative, token_mode(max_tokens))?;
-        let prompt = Box::into_raw(Box::new(EllaPrompt { states }));
+        let prompt = Box::into_raw(Box::new(EllaPrompt {
+            states: Arc::new(states),
+        }));
         // SAFETY: checked non-null above; writable per this function's contract.
         unsafe { write_out(out_prompt, prompt, "out_prompt") }
     })

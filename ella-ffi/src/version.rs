@@ -8,7 +8,7 @@ use crate::boundary;
 /// Major version of the library and of this header.
 pub const ELLA_VERSION_MAJOR: u32 = 0;
 /// Minor version: new functions or fields, nothing removed.
-pub const ELLA_VERSION_MINOR: u32 = 4;
+pub const ELLA_VERSION_MINOR: u32 = 5;
 /// Patch version: fixes only.
 pub const ELLA_VERSION_PATCH: u32 = 0;
 
@@ -44,6 +44,7 @@ impl EllaStatus {
             EllaStatus::OutOfMemory => c"ELLA_STATUS_OUT_OF_MEMORY",
             EllaStatus::Numerical => c"ELLA_STATUS_NUMERICAL",
             EllaStatus::Busy => c"ELLA_STATUS_BUSY",
+            EllaStatus::NotReady => c"ELLA_STATUS_NOT_READY",
         }
     }
 }
@@ -75,7 +76,8 @@ mod tests {
             Ok("ELLA_STATUS_INVALID_ARGUMENT")
         );
         assert_eq!(name(EllaStatus::Busy as u32), Ok("ELLA_STATUS_BUSY"));
-        assert_eq!(name(11), Ok("ELLA_STATUS_UNKNOWN"));
+        assert_eq!(name(11), Ok("ELLA_STATUS_NOT_READY"));
+        assert_eq!(name(12), Ok("ELLA_STATUS_UNKNOWN"));
         assert_eq!(name(u32::MAX), Ok("ELLA_STATUS_UNKNOWN"));
     }
 }

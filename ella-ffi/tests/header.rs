@@ -44,7 +44,7 @@ fn status_names_are_the_headers() {
             ))
         })
         .collect();
-    assert_eq!(statuses.len(), 11, "{statuses:?}");
+    assert_eq!(statuses.len(), 12, "{statuses:?}");
     for (name, value) in &statuses {
         let named = unsafe { std::ffi::CStr::from_ptr(ella::ella_status_name(*value)) };
         assert_eq!(named.to_str().unwrap(), name);

@@ -1,4 +1,4 @@
-// libella from C++: the owners of ella.hpp, a cached prompt and the caller's own pixel buffer.
+// libella from C++: the owners of ella.hpp, a cached prompt, the caller's own pixel buffer and a job.
 //   generate_cpp T5_DIR ELLA_FILE ELLA_CONFIG_OR_- SD_DIR
 #include <cstdio>
 #include <cstring>
@@ -52,6 +52,18 @@ int main(int argc, char **argv) try {
     ella_image_ptr image(raw_image);
     if (std::memcmp(image->pixels, pixels.data(), pixels.size()) != 0) {
         throw std::runtime_error("the same request gave two different images");
+    }
+
+    // The same request as a job: submitted, waited for, its image taken (ella_job_ptr frees
+    // the job, cancelling it if it had not finished).
+    ella_job *raw_job = nullptr;
+    check(ella_job_submit(context.get(), &request, &raw_job), "submit a job");
+    ella_job_ptr job(raw_job);
+    check(ella_job_wait(job.get(), ELLA_WAIT_FOREVER), "the job");
+    check(ella_job_take_image(job.get(), &raw_image), "the job's image");
+    ella_image_ptr job_image(raw_image);
+    if (std::memcmp(job_image->pixels, pixels.data(), pixels.size()) != 0) {
+        throw std::runtime_error("the job's image differs from the call's");
     }
     std::printf("C++ example passed: %u×%u RGBA, first pixel %u %u %u %u\n", request.width, request.height, pixels[0],
                 pixels[1], pixels[2], pixels[3]);

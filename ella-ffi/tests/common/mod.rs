@@ -110,6 +110,11 @@ owner!(
     Tensor(EllaTensor),
     ella_tensor_free
 );
+owner!(
+    /// An `ella_job`, freed with `ella_job_free`.
+    Job(EllaJob),
+    ella_job_free
+);
 
 // SAFETY: the C API lets any number of threads use a model at once (`ella.h`, "Threads").
 unsafe impl Send for Model {}
