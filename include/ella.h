@@ -276,12 +276,35 @@ typedef struct ella_model_params {
 // job: the context's worker thread).
 typedef void (*ella_progress_callback)(uint32_t step, uint32_t total, void *user_data);
 
+// An image owned by the library until `ella_image_free`.
+typedef struct ella_image {
+  uint32_t width;
+  uint32_t height;
+  // 3 (RGB8) or 4 (RGBA8).
+  uint32_t channels;
+  // `height` rows of `width * channels` bytes, top to bottom.
+  uint8_t *pixels;
+} ella_image;
+
+// Receives a live preview after every `preview_every`-th step, on the thread that runs
+// `ella_context_generate`: `image` (RGB8) is valid during the call only.
+typedef void (*EllaPreviewCallback)(const struct ella_image *image,
+                                    uint32_t step,
+                                    uint32_t total,
+                                    void *user_data);
+
 // Per-context settings. Start from `ella_context_params_default()`.
 typedef struct ella_context_params {
   // `sizeof(ella_context_params)`.
   uint32_t struct_size;
   ella_progress_callback progress_callback;
   void *progress_user_data;
+  // Live previews: `preview_callback` after every `preview_every`-th step (0, the
+  // default: none), made by `preview_method` (an `ella_preview_method`).
+  EllaPreviewCallback preview_callback;
+  void *preview_user_data;
+  uint32_t preview_every;
+  uint32_t preview_method;
 } ella_context_params;
 
 // One text-to-image request. Start from `ella_generate_request_default()`.
@@ -344,16 +367,6 @@ typedef struct ella_generate_request {
   // An `ella_seamless`: the axes along which the image wraps around; default NONE.
   uint32_t seamless;
 } ella_generate_request;
-
-// An image owned by the library until `ella_image_free`.
-typedef struct ella_image {
-  uint32_t width;
-  uint32_t height;
-  // 3 (RGB8) or 4 (RGBA8).
-  uint32_t channels;
-  // `height` rows of `width * channels` bytes, top to bottom.
-  uint8_t *pixels;
-} ella_image;
 
 // A job's progress, written by `ella_job_poll`. Set `struct_size` to
 // `sizeof(ella_job_progress)` before the call: the library writes only the fields that size
@@ -443,7 +456,7 @@ ELLA_API enum ella_status ella_model_free_t5(const struct ella_model *model);
 // `model` is NULL or a handle from `ella_model_load`, not used after this call.
 ELLA_API void ella_model_free(struct ella_model *model);
 
-// Defaults: no progress callback.
+// Defaults: no progress callback, no previews.
 ELLA_API struct ella_context_params ella_context_params_default(void);
 
 // Makes a context (one job at a time) on a model; `*out_context` owns it (free with
@@ -566,6 +579,18 @@ ELLA_API void ella_job_cancel(const struct ella_job *job);
 // # Safety
 // `job` is NULL or a live handle; `out_image` is writable.
 ELLA_API enum ella_status ella_job_take_image(struct ella_job *job, struct ella_image **out_image);
+
+// Copies the job's latest live preview (made after every `preview_every`-th step, as the
+// context's params say, whether or not they name a preview callback) into an RGB8 image
+// `*out_image` owns (free with `ella_image_free`), and the step it followed into
+// `*out_step` (if not NULL). `ELLA_STATUS_NOT_READY` until the first preview.
+//
+// # Safety
+// `job` is NULL or a live handle; `out_image` is writable; `out_step` NULL or writable.
+ELLA_API
+enum ella_status ella_job_preview(const struct ella_job *job,
+                                  struct ella_image **out_image,
+                                  uint32_t *out_step);
 
 // The message a FAILED or CANCELLED job ended with, whichever thread asks; "" while it is
 // queued, running or DONE. Valid until `ella_job_free`; do not free it.

@@ -547,6 +547,7 @@ fn cancellation_takes_effect_inside_a_step_and_the_decode() {
                     cancel.store(true, Ordering::SeqCst);
                 }
             })),
+            ..Hooks::default()
         };
         let request = GenerateRequest {
             vae_decode: decode,

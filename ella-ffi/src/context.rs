@@ -124,6 +124,7 @@ pub unsafe extern "C" fn ella_context_new(
             // SAFETY: per this function's contract.
             false => unsafe { read_struct(params, ella_context_params_default(), "params")? },
         };
+        EllaPreviewMethod::decode(params.preview_method, "params.preview_method")?;
         let context = Box::new(EllaContext {
             model: Arc::clone(&model.engine),
             log: model.log,

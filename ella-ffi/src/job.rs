@@ -584,9 +584,9 @@ pub unsafe extern "C" fn ella_job_preview(
         }
         // SAFETY: NULL or a live handle.
         let job = unsafe { job.as_ref() }.ok_or_else(|| invalid("job is NULL"))?;
-        let (step, image) = lock(&job.state.preview).clone().ok_or_else(|| {
-            Failure(EllaStatus::NotReady, "no preview yet".into())
-        })?;
+        let (step, image) = lock(&job.state.preview)
+            .clone()
+            .ok_or_else(|| Failure(EllaStatus::NotReady, "no preview yet".into()))?;
         // SAFETY: NULL or writable per this function's contract.
         if let Some(out_step) = unsafe { out_step.as_mut() } {
             *out_step = step;

@@ -125,6 +125,10 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_context_params() {
             struct_size,
             progress_callback,
             progress_user_data,
+            preview_callback,
+            preview_user_data,
+            preview_every,
+            preview_method,
         }
     );
     let model = load();

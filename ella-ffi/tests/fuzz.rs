@@ -157,6 +157,10 @@ fn context_params() {
             struct_size: struct_size(&mut u, full),
             progress_callback: None,
             progress_user_data: null_mut(),
+            preview_callback: None,
+            preview_user_data: null_mut(),
+            preview_every: u.arbitrary().unwrap_or(0),
+            preview_method: u.arbitrary().unwrap_or(0),
         };
         Context::try_with_params(&model, &params).is_ok()
     });

@@ -40,7 +40,7 @@ pub struct Previews<'a> {
 impl Previews<'_> {
     /// Whether a preview follows step `step` (from 0) of `total`.
     pub fn due(&self, step: usize, total: usize) -> bool {
-        self.every > 0 && (step + 1) % self.every == 0 && step + 1 < total
+        self.every > 0 && (step + 1).is_multiple_of(self.every) && step + 1 < total
     }
 }
 

@@ -409,6 +409,45 @@ fn seamless_images_wrap_around_without_a_seam() {
     assert!(edge <= 2.0 * interior, "edge {edge} vs interior {interior}");
 }
 
+/// Live previews: after every N-th step but the last, one image per sample, the linear
+/// projection of the clean latents the step predicts (latent-sized); the final image is
+/// unchanged by asking for them.
+#[test]
+fn previews_come_every_n_steps() {
+    let pipeline = pipeline::<burn::backend::Flex>();
+    let request = GenerateRequest {
+        prompt: "a red book".into(),
+        width: 32,
+        height: 24,
+        schedule: TimestepSchedule::Steps(5),
+        batch_size: 2,
+        ..GenerateRequest::default()
+    };
+    let mut previews = Vec::new();
+    let mut hooks = Hooks {
+        preview: Some(ella_core::Previews {
+            every: 2,
+            method: ella_core::PreviewMethod::Linear,
+            sink: Box::new(|preview| previews.push(preview)),
+        }),
+        ..Hooks::default()
+    };
+    let images = pipeline.generate_with(&request, None, &mut hooks).unwrap();
+    drop(hooks);
+    let steps: Vec<_> = previews.iter().map(|p| (p.step, p.total)).collect();
+    assert_eq!(steps, [(2, 5), (4, 5)]);
+    for preview in &previews {
+        assert_eq!(preview.images.len(), 2);
+        for image in &preview.images {
+            assert_eq!([image.width, image.height], [16, 12], "the latents' size");
+            let first = &image.pixels[..3];
+            assert!(image.pixels.chunks(3).any(|p| p != first), "a flat preview");
+        }
+    }
+    assert_ne!(previews[0].images, previews[1].images);
+    assert_eq!(images, pipeline.generate(&request).unwrap());
+}
+
 #[test]
 fn seeds_are_reproducible_and_per_sample() {
     let pipeline = pipeline::<burn::backend::Flex>();
