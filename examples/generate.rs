@@ -67,6 +67,17 @@ enum Decode {
     Whole,
     Sliced,
     Tiled,
+    /// TAESD (--taesd): fast, softer.
+    Tiny,
+}
+
+/// How a live preview turns latents into pixels.
+#[derive(Clone, Copy, ValueEnum)]
+enum PreviewKind {
+    /// A linear latent→RGB projection, 1/8 of the image's size, nearly free.
+    Linear,
+    /// TAESD (--taesd), the image's size.
+    Tiny,
 }
 
 /// The axes a seamless texture wraps around.
@@ -198,6 +209,10 @@ struct Args {
     /// A SUR-adapter .safetensors (scripts/sur_adapter_to_safetensors.py converts the official .pt).
     #[arg(long)]
     sur_adapter: Option<PathBuf>,
+    /// TAESD, a tiny autoencoder (a diffusers AutoencoderTiny folder, e.g. madebyollin/taesd),
+    /// for --preview tiny and --vae-decode tiny.
+    #[arg(long)]
+    taesd: Option<PathBuf>,
     /// The SUR-adapter weight in [0, 1].
     #[arg(long, default_value_t = 0.1)]
     sur_weight: f32,
@@ -220,6 +235,8 @@ struct Args {
     preview_every: Option<usize>,
     #[arg(long, requires = "preview_every")]
     preview_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "linear")]
+    preview: PreviewKind,
     /// Never download: use the paths given or the Hugging Face cache only.
     #[arg(long)]
     offline: bool,
@@ -231,7 +248,8 @@ struct Args {
     precision: Float,
     #[arg(long, value_enum, default_value = "auto")]
     t5_precision: T5Float,
-    /// VAE decoding: sliced (one image at a time) or tiled (bounded memory for big images).
+    /// VAE decoding: sliced (one image at a time), tiled (bounded memory for big images) or
+    /// tiny (TAESD, --taesd).
     #[arg(long, value_enum, default_value = "whole")]
     vae_decode: Decode,
     /// A seamless texture: the image wraps around along x, y or both (copies of it tile).
@@ -419,6 +437,7 @@ fn run(args: Args) -> Result<(), String> {
         loras: Vec::new(), // applied after loading, to print the report
         controlnet: args.controlnet.clone(),
         sur_adapter: args.sur_adapter.clone(),
+        taesd: args.taesd.clone(),
     };
     let init_image = match &args.init_image {
         Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
@@ -465,6 +484,7 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Whole => VaeDecode::Whole,
             Decode::Sliced => VaeDecode::Sliced,
             Decode::Tiled => VaeDecode::Tiled,
+            Decode::Tiny => VaeDecode::Tiny,
         },
         conditioning,
         seamless: match args.tile {
@@ -601,7 +621,10 @@ fn generate<B: Backend>(
         preview: match (args.preview_every, &args.preview_dir) {
             (Some(every), Some(dir)) => Some(Previews {
                 every,
-                method: PreviewMethod::Linear,
+                method: match args.preview {
+                    PreviewKind::Linear => PreviewMethod::Linear,
+                    PreviewKind::Tiny => PreviewMethod::Tiny,
+                },
                 sink: Box::new(move |preview: Preview| {
                     let count = preview.images.len();
                     for (i, image) in preview.images.iter().enumerate() {

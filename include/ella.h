@@ -140,6 +140,8 @@ typedef enum ella_vae_decode {
   // Overlapping 512×512 tiles (diffusers' tiling): bounded memory for any size, pixels
   // differ slightly near tile seams.
   ELLA_VAE_DECODE_TILED = 2,
+  // TAESD (the model's `taesd_path`): a fraction of the time and memory, softer images.
+  ELLA_VAE_DECODE_TINY = 3,
 } ella_vae_decode;
 
 // What the U-Net is conditioned on.
@@ -270,6 +272,10 @@ typedef struct ella_model_params {
   // still run on the calling thread. 0 (default): every core. Leave cores to a game's own
   // threads with a smaller number.
   uint32_t n_threads;
+  // TAESD, a tiny autoencoder (a diffusers `AutoencoderTiny` folder, e.g.
+  // `madebyollin/taesd`), for `ELLA_PREVIEW_METHOD_TINY` and `ELLA_VAE_DECODE_TINY`;
+  // NULL (default): none.
+  const char *taesd_path;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_context_generate` (for a

@@ -59,3 +59,29 @@ def make_taesd(out):
         v = ref[key]
         print(f"taesd {key}: shape {tuple(v.shape)}, std {v.std():.3f}, max |x| {v.abs().max():.3f}")
     save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference" / "taesd.safetensors"))
+    make_taesd_for_tiny_sd(out)
+
+
+def make_taesd_for_tiny_sd(out):
+    """A TAESD of two levels (2× up, as the tiny SD's VAE), in `taesd-x2/`, and the image it
+    decodes from the final latents of the `dpm++2m_flexible` sampling, as diffusers'
+    pipeline with `vae=AutoencoderTiny` turns them into pixels (`decode(latents / 1.0)`,
+    then the image processor's `round((x/2 + 0.5).clamp(0, 1) · 255)`), in
+    reference/taesd_pipeline.safetensors."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(211)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(4, 4), decoder_block_out_channels=(6, 6),
+                            num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4).eval()
+    gen = torch.Generator().manual_seed(212)
+    with torch.no_grad():
+        for p in taesd.parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 4
+            p.copy_(torch.randn(p.shape, generator=gen) * 1.0 / fan_in**0.5)
+    taesd.save_pretrained(str(out / "taesd-x2"), safe_serialization=True)
+    latents = load_file(str(out / "reference" / "pipeline_dpm++2m_flexible.safetensors"))["final_latents"]
+    with torch.no_grad():
+        decoded = taesd.decode(latents / taesd.config.scaling_factor).sample
+    image = ((decoded[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    save_file({"final_latents": latents.contiguous(), "image": image.contiguous()},
+              str(out / "reference" / "taesd_pipeline.safetensors"))

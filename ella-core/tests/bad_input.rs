@@ -359,6 +359,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         loras: Vec::new(),
         controlnet: None,
         sur_adapter: None,
+        taesd: None,
     };
     Pipeline::load(&paths, &Default::default(), DType::F32)
 }

@@ -115,6 +115,8 @@ pub enum EllaVaeDecode {
     /// Overlapping 512×512 tiles (diffusers' tiling): bounded memory for any size, pixels
     /// differ slightly near tile seams.
     Tiled = 2,
+    /// TAESD (the model's `taesd_path`): a fraction of the time and memory, softer images.
+    Tiny = 3,
 }
 
 /// What the U-Net is conditioned on.
@@ -200,6 +202,8 @@ pub type EllaPreviewCallback = Option<
 pub enum EllaPreviewMethod {
     /// A fixed linear latent→RGB projection: nearly free, 1/8 of the request's size.
     Linear = 0,
+    /// TAESD (the model's `taesd_path`): the request's size, a few percent of a step.
+    Tiny = 1,
 }
 
 /// How to load a model. Start from `ella_model_params_default()`.
@@ -255,6 +259,10 @@ pub struct EllaModelParams {
     /// still run on the calling thread. 0 (default): every core. Leave cores to a game's own
     /// threads with a smaller number.
     pub n_threads: u32,
+    /// TAESD, a tiny autoencoder (a diffusers `AutoencoderTiny` folder, e.g.
+    /// `madebyollin/taesd`), for `ELLA_PREVIEW_METHOD_TINY` and `ELLA_VAE_DECODE_TINY`;
+    /// NULL (default): none.
+    pub taesd_path: *const c_char,
 }
 
 /// Per-context settings. Start from `ella_context_params_default()`.
@@ -434,6 +442,7 @@ versioned!(EllaModelParams {
     memory_budget,
     kernel_cache_path,
     n_threads,
+    taesd_path,
 });
 versioned!(EllaContextParams {
     struct_size,

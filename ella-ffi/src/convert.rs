@@ -57,9 +57,9 @@ c_enum!(EllaPixelFormat as "ella_pixel_format" { Rgb8, Rgba8 });
 c_enum!(EllaScheduler as "ella_scheduler" <=> SchedulerKind {
     DpmSolverMultistep, DpmSolverMultistepKarras, Euler, Ddim, Lcm, Tcd,
 });
-c_enum!(EllaVaeDecode as "ella_vae_decode" <=> VaeDecode { Whole, Sliced, Tiled });
+c_enum!(EllaVaeDecode as "ella_vae_decode" <=> VaeDecode { Whole, Sliced, Tiled, Tiny });
 c_enum!(EllaSeamless as "ella_seamless" <=> Seamless { Off, X, Y, XY });
-c_enum!(EllaPreviewMethod as "ella_preview_method" <=> PreviewMethod { Linear });
+c_enum!(EllaPreviewMethod as "ella_preview_method" <=> PreviewMethod { Linear, Tiny });
 c_enum!(EllaConditioning as "ella_conditioning" { Ella, EllaClip, Clip, ClipSur });
 c_enum!(EllaSurMode as "ella_sur_mode" <=> SurMode { Faithful, PerToken });
 

@@ -63,6 +63,7 @@ pub extern "C" fn ella_model_params_default() -> EllaModelParams {
         memory_budget: 0,
         kernel_cache_path: std::ptr::null(),
         n_threads: 0,
+        taesd_path: std::ptr::null(),
     }
 }
 
@@ -118,6 +119,7 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
             loras: Vec::new(),
             controlnet: optional_path(params.controlnet_path, "params.controlnet_path")?,
             sur_adapter: optional_path(params.sur_adapter_path, "params.sur_adapter_path")?,
+            taesd: optional_path(params.taesd_path, "params.taesd_path")?,
         },
         precision: Precision {
             t5: t5.resolve(diffusion)?,

@@ -90,6 +90,7 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_model_params() {
             memory_budget,
             kernel_cache_path,
             n_threads,
+            taesd_path,
         }
     );
     for size in [12, 20, 28, 36] {

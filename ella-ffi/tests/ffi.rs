@@ -1126,3 +1126,59 @@ fn sur_conditioning_refuses_bad_weights_and_modes() {
         );
     }
 }
+
+/// What a preview callback saw: `(step, total, width, height, channels, distinct pixels)`.
+unsafe extern "C" fn record_preview(
+    image: *const EllaImage,
+    step: u32,
+    total: u32,
+    user_data: *mut std::ffi::c_void,
+) {
+    let seen = unsafe { &mut *(user_data as *mut Vec<(u32, u32, u32, u32, u32, bool)>) };
+    let image = unsafe { &*image };
+    let len = (image.width * image.height * image.channels) as usize;
+    let pixels = unsafe { std::slice::from_raw_parts(image.pixels, len) };
+    let varied = pixels.chunks(3).any(|p| p != &pixels[..3]);
+    seen.push((
+        step,
+        total,
+        image.width,
+        image.height,
+        image.channels,
+        varied,
+    ));
+}
+
+#[test]
+fn previews_reach_the_callback_every_n_steps() {
+    let model = load();
+    let mut seen: Vec<(u32, u32, u32, u32, u32, bool)> = Vec::new();
+    let params = EllaContextParams {
+        preview_callback: Some(record_preview),
+        preview_user_data: &mut seen as *mut _ as *mut std::ffi::c_void,
+        preview_every: 2,
+        preview_method: EllaPreviewMethod::Linear as u32,
+        ..ella_context_params_default()
+    };
+    let ctx = Context::with_params(&model, &params);
+    let prompt = CString::new("a red book").unwrap();
+    let request = EllaGenerateRequest {
+        steps: 5,
+        ..request(&prompt)
+    };
+    ctx.generate(&request).unwrap();
+    assert_eq!(seen, vec![(2, 5, 16, 16, 3, true), (4, 5, 16, 16, 3, true)]);
+    // TAESD previews without TAESD, and an unknown method, are refused.
+    let tiny = EllaContextParams {
+        preview_method: EllaPreviewMethod::Tiny as u32,
+        ..params
+    };
+    let ctx = Context::with_params(&model, &tiny);
+    assert_eq!(ctx.status_of(&request), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("TAESD"), "{}", last_error());
+    let unknown = EllaContextParams {
+        preview_method: 7,
+        ..params
+    };
+    assert!(Context::try_with_params(&model, &unknown).is_err());
+}

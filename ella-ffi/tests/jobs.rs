@@ -644,3 +644,50 @@ fn a_synchronous_call_on_a_context_running_a_job_is_busy() {
     assert_eq!(wait(&job, ELLA_WAIT_FOREVER), EllaStatus::Ok);
     assert!(ctx.generate_32(&request(&prompt)).is_ok(), "free again");
 }
+
+#[test]
+fn a_job_keeps_its_latest_preview() {
+    let model = load();
+    let params = EllaContextParams {
+        preview_every: 2,
+        ..ella_context_params_default()
+    };
+    let ctx = Context::with_params(&model, &params);
+    let prompt = CString::new("a red book").unwrap();
+    let request = EllaGenerateRequest {
+        steps: 5,
+        ..request(&prompt)
+    };
+    let job = submit(&ctx, &request);
+    assert_eq!(wait(&job, ELLA_WAIT_FOREVER), EllaStatus::Ok);
+    let mut image = Image::null();
+    let mut step = 0u32;
+    assert_eq!(
+        unsafe { ella_job_preview(job.ptr(), image.out(), &mut step) },
+        EllaStatus::Ok,
+        "{}",
+        last_error()
+    );
+    // After steps 2 and 4 of 5 (none after the last): the linear preview, the latents' size.
+    assert_eq!(step, 4);
+    let preview = image.get();
+    assert_eq!(
+        (preview.width, preview.height, preview.channels),
+        (16, 16, 3)
+    );
+    assert_eq!(image.pixels().len(), 16 * 16 * 3);
+    // Without previews there is none.
+    let plain_ctx = Context::new(&model);
+    let plain = submit(&plain_ctx, &request);
+    assert_eq!(wait(&plain, ELLA_WAIT_FOREVER), EllaStatus::Ok);
+    let mut none = Image::null();
+    assert_eq!(
+        unsafe { ella_job_preview(plain.ptr(), none.out(), null_mut()) },
+        EllaStatus::NotReady
+    );
+    assert!(none.is_null());
+    assert_eq!(
+        unsafe { ella_job_preview(null(), none.out(), null_mut()) },
+        EllaStatus::InvalidArgument
+    );
+}

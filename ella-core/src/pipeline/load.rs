@@ -44,6 +44,10 @@ pub struct ModelPaths {
     /// A SUR-adapter `.safetensors` (converted from the official `.pt` by
     /// `scripts/sur_adapter_to_safetensors.py`) for `ClipSur` conditioning; needs `clip`.
     pub sur_adapter: Option<PathBuf>,
+    /// TAESD, a tiny autoencoder (a diffusers `AutoencoderTiny` folder, e.g.
+    /// `madebyollin/taesd`), for [`super::PreviewMethod::Tiny`] previews and
+    /// [`crate::VaeDecode::Tiny`]; [`super::Pipeline::set_tiny_vae`] changes it.
+    pub taesd: Option<PathBuf>,
 }
 
 /// ELLA's files.
@@ -78,6 +82,7 @@ impl ModelPaths {
             loras: Vec::new(),
             controlnet: None,
             sur_adapter: None,
+            taesd: None,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 pub use crate::nn::ATTENTION_CHUNK_BYTES;
 use crate::t5::T5Config;
 use crate::unet::{DownBlockType, UNetConfig};
-use crate::vae::{VaeConfig, VaeDecode};
+use crate::vae::{TinyConfig, VaeConfig, VaeDecode};
 
 /// The working memory of a request's phases, in bytes. They run one after the other, so
 /// the request needs their maximum ([`WorkingMemory::peak`]).
@@ -131,7 +131,7 @@ pub fn vae_decode(
 ) -> u64 {
     let tile = (config.sample_size / config.downscale_factor()) as u64;
     let (images, [th, tw]) = match mode {
-        VaeDecode::Whole => (batch, [h, w]),
+        VaeDecode::Whole | VaeDecode::Tiny => (batch, [h, w]),
         VaeDecode::Sliced => (1, [h, w]),
         VaeDecode::Tiled => (1, [h.min(tile), w.min(tile)]),
     };
@@ -144,6 +144,23 @@ pub fn vae_decode(
     work.saturating_add(attention)
         .saturating_add(outputs)
         .saturating_add(BACKEND_SCRATCH)
+}
+
+/// Decoding `batch` latents of `[h, w]` with TAESD: at each decoder level four tensors of
+/// its width at its resolution (a block's convolutions and the skip), and the images.
+pub fn taesd_decode(config: &TinyConfig, batch: u64, [h, w]: [u64; 2], dtype: DType) -> u64 {
+    let widths = &config.decoder_block_out_channels;
+    let factor = config.upsampling_scaling_factor as u64;
+    let mut side = 1u64;
+    let mut peak = 0u64;
+    for &width in widths {
+        let pixels = product(&[h, w, side, side]);
+        peak = peak.max(product(&[4, batch, width as u64, pixels, bytes(dtype)]));
+        side = side.saturating_mul(factor);
+    }
+    let full = config.upscale_factor() as u64;
+    let outputs = product(&[batch, 3, h, w, full, full, 4, 3]);
+    peak.saturating_add(outputs).saturating_add(BACKEND_SCRATCH)
 }
 
 /// Encoding one image (image-to-image's init image, of latent size `[h, w]`): the

@@ -56,7 +56,7 @@ use crate::sur_adapter::SurAdapter;
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
 use crate::unet::UNet2DConditionModel;
-use crate::vae::{AutoencoderKL, VaeDecode};
+use crate::vae::{AutoencoderKL, AutoencoderTiny, VaeDecode};
 
 /// One text encoder's states of a request's negative and positive prompt, `[1, tokens,
 /// width]` each.
@@ -116,6 +116,8 @@ pub struct Pipeline<B: Backend> {
     scheduler_config: SchedulerConfig,
     controlnet: Option<ControlNetModel<B>>,
     sur_adapter: Option<SurAdapter<B>>,
+    /// TAESD, for tiny previews and decodes.
+    tiny_vae: Option<AutoencoderTiny<B>>,
     /// The weights the current LoRAs changed, per model (restored by the next `set_loras`).
     lora_changed: BTreeMap<Target, BTreeSet<String>>,
     /// The host's working-memory budget in bytes; `None`: what the machine has free.
@@ -208,6 +210,9 @@ impl<B: Backend> Pipeline<B> {
         }
         if let Some(path) = &paths.controlnet {
             pipeline.set_controlnet(Some(ControlNetModel::load(path, device, dtype)?))?;
+        }
+        if let Some(path) = &paths.taesd {
+            pipeline.set_tiny_vae(Some(AutoencoderTiny::load(path, device, dtype)?))?;
         }
         if !paths.loras.is_empty() {
             pipeline.set_loras(&paths.loras)?;
@@ -329,6 +334,7 @@ impl<B: Backend> Pipeline<B> {
             scheduler_config: parts.scheduler_config,
             controlnet: None,
             sur_adapter: None,
+            tiny_vae: None,
             lora_changed: BTreeMap::new(),
             memory_budget: None,
             threads: Threads::all_cores(),
@@ -386,8 +392,12 @@ impl<B: Backend> Pipeline<B> {
             None => 0,
         };
         let batch = request.batch_size as u64;
-        let decoding =
-            memory::vae_decode(&self.vae.config, batch, latent, request.vae_decode, dtype);
+        let decoding = match (request.vae_decode, &self.tiny_vae) {
+            (VaeDecode::Tiny, Some(tiny)) => {
+                memory::taesd_decode(&tiny.config, batch, latent, dtype)
+            }
+            (how, _) => memory::vae_decode(&self.vae.config, batch, latent, how, dtype),
+        };
         Ok(WorkingMemory {
             encoding,
             denoising,
@@ -517,6 +527,33 @@ impl<B: Backend> Pipeline<B> {
         }
         self.controlnet = controlnet;
         Ok(())
+    }
+
+    /// Sets (or removes) TAESD, for [`PreviewMethod::Tiny`] and [`VaeDecode::Tiny`], after
+    /// checking that it reads this VAE's latents and makes images of the same size.
+    pub fn set_tiny_vae(&mut self, tiny: Option<AutoencoderTiny<B>>) -> Result<()> {
+        if let Some(tiny) = &tiny {
+            let (theirs, ours) = (&tiny.config, &self.vae.config);
+            if theirs.latent_channels != ours.latent_channels
+                || theirs.upscale_factor() != ours.downscale_factor()
+            {
+                return Err(Error::IncompatibleModels(format!(
+                    "TAESD decodes {} latent channels {}× up, but the VAE has {} latent \
+                     channels {}× down",
+                    theirs.latent_channels,
+                    theirs.upscale_factor(),
+                    ours.latent_channels,
+                    ours.downscale_factor()
+                )));
+            }
+        }
+        self.tiny_vae = tiny;
+        Ok(())
+    }
+
+    /// TAESD, if one is set.
+    pub fn tiny_vae(&self) -> Option<&AutoencoderTiny<B>> {
+        self.tiny_vae.as_ref()
     }
 
     /// The T5 encoder, unless it was unloaded (or never loaded).
@@ -675,6 +712,13 @@ impl<B: Backend> Pipeline<B> {
                 &encoded
             }
         };
+        if hooks.preview.as_ref().map(|p| p.method) == Some(PreviewMethod::Tiny)
+            && self.tiny_vae.is_none()
+        {
+            return Err(Error::InvalidInput(
+                "TAESD previews need TAESD, which was not loaded (ModelPaths::taesd)".into(),
+            ));
+        }
         let run = self.prepare_run(request, states, &scheduler, cancel, hooks)?;
         let mut latents = self.prepare_latents(&run, latent_size, &scheduler, hooks)?;
         let timesteps = scheduler.timesteps().to_vec();
@@ -687,7 +731,7 @@ impl<B: Backend> Pipeline<B> {
                 self.denoising_step(&run, &mut scheduler, i, t, latents, preview, hooks)?;
             latents = next;
             if let (Some(x0), Some(previews)) = (x0, &mut hooks.preview) {
-                let images = self.preview_images(x0, previews.method)?;
+                let images = self.preview_images(&run, x0, previews.method)?;
                 (previews.sink)(Preview {
                     step: step + 1,
                     total: taken,
@@ -698,7 +742,7 @@ impl<B: Backend> Pipeline<B> {
                 progress(step + 1, taken);
             }
         }
-        self.decode(&run.vae, latents, request.vae_decode, cancel, hooks)
+        self.decode(&run, latents, hooks)
     }
 
     /// Checks a request against the pipeline and the memory budget before any work;
@@ -708,6 +752,11 @@ impl<B: Backend> Pipeline<B> {
             self.vae.config.downscale_factor(),
             self.vae.config.latent_channels,
         )?;
+        if request.vae_decode == VaeDecode::Tiny && self.tiny_vae.is_none() {
+            return Err(Error::InvalidInput(
+                "VaeDecode::Tiny needs TAESD, which was not loaded (ModelPaths::taesd)".into(),
+            ));
+        }
         if request.control.is_some() && self.controlnet.is_none() {
             return Err(Error::InvalidInput(
                 "the request has a control image but the pipeline has no ControlNet".into(),
@@ -789,6 +838,7 @@ impl<B: Backend> Pipeline<B> {
             request,
             unet: wrapped(&self.unet, request.seamless),
             vae: wrapped(&self.vae, request.seamless),
+            tiny_vae: self.tiny_vae.as_ref().map(|t| wrapped(t, request.seamless)),
             t5,
             clip,
             guided,
@@ -930,9 +980,18 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// Preview images of the predicted clean latents `x0`.
-    fn preview_images(&self, x0: Tensor<B, 4>, method: PreviewMethod) -> Result<Vec<Image>> {
-        match method {
-            PreviewMethod::Linear => Ok(preview::linear_preview(&x0.into_data().convert::<f32>())),
+    fn preview_images(
+        &self,
+        run: &Run<B>,
+        x0: Tensor<B, 4>,
+        method: PreviewMethod,
+    ) -> Result<Vec<Image>> {
+        match (method, &run.tiny_vae) {
+            (PreviewMethod::Tiny, Some(tiny)) => {
+                let image = self.threads.install(|| tiny_decode(tiny, x0, run.cancel))?;
+                to_images(image.into_data())
+            }
+            _ => Ok(preview::linear_preview(&x0.into_data().convert::<f32>())),
         }
     }
 
@@ -951,20 +1010,18 @@ impl<B: Backend> Pipeline<B> {
         Tensor::from_data(data.convert_dtype(dtype), (&device, dtype))
     }
 
-    /// The final latents through `vae` (the pipeline's, or a wrapping clone), as RGB8 images.
-    fn decode(
-        &self,
-        vae: &AutoencoderKL<B>,
-        latents: Tensor<B, 4>,
-        how: VaeDecode,
-        cancel: Cancel,
-        hooks: &mut Hooks,
-    ) -> Result<Vec<Image>> {
+    /// The final latents through the run's VAE (or TAESD), as RGB8 images.
+    fn decode(&self, run: &Run<B>, latents: Tensor<B, 4>, hooks: &mut Hooks) -> Result<Vec<Image>> {
         hooks.dump("final_latents", &latents);
-        let latents = latents / self.vae.config.scaling_factor;
         let decoded = self
             .threads
-            .install(|| vae.decode_with(latents, how, cancel))?;
+            .install(|| match (run.request.vae_decode, &run.tiny_vae) {
+                (VaeDecode::Tiny, Some(tiny)) => tiny_decode(tiny, latents, run.cancel),
+                (how, _) => {
+                    run.vae
+                        .decode_with(latents / self.vae.config.scaling_factor, how, run.cancel)
+                }
+            })?;
         let images = to_images(decoded.into_data())?;
         if let (Some(sink), Some(first)) = (&mut hooks.tensors, images.first()) {
             sink(
@@ -1016,6 +1073,7 @@ struct Run<'a, B: Backend> {
     /// around (a seamless request).
     unet: Cow<'a, UNet2DConditionModel<B>>,
     vae: Cow<'a, AutoencoderKL<B>>,
+    tiny_vae: Option<Cow<'a, AutoencoderTiny<B>>>,
     t5: Option<&'a StatePair<B>>,
     /// CLIP's states as the U-Net reads them (through the SUR-adapter for `ClipSur`).
     clip: Option<StatePair<B>>,
@@ -1052,6 +1110,16 @@ fn missing_states(encoder: &str, conditioning: Conditioning) -> Error {
         "{conditioning:?} conditioning needs the prompts' {encoder} states, which the given \
          prompt states lack"
     ))
+}
+
+/// U-Net latents through TAESD (divided by its scaling factor, 1 for TAESD, as diffusers'
+/// pipeline does).
+fn tiny_decode<B: Backend>(
+    tiny: &AutoencoderTiny<B>,
+    latents: Tensor<B, 4>,
+    cancel: Cancel,
+) -> Result<Tensor<B, 4>> {
+    tiny.decode(latents / tiny.config.scaling_factor, cancel)
 }
 
 /// The official SUR-adapter's attention heads (not stored in its checkpoint).

@@ -16,6 +16,8 @@ pub enum PreviewMethod {
     /// The linear latent→RGB projection: an image the latents' size (1/8 of the request's).
     #[default]
     Linear,
+    /// TAESD, the tiny autoencoder (needs one loaded): an image the request's size.
+    Tiny,
 }
 
 /// One preview: after step `step` of `total` (the steps the run takes), an image per sample.

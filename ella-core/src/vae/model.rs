@@ -12,7 +12,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use super::config::VaeConfig;
 use crate::attention::Attention;
 use crate::cancel::Cancel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, resize_nearest};
 use crate::resnet::{ResnetBlock2D, ResnetSettings};
 use crate::weights::{Checkpoint, Loader, check_config, load_checked};
@@ -406,6 +406,9 @@ impl<B: Backend> AutoencoderKL<B> {
             VaeDecode::Whole => self.decode(latents, cancel),
             VaeDecode::Sliced => per_sample(&|z| self.decode(z, cancel)),
             VaeDecode::Tiled => per_sample(&|z| self.tiled_decode(z, cancel)),
+            VaeDecode::Tiny => Err(Error::InvalidInput(
+                "VaeDecode::Tiny decodes with TAESD (AutoencoderTiny), not this VAE".into(),
+            )),
         }
     }
 
@@ -475,6 +478,9 @@ pub enum VaeDecode {
     /// One image at a time, in overlapping tiles (diffusers' `enable_tiling`): memory of
     /// one tile for any image size; pixels differ slightly from a whole decode.
     Tiled,
+    /// TAESD, the pipeline's tiny autoencoder ([`super::AutoencoderTiny`]) instead of this
+    /// VAE: a fraction of the time and memory, slightly softer images.
+    Tiny,
 }
 
 /// The fraction of a tile that neighbouring tiles overlap (diffusers' `tile_overlap_factor`).

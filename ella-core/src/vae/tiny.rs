@@ -31,6 +31,8 @@ pub struct TinyBlock<B: Backend> {
     pub act: Activation,
 }
 
+crate::nn::seamless_fields!(TinyBlock { convs });
+
 impl<B: Backend> TinyBlock<B> {
     /// The three convolutions of `conv` (`nn.Sequential` indices 0, 2, 4; the activations
     /// between them hold no weights).
@@ -68,6 +70,9 @@ pub struct EncoderTiny<B: Backend> {
     pub levels: Vec<EncoderTinyLevel<B>>,
     pub conv_out: Conv2d<B>,
 }
+
+crate::nn::seamless_fields!(EncoderTinyLevel { conv, blocks });
+crate::nn::seamless_fields!(EncoderTiny { levels, conv_out });
 
 impl<B: Backend> EncoderTiny<B> {
     fn load(vb: &Loader<B>, config: &TinyConfig) -> Result<Self> {
@@ -129,6 +134,9 @@ pub struct DecoderTiny<B: Backend> {
     #[module(skip)]
     pub upsampling: usize,
 }
+
+crate::nn::seamless_fields!(DecoderTinyLevel { blocks, conv });
+crate::nn::seamless_fields!(DecoderTiny { conv_in, levels });
 
 impl<B: Backend> DecoderTiny<B> {
     fn load(vb: &Loader<B>, config: &TinyConfig) -> Result<Self> {
@@ -201,6 +209,8 @@ pub struct AutoencoderTiny<B: Backend> {
     #[module(skip)]
     pub config: TinyConfig,
 }
+
+crate::nn::seamless_fields!(AutoencoderTiny { encoder, decoder });
 
 impl<B: Backend> AutoencoderTiny<B> {
     /// Loads a diffusers `AutoencoderTiny` folder (`config.json`,

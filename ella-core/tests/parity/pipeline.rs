@@ -17,8 +17,8 @@ use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
     AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage,
-    ModelPaths, Pipeline, PipelineParts, SchedulerConfig, Seamless, SurOptions, TimestepSchedule,
-    UNet2DConditionModel,
+    ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig, Seamless,
+    SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
 };
 use serde_json::Value;
 
@@ -296,7 +296,61 @@ fn flat(data: &TensorData) -> TensorData {
     TensorData::new(values, [n])
 }
 
+/// TAESD as the final decoder (`VaeDecode::Tiny`): the reference run's latents through a
+/// two-level TAESD (the tiny VAE's 2×) against diffusers' `AutoencoderTiny` and image
+/// processor (`scripts/taesd_fixtures.py`); TAESD previews are the request's size.
+fn tiny_decode_and_previews<B: Backend>() {
+    let paths = ModelPaths {
+        taesd: Some(fixture("taesd-x2")),
+        ..paths()
+    };
+    let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap();
+    let name = "dpm++2m_flexible";
+    let reference = Reference::open(&format!("pipeline_{name}.safetensors"));
+    let request = GenerateRequest {
+        vae_decode: VaeDecode::Tiny,
+        ..request_for(&runs()[name], &reference)
+    };
+    let mut previews = Vec::new();
+    let mut hooks = Hooks {
+        preview: Some(Previews {
+            every: 1,
+            method: PreviewMethod::Tiny,
+            sink: Box::new(|preview| previews.push(preview)),
+        }),
+        ..Hooks::default()
+    };
+    let image = pipeline
+        .generate_with(&request, None, &mut hooks)
+        .unwrap()
+        .remove(0);
+    drop(hooks);
+    let (_, shape, expected) = Reference::open("taesd_pipeline.safetensors").raw("image");
+    assert_eq!(
+        [image.height, image.width, 3],
+        [shape[0], shape[1], shape[2]]
+    );
+    let tolerance = if matmul_in_tf32::<B>() { 8 } else { 1 };
+    let close = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a.abs_diff(**b) <= tolerance)
+        .count();
+    assert!(
+        close as f64 >= 0.99 * expected.len() as f64,
+        "TAESD decode: {close} of {} pixel values within {tolerance}",
+        expected.len()
+    );
+    assert_eq!(previews.len(), request.schedule.steps() - 1);
+    for preview in &previews {
+        let tiny = &preview.images[0];
+        assert_eq!([tiny.width, tiny.height], [request.width, request.height]);
+    }
+}
+
 backend_tests! {
+    tiny_decode_and_previews => tiny_decode_and_previews,
     samplings_match_the_reference => samplings_match_the_reference,
     single_file_sampling_matches_the_reference => single_file_sampling_matches_the_reference,
     half_precision_sampling => half_precision_sampling,
@@ -446,6 +500,50 @@ fn previews_come_every_n_steps() {
     }
     assert_ne!(previews[0].images, previews[1].images);
     assert_eq!(images, pipeline.generate(&request).unwrap());
+}
+
+/// TAESD must match the VAE (SD's TAESD is 8×; the tiny VAE 2×), and what needs it is
+/// refused without it.
+#[test]
+fn taesd_is_checked_and_required() {
+    let device = Default::default();
+    let paths = ModelPaths {
+        taesd: Some(fixture("taesd")),
+        ..paths()
+    };
+    let err = Pipeline::<burn::backend::Flex>::load(&paths, &device, DType::F32).unwrap_err();
+    assert!(matches!(err, Error::IncompatibleModels(_)), "{err}");
+    let pipeline = pipeline::<burn::backend::Flex>();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        schedule: TimestepSchedule::Steps(2),
+        ..GenerateRequest::new("a red book")
+    };
+    let tiny = GenerateRequest {
+        vae_decode: VaeDecode::Tiny,
+        ..request.clone()
+    };
+    let err = pipeline.generate(&tiny).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("TAESD")),
+        "{err}"
+    );
+    let mut hooks = Hooks {
+        preview: Some(Previews {
+            every: 1,
+            method: PreviewMethod::Tiny,
+            sink: Box::new(|_| {}),
+        }),
+        ..Hooks::default()
+    };
+    let err = pipeline
+        .generate_with(&request, None, &mut hooks)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("TAESD")),
+        "{err}"
+    );
 }
 
 #[test]
