@@ -1,14 +1,17 @@
-//! One U-Net step (classifier-free guidance: batch 2, 64 condition tokens) and one VAE
-//! decode, at 256×256 (32×32 latents), on a mid-size random config and on SD1.5's real
-//! config with random weights. `scripts/bench_torch.py` times the same in PyTorch.
+//! One U-Net step (classifier-free guidance: batch 2, 64 condition tokens; and without, batch
+//! 1, as LCM and TCD sample) and one VAE decode, at 256×256 (32×32 latents), on a mid-size
+//! random config and on SD1.5's real config with random weights; and what a live preview
+//! costs: the linear latent→RGB projection and a TAESD decode (its real config).
+//! `scripts/bench_torch.py` times the same in PyTorch.
 //!
 //!     cargo bench --bench sd
 
 use burn::tensor::{DType, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
+use ella_core::pipeline::preview::linear_preview;
 use ella_core::{
-    AutoencoderKL, Cancel, Checkpoint, DefaultBackend as B, UNet2DConditionModel, UNetConfig,
-    VaeConfig,
+    AutoencoderKL, AutoencoderTiny, Cancel, Checkpoint, DefaultBackend as B, TinyConfig,
+    UNet2DConditionModel, UNetConfig, VaeConfig,
 };
 
 /// SD1.5's U-Net with half the widths.
@@ -66,6 +69,17 @@ fn benches(c: &mut Criterion) {
                     .into_data()
             })
         });
+        if name == "sd15" {
+            let one = |t: &Tensor<B, 4>| t.clone().narrow(0, 0, 1);
+            let context = context.clone().narrow(0, 0, 1);
+            group.bench_function("unet step/sd15/256x256 no cfg", |b| {
+                b.iter(|| {
+                    unet.forward(one(&latents), &[500.0], context.clone())
+                        .unwrap()
+                        .into_data()
+                })
+            });
+        }
     }
     let z = Tensor::<B, 4>::from_data(filled([1, 4, 32, 32], 2), &device);
     for (name, config) in [("mid-size", mid_vae()), ("sd15", VaeConfig::sd15())] {
@@ -80,6 +94,19 @@ fn benches(c: &mut Criterion) {
             b.iter(|| vae.decode(z.clone(), Cancel::NEVER).unwrap().into_data())
         });
     }
+    let taesd = AutoencoderTiny::<B>::from_checkpoint(
+        TinyConfig::default(),
+        &Checkpoint::random(5),
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    group.bench_function("preview/taesd/256x256", |b| {
+        b.iter(|| taesd.decode(z.clone(), Cancel::NEVER).unwrap().into_data())
+    });
+    group.bench_function("preview/linear/256x256", |b| {
+        b.iter(|| linear_preview(&z.clone().into_data()))
+    });
     group.finish();
 }
 

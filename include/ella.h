@@ -202,6 +202,26 @@ typedef enum ella_job_state {
   ELLA_JOB_STATE_CANCELLED = 4,
 } ella_job_state;
 
+// Seamless textures: the axes along which the image wraps around (its copies tile).
+typedef enum ella_seamless {
+  // A normal image (default).
+  ELLA_SEAMLESS_OFF = 0,
+  // The left and right edges meet.
+  ELLA_SEAMLESS_X = 1,
+  // The top and bottom edges meet.
+  ELLA_SEAMLESS_Y = 2,
+  // Both: tiles in every direction.
+  ELLA_SEAMLESS_XY = 3,
+} ella_seamless;
+
+// How a live preview turns latents into pixels.
+typedef enum ella_preview_method {
+  // A fixed linear latent→RGB projection: nearly free, 1/8 of the request's size.
+  ELLA_PREVIEW_METHOD_LINEAR = 0,
+  // TAESD (the model's `taesd_path`): the request's size, a few percent of a step.
+  ELLA_PREVIEW_METHOD_TINY = 1,
+} ella_preview_method;
+
 // Where generations run on a model: one call at a time (a second call while one runs gets
 // `ELLA_STATUS_BUSY`, `ella_context_cancel` excepted), and the queue of its jobs with their
 // worker thread.
@@ -294,10 +314,10 @@ typedef struct ella_image {
 
 // Receives a live preview after every `preview_every`-th step, on the thread that runs
 // `ella_context_generate`: `image` (RGB8) is valid during the call only.
-typedef void (*EllaPreviewCallback)(const struct ella_image *image,
-                                    uint32_t step,
-                                    uint32_t total,
-                                    void *user_data);
+typedef void (*ella_preview_callback)(const struct ella_image *image,
+                                      uint32_t step,
+                                      uint32_t total,
+                                      void *user_data);
 
 // Per-context settings. Start from `ella_context_params_default()`.
 typedef struct ella_context_params {
@@ -307,7 +327,7 @@ typedef struct ella_context_params {
   void *progress_user_data;
   // Live previews: `preview_callback` after every `preview_every`-th step (0, the
   // default: none), made by `preview_method` (an `ella_preview_method`).
-  EllaPreviewCallback preview_callback;
+  ella_preview_callback preview_callback;
   void *preview_user_data;
   uint32_t preview_every;
   uint32_t preview_method;
@@ -370,7 +390,7 @@ typedef struct ella_generate_request {
   size_t control_image_size;
   // `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
   float eta;
-  // An `ella_seamless`: the axes along which the image wraps around; default NONE.
+  // An `ella_seamless`: the axes along which the image wraps around; default OFF.
   uint32_t seamless;
 } ella_generate_request;
 

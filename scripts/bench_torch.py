@@ -36,8 +36,12 @@ def timeit(fn, min_runs=10, min_seconds=3.0):
 
 
 def sd_benches():
-    """benches/sd.rs: one CFG U-Net step (batch 2, 64 tokens) and one VAE decode at 256×256."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """benches/sd.rs: one U-Net step (CFG: batch 2, 64 tokens; and batch 1) and one VAE
+    decode at 256×256, and the live previews: ComfyUI's linear latent→RGB projection and a
+    TAESD (`AutoencoderTiny`, its real config) decode."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+
+    from preview_fixtures import SD15_LATENT_RGB
 
     from make_manifests import SD15_UNET, SD15_VAE
 
@@ -50,12 +54,20 @@ def sd_benches():
         results[f"sd/unet step/{name}/256x256 cfg"] = timeit(
             lambda: unet(latents, t, encoder_hidden_states=context).sample, min_runs=3, min_seconds=10
         )
+        if name == "sd15":
+            results["sd/unet step/sd15/256x256 no cfg"] = timeit(
+                lambda: unet(latents[:1], t, encoder_hidden_states=context[:1]).sample, min_runs=3, min_seconds=10
+            )
         del unet
     z = torch.randn(1, 4, 32, 32)
     for name, widths in [("mid-size", (64, 128, 256, 256)), ("sd15", SD15_VAE["block_out_channels"])]:
         vae = AutoencoderKL(**{**SD15_VAE, "block_out_channels": widths}).eval()
         results[f"sd/vae decode/{name}/256x256"] = timeit(lambda: vae.decode(z).sample, min_runs=3, min_seconds=10)
         del vae
+    taesd = AutoencoderTiny().eval()
+    results["sd/preview/taesd/256x256"] = timeit(lambda: taesd.decode(z).sample, min_runs=3, min_seconds=3)
+    linear = lambda: (((z[0].permute(1, 2, 0) @ SD15_LATENT_RGB + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)
+    results["sd/preview/linear/256x256"] = timeit(linear, min_runs=10, min_seconds=1)
     return results
 
 

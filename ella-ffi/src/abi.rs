@@ -340,7 +340,7 @@ pub struct EllaGenerateRequest {
     pub control_image_size: usize,
     /// `ELLA_SCHEDULER_TCD`'s eta ("gamma") in [0, 1]: 0 is deterministic; default 0.3.
     pub eta: f32,
-    /// An `ella_seamless`: the axes along which the image wraps around; default NONE.
+    /// An `ella_seamless`: the axes along which the image wraps around; default OFF.
     pub seamless: u32,
 }
 

@@ -85,13 +85,25 @@ static void frame_loop(ella_context *ctx, const char *out, uint32_t size, uint32
     CHECK(ella_job_submit(ctx, &request, &job) == ELLA_STATUS_OK, "submit");
     memset(prompt, 0, sizeof prompt); /* the job copied the request */
 
-    unsigned frames = 0, last_step = ~0u;
+    unsigned frames = 0, last_step = ~0u, previews = 0, last_preview = 0;
     ella_image *image = NULL;
     for (;;) {
         ella_job_progress progress = poll_job(job);
         if (progress.step != last_step) {
             printf("frame %u: %s, step %u of %u\n", frames, state_name(progress.state), progress.step, progress.total);
             last_step = progress.step;
+        }
+        /* The latest live preview (the context asks for one after every step): show it. */
+        ella_image *preview = NULL;
+        uint32_t preview_step = 0;
+        if (ella_job_preview(job, &preview, &preview_step) == ELLA_STATUS_OK) {
+            if (preview_step != last_preview) {
+                printf("frame %u: preview after step %u, %ux%u\n", frames, preview_step, preview->width,
+                       preview->height);
+                last_preview = preview_step;
+                previews++;
+            }
+            ella_image_free(preview);
         }
         ella_status status = ella_job_take_image(job, &image);
         if (status == ELLA_STATUS_OK) {
@@ -106,6 +118,8 @@ static void frame_loop(ella_context *ctx, const char *out, uint32_t size, uint32
     CHECK(progress.state == ELLA_JOB_STATE_DONE && progress.status == ELLA_STATUS_OK, "DONE");
     CHECK(progress.step == steps && progress.total == steps, "step %u of %u", progress.step, progress.total);
     CHECK(ella_job_wait(job, 0) == ELLA_STATUS_OK, "a finished job's outcome");
+    CHECK(previews >= 1 && last_preview == steps - 1, "previews seen: %u, the last after step %u", previews,
+          last_preview);
     CHECK(image->width == size && image->height == size && image->channels == 3, "image size");
     ella_image *again = NULL;
     CHECK(ella_job_take_image(job, &again) == ELLA_STATUS_INVALID_ARGUMENT && again == NULL, "taken once");
@@ -299,6 +313,7 @@ int main(int argc, char **argv) {
 
     ella_context_params cparams = ella_context_params_default();
     cparams.progress_callback = on_progress;
+    cparams.preview_every = 1;
     ella_context *ctx = NULL;
     CHECK(ella_context_new(model, &cparams, &ctx) == ELLA_STATUS_OK, "context");
 
