@@ -19,20 +19,12 @@ import json
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from diffusers import (
-    AutoencoderKL,
-    LCMScheduler,
-    StableDiffusionPipeline,
-    TCDScheduler,
-    UNet2DConditionModel,
-)
+from diffusers import LCMScheduler, StableDiffusionPipeline, TCDScheduler
 import diffusers.schedulers.scheduling_lcm as lcm_module
 import diffusers.schedulers.scheduling_tcd as tcd_module
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
-
-import ella_reference
-from sd_fixtures import SD15_SCHEDULER_CONFIG, run_clip_pipeline, run_pipeline
+from transformers import CLIPTextModel, CLIPTokenizer
+from sd_fixtures import SD15_SCHEDULER_CONFIG, load_tiny_models, run_clip_pipeline, run_pipeline
 
 CLASSES = {"lcm": LCMScheduler, "tcd": TCDScheduler}
 
@@ -116,12 +108,7 @@ def make_few_step(out, ella_config):
     scheduler_fixtures(out)
     make_few_step_loras(out)
     sd = out / "sd"
-    unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
-    vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
-    t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
-    tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
-    ella = ella_reference.ELLA(**ella_config).eval()
-    ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    unet, vae, t5, tokenizer, ella = load_tiny_models(out, ella_config)
     text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder")).eval()
     clip_tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(61))

@@ -325,6 +325,7 @@ PARTS = {
     "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),
     "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
     "seamless": (part("seamless_fixtures", "make_seamless", ELLA_TINY), "samplings and VAE decodes that wrap around"),
+    "inpaint": (part("inpaint_fixtures", "make_inpaint", ELLA_TINY), "inpainting (4- and 9-channel) and outpainting"),
     "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
     "taesd": (part("taesd_fixtures", "make_taesd"), "the tiny TAESD (AutoencoderTiny) and its outputs"),
 }

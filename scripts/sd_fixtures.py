@@ -318,21 +318,29 @@ def run_clip_pipeline(out, name, text_encoder, tokenizer, unet, vae, scheduler, 
             "scheduler": name.split("_")[0], "height": height, "width": width, "conditioning": "clip"}
 
 
-def make_conditioning(out, ella_config):
-    """Samplings conditioned on the tiny CLIP (sd/text_encoder, sd/tokenizer): plain SD, and
-    ELLA's tokens followed by CLIP's. Adds them to reference/pipelines.json."""
+def load_tiny_models(out, ella_config):
+    """The committed tiny models: (U-Net, VAE, T5, T5's tokenizer, ELLA's connector)."""
     from safetensors.torch import load_file
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     sd = out / "sd"
     unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
     vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
-    text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder")).eval()
-    clip_tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
     t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
     tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
     ella = ella_reference.ELLA(**ella_config).eval()
     ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    return unet, vae, t5, tokenizer, ella
+
+
+def make_conditioning(out, ella_config):
+    """Samplings conditioned on the tiny CLIP (sd/text_encoder, sd/tokenizer): plain SD, and
+    ELLA's tokens followed by CLIP's. Adds them to reference/pipelines.json."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd = out / "sd"
+    unet, vae, t5, tokenizer, ella = load_tiny_models(out, ella_config)
+    text_encoder = CLIPTextModel.from_pretrained(str(sd / "text_encoder")).eval()
+    clip_tokenizer = CLIPTokenizer.from_pretrained(str(sd / "tokenizer"))
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(42))
     prompt, negative = "the red hat and the other book", "a red book"
     runs = json.loads((out / "reference" / "pipelines.json").read_text())
@@ -424,13 +432,7 @@ def make_img2img(out, ella_config):
     Adds the runs to reference/pipelines.json; the init image is saved in each run's file."""
     from safetensors.torch import load_file
 
-    sd = out / "sd"
-    unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
-    vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
-    t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
-    tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
-    ella = ella_reference.ELLA(**ella_config).eval()
-    ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    unet, vae, t5, tokenizer, ella = load_tiny_models(out, ella_config)
     gen = torch.Generator().manual_seed(81)
     # A smooth gradient with some texture: an image whose content the result should keep.
     y, x = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")

@@ -15,17 +15,11 @@ from contextlib import contextmanager
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    ControlNetModel,
-    StableDiffusionControlNetPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 import controlnet_fixtures
-import ella_reference
 import sd_fixtures
 
 
@@ -60,12 +54,7 @@ def seamless(models, axes):
 
 def make_seamless(out, ella_config):
     sd = out / "sd"
-    unet = UNet2DConditionModel.from_pretrained(str(sd / "unet")).eval()
-    vae = AutoencoderKL.from_pretrained(str(sd / "vae")).eval()
-    t5 = T5EncoderModel.from_pretrained(str(out / "t5")).eval()
-    tokenizer = T5Tokenizer.from_pretrained(str(out / "t5"))
-    ella = ella_reference.ELLA(**ella_config).eval()
-    ella.load_state_dict(load_file(str(out / "ella" / "ella.safetensors")))
+    unet, vae, t5, tokenizer, ella = sd_fixtures.load_tiny_models(out, ella_config)
     runs = json.loads((out / "reference" / "pipelines.json").read_text())
     prompt = "a mossy stone wall texture"
     # A non-square latent (24×32 pixels), so that the axes cannot be mistaken for each other.
