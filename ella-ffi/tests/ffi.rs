@@ -676,10 +676,16 @@ fn vae_decode_modes() {
         assert_eq!(ctx.generate_32(&r).unwrap(), whole, "{mode:?}");
     }
     let bad = EllaGenerateRequest {
-        vae_decode: 3,
+        vae_decode: 99,
         ..request(&prompt)
     };
     assert!(ctx.generate_32(&bad).unwrap_err().contains("vae_decode"));
+    // TAESD decoding needs a model loaded with TAESD.
+    let tiny = EllaGenerateRequest {
+        vae_decode: EllaVaeDecode::Tiny as u32,
+        ..request(&prompt)
+    };
+    assert!(ctx.generate_32(&tiny).unwrap_err().contains("TAESD"));
 }
 
 /// The same request on the wgpu backend (Vulkan; lavapipe in CI) as on the CPU; a kernel
