@@ -24,8 +24,9 @@ use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
-    ModelPaths, Pipeline, Precision, Preview, PreviewMethod, Previews, SchedulerKind, Seamless,
-    SurMode, SurOptions, T5Precision, Threads, TimestepSchedule, VaeDecode,
+    Mask, ModelPaths, Outpaint, Pipeline, Precision, Preview, PreviewMethod, Previews,
+    SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, Threads, TimestepSchedule,
+    VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -144,6 +145,16 @@ struct Args {
     /// With --init-image: the part of the schedule to run, in (0, 1] (1 ignores the image).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f32,
+    /// Inpainting: with --init-image, repaint where this PNG mask is white (≥ 128), keep where
+    /// it is black. Any SD1.5 model, or an inpainting model (9 input channels).
+    #[arg(long, requires = "init_image", conflicts_with = "outpaint")]
+    mask: Option<PathBuf>,
+    /// Outpainting: extend --init-image by LEFT,TOP,RIGHT,BOTTOM pixels (edges repeated) and
+    /// inpaint the new area (and --outpaint-overlap pixels of the image next to it).
+    #[arg(long, requires = "init_image", value_parser = parse_outpaint)]
+    outpaint: Option<[usize; 4]>,
+    #[arg(long, default_value_t = 8, requires = "outpaint")]
+    outpaint_overlap: usize,
     /// Images per prompt (sample i uses seed + i).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -443,6 +454,25 @@ fn run(args: Args) -> Result<(), String> {
         Some(path) => Some(Image::load_png(path).map_err(|e| e.to_string())?),
         None => None,
     };
+    // Inpainting: the image and its mask; outpainting: the extended canvas and its mask.
+    let (init_image, mask) = match (init_image, &args.mask, args.outpaint) {
+        (Some(image), _, Some([left, top, right, bottom])) => {
+            let outpaint = Outpaint {
+                left,
+                top,
+                right,
+                bottom,
+                overlap: args.outpaint_overlap,
+            };
+            let (canvas, mask) = outpaint.canvas(&image).map_err(|e| e.to_string())?;
+            (Some(canvas), Some(mask))
+        }
+        (image, Some(path), None) => (
+            image,
+            Some(Mask::load_png(path).map_err(|e| e.to_string())?),
+        ),
+        (image, None, _) => (image, None),
+    };
     let init_latents = match &args.init_latents {
         Some(path) => Some(
             Checkpoint::open(path)
@@ -496,6 +526,7 @@ fn run(args: Args) -> Result<(), String> {
         init_image: init_image.map(|image| InitImage {
             image,
             strength: args.strength,
+            mask,
         }),
         control: match &args.control_image {
             Some(path) => Some(Control {
@@ -655,6 +686,18 @@ fn generate<B: Backend>(
         write_dump(dir, dumped.into_inner().expect("not poisoned"))?;
     }
     Ok(images)
+}
+
+/// `--outpaint LEFT,TOP,RIGHT,BOTTOM`.
+fn parse_outpaint(text: &str) -> Result<[usize; 4], String> {
+    let sides: Vec<usize> = text
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{text}: {e}"))?;
+    sides
+        .try_into()
+        .map_err(|_| format!("{text}: give four numbers, LEFT,TOP,RIGHT,BOTTOM"))
 }
 
 /// `image.png`, or `image-0.png`, `image-1.png`, … for a batch.

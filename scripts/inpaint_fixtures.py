@@ -311,7 +311,7 @@ def make_inpaint(out, ella_config):
     image, mask = test_image(), test_mask()
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(123))
     clip_prompt, clip_negative = "the red hat and the other book", "a red book"
-    # Kept apart from pipelines.json until ella inpaints (the parity test runs every entry there).
+    # Apart from pipelines.json: the 9-channel runs need a pipeline of their own.
     runs = {}
     for name, conditioning, strength, unet9 in [
         ("dpm++2m_inpaint-ella", "ella", 1.0, False),

@@ -57,8 +57,8 @@ pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
 pub use nn::{Activation, Seamless, SetSeamless};
 pub use pipeline::{
-    Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, ModelPaths,
-    Pipeline, PipelineParts, Precision, PreparedLoras, Preview, PreviewMethod, Previews,
+    Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Mask, ModelPaths,
+    Outpaint, Pipeline, PipelineParts, Precision, PreparedLoras, Preview, PreviewMethod, Previews,
     PromptStates, StatePair, SurOptions, WorkingMemory,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};

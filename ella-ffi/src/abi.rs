@@ -342,6 +342,11 @@ pub struct EllaGenerateRequest {
     pub eta: f32,
     /// An `ella_seamless`: the axes along which the image wraps around; default OFF.
     pub seamless: u32,
+    /// Inpainting (with `init_image`): an 8-bit single-channel mask of the request's size,
+    /// `mask_size` bytes (`width * height`), rows top to bottom; white (≥ 128) is repainted,
+    /// black kept. NULL (default): none.
+    pub mask: *const u8,
+    pub mask_size: usize,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -480,6 +485,8 @@ versioned!(EllaGenerateRequest {
     control_image_size,
     eta,
     seamless,
+    mask,
+    mask_size,
 });
 
 versioned!(EllaJobProgress {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ella_core::limits::MAX_IMAGE_SIDE;
 use ella_core::pipeline::ProgressFn;
 use ella_core::{
-    Control, GenerateRequest, Hooks, Image, InitImage, Preview, Previews, SurOptions,
+    Control, GenerateRequest, Hooks, Image, InitImage, Mask, Preview, Previews, SurOptions,
     TimestepSchedule,
 };
 
@@ -60,19 +60,23 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         control_image_size: 0,
         eta: d.eta,
         seamless: EllaSeamless::from(d.seamless) as u32,
+        mask: std::ptr::null(),
+        mask_size: 0,
     }
 }
 
-/// An RGB8 image of the request's size from `size` bytes at `pixels` (NULL: none).
+/// The pixels of an image of the request's size, `channels` bytes a pixel (3: RGB8; 1: a
+/// mask), from `size` bytes at `pixels` (NULL: none).
 ///
 /// # Safety
 /// `pixels` is NULL or points to `size` readable bytes.
-unsafe fn host_image(
+unsafe fn host_pixels(
     pixels: *const u8,
     size: usize,
     request: &EllaGenerateRequest,
     what: &str,
-) -> Result<Option<Image>, Failure> {
+    channels: usize,
+) -> Result<Option<Vec<u8>>, Failure> {
     if pixels.is_null() {
         return Ok(None);
     }
@@ -82,19 +86,21 @@ unsafe fn host_image(
             "request.{what} needs a size of 1 to {MAX_IMAGE_SIDE} a side, not {width}×{height}"
         )));
     }
-    let expected = width * height * 3;
+    let expected = width * height * channels;
     if size != expected {
+        let kind = if channels == 1 {
+            "8-bit mask"
+        } else {
+            "RGB8 image"
+        };
         return Err(invalid(format!(
-            "request.{what}_size is {size} bytes; a {width}×{height} RGB8 image is {expected}"
+            "request.{what}_size is {size} bytes; a {width}×{height} {kind} is {expected}"
         )));
     }
     // SAFETY: `size` readable bytes, per this function's contract.
-    let pixels = unsafe { std::slice::from_raw_parts(pixels, size) };
-    Ok(Some(Image {
-        width,
-        height,
-        pixels: pixels.to_vec(),
-    }))
+    Ok(Some(
+        unsafe { std::slice::from_raw_parts(pixels, size) }.to_vec(),
+    ))
 }
 
 /// A C request read into owned values (ella-core's request, the prompt cache it names, its
@@ -127,23 +133,45 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
         // SAFETY: strings per this function's contract.
         None => unsafe { text(request.prompt, "request.prompt") }?.to_string(),
     };
-    // SAFETY (both): buffers of the sizes given, per this function's contract.
+    let (width, height) = (request.width as usize, request.height as usize);
+    let image = |pixels| Image {
+        width,
+        height,
+        pixels,
+    };
+    // SAFETY (all three): buffers of the sizes given, per this function's contract.
     let init_image = unsafe {
-        host_image(
+        host_pixels(
             request.init_image,
             request.init_image_size,
             &request,
             "init_image",
+            3,
         )
-    }?;
+    }?
+    .map(image);
     let control_image = unsafe {
-        host_image(
+        host_pixels(
             request.control_image,
             request.control_image_size,
             &request,
             "control_image",
+            3,
         )
-    }?;
+    }?
+    .map(image);
+    let mask = unsafe { host_pixels(request.mask, request.mask_size, &request, "mask", 1) }?.map(
+        |pixels| Mask {
+            width,
+            height,
+            pixels,
+        },
+    );
+    if mask.is_some() && init_image.is_none() {
+        return Err(invalid(
+            "request.mask needs request.init_image, the image to inpaint",
+        ));
+    }
     let generate = GenerateRequest {
         prompt,
         negative_prompt: optional_text(request.negative_prompt, "request.negative_prompt")?,
@@ -165,6 +193,7 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
         init_image: init_image.map(|image| InitImage {
             image,
             strength: request.strength,
+            mask,
         }),
         control: control_image.map(|image| Control {
             image,

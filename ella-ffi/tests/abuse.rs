@@ -179,6 +179,8 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_requests() {
             control_image_size,
             eta,
             seamless,
+            mask,
+            mask_size,
         }
     );
     for size in [12, 68, 84, 100] {

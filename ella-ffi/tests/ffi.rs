@@ -1188,3 +1188,46 @@ fn previews_reach_the_callback_every_n_steps() {
     };
     assert!(Context::try_with_params(&model, &unknown).is_err());
 }
+
+#[test]
+fn inpainting_takes_an_8_bit_mask() {
+    let model = load();
+    let ctx = Context::new(&model);
+    let prompt = CString::new("a red book").unwrap();
+    let image = vec![90u8; 32 * 32 * 3];
+    // The left half kept, the right half repainted.
+    let mask: Vec<u8> = (0..32 * 32)
+        .map(|p| if p % 32 < 16 { 0 } else { 255 })
+        .collect();
+    let request = EllaGenerateRequest {
+        init_image: image.as_ptr(),
+        init_image_size: image.len(),
+        strength: 1.0,
+        mask: mask.as_ptr(),
+        mask_size: mask.len(),
+        ..request(&prompt)
+    };
+    let inpainted = ctx.generate_32(&request).unwrap();
+    let unmasked = ctx
+        .generate_32(&EllaGenerateRequest {
+            mask: null(),
+            mask_size: 0,
+            ..request
+        })
+        .unwrap();
+    assert_ne!(inpainted, unmasked);
+    for bad in [
+        EllaGenerateRequest {
+            mask_size: 32 * 32 * 3,
+            ..request
+        },
+        EllaGenerateRequest {
+            init_image: null(),
+            init_image_size: 0,
+            ..request
+        },
+    ] {
+        assert_eq!(ctx.status_of(&bad), EllaStatus::InvalidArgument);
+        assert!(last_error().contains("mask"), "{}", last_error());
+    }
+}

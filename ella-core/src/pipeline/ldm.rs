@@ -23,6 +23,14 @@ pub const VAE_PREFIX: &str = "first_stage_model.";
 /// The CLIP text model's prefix in an SD1.x single-file checkpoint.
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 
+/// The input channels of a single-file checkpoint's U-Net (4, or 9 for an inpainting model),
+/// from its first convolution.
+pub fn unet_in_channels(checkpoint: &Checkpoint) -> Option<usize> {
+    checkpoint
+        .shape(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))
+        .and_then(|shape| shape.get(1).copied())
+}
+
 /// Errors unless `checkpoint` is an SD1.x single-file checkpoint; SD2.x and SDXL files are
 /// recognised and refused by name, since their U-Nets and text encoders differ.
 pub fn check_sd1(checkpoint: &Checkpoint) -> Result<()> {

@@ -142,7 +142,12 @@ pub(super) fn load_sd<B: Backend>(
         Some(checkpoint) => {
             let config = match paths.component_config("unet") {
                 Some(path) => UNetConfig::from_file(&path)?,
-                None => UNetConfig::sd15(),
+                // SD1.5's, with the input width of the file (9: an inpainting model).
+                None => UNetConfig {
+                    in_channels: ldm::unet_in_channels(checkpoint)
+                        .unwrap_or(UNetConfig::sd15().in_channels),
+                    ..UNetConfig::sd15()
+                },
             };
             let view = ldm::unet(checkpoint, &config);
             UNet2DConditionModel::from_checkpoint(config, &view, device, dtype)?

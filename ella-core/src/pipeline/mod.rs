@@ -24,6 +24,7 @@
 //! ```
 
 mod image;
+mod inpaint;
 pub mod ldm;
 mod load;
 pub mod memory;
@@ -39,6 +40,7 @@ use crate::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
+pub use inpaint::{Mask, Outpaint};
 pub use load::{EllaPaths, ModelPaths};
 pub use memory::WorkingMemory;
 pub use preview::{Preview, PreviewMethod, Previews};
@@ -319,10 +321,15 @@ impl<B: Backend> Pipeline<B> {
             ));
         }
         let latent = parts.vae.config.latent_channels;
-        if unet_config.in_channels != latent || unet_config.out_channels != latent {
+        // An inpainting U-Net also reads the mask and the masked image's latents.
+        let inputs = [latent, 2 * latent + 1];
+        if !inputs.contains(&unet_config.in_channels) || unet_config.out_channels != latent {
             return incompatible(format!(
-                "the VAE has {latent} latent channels but the U-Net takes {} and predicts {}",
-                unet_config.in_channels, unet_config.out_channels
+                "the VAE has {latent} latent channels but the U-Net takes {} (not {latent}, or \
+                 {} for inpainting) and predicts {}",
+                unet_config.in_channels,
+                2 * latent + 1,
+                unet_config.out_channels
             ));
         }
         Ok(Self {
@@ -502,7 +509,8 @@ impl<B: Backend> Pipeline<B> {
             let same = theirs.block_out_channels == ours.block_out_channels
                 && theirs.down_block_types == ours.down_block_types
                 && theirs.layers_per_block == ours.layers_per_block
-                && theirs.in_channels == ours.in_channels
+                // An inpainting U-Net's ControlNet reads the latents alone.
+                && theirs.in_channels == self.vae.config.latent_channels
                 && theirs.cross_attention_dim.get(0) == ours.cross_attention_dim.get(0);
             if !same {
                 return Err(Error::IncompatibleModels(format!(
@@ -720,15 +728,22 @@ impl<B: Backend> Pipeline<B> {
             ));
         }
         let run = self.prepare_run(request, states, &scheduler, cancel, hooks)?;
-        let mut latents = self.prepare_latents(&run, latent_size, &scheduler, hooks)?;
+        let (mut latents, inpainting) =
+            self.prepare_latents(&run, latent_size, &scheduler, hooks)?;
         let timesteps = scheduler.timesteps().to_vec();
         let taken = run.total - run.start;
         for (i, &t) in timesteps.iter().enumerate().skip(run.start) {
             cancel.check()?;
             let step = i - run.start;
             let preview = hooks.preview.as_ref().is_some_and(|p| p.due(step, taken));
-            let (next, x0) =
-                self.denoising_step(&run, &mut scheduler, i, t, latents, preview, hooks)?;
+            let step_input = StepInput {
+                i,
+                t,
+                latents,
+                inpainting: inpainting.as_ref(),
+                preview,
+            };
+            let (next, x0) = self.denoising_step(&run, &mut scheduler, step_input, hooks)?;
             latents = next;
             if let (Some(x0), Some(previews)) = (x0, &mut hooks.preview) {
                 let images = self.preview_images(&run, x0, previews.method)?;
@@ -755,6 +770,17 @@ impl<B: Backend> Pipeline<B> {
         if request.vae_decode == VaeDecode::Tiny && self.tiny_vae.is_none() {
             return Err(Error::InvalidInput(
                 "VaeDecode::Tiny needs TAESD, which was not loaded (ModelPaths::taesd)".into(),
+            ));
+        }
+        let masked = request
+            .init_image
+            .as_ref()
+            .is_some_and(|i| i.mask.is_some());
+        if self.unet.config.in_channels != self.vae.config.latent_channels && !masked {
+            return Err(Error::InvalidInput(
+                "this is an inpainting U-Net (it reads a mask and a masked image): give the \
+                 request an init image with a mask"
+                    .into(),
             ));
         }
         if request.control.is_some() && self.controlnet.is_none() {
@@ -851,13 +877,16 @@ impl<B: Backend> Pipeline<B> {
 
     /// The starting latents: the seed's noise (or the request's), scaled for the
     /// scheduler, or for image-to-image the image's latent noised to the first step's level.
+    /// For inpainting, also what every step reads of the mask and the image
+    /// (diffusers' `StableDiffusionInpaintPipeline`): with strength 1 the run starts from
+    /// pure noise, below 1 from the image noised to the first step.
     fn prepare_latents(
         &self,
         run: &Run<B>,
         [latent_h, latent_w]: [usize; 2],
         scheduler: &Scheduler<B>,
         hooks: &mut Hooks,
-    ) -> Result<Tensor<B, 4>> {
+    ) -> Result<(Tensor<B, 4>, Option<Inpainting<B>>)> {
         let request = run.request;
         let (device, dtype) = (self.device(), self.dtype());
         let batch = request.batch_size;
@@ -867,20 +896,63 @@ impl<B: Backend> Pipeline<B> {
             None => noise::initial_noise(request.seed, shape),
         };
         let noise = Tensor::<B, 4>::from_data(noise.convert_dtype(dtype), (&device, dtype));
-        Ok(match &request.init_image {
-            None => noise * scheduler.init_noise_sigma(),
-            Some(init) => {
-                // The posterior mean, as diffusers' `sample_mode="argmax"`.
-                let image = init.image.to_tensor(&device, dtype);
-                let encoded = self
-                    .threads
-                    .install(|| run.vae.encode_mean(image, run.cancel))?
-                    * self.vae.config.scaling_factor;
-                hooks.dump("init_image_latents", &encoded);
-                let [_, c, h, w] = encoded.dims();
-                scheduler.add_noise(encoded.expand([batch, c, h, w]), noise, run.start)
+        let Some(init) = &request.init_image else {
+            return Ok((noise * scheduler.init_noise_sigma(), None));
+        };
+        // The posterior mean, as diffusers' `sample_mode="argmax"`, at the U-Net's scale.
+        let encode = |image: Tensor<B, 4>| -> Result<Tensor<B, 4>> {
+            let encoded = self
+                .threads
+                .install(|| run.vae.encode_mean(image, run.cancel))?
+                * self.vae.config.scaling_factor;
+            let [_, c, h, w] = encoded.dims();
+            Ok(encoded.expand([batch, c, h, w]))
+        };
+        let image = init.image.to_tensor(&device, dtype);
+        let Some(mask) = &init.mask else {
+            let encoded = encode(image)?;
+            hooks.dump("init_image_latents", &encoded);
+            return Ok((scheduler.add_noise(encoded, noise.clone(), run.start), None));
+        };
+        let nine_channels = self.unet.config.in_channels != self.vae.config.latent_channels;
+        let from_noise = init.strength == 1.0;
+        // The image's latents: to start from (strength below 1) and, with an SD1.5 U-Net, to
+        // blend in after every step.
+        let image_latents = match (nine_channels, from_noise) {
+            (true, true) => None,
+            _ => Some(encode(image.clone())?),
+        };
+        let masked_image = match nine_channels {
+            true => {
+                let keep = Tensor::<B, 4>::from_data(
+                    mask.keep_mask().convert_dtype(dtype),
+                    (&device, dtype),
+                );
+                Some(encode(image * keep)?)
             }
-        })
+            false => None,
+        };
+        let factor = self.vae.config.downscale_factor();
+        let mask = Tensor::<B, 4>::from_data(
+            mask.to_latent(factor).convert_dtype(dtype),
+            (&device, dtype),
+        );
+        hooks.dump("mask_latent", &mask);
+        let latents = match (&image_latents, from_noise) {
+            (Some(image_latents), false) => {
+                scheduler.add_noise(image_latents.clone(), noise.clone(), run.start)
+            }
+            _ => noise.clone() * scheduler.init_noise_sigma(),
+        };
+        let inpainting = Inpainting {
+            mask,
+            blend: match nine_channels {
+                false => image_latents.map(|image_latents| (image_latents, noise)),
+                true => None,
+            },
+            masked_image,
+        };
+        Ok((latents, Some(inpainting)))
     }
 
     /// Denoising step `i` (timestep `t`): the condition tokens of both branches, one U-Net
@@ -888,17 +960,20 @@ impl<B: Backend> Pipeline<B> {
     /// scheduler's step. The new latents are checked for NaN and infinity on the host (a
     /// few KB read back): one would end as a black image. With `preview`, also the clean
     /// latents x₀ the step predicts.
-    #[allow(clippy::too_many_arguments)]
     fn denoising_step(
         &self,
         run: &Run<B>,
         scheduler: &mut Scheduler<B>,
-        i: usize,
-        t: f32,
-        latents: Tensor<B, 4>,
-        preview: bool,
+        input: StepInput<B>,
         hooks: &mut Hooks,
     ) -> Result<(Tensor<B, 4>, Option<Tensor<B, 4>>)> {
+        let StepInput {
+            i,
+            t,
+            latents,
+            inpainting,
+            preview,
+        } = input;
         let step = i - run.start;
         let conditioning = run.request.conditioning;
         let (cond, uncond) = self.threads.install(|| -> Result<_> {
@@ -948,6 +1023,23 @@ impl<B: Backend> Pipeline<B> {
                 )?),
                 _ => None,
             };
+            // An inpainting U-Net reads the mask and the masked image after the latents.
+            let model_input = match inpainting.and_then(|p| p.masked_image.as_ref().map(|m| (p, m)))
+            {
+                Some((inpainting, masked_image)) => {
+                    let rows = model_input.dims()[0];
+                    let [_, c, h, w] = masked_image.dims();
+                    Tensor::cat(
+                        vec![
+                            model_input,
+                            inpainting.mask.clone().expand([rows, 1, h, w]),
+                            masked_image.clone().narrow(0, 0, 1).expand([rows, c, h, w]),
+                        ],
+                        1,
+                    )
+                }
+                None => model_input,
+            };
             let prediction =
                 run.unet
                     .forward_with(model_input, &[t], context, residuals, run.cancel)?;
@@ -964,7 +1056,21 @@ impl<B: Backend> Pipeline<B> {
                 .then(|| self.step_noise(run.request, step, latents.dims()));
             let x0 = preview
                 .then(|| scheduler.predicted_original(prediction.clone(), i, latents.clone()));
-            Ok((scheduler.step(prediction, i, latents, noise), x0))
+            let latents = scheduler.step(prediction, i, latents, noise);
+            // An SD1.5 U-Net inpainting: the kept region is the image's, noised to the next
+            // step's level (clean after the last step), the same noise every time.
+            let latents = match inpainting.and_then(|p| p.blend.as_ref().map(|b| (p, b))) {
+                Some((inpainting, (image_latents, noise))) => {
+                    let known = match i + 1 < run.total {
+                        true => scheduler.add_noise(image_latents.clone(), noise.clone(), i + 1),
+                        false => image_latents.clone(),
+                    };
+                    let repaint = inpainting.mask.clone();
+                    known * (repaint.clone().neg() + 1.0) + latents * repaint
+                }
+                None => latents,
+            };
+            Ok((latents, x0))
         })?;
         hooks.dump(&format!("latents_step{step}"), &latents);
         if !all_finite(&latents.to_data()) {
@@ -1083,6 +1189,28 @@ struct Run<'a, B: Backend> {
     start: usize,
     total: usize,
     cancel: Cancel<'a>,
+}
+
+/// The per-step inputs of [`Pipeline::denoising_step`].
+struct StepInput<'a, B: Backend> {
+    /// The step's index in the schedule and its timestep.
+    i: usize,
+    t: f32,
+    latents: Tensor<B, 4>,
+    inpainting: Option<&'a Inpainting<B>>,
+    /// Whether to return the predicted clean latents for a preview.
+    preview: bool,
+}
+
+/// What every step of an inpainting run reads ([`Pipeline::prepare_latents`]).
+struct Inpainting<B: Backend> {
+    /// The binarized mask at the latents' size `[1, 1, h, w]`, 1 where repainted.
+    mask: Tensor<B, 4>,
+    /// An SD1.5 U-Net: the image's latents and the initial noise, to re-noise the kept region
+    /// to each step's level.
+    blend: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// An inpainting U-Net: the masked image's latents (`[batch, 4, h, w]`), its extra input.
+    masked_image: Option<Tensor<B, 4>>,
 }
 
 /// A request's control with the ControlNet that acts on it and its image, one row per

@@ -2,7 +2,7 @@
 
 use burn::tensor::TensorData;
 
-use super::Image;
+use super::{Image, Mask};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths};
 use crate::nn::Seamless;
@@ -57,23 +57,30 @@ impl Default for SurOptions {
     }
 }
 
-/// Image-to-image: where a request starts instead of pure noise.
+/// Image-to-image and inpainting: where a request starts instead of pure noise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitImage {
     /// The starting image, of the request's size.
     pub image: Image,
     /// How much of the schedule runs, in (0, 1]: the last `floor(steps · strength)` steps,
     /// from the image noised to that level (diffusers' `strength`; 1 ignores the image's
-    /// content). Default 0.8, as diffusers.
+    /// content, under the mask when inpainting). Default 0.8, as diffusers.
     pub strength: f32,
+    /// Inpainting: repaint only where the mask is white, as diffusers'
+    /// `StableDiffusionInpaintPipeline`. With an SD1.5 U-Net the kept region is re-noised and
+    /// blended in after every step; an inpainting U-Net (9 input channels, e.g.
+    /// `sd-v1-5-inpainting`) reads the mask and the masked image itself. For outpainting,
+    /// make the canvas and mask with [`super::Outpaint::canvas`].
+    pub mask: Option<Mask>,
 }
 
 impl InitImage {
-    /// `image` at the default strength, 0.8.
+    /// `image` at the default strength, 0.8, without a mask.
     pub fn new(image: Image) -> Self {
         Self {
             image,
             strength: 0.8,
+            mask: None,
         }
     }
 }
@@ -205,10 +212,10 @@ impl GenerateRequest {
     /// text-to-image): diffusers' `total − min(int(total · strength), total)`, read as the
     /// decimal strength the caller wrote (0.7 × 10 is 7 steps, not 6).
     pub fn first_step(&self, total: usize) -> Result<usize> {
-        let Some(InitImage { strength, .. }) = self.init_image else {
+        let Some(InitImage { strength, .. }) = &self.init_image else {
             return Ok(0);
         };
-        let steps = ((total as f64 * f64::from(strength)) + 1e-4).floor() as usize;
+        let steps = ((total as f64 * f64::from(*strength)) + 1e-4).floor() as usize;
         match steps.min(total) {
             0 => Err(Error::InvalidInput(format!(
                 "strength {strength} of {total} steps leaves no step to run"
@@ -266,10 +273,28 @@ impl GenerateRequest {
                 "custom timesteps must be 1 to {MAX_STEPS} numbers, each below the one before"
             ));
         }
-        if let Some(InitImage { image, strength }) = &self.init_image {
+        if let Some(InitImage {
+            image,
+            strength,
+            mask,
+        }) = &self.init_image
+        {
             self.check_image(image, "init")?;
             if !(*strength > 0.0 && *strength <= 1.0) {
                 return invalid(format!("strength {strength} must be in (0, 1]"));
+            }
+            if let Some(mask) = mask
+                && ([mask.width, mask.height] != [self.width, self.height]
+                    || mask.pixels.len() != mask.width * mask.height)
+            {
+                return invalid(format!(
+                    "the mask is {}×{} ({} bytes); the request is {}×{}, one byte a pixel",
+                    mask.width,
+                    mask.height,
+                    mask.pixels.len(),
+                    self.width,
+                    self.height
+                ));
             }
         }
         if let Conditioning::ClipSur(SurOptions { weight, .. }) = self.conditioning

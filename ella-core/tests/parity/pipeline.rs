@@ -16,7 +16,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
-    AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage,
+    AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage, Mask,
     ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig, Seamless,
     SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
 };
@@ -37,7 +37,11 @@ fn pipeline<B: Backend>() -> Pipeline<B> {
 }
 
 fn runs() -> BTreeMap<String, Value> {
-    let text = std::fs::read_to_string(fixture("reference/pipelines.json")).unwrap();
+    read_runs("reference/pipelines.json")
+}
+
+fn read_runs(path: &str) -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(fixture(path)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -95,6 +99,14 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
                 strength: run
                     .get("strength")
                     .map_or(0.8, |s| s.as_f64().unwrap() as f32),
+                mask: run.get("mask").map(|_| {
+                    let (_, shape, pixels) = reference.raw("mask");
+                    Mask {
+                        width: shape[1],
+                        height: shape[0],
+                        pixels,
+                    }
+                }),
             }
         }),
         control: run.get("control_scale").map(|scale| {
@@ -123,8 +135,10 @@ fn scale_of(data: &TensorData) -> f32 {
 /// ControlNet. In CI wgpu runs on lavapipe, where one tiny sampling takes a minute; the
 /// others add no kernel these lack (they recombine the same ones), and the CPU backends and
 /// CUDA check every run.
-const WGPU_RUNS: [&str; 8] = [
+const WGPU_RUNS: [&str; 10] = [
     "dpm++2m_flexible",
+    "dpm++2m_inpaint-ella",
+    "dpm++2m_inpaint9-ella",
     "dpm++2m_seamless-xy",
     "tcd_ella",
     "ddim_fixed",
@@ -349,7 +363,50 @@ fn tiny_decode_and_previews<B: Backend>() {
     }
 }
 
+/// Inpainting and outpainting (`scripts/inpaint_fixtures.py`, docs/inpainting-reference.md)
+/// against diffusers' `StableDiffusionInpaintPipeline` and
+/// `StableDiffusionControlNetInpaintPipeline`: SD1.5's 4-channel U-Net (the kept region
+/// re-noised and blended after every step) with ELLA, CLIP, both and a ControlNet, and an
+/// outpainting canvas; a 9-channel inpainting U-Net from a diffusers folder and from a
+/// single file. Every step's latents and tokens, and the image, as the other samplings.
+fn inpainting_matches_the_reference<B: Backend>() {
+    let device = Default::default();
+    let sd = pipeline::<B>();
+    let inpaint_paths = |sd: &str, sd_config: Option<&str>| ModelPaths {
+        sd: fixture(sd),
+        sd_config: sd_config.map(fixture),
+        controlnet: None,
+        sur_adapter: None,
+        ..paths()
+    };
+    let nine =
+        Pipeline::<B>::load(&inpaint_paths("sd-inpaint", None), &device, DType::F32).unwrap();
+    let wgpu = backend_is::<B>("wgpu");
+    let runs = read_runs("reference/pipelines_inpaint.json");
+    assert_eq!(runs.len(), 7);
+    for (name, run) in &runs {
+        if wgpu && !WGPU_RUNS.contains(&name.as_str()) {
+            continue;
+        }
+        let pipeline = match run["unet"].as_str() {
+            Some("sd-inpaint") => &nine,
+            _ => &sd,
+        };
+        check_run(pipeline, name, run);
+    }
+    let single = Pipeline::<B>::load(
+        &inpaint_paths("sd-inpaint-single-file.safetensors", Some("sd-inpaint")),
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(single.unet().config.in_channels, 9);
+    let name = "dpm++2m_inpaint9-ella";
+    check_run(&single, name, &runs[name]);
+}
+
 backend_tests! {
+    inpainting_matches_the_reference => inpainting_matches_the_reference,
     tiny_decode_and_previews => tiny_decode_and_previews,
     samplings_match_the_reference => samplings_match_the_reference,
     single_file_sampling_matches_the_reference => single_file_sampling_matches_the_reference,
@@ -546,6 +603,74 @@ fn taesd_is_checked_and_required() {
     );
 }
 
+/// The outpainting helper makes the reference's canvas (edges replicated) and mask (the new
+/// area and 4 pixels of overlap), and an inpainting U-Net refuses a request without a mask.
+#[test]
+fn outpainting_canvas_and_inpainting_requests() {
+    let runs = read_runs("reference/pipelines_inpaint.json");
+    let name = "dpm++2m_outpaint-ella";
+    let reference = Reference::open(&format!("pipeline_{name}.safetensors"));
+    let outpaint: ella_core::Outpaint = {
+        let o = &runs[name]["outpaint"];
+        let n = |k: &str| o[k].as_u64().unwrap() as usize;
+        assert_eq!(o["fill"], "edge");
+        ella_core::Outpaint {
+            left: n("left"),
+            top: n("top"),
+            right: n("right"),
+            bottom: n("bottom"),
+            overlap: n("overlap"),
+        }
+    };
+    let image = |key: &str| {
+        let (_, shape, pixels) = reference.raw(key);
+        Image {
+            width: shape[1],
+            height: shape[0],
+            pixels,
+        }
+    };
+    let (canvas, mask) = outpaint.canvas(&image("original_image")).unwrap();
+    assert_eq!(canvas, image("init_image"));
+    assert_eq!(mask.pixels, reference.raw("mask").2);
+    assert!(
+        ella_core::Outpaint {
+            right: 9000,
+            ..outpaint
+        }
+        .canvas(&canvas)
+        .is_err()
+    );
+    // The luma of a color mask, as PIL's convert("L").
+    let color = Image {
+        width: 2,
+        height: 1,
+        pixels: vec![255, 0, 0, 10, 200, 30],
+    };
+    assert_eq!(Mask::from_image(&color).pixels, [76, 124]);
+
+    let device = Default::default();
+    let paths = ModelPaths {
+        sd: fixture("sd-inpaint"),
+        controlnet: None,
+        sur_adapter: None,
+        ..paths()
+    };
+    let nine = Pipeline::<burn::backend::Flex>::load(&paths, &device, DType::F32).unwrap();
+    let err = nine
+        .generate(&GenerateRequest {
+            width: 32,
+            height: 32,
+            schedule: TimestepSchedule::Steps(2),
+            ..GenerateRequest::new("a red book")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("mask")),
+        "{err}"
+    );
+}
+
 #[test]
 fn seeds_are_reproducible_and_per_sample() {
     let pipeline = pipeline::<burn::backend::Flex>();
@@ -690,6 +815,7 @@ fn bad_requests_are_typed_errors() {
             init_image: Some(InitImage {
                 image: gray.clone(),
                 strength: 0.0,
+                mask: None,
             }),
             ..ok.clone()
         },
@@ -697,6 +823,7 @@ fn bad_requests_are_typed_errors() {
             init_image: Some(InitImage {
                 image: gray.clone(),
                 strength: 1.5,
+                mask: None,
             }),
             ..ok.clone()
         },
@@ -704,6 +831,19 @@ fn bad_requests_are_typed_errors() {
             init_image: Some(InitImage {
                 image: gray.clone(),
                 strength: f32::NAN,
+                mask: None,
+            }),
+            ..ok.clone()
+        },
+        GenerateRequest {
+            init_image: Some(InitImage {
+                image: gray.clone(),
+                strength: 0.5,
+                mask: Some(Mask {
+                    width: 8,
+                    height: 8,
+                    pixels: vec![255; 64],
+                }),
             }),
             ..ok.clone()
         },
@@ -711,6 +851,7 @@ fn bad_requests_are_typed_errors() {
             init_image: Some(InitImage {
                 image: gray.clone(),
                 strength: 0.4,
+                mask: None,
             }),
             schedule: TimestepSchedule::Steps(2),
             ..ok.clone()
@@ -763,6 +904,7 @@ fn bad_requests_are_typed_errors() {
         init_image: Some(InitImage {
             image: gray,
             strength: 0.5,
+            mask: None,
         }),
         schedule: TimestepSchedule::Steps(2),
         ..ok
