@@ -467,7 +467,7 @@ fn run(args: Args) -> Result<(), String> {
             let (canvas, mask) = outpaint.canvas(&image).map_err(|e| e.to_string())?;
             (Some(canvas), Some(mask))
         }
-        (image, Some(path), None) => (
+        (image, Some(path), _) => (
             image,
             Some(Mask::load_png(path).map_err(|e| e.to_string())?),
         ),

@@ -392,6 +392,11 @@ typedef struct ella_generate_request {
   float eta;
   // An `ella_seamless`: the axes along which the image wraps around; default OFF.
   uint32_t seamless;
+  // Inpainting (with `init_image`): an 8-bit single-channel mask of the request's size,
+  // `mask_size` bytes (`width * height`), rows top to bottom; white (≥ 128) is repainted,
+  // black kept. NULL (default): none.
+  const uint8_t *mask;
+  size_t mask_size;
 } ella_generate_request;
 
 // A job's progress, written by `ella_job_poll`. Set `struct_size` to
