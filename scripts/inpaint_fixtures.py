@@ -76,22 +76,8 @@ MODEL_INDEX = {
 
 def tiny_inpaint_unet(cross_attention_dim):
     """sd_fixtures.tiny_unet's architecture with 9 input channels, its own weights."""
-    torch.manual_seed(111)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=2,
-        attention_head_dim=2,
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=4,
-    ).eval()
-    sd_fixtures.randomize_norms(unet, torch.Generator().manual_seed(112))
+    unet = sd_fixtures.tiny_unet(cross_attention_dim, in_channels=9, seeds=(111, 112))
     with torch.no_grad():
-        unet.conv_out.weight.mul_(4.0)
         # The mask and masked-image channels: of the same weight as the latents' so they matter.
         unet.conv_in.weight[:, 4:].mul_(2.0)
     return unet

@@ -69,11 +69,11 @@ def randomize_norms(model, gen):
                     p.copy_(0.2 * torch.randn(p.shape, generator=gen))
 
 
-def tiny_unet(cross_attention_dim):
-    torch.manual_seed(11)
+def tiny_unet(cross_attention_dim, in_channels=4, seeds=(11, 12)):
+    torch.manual_seed(seeds[0])
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -83,7 +83,7 @@ def tiny_unet(cross_attention_dim):
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=4,
     ).eval()
-    gen = torch.Generator().manual_seed(12)
+    gen = torch.Generator().manual_seed(seeds[1])
     randomize_norms(unet, gen)
     with torch.no_grad():
         # diffusers leaves conv_out small; a unit-scale output makes each sampling step move.
