@@ -220,6 +220,7 @@ fn image<B: Backend>(name: &str, dtype: DType, images: usize) -> ella_core::Resu
         &request.negative_prompt,
         request.token_mode,
         request.conditioning,
+        &request.clip,
     )?;
     pipeline.free_t5();
     time("T5 freed", &mut |hooks| {

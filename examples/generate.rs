@@ -23,7 +23,7 @@ use ella_core::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
+    Checkpoint, ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
     Mask, ModelPaths, Outpaint, Pipeline, Precision, Preview, PreviewMethod, Previews,
     SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, Threads, TimestepSchedule,
     VaeDecode,
@@ -127,6 +127,17 @@ struct Args {
     prompt: String,
     #[arg(long, default_value = "")]
     negative: String,
+    /// CLIP's own prompt (CLIP and ELLA + CLIP conditioning): with ELLA + CLIP, tags, names
+    /// and LoRA trigger words for CLIP while T5 reads --prompt (default: --prompt).
+    #[arg(long)]
+    clip_prompt: Option<String>,
+    /// CLIP's own negative prompt (default: --negative).
+    #[arg(long)]
+    clip_negative: Option<String>,
+    /// CLIP layers skipped from the end (diffusers' clip_skip; A1111's "Clip skip: 2" and
+    /// ComfyUI's "CLIP Set Last Layer: -2" are 1).
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
     #[arg(long, default_value_t = 25)]
     steps: usize,
     #[arg(long, default_value_t = 10.0)]
@@ -200,7 +211,8 @@ struct Args {
     /// `C:\loras\x.safetensors`); repeat for several. kohya / A1111 and diffusers (PEFT) files.
     #[arg(long, value_parser = parse_lora)]
     lora: Vec<Lora>,
-    /// A diffusers ControlNet: its folder, or its .safetensors with config.json beside it.
+    /// A ControlNet: a diffusers folder, its .safetensors with config.json beside it, or a
+    /// single file in the original layout as ComfyUI and A1111 use (control_v11p_sd15_*).
     #[arg(long, requires = "control_image")]
     controlnet: Option<PathBuf>,
     /// The ControlNet's conditioning image (PNG of the output size: edges, depth, …).
@@ -517,6 +529,11 @@ fn run(args: Args) -> Result<(), String> {
             Decode::Tiny => VaeDecode::Tiny,
         },
         conditioning,
+        clip: ClipText {
+            prompt: args.clip_prompt.clone(),
+            negative: args.clip_negative.clone(),
+            skip: args.clip_skip,
+        },
         seamless: match args.tile {
             None => Seamless::Off,
             Some(Tile::X) => Seamless::X,
@@ -623,6 +640,7 @@ fn generate<B: Backend>(
                     &request.negative_prompt,
                     request.token_mode,
                     request.conditioning,
+                    &request.clip,
                 )
                 .map_err(|e| e.to_string())?;
             pipeline.free_t5();

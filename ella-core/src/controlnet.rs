@@ -73,16 +73,7 @@ impl ControlNetConfig {
         let invalid = |e: serde_json::Error| config_error(path, e);
         let mut unet: UNetConfig = serde_json::from_value(json.clone()).map_err(invalid)?;
         let own: OwnKeys = serde_json::from_value(json).map_err(invalid)?;
-        // A ControlNet has no up blocks; the U-Net checks want them: mirror the down ones.
-        unet.up_block_types = unet
-            .down_block_types
-            .iter()
-            .rev()
-            .map(|kind| match kind {
-                DownBlockType::CrossAttention => UpBlockType::CrossAttention,
-                DownBlockType::Plain => UpBlockType::Plain,
-            })
-            .collect();
+        mirror_up_blocks(&mut unet);
         let config = Self {
             unet,
             conditioning_channels: own.conditioning_channels,
@@ -92,6 +83,28 @@ impl ControlNetConfig {
         };
         check_config(config.validate(), path)?;
         Ok(config)
+    }
+
+    /// The config of a ControlNet for `unet` (its down path, reading the latents alone as an
+    /// inpainting U-Net's ControlNet does) with a hint encoder of `embedding_channels`
+    /// reading `conditioning_channels`-channel images: what a file without a config means.
+    pub fn for_unet(
+        unet: &UNetConfig,
+        conditioning_channels: usize,
+        embedding_channels: Vec<usize>,
+    ) -> Self {
+        let mut unet = UNetConfig {
+            in_channels: unet.out_channels,
+            ..unet.clone()
+        };
+        mirror_up_blocks(&mut unet);
+        Self {
+            unet,
+            conditioning_channels,
+            conditioning_embedding_out_channels: embedding_channels,
+            controlnet_conditioning_channel_order: ChannelOrder::Rgb,
+            global_pool_conditions: false,
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -123,6 +136,20 @@ impl ControlNetConfig {
     pub fn image_downscale(&self) -> usize {
         1 << (self.conditioning_embedding_out_channels.len() - 1)
     }
+}
+
+/// A ControlNet has no up blocks, but the U-Net config's checks want them: mirrors the down
+/// ones.
+fn mirror_up_blocks(unet: &mut UNetConfig) {
+    unet.up_block_types = unet
+        .down_block_types
+        .iter()
+        .rev()
+        .map(|kind| match kind {
+            DownBlockType::CrossAttention => UpBlockType::CrossAttention,
+            DownBlockType::Plain => UpBlockType::Plain,
+        })
+        .collect();
 }
 
 /// `ControlNetConditioningEmbedding`: the control image (in [0, 1]) to a `conv_in`-wide map at

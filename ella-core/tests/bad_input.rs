@@ -9,9 +9,9 @@ use burn::tensor::DType;
 use common::files::{Tensors, edited, write_tensors};
 use common::fixture;
 use ella_core::{
-    AutoencoderTiny, Checkpoint, Conditioning, Connector, ConnectorConfig, ControlNetConfig,
+    AutoencoderTiny, Checkpoint, ClipText, Conditioning, Connector, ConnectorConfig, ControlNetConfig,
     ControlNetModel, Error, GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions,
-    T5Config, T5TextEncoder, TimestepSchedule, TinyConfig, TokenMode,
+    T5Config, T5TextEncoder, TimestepSchedule, TinyConfig, TokenMode, UNetConfig, load_controlnet,
 };
 use safetensors::Dtype;
 
@@ -516,6 +516,60 @@ fn conditioning_without_its_models_is_an_error() {
     );
 }
 
+/// CLIP's own prompts and CLIP skip are refused where CLIP takes no part, and a skip that
+/// leaves no layer is refused with the number of layers.
+#[test]
+fn clip_options_need_clip_and_a_layer_left() {
+    let clip_only = load_sd(fixture("sd"), None).unwrap();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        schedule: TimestepSchedule::Steps(1),
+        conditioning: Conditioning::Clip,
+        ..GenerateRequest::new("a red book")
+    };
+    let with_clip = |clip: ClipText, conditioning| GenerateRequest {
+        clip,
+        conditioning,
+        ..request.clone()
+    };
+    let own_prompt = ClipText {
+        prompt: Some("red book, table".into()),
+        ..ClipText::default()
+    };
+    let err = clip_only
+        .generate(&with_clip(own_prompt.clone(), Conditioning::Ella))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("uses CLIP")),
+        "{err}"
+    );
+    let deep = ClipText {
+        skip: 2,
+        ..ClipText::default()
+    };
+    let err = clip_only
+        .generate(&with_clip(deep, Conditioning::Clip))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("2 layers")),
+        "{err}"
+    );
+    let long = ClipText {
+        negative: Some("x".repeat(ella_core::limits::MAX_PROMPT_BYTES + 1)),
+        ..ClipText::default()
+    };
+    let err = clip_only
+        .generate(&with_clip(long, Conditioning::Clip))
+        .unwrap_err();
+    assert!(matches!(&err, Error::InvalidInput(_)), "{err}");
+    assert!(
+        clip_only
+            .generate(&with_clip(own_prompt, Conditioning::Clip))
+            .is_ok()
+    );
+}
+
 #[test]
 fn lora_errors_and_report() {
     let clip_paths = ModelPaths {
@@ -644,6 +698,82 @@ fn controlnet_of_another_model_is_refused() {
     assert!(ControlNetModel::<B>::load(&file, &Default::default(), DType::F32).is_ok());
     let controlnet = ControlNetModel::<B>::load(&folder, &Default::default(), DType::F32).unwrap();
     pipeline.set_controlnet(Some(controlnet)).unwrap();
+}
+
+/// PyTorch pickles (a `torch.save` zip, an older bare pickle) are refused unread, with the
+/// converter named; a safetensors file whose header length happens to start like a pickle
+/// opens.
+#[test]
+fn pickles_are_refused_with_the_converter_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = [b"PK\x03\x04\x14\x00\x00\x00".as_slice(), &[0; 56]].concat();
+    let legacy = [b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46".as_slice(), &[0; 56]].concat();
+    for (name, bytes) in [("control.pth", zip), ("model.ckpt", legacy)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = Checkpoint::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsupportedModel { reason, .. }
+                if reason.contains("scripts/pth_to_safetensors.py")),
+            "{err}"
+        );
+        let unet = UNetConfig::from_file(&fixture("sd/unet/config.json")).unwrap();
+        let err = load_controlnet::<B>(&path, &unet, &Default::default(), DType::F32).unwrap_err();
+        assert!(matches!(&err, Error::UnsupportedModel { .. }), "{err}");
+    }
+    // A valid file with a 0x0280-byte header: its first bytes are 0x80 0x02.
+    let header = format!("{{\"__metadata__\":{{\"pad\":\"{}\"}}}}", " ".repeat(0x0280 - 27));
+    assert_eq!(header.len(), 0x0280);
+    let path = dir.path().join("empty.safetensors");
+    let bytes = [&(header.len() as u64).to_le_bytes()[..], header.as_bytes()].concat();
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(Checkpoint::open(&path).unwrap().names().count(), 0);
+}
+
+/// An original-layout ControlNet whose hint encoder is missing or misshaped, or whose down
+/// path is not the U-Net's, is refused with the reason; a tensor too many is named.
+#[test]
+fn broken_original_layout_controlnets_are_named() {
+    let unet = UNetConfig::from_file(&fixture("sd/unet/config.json")).unwrap();
+    let load = |path: &Path| load_controlnet::<B>(path, &unet, &Default::default(), DType::F32);
+    let file = "controlnet-ldm.safetensors";
+    let (_dir, no_hint) = edited(file, |t| {
+        t.retain(|name, _| !name.contains("input_hint_block.0."));
+    });
+    let err = load(&no_hint).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedModel { reason, .. } if reason.contains("input_hint_block")),
+        "{err}"
+    );
+    let (_dir, wider) = edited(file, |t| {
+        t.insert(
+            "control_model.zero_convs.0.0.weight".into(),
+            f32_tensor(&[64, 64, 1, 1]),
+        );
+    });
+    let err = load(&wider).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { name, .. } if name == "controlnet_down_blocks.0.weight"),
+        "{err}"
+    );
+    let (_dir, extra) = edited(file, |t| {
+        t.insert(
+            "control_model.output_blocks.0.0.in_layers.0.weight".into(),
+            f32_tensor(&[4]),
+        );
+    });
+    let err = load(&extra).unwrap_err();
+    assert!(matches!(&err, Error::UnexpectedTensor { .. }), "{err}");
+    // A shuffle ControlNet pools globally, which its weights do not show; its name does.
+    let dir = tempfile::tempdir().unwrap();
+    let shuffle = dir.path().join("control_v11e_sd15_shuffle.safetensors");
+    std::fs::copy(fixture(file), &shuffle).unwrap();
+    let err = load(&shuffle).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { reason, .. } if reason.contains("global_pool")),
+        "{err}"
+    );
+    assert!(load(&fixture(file)).is_ok());
 }
 
 #[test]

@@ -71,6 +71,7 @@ fn generation_and_memory_budgets() {
             "",
             request.token_mode,
             request.conditioning,
+            &request.clip,
         )
         .unwrap();
     let t5_bytes = pipeline.t5().unwrap().encoder.num_params() * 4; // f32

@@ -583,6 +583,7 @@ fn prompt_states_of_another_token_mode_are_used_as_encoded() {
             "",
             TokenMode::Flexible,
             request.conditioning,
+            &request.clip,
         )
         .unwrap();
     let fixed = GenerateRequest {

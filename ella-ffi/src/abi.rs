@@ -347,6 +347,15 @@ pub struct EllaGenerateRequest {
     /// black kept. NULL (default): none.
     pub mask: *const u8,
     pub mask_size: usize,
+    /// CLIP's own UTF-8 prompt for the conditionings that use CLIP (with
+    /// `ELLA_CONDITIONING_ELLA_CLIP`: tags, names and trigger words for CLIP while T5 reads
+    /// `prompt`); NULL (default): `prompt`. Not with `prompt_cache`.
+    pub clip_prompt: *const c_char,
+    /// CLIP's own negative prompt; NULL (default): `negative_prompt`. Not with `prompt_cache`.
+    pub clip_negative_prompt: *const c_char,
+    /// Layers skipped from the end of CLIP (diffusers' `clip_skip`; A1111's "Clip skip: 2"
+    /// is 1); default 0. Not with `prompt_cache`.
+    pub clip_skip: u32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -487,6 +496,9 @@ versioned!(EllaGenerateRequest {
     seamless,
     mask,
     mask_size,
+    clip_prompt,
+    clip_negative_prompt,
+    clip_skip,
 });
 
 versioned!(EllaJobProgress {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use ella_core::limits::MAX_IMAGE_SIDE;
 use ella_core::pipeline::ProgressFn;
 use ella_core::{
+    ClipText,
     Control, GenerateRequest, Hooks, Image, InitImage, Mask, Preview, Previews, SurOptions,
     TimestepSchedule,
 };
@@ -62,6 +63,9 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         seamless: EllaSeamless::from(d.seamless) as u32,
         mask: std::ptr::null(),
         mask_size: 0,
+        clip_prompt: std::ptr::null(),
+        clip_negative_prompt: std::ptr::null(),
+        clip_skip: d.clip.skip as u32,
     }
 }
 
@@ -133,6 +137,21 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
         // SAFETY: strings per this function's contract.
         None => unsafe { text(request.prompt, "request.prompt") }?.to_string(),
     };
+    let clip_text = |ptr: *const c_char, what| match ptr.is_null() {
+        true => Ok(None),
+        false => optional_text(ptr, what).map(Some),
+    };
+    let clip = ClipText {
+        prompt: clip_text(request.clip_prompt, "request.clip_prompt")?,
+        negative: clip_text(request.clip_negative_prompt, "request.clip_negative_prompt")?,
+        skip: request.clip_skip as usize,
+    };
+    if cache.is_some() && clip != ClipText::default() {
+        return Err(invalid(
+            "request.clip_prompt, clip_negative_prompt and clip_skip apply when the request's \
+             prompts are encoded; a prompt cache holds the CLIP states of its own prompts",
+        ));
+    }
     let (width, height) = (request.width as usize, request.height as usize);
     let image = |pixels| Image {
         width,
@@ -190,6 +209,7 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
                 weight: request.sur_weight,
                 mode: EllaSurMode::decode(request.sur_mode, "request.sur_mode")?.into(),
             }),
+        clip,
         init_image: init_image.map(|image| InitImage {
             image,
             strength: request.strength,

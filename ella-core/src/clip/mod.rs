@@ -37,11 +37,17 @@ impl<B: Backend> ClipTextEncoder<B> {
     /// CLIP's last hidden state `[1, 77, hidden]` of one prompt, as SD pipelines condition
     /// on it (padded to 77 tokens, truncated beyond).
     pub fn encode(&self, prompt: &str) -> Result<Tensor<B, 3>> {
+        self.encode_skip(prompt, 0)
+    }
+
+    /// [`ClipTextEncoder::encode`] with the last `skip` layers skipped
+    /// ([`ClipTextModel::forward_skip`]).
+    pub fn encode_skip(&self, prompt: &str, skip: usize) -> Result<Tensor<B, 3>> {
         let ids = self.tokenizer.encode(&[prompt])?.remove(0);
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let len = ids.len();
         let device = self.model.token_embedding.device();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
-        self.model.forward(ids)
+        self.model.forward_skip(ids, skip)
     }
 }

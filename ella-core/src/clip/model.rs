@@ -146,11 +146,25 @@ impl<B: Backend> ClipTextModel<B> {
     /// `last_hidden_state` `[batch, seq, hidden]` of token ids `[batch, seq]` (seq ≤ the
     /// position embeddings, 77): what SD's U-Net cross-attends to.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
+        self.forward_skip(input_ids, 0)
+    }
+
+    /// [`ClipTextModel::forward`] with the last `skip` layers skipped: the hidden state of an
+    /// earlier layer through the final layer norm (diffusers' `clip_skip`; A1111's "Clip
+    /// skip: 2" is `skip` 1).
+    pub fn forward_skip(&self, input_ids: Tensor<B, 2, Int>, skip: usize) -> Result<Tensor<B, 3>> {
         let [batch, seq] = input_ids.dims();
         let positions = self.config.max_position_embeddings;
         if seq == 0 || seq > positions {
             return Err(Error::InvalidInput(format!(
                 "{seq} CLIP tokens; the text encoder takes 1 to {positions}"
+            )));
+        }
+        let layers = self.layers.len();
+        if skip >= layers {
+            return Err(Error::InvalidInput(format!(
+                "CLIP skip {skip} leaves none of the text encoder's {layers} layers (at most {})",
+                layers - 1
             )));
         }
         let device = input_ids.device();
@@ -165,8 +179,7 @@ impl<B: Backend> ClipTextModel<B> {
         let causal = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [seq, seq]), &device)
             .reshape([1, 1, seq, seq])
             .expand([batch, self.config.num_attention_heads, seq, seq]);
-        let h = self
-            .layers
+        let h = self.layers[..layers - skip]
             .iter()
             .fold(h, |h, layer| layer.forward(h, causal.clone()));
         Ok(self.final_layer_norm.forward(h))

@@ -8,10 +8,16 @@
 //! | `first_stage_model.` | VAE | `encoder.down.I.block.J`, `decoder.up.I.block.J`, `mid.attn_1` (1×1 convs) |
 //! | `cond_stage_model.transformer.` | CLIP text model | transformers' names |
 //!
+//! ControlNets in the same layout come as files of their own (lllyasviel's ControlNet 1.0/1.1,
+//! comfyanonymous' fp16 conversions): the U-Net's `time_embed`, `input_blocks` and
+//! `middle_block`, plus `input_hint_block`, `zero_convs` and `middle_block_out`, under
+//! `control_model.` or no prefix.
+//!
 //! Everything else in such a file (EMA copies, `alphas_cumprod`, optimizer state) is left out
 //! of the views. The mapping is checked against diffusers' own single-file loader by
 //! `scripts/single_file_fixtures.py`.
 
+use crate::controlnet::ControlNetConfig;
 use crate::error::{Error, Result};
 use crate::unet::{UNetConfig, UpBlockType};
 use crate::weights::Checkpoint;
@@ -22,6 +28,9 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 /// The CLIP text model's prefix in an SD1.x single-file checkpoint.
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// The ControlNet's prefix in ControlNet 1.0/1.1 files; some conversions store the same names
+/// without it.
+pub const CONTROLNET_PREFIX: &str = "control_model.";
 
 /// The input channels of a single-file checkpoint's U-Net (4, or 9 for an inpainting model),
 /// from its first convolution.
@@ -73,11 +82,9 @@ pub fn check_sd1(checkpoint: &Checkpoint) -> Result<()> {
 /// the LDM numbering depends on.
 pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
     let n = config.block_out_channels.len();
-    // LDM numbers the blocks of all levels in one sequence: down level `i` holds its resnets
-    // and then its downsampler (but the last); up level `i` its resnets (one more than the
-    // down level's), the last of which carries the upsampler.
+    // Up level `i` holds its resnets (one more than the down level's), the last of which
+    // carries the upsampler.
     let layers = |i: usize| config.layers_per_block.get(i);
-    let down: Vec<usize> = (0..n).map(|i| layers(i) + usize::from(i + 1 < n)).collect();
     let up: Vec<usize> = (0..n).map(|i| layers(n - 1 - i) + 1).collect();
     let up_attention: Vec<bool> = config
         .up_block_types
@@ -85,7 +92,7 @@ pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
         .map(|&kind| kind == UpBlockType::CrossAttention)
         .collect();
     let layout = UNetLayout {
-        down,
+        down: down_counts(config),
         up,
         up_attention,
     };
@@ -93,6 +100,15 @@ pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
         let rest = name.strip_prefix(UNET_PREFIX)?;
         Some(layout.name(rest).unwrap_or_else(|| name.to_string()))
     })
+}
+
+/// How many LDM blocks each down level has. LDM numbers the blocks of all levels in one
+/// sequence: down level `i` holds its resnets and then its downsampler (but the last).
+fn down_counts(config: &UNetConfig) -> Vec<usize> {
+    let n = config.block_out_channels.len();
+    (0..n)
+        .map(|i| config.layers_per_block.get(i) + usize::from(i + 1 < n))
+        .collect()
 }
 
 /// How many LDM blocks each level of a U-Net has, and which up levels have attention.
@@ -283,6 +299,117 @@ fn vae_name(name: &str, levels: usize) -> Option<String> {
     }
 }
 
+/// Whether a ControlNet file is in the original layout (its hint encoder and zero
+/// convolutions under LDM names), with or without the `control_model.` prefix.
+pub fn is_ldm_controlnet(checkpoint: &Checkpoint) -> bool {
+    checkpoint.names().any(|name| {
+        let name = name.strip_prefix(CONTROLNET_PREFIX).unwrap_or(name);
+        name.starts_with("input_hint_block.") || name.starts_with("zero_convs.")
+    })
+}
+
+/// The `control_model.` prefix if the ControlNet file uses it, else none.
+fn controlnet_prefix(checkpoint: &Checkpoint) -> &'static str {
+    match checkpoint.names().any(|n| n.starts_with(CONTROLNET_PREFIX)) {
+        true => CONTROLNET_PREFIX,
+        false => "",
+    }
+}
+
+/// The convolutions of an original-layout ControlNet's `input_hint_block` (conv, SiLU, conv,
+/// SiLU, …: at even indices), as `(index, weight shape)` in index order.
+fn hint_convs(checkpoint: &Checkpoint) -> Vec<(usize, &[usize])> {
+    let prefix = format!("{}input_hint_block.", controlnet_prefix(checkpoint));
+    let mut convs: Vec<(usize, &[usize])> = checkpoint
+        .names()
+        .filter_map(|name| {
+            let index = name.strip_prefix(&prefix)?.strip_suffix(".weight")?;
+            Some((index.parse().ok()?, checkpoint.shape(name)?))
+        })
+        .collect();
+    convs.sort_by_key(|&(index, _)| index);
+    convs
+}
+
+/// The config of an original-layout ControlNet, which carries none: its down path is the
+/// U-Net's it controls (`unet`), its hint encoder's widths are read from the file.
+pub fn controlnet_config(checkpoint: &Checkpoint, unet: &UNetConfig) -> Result<ControlNetConfig> {
+    let convs = hint_convs(checkpoint);
+    // conv_in at 0, (conv, stride-2 conv) pairs at 2, 4, …, and conv_out last: at 14 in
+    // every original file whatever the pairs (diffusers reads it there), at the next even
+    // index in some conversions.
+    let widths = match convs.as_slice() {
+        [(0, conv_in), blocks @ .., (_, conv_out)]
+            if conv_in.len() == 4
+                && conv_out.len() == 4
+                && blocks.len() % 2 == 0
+                && blocks.iter().enumerate().all(|(k, &(i, shape))| {
+                    i == 2 * (k + 1) && shape.len() == 4
+                }) =>
+        {
+            let mut widths = vec![conv_in[0]];
+            widths.extend(blocks.iter().skip(1).step_by(2).map(|(_, shape)| shape[0]));
+            Some((conv_in[1], widths))
+        }
+        _ => None,
+    };
+    let Some((conditioning_channels, widths)) = widths else {
+        return Err(Error::UnsupportedModel {
+            path: checkpoint.path().to_path_buf(),
+            reason: "not a ControlNet in the original layout: its `input_hint_block` \
+                     convolutions are missing, misnumbered or misshaped"
+                .into(),
+        });
+    };
+    let mut config = ControlNetConfig::for_unet(unet, conditioning_channels, widths);
+    // The shuffle ControlNet (`control_v11e_sd15_shuffle`) pools its residuals globally, which
+    // its weights do not show: its name does.
+    let name = checkpoint.path().file_name().unwrap_or_default();
+    config.global_pool_conditions = name.to_string_lossy().contains("shuffle");
+    crate::weights::check_config(config.validate(), checkpoint.path())?;
+    Ok(config)
+}
+
+/// An original-layout ControlNet under diffusers' `ControlNetModel` names. In a file with the
+/// `control_model.` prefix, the tensors outside it (the SD model ControlNet 1.0 files bundle)
+/// are left out.
+pub fn controlnet(checkpoint: &Checkpoint, config: &ControlNetConfig) -> Checkpoint {
+    let layout = UNetLayout {
+        down: down_counts(&config.unet),
+        up: Vec::new(),
+        up_attention: Vec::new(),
+    };
+    let hint_out = hint_convs(checkpoint).last().map_or(0, |&(index, _)| index);
+    let prefix = controlnet_prefix(checkpoint);
+    checkpoint.remap(|name| {
+        let name = name.strip_prefix(prefix)?;
+        Some(controlnet_name(name, &layout, hint_out).unwrap_or_else(|| name.to_string()))
+    })
+}
+
+/// One LDM ControlNet name (without the prefix) → diffusers', or `None` when it is not one.
+/// The hint encoder's last convolution is at index `hint_out`.
+fn controlnet_name(name: &str, layout: &UNetLayout, hint_out: usize) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("zero_convs.") {
+        let (i, rest) = split_index(rest)?;
+        return Some(format!("controlnet_down_blocks.{i}.{}", rest.strip_prefix("0.")?));
+    }
+    if let Some(rest) = name.strip_prefix("middle_block_out.0.") {
+        return Some(format!("controlnet_mid_block.{rest}"));
+    }
+    if let Some(rest) = name.strip_prefix("input_hint_block.") {
+        let (i, rest) = split_index(rest)?;
+        let conv = match i {
+            _ if i % 2 == 1 || i > hint_out => return None,
+            0 => "conv_in".to_string(),
+            _ if i == hint_out => "conv_out".to_string(),
+            _ => format!("blocks.{}", i / 2 - 1),
+        };
+        return Some(format!("controlnet_cond_embedding.{conv}.{rest}"));
+    }
+    layout.name(name)
+}
+
 /// The CLIP text model of a single-file SD1.x checkpoint, under transformers' names.
 pub fn clip(checkpoint: &Checkpoint) -> Checkpoint {
     checkpoint.remap(|name| name.strip_prefix(CLIP_PREFIX).map(str::to_string))
@@ -353,6 +480,54 @@ mod tests {
         }
         assert_eq!(layout.name("label_emb.0.0.weight"), None);
         assert_eq!(layout.name("input_blocks.12.0.in_layers.0.weight"), None);
+    }
+
+    #[test]
+    fn sd15_controlnet_names() {
+        let layout = UNetLayout {
+            down: vec![3, 3, 3, 2],
+            up: Vec::new(),
+            up_attention: Vec::new(),
+        };
+        let cases = [
+            (
+                "input_hint_block.0.weight",
+                "controlnet_cond_embedding.conv_in.weight",
+            ),
+            (
+                "input_hint_block.2.bias",
+                "controlnet_cond_embedding.blocks.0.bias",
+            ),
+            (
+                "input_hint_block.12.weight",
+                "controlnet_cond_embedding.blocks.5.weight",
+            ),
+            (
+                "input_hint_block.14.weight",
+                "controlnet_cond_embedding.conv_out.weight",
+            ),
+            ("zero_convs.11.0.bias", "controlnet_down_blocks.11.bias"),
+            ("middle_block_out.0.weight", "controlnet_mid_block.weight"),
+            (
+                "input_blocks.1.1.proj_in.weight",
+                "down_blocks.0.attentions.0.proj_in.weight",
+            ),
+            ("time_embed.0.bias", "time_embedding.linear_1.bias"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(
+                controlnet_name(ldm, &layout, 14).as_deref(),
+                Some(diffusers),
+                "{ldm}"
+            );
+        }
+        for unknown in [
+            "input_hint_block.1.weight",
+            "input_hint_block.16.weight",
+            "output_blocks.0.0.in_layers.0.weight",
+        ] {
+            assert_eq!(controlnet_name(unknown, &layout, 14), None, "{unknown}");
+        }
     }
 
     #[test]

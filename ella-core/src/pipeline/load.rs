@@ -9,6 +9,7 @@ use burn::tensor::DType;
 
 use super::ldm;
 use crate::clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
+use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
 use crate::lora::Lora;
 use crate::scheduler::SchedulerConfig;
@@ -37,9 +38,10 @@ pub struct ModelPaths {
     /// LoRAs merged into the U-Net (and CLIP) at load; [`super::Pipeline::set_loras`]
     /// changes them later.
     pub loras: Vec<Lora>,
-    /// A diffusers ControlNet folder (`config.json`, `diffusion_pytorch_model.safetensors`) or
-    /// its weight file, for requests with a [`super::Control`];
-    /// [`super::Pipeline::set_controlnet`] changes it.
+    /// A ControlNet for requests with a [`super::Control`]: a diffusers folder (`config.json`,
+    /// `diffusion_pytorch_model.safetensors`), its weight file, or a single file in the
+    /// original layout (`control_model.*`, as ComfyUI and A1111 use them; see
+    /// [`load_controlnet`]); [`super::Pipeline::set_controlnet`] changes it.
     pub controlnet: Option<PathBuf>,
     /// A SUR-adapter `.safetensors` (converted from the official `.pt` by
     /// `scripts/sur_adapter_to_safetensors.py`) for `ClipSur` conditioning; needs `clip`.
@@ -214,4 +216,26 @@ fn load_clip<B: Backend>(
         tokenizer: ClipTokenizer::from_file(folder.join("tokenizer"))?,
         model: ClipTextModel::from_checkpoint(config, &view, device, dtype)?,
     })
+}
+
+/// Loads a ControlNet for a U-Net of `unet`'s config: a diffusers folder, a diffusers weight
+/// file with `config.json` beside it, or a single file in the original layout
+/// (`control_model.*`, lllyasviel's ControlNet 1.1 or comfyanonymous' fp16 files), whose
+/// down path is the U-Net's and whose hint encoder is read from the file.
+pub fn load_controlnet<B: Backend>(
+    path: &Path,
+    unet: &UNetConfig,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<ControlNetModel<B>> {
+    if path.is_dir() {
+        return ControlNetModel::load(path, device, dtype);
+    }
+    let checkpoint = Checkpoint::open(path)?;
+    if !ldm::is_ldm_controlnet(&checkpoint) {
+        return ControlNetModel::load(path, device, dtype);
+    }
+    let config = ldm::controlnet_config(&checkpoint, unet)?;
+    let view = ldm::controlnet(&checkpoint, &config);
+    ControlNetModel::from_checkpoint(config, &view, device, dtype)
 }

@@ -41,10 +41,10 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 pub use image::Image;
 pub use inpaint::{Mask, Outpaint};
-pub use load::{EllaPaths, ModelPaths};
+pub use load::{EllaPaths, ModelPaths, load_controlnet};
 pub use memory::WorkingMemory;
 pub use preview::{Preview, PreviewMethod, Previews};
-pub use request::{Conditioning, Control, GenerateRequest, InitImage, SurOptions};
+pub use request::{ClipText, Conditioning, Control, GenerateRequest, InitImage, SurOptions};
 
 use crate::cancel::Cancel;
 use crate::clip::{CLIP_TOKENS, ClipTextEncoder};
@@ -211,7 +211,8 @@ impl<B: Backend> Pipeline<B> {
             pipeline.set_sur_adapter(Some(adapter))?;
         }
         if let Some(path) = &paths.controlnet {
-            pipeline.set_controlnet(Some(ControlNetModel::load(path, device, dtype)?))?;
+            let controlnet = load::load_controlnet(path, &pipeline.unet.config, device, dtype)?;
+            pipeline.set_controlnet(Some(controlnet))?;
         }
         if let Some(path) = &paths.taesd {
             pipeline.set_tiny_vae(Some(AutoencoderTiny::load(path, device, dtype)?))?;
@@ -595,15 +596,17 @@ impl<B: Backend> Pipeline<B> {
 
     /// The states `conditioning` needs of the negative and positive prompts. T5's: in
     /// flexible mode each keeps its own length (never padded, as the reference); in fixed
-    /// mode both have the fixed length. CLIP's: 77 tokens each.
+    /// mode both have the fixed length. CLIP's: 77 tokens each, of `clip`'s prompts when it
+    /// has its own.
     pub fn encode_prompts(
         &self,
         prompt: &str,
         negative: &str,
         mode: TokenMode,
         conditioning: Conditioning,
+        clip: &ClipText,
     ) -> Result<PromptStates<B>> {
-        self.encode_prompts_with(prompt, negative, mode, conditioning, Cancel::NEVER)
+        self.encode_prompts_with(prompt, negative, mode, conditioning, clip, Cancel::NEVER)
     }
 
     /// [`Pipeline::encode_prompts`], stopping between T5's layers once `cancel` is set.
@@ -613,44 +616,38 @@ impl<B: Backend> Pipeline<B> {
         negative: &str,
         mode: TokenMode,
         conditioning: Conditioning,
+        clip: &ClipText,
         cancel: Cancel,
     ) -> Result<PromptStates<B>> {
-        self.threads
-            .install(|| self.encode_on_threads(prompt, negative, mode, conditioning, cancel))
-    }
-
-    /// The work of [`Pipeline::encode_prompts_with`], on the pipeline's threads.
-    fn encode_on_threads(
-        &self,
-        prompt: &str,
-        negative: &str,
-        mode: TokenMode,
-        conditioning: Conditioning,
-        cancel: Cancel,
-    ) -> Result<PromptStates<B>> {
-        let t5 = match conditioning.uses_t5() {
-            true => Some(StatePair {
-                uncond: self.encode_prompt_with(negative, mode, cancel)?,
-                cond: self.encode_prompt_with(prompt, mode, cancel)?,
-            }),
-            false => None,
-        };
-        let clip = match conditioning.uses_clip() {
-            true => {
-                let clip = self.clip.as_ref().ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "{conditioning:?} conditioning needs SD's CLIP text encoder; load it \
-                         (ModelPaths::clip)"
-                    ))
-                })?;
-                Some(StatePair {
-                    uncond: clip.encode(negative)?,
-                    cond: clip.encode(prompt)?,
-                })
-            }
-            false => None,
-        };
-        Ok(PromptStates { t5, clip })
+        self.threads.install(|| {
+            let t5 = match conditioning.uses_t5() {
+                true => Some(StatePair {
+                    uncond: self.encode_prompt_with(negative, mode, cancel)?,
+                    cond: self.encode_prompt_with(prompt, mode, cancel)?,
+                }),
+                false => None,
+            };
+            let clip_states = match conditioning.uses_clip() {
+                true => {
+                    let encoder = self.clip.as_ref().ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{conditioning:?} conditioning needs SD's CLIP text encoder; load it \
+                             (ModelPaths::clip)"
+                        ))
+                    })?;
+                    let [clip_prompt, clip_negative] = clip.texts(prompt, negative);
+                    Some(StatePair {
+                        uncond: encoder.encode_skip(clip_negative, clip.skip)?,
+                        cond: encoder.encode_skip(clip_prompt, clip.skip)?,
+                    })
+                }
+                false => None,
+            };
+            Ok(PromptStates {
+                t5,
+                clip: clip_states,
+            })
+        })
     }
 
     /// T5 states `[1, tokens, d_model]` of one prompt.
@@ -715,6 +712,7 @@ impl<B: Backend> Pipeline<B> {
                     &request.negative_prompt,
                     request.token_mode,
                     request.conditioning,
+                    &request.clip,
                     cancel,
                 )?;
                 &encoded

@@ -38,6 +38,30 @@ impl Conditioning {
     }
 }
 
+/// What SD's CLIP text encoder reads, and how (the conditionings that use CLIP).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClipText {
+    /// CLIP's own prompt; `None`: the request's. With ELLA + CLIP, T5 reads a sentence and
+    /// CLIP tags, names and LoRA trigger words, as ELLA's authors advise.
+    pub prompt: Option<String>,
+    /// CLIP's own negative prompt; `None`: the request's.
+    pub negative: Option<String>,
+    /// Layers skipped from the end of CLIP (diffusers' `clip_skip`; A1111's "Clip skip: N"
+    /// is `N − 1`, ComfyUI's "CLIP Set Last Layer" `−N` is `N − 1`): 0, the last layer, by
+    /// default; anime checkpoints are often made for 1.
+    pub skip: usize,
+}
+
+impl ClipText {
+    /// The prompt and negative prompt CLIP reads, given the request's.
+    pub fn texts<'a>(&'a self, prompt: &'a str, negative: &'a str) -> [&'a str; 2] {
+        [
+            self.prompt.as_deref().unwrap_or(prompt),
+            self.negative.as_deref().unwrap_or(negative),
+        ]
+    }
+}
+
 /// How a SUR-adapter rewrites CLIP's states (`Conditioning::ClipSur`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SurOptions {
@@ -148,6 +172,8 @@ pub struct GenerateRequest {
     pub vae_decode: VaeDecode,
     /// ELLA (default), ELLA + CLIP, CLIP alone, or CLIP through a SUR-adapter.
     pub conditioning: Conditioning,
+    /// CLIP's own prompts and CLIP skip, for the conditionings that use CLIP.
+    pub clip: ClipText,
     /// Image-to-image: start from this image instead of pure noise.
     pub init_image: Option<InitImage>,
     /// ControlNet guidance (needs a pipeline with a ControlNet).
@@ -175,6 +201,7 @@ impl Default for GenerateRequest {
             step_noise: None,
             vae_decode: VaeDecode::Whole,
             conditioning: Conditioning::Ella,
+            clip: ClipText::default(),
             init_image: None,
             control: None,
             seamless: Seamless::Off,
@@ -240,7 +267,8 @@ impl GenerateRequest {
         {
             return invalid(format!("steps {steps} must be between 1 and {MAX_STEPS}"));
         }
-        check_prompt_lengths(&[&self.prompt, &self.negative_prompt])?;
+        let [clip_prompt, clip_negative] = self.clip.texts("", "");
+        check_prompt_lengths(&[&self.prompt, &self.negative_prompt, clip_prompt, clip_negative])?;
         if !self.guidance_scale.is_finite() {
             return invalid(format!(
                 "guidance scale {} is not a finite number",
@@ -296,6 +324,12 @@ impl GenerateRequest {
                     self.height
                 ));
             }
+        }
+        if self.clip != ClipText::default() && !self.conditioning.uses_clip() {
+            return invalid(format!(
+                "CLIP's own prompts and CLIP skip need a conditioning that uses CLIP, not {:?}",
+                self.conditioning
+            ));
         }
         if let Conditioning::ClipSur(SurOptions { weight, .. }) = self.conditioning
             && !(0.0..=1.0).contains(&weight)

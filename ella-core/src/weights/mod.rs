@@ -165,8 +165,19 @@ impl Checkpoint {
                 file.len
             )));
         }
-        let header_len = u64::from_le_bytes(file.read(0..8)?.try_into().expect("8 bytes"));
+        let start = file.read(0..8)?;
+        let header_len = u64::from_le_bytes(start[..].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER_BYTES || 8 + header_len > file.len {
+            if is_pickle(&start) {
+                return Err(Error::UnsupportedModel {
+                    path: path.to_path_buf(),
+                    reason: "a PyTorch pickle (.pth, .ckpt, .pt or .bin), not safetensors: ella \
+                             never unpickles, since a pickle can run code. Convert it once with \
+                             `python3 scripts/pth_to_safetensors.py FILE` (torch.load with \
+                             weights_only=True)"
+                        .into(),
+                });
+            }
             return Err(invalid(format!(
                 "the header claims {header_len} bytes in a file of {}",
                 file.len
@@ -538,6 +549,13 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Whether a file whose first 8 bytes are no safetensors header length starts as PyTorch's
+/// pickles do: a zip archive (`torch.save` since 1.6) or a bare pickle (protocol 2 to 5,
+/// older `.ckpt` files).
+fn is_pickle(start: &[u8]) -> bool {
+    start.starts_with(b"PK\x03\x04") || matches!(start, [0x80, 2..=5, ..])
 }
 
 /// Errors when a JSON object at the top of `header` has a key twice (serde keeps the last,

@@ -16,7 +16,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
-    AutoencoderKL, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage, Mask,
+    AutoencoderKL, ClipText, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage, Mask,
     ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig, Seamless,
     SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
 };
@@ -80,6 +80,11 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
                 ..SurOptions::default()
             }),
             Some(other) => panic!("unknown conditioning {other}"),
+        },
+        clip: ClipText {
+            prompt: run.get("clip_prompt").map(|p| p.as_str().unwrap().into()),
+            negative: run.get("clip_negative").map(|p| p.as_str().unwrap().into()),
+            skip: run.get("clip_skip").map_or(0, |k| k.as_u64().unwrap() as usize),
         },
         seamless: match run.get("seamless").and_then(Value::as_str) {
             None => Seamless::Off,
@@ -733,7 +738,13 @@ fn progress_cancel_and_unloaded_text_encoder() {
     ));
     // Still usable after a cancel; and with T5 unloaded, from states encoded before.
     let states = pipeline
-        .encode_prompts("a red book", "", TokenMode::Flexible, Conditioning::Ella)
+        .encode_prompts(
+            "a red book",
+            "",
+            TokenMode::Flexible,
+            Conditioning::Ella,
+            &Default::default(),
+        )
         .unwrap();
     assert!(pipeline.unload_t5().is_some());
     assert!(matches!(
