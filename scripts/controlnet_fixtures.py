@@ -23,10 +23,10 @@ import ella_reference
 import sd_fixtures
 
 
-def tiny_controlnet(unet):
-    torch.manual_seed(101)
+def tiny_controlnet(unet, seeds=(101, 102)):
+    torch.manual_seed(seeds[0])
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)).eval()
-    gen = torch.Generator().manual_seed(102)
+    gen = torch.Generator().manual_seed(seeds[1])
     with torch.no_grad():
         # diffusers initialises the output convolutions to zero; random ones make them matter.
         for name, p in controlnet.named_parameters():

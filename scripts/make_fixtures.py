@@ -329,6 +329,8 @@ PARTS = {
     "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
     "taesd": (part("taesd_fixtures", "make_taesd"), "the tiny TAESD (AutoencoderTiny) and its outputs"),
     "controlnet-ldm": (part("controlnet_ldm_fixtures", "make_controlnet_ldm"), "the ControlNet as LDM-layout single files"),
+    "community": (part("community_fixtures", "make_community", ELLA_TINY),
+                  "several ControlNets at once; ELLA + CLIP with a CLIP prompt of its own"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
