@@ -213,19 +213,21 @@ struct Args {
     lora: Vec<Lora>,
     /// A ControlNet: a diffusers folder, its .safetensors with config.json beside it, or a
     /// single file in the original layout as ComfyUI and A1111 use (control_v11p_sd15_*).
+    /// Repeat for several at once: the i-th --control-image (and --control-scale, -start,
+    /// -end when given) goes with the i-th --controlnet.
     #[arg(long, requires = "control_image")]
-    controlnet: Option<PathBuf>,
-    /// The ControlNet's conditioning image (PNG of the output size: edges, depth, …).
+    controlnet: Vec<PathBuf>,
+    /// A ControlNet's conditioning image (PNG of the output size: edges, depth, …).
     #[arg(long, requires = "controlnet")]
-    control_image: Option<PathBuf>,
-    /// The ControlNet's conditioning scale.
-    #[arg(long, default_value_t = 1.0)]
-    control_scale: f32,
-    /// The fraction of the steps where the ControlNet starts and stops acting.
-    #[arg(long, default_value_t = 0.0)]
-    control_start: f32,
-    #[arg(long, default_value_t = 1.0)]
-    control_end: f32,
+    control_image: Vec<PathBuf>,
+    /// A ControlNet's conditioning scale (default 1).
+    #[arg(long)]
+    control_scale: Vec<f32>,
+    /// The fraction of the steps where a ControlNet starts and stops acting (default 0, 1).
+    #[arg(long)]
+    control_start: Vec<f32>,
+    #[arg(long)]
+    control_end: Vec<f32>,
     /// What the U-Net is conditioned on (default: ella, or clip-sur with --sur-adapter).
     #[arg(long, value_enum)]
     conditioning: Option<Cond>,
@@ -382,6 +384,39 @@ fn check_writable(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The --controlnet groups: the i-th image, scale, start and end with the i-th ControlNet.
+fn controls(args: &Args) -> Result<Vec<Control>, String> {
+    let n = args.controlnet.len();
+    let per_controlnet = |flag: &str, count: usize, optional: bool| match count {
+        0 if optional => Ok(()),
+        _ if count == n => Ok(()),
+        _ => Err(format!(
+            "{count} --{flag} for {n} --controlnet: give one per ControlNet{}",
+            if optional { " or none" } else { "" }
+        )),
+    };
+    per_controlnet("control-image", args.control_image.len(), false)?;
+    per_controlnet("control-scale", args.control_scale.len(), true)?;
+    per_controlnet("control-start", args.control_start.len(), true)?;
+    per_controlnet("control-end", args.control_end.len(), true)?;
+    let defaults = Control::new(Image {
+        width: 0,
+        height: 0,
+        pixels: Vec::new(),
+    });
+    (0..n)
+        .map(|i| {
+            Ok(Control {
+                controlnet: i,
+                image: Image::load_png(&args.control_image[i]).map_err(|e| e.to_string())?,
+                scale: args.control_scale.get(i).copied().unwrap_or(defaults.scale),
+                start: args.control_start.get(i).copied().unwrap_or(defaults.start),
+                end: args.control_end.get(i).copied().unwrap_or(defaults.end),
+            })
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -458,7 +493,7 @@ fn run(args: Args) -> Result<(), String> {
         ella,
         clip: conditioning.uses_clip(),
         loras: Vec::new(), // applied after loading, to print the report
-        controlnet: args.controlnet.clone(),
+        controlnets: args.controlnet.clone(),
         sur_adapter: args.sur_adapter.clone(),
         taesd: args.taesd.clone(),
     };
@@ -545,15 +580,7 @@ fn run(args: Args) -> Result<(), String> {
             strength: args.strength,
             mask,
         }),
-        control: match &args.control_image {
-            Some(path) => Some(Control {
-                image: Image::load_png(path).map_err(|e| e.to_string())?,
-                scale: args.control_scale,
-                start: args.control_start,
-                end: args.control_end,
-            }),
-            None => None,
-        },
+        controls: controls(&args)?,
     };
     let dtype = match args.precision {
         Float::Auto => match args.backend {

@@ -28,6 +28,8 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 pub const MAX_BATCH: usize = 64;
 /// The most denoising steps a request may ask for (the training timesteps of SD).
 pub const MAX_STEPS: usize = 1000;
+/// ControlNet controls one request may use at once (each runs a ControlNet every step).
+pub const MAX_CONTROLS: usize = 16;
 /// The longest prompt (or negative prompt) in bytes of UTF-8.
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 /// The most T5 tokens a prompt may have (flexible mode) or be padded to (fixed mode): T5's

@@ -357,7 +357,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         ella: None,
         clip: true,
         loras: Vec::new(),
-        controlnet: None,
+        controlnets: Vec::new(),
         sur_adapter: None,
         taesd: None,
     };
@@ -516,8 +516,8 @@ fn conditioning_without_its_models_is_an_error() {
     );
 }
 
-/// CLIP's own prompts and CLIP skip are refused where CLIP takes no part, and a skip that
-/// leaves no layer is refused with the number of layers.
+/// CLIP's own prompts and CLIP skip are refused where CLIP takes no part, and a skip of more
+/// layers than CLIP has is refused with the number of layers.
 #[test]
 fn clip_options_need_clip_and_a_layer_left() {
     let clip_only = load_sd(fixture("sd"), None).unwrap();
@@ -545,7 +545,7 @@ fn clip_options_need_clip_and_a_layer_left() {
         "{err}"
     );
     let deep = ClipText {
-        skip: 2,
+        skip: 3,
         ..ClipText::default()
     };
     let err = clip_only
@@ -658,7 +658,7 @@ fn controlnet_of_another_model_is_refused() {
             DType::F32,
         )
         .unwrap();
-        let err = pipeline.set_controlnet(Some(controlnet)).unwrap_err();
+        let err = pipeline.set_controlnets(vec![controlnet]).unwrap_err();
         assert!(
             matches!(&err, Error::IncompatibleModels(m) if m.contains(expected)),
             "{expected}: {err}"
@@ -697,7 +697,7 @@ fn controlnet_of_another_model_is_refused() {
     let file = folder.join("diffusion_pytorch_model.safetensors");
     assert!(ControlNetModel::<B>::load(&file, &Default::default(), DType::F32).is_ok());
     let controlnet = ControlNetModel::<B>::load(&folder, &Default::default(), DType::F32).unwrap();
-    pipeline.set_controlnet(Some(controlnet)).unwrap();
+    pipeline.set_controlnets(vec![controlnet]).unwrap();
 }
 
 /// PyTorch pickles (a `torch.save` zip, an older bare pickle) are refused unread, with the

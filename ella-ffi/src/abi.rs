@@ -239,7 +239,9 @@ pub struct EllaModelParams {
     /// 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
     /// default 0.
     pub load_clip: u32,
-    /// A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
+    /// ControlNet 0, for requests with a `control_image` (or `controls` naming it): a
+    /// diffusers folder, or a single file in the diffusers or the original layout
+    /// (`control_v11p_sd15_canny.safetensors`, `*_fp16.safetensors`); NULL for none.
     pub controlnet_path: *const c_char,
     /// A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
     /// official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
@@ -263,6 +265,10 @@ pub struct EllaModelParams {
     /// `madebyollin/taesd`), for `ELLA_PREVIEW_METHOD_TINY` and `ELLA_VAE_DECODE_TINY`;
     /// NULL (default): none.
     pub taesd_path: *const c_char,
+    /// More ControlNets: `n_extra_controlnet_paths` paths (as `controlnet_path`), ControlNet
+    /// 1, 2, … for requests' `controls`; NULL and 0 (default): none. Needs `controlnet_path`.
+    pub extra_controlnet_paths: *const *const c_char,
+    pub n_extra_controlnet_paths: u32,
 }
 
 /// Per-context settings. Start from `ella_context_params_default()`.
@@ -356,6 +362,30 @@ pub struct EllaGenerateRequest {
     /// Layers skipped from the end of CLIP (diffusers' `clip_skip`; A1111's "Clip skip: 2"
     /// is 1); default 0. Not with `prompt_cache`.
     pub clip_skip: u32,
+    /// Several ControlNets at once: `n_controls` controls, each naming its ControlNet, after
+    /// the one `control_image` gives (on ControlNet 0); their residuals add up. NULL and 0
+    /// (default): none.
+    pub controls: *const EllaControl,
+    pub n_controls: u32,
+}
+
+/// One ControlNet control of a request (`ella_generate_request.controls`); a fixed layout,
+/// filled by the host.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EllaControl {
+    /// Which ControlNet: 0 is `ella_model_params.controlnet_path`, 1, 2, … its
+    /// `extra_controlnet_paths`.
+    pub controlnet: u32,
+    /// RGB8 of the request's size, `image_size` bytes (`width * height * 3`), rows top to
+    /// bottom without padding: an edge map, a depth map, …
+    pub image: *const u8,
+    pub image_size: usize,
+    /// The conditioning scale (1 is diffusers' default).
+    pub scale: f32,
+    /// The part of the run it acts in, as fractions of the steps (0 and 1: all of it).
+    pub start: f32,
+    pub end: f32,
 }
 
 /// An image owned by the library until `ella_image_free`.
@@ -414,6 +444,25 @@ pub(crate) unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str,
         .map_err(|_| invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// The `n` elements of a host array at `ptr` (0 elements: none, whatever `ptr`); NULL with
+/// elements, and counts no host means (more than 256), are refused before anything is read.
+///
+/// # Safety
+/// `ptr` is NULL or points to `n` readable elements.
+pub(crate) unsafe fn host_array<'a, T>(
+    ptr: *const T,
+    n: u32,
+    what: &str,
+) -> Result<&'a [T], Failure> {
+    match n {
+        0 => Ok(&[]),
+        _ if ptr.is_null() => Err(invalid(format!("{what} is NULL with {n} elements"))),
+        257.. => Err(invalid(format!("{what} has {n} elements; at most 256"))),
+        // SAFETY: `n` readable elements, per the caller's contract.
+        _ => Ok(unsafe { std::slice::from_raw_parts(ptr, n as usize) }),
+    }
+}
+
 /// A `struct_size`-versioned struct: where its fields lie, so that a size that ends inside
 /// one (half a pointer) is refused instead of read.
 pub(crate) trait Versioned: Copy {
@@ -457,6 +506,8 @@ versioned!(EllaModelParams {
     kernel_cache_path,
     n_threads,
     taesd_path,
+    extra_controlnet_paths,
+    n_extra_controlnet_paths,
 });
 versioned!(EllaContextParams {
     struct_size,
@@ -499,6 +550,8 @@ versioned!(EllaGenerateRequest {
     clip_prompt,
     clip_negative_prompt,
     clip_skip,
+    controls,
+    n_controls,
 });
 
 versioned!(EllaJobProgress {

@@ -66,6 +66,8 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         clip_prompt: std::ptr::null(),
         clip_negative_prompt: std::ptr::null(),
         clip_skip: d.clip.skip as u32,
+        controls: std::ptr::null(),
+        n_controls: 0,
     }
 }
 
@@ -186,6 +188,30 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
             pixels,
         },
     );
+    let mut controls: Vec<Control> = control_image
+        .map(|image| Control {
+            scale: request.control_scale,
+            start: request.control_start,
+            end: request.control_end,
+            ..Control::new(image)
+        })
+        .into_iter()
+        .collect();
+    // SAFETY: `n_controls` readable controls, per this function's contract.
+    let more = unsafe { host_array(request.controls, request.n_controls, "request.controls") }?;
+    for (i, control) in more.iter().enumerate() {
+        let what = format!("controls[{i}].image");
+        // SAFETY: a buffer of its size, per this function's contract.
+        let pixels = unsafe { host_pixels(control.image, control.image_size, &request, &what, 3) }?
+            .ok_or_else(|| invalid(format!("request.{what} is NULL")))?;
+        controls.push(Control {
+            controlnet: control.controlnet as usize,
+            image: image(pixels),
+            scale: control.scale,
+            start: control.start,
+            end: control.end,
+        });
+    }
     if mask.is_some() && init_image.is_none() {
         return Err(invalid(
             "request.mask needs request.init_image, the image to inpaint",
@@ -215,12 +241,7 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
             strength: request.strength,
             mask,
         }),
-        control: control_image.map(|image| Control {
-            image,
-            scale: request.control_scale,
-            start: request.control_start,
-            end: request.control_end,
-        }),
+        controls,
         ..GenerateRequest::default()
     };
     Ok(Request {

@@ -64,6 +64,8 @@ pub extern "C" fn ella_model_params_default() -> EllaModelParams {
         kernel_cache_path: std::ptr::null(),
         n_threads: 0,
         taesd_path: std::ptr::null(),
+        extra_controlnet_paths: std::ptr::null(),
+        n_extra_controlnet_paths: 0,
     }
 }
 
@@ -83,7 +85,7 @@ struct LoadPlan {
 /// The strings of `params` are NULL or NUL-terminated.
 unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
     // SAFETY (both closures): NUL-terminated strings per this function's contract.
-    let path = |ptr, what| unsafe { text(ptr, what) }.map(PathBuf::from);
+    let path = |ptr, what: &str| unsafe { text(ptr, what) }.map(PathBuf::from);
     let optional_path = |ptr: *const c_char, what| match ptr.is_null() {
         true => Ok(None),
         false => path(ptr, what).map(Some),
@@ -106,6 +108,26 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
             "params.t5_path and params.ella_path are NULL and load_clip is 0: no text encoder",
         ));
     }
+    let mut controlnets: Vec<PathBuf> =
+        optional_path(params.controlnet_path, "params.controlnet_path")?
+            .into_iter()
+            .collect();
+    // SAFETY: `n` readable pointers, per ella_model_params' contract.
+    let extra = unsafe {
+        host_array(
+            params.extra_controlnet_paths,
+            params.n_extra_controlnet_paths,
+            "params.extra_controlnet_paths",
+        )
+    }?;
+    if !extra.is_empty() && controlnets.is_empty() {
+        return Err(invalid(
+            "params.extra_controlnet_paths needs params.controlnet_path (ControlNet 0)",
+        ));
+    }
+    for (i, &ptr) in extra.iter().enumerate() {
+        controlnets.push(path(ptr, &format!("params.extra_controlnet_paths[{i}]"))?);
+    }
     let diffusion: DType = EllaPrecision::decode(params.precision, "params.precision")?.into();
     let t5 = EllaT5Precision::decode(params.t5_precision, "params.t5_precision")?;
     Ok(LoadPlan {
@@ -117,7 +139,7 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
             ella,
             clip,
             loras: Vec::new(),
-            controlnet: optional_path(params.controlnet_path, "params.controlnet_path")?,
+            controlnets,
             sur_adapter: optional_path(params.sur_adapter_path, "params.sur_adapter_path")?,
             taesd: optional_path(params.taesd_path, "params.taesd_path")?,
         },

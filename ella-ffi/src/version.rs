@@ -8,7 +8,7 @@ use crate::boundary;
 /// Major version of the library and of this header.
 pub const ELLA_VERSION_MAJOR: u32 = 0;
 /// Minor version: new functions or fields, nothing removed.
-pub const ELLA_VERSION_MINOR: u32 = 5;
+pub const ELLA_VERSION_MINOR: u32 = 6;
 /// Patch version: fixes only.
 pub const ELLA_VERSION_PATCH: u32 = 0;
 

@@ -91,6 +91,8 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_model_params() {
             kernel_cache_path,
             n_threads,
             taesd_path,
+            extra_controlnet_paths,
+            n_extra_controlnet_paths,
         }
     );
     for size in [12, 20, 28, 36] {
@@ -181,6 +183,11 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_requests() {
             seamless,
             mask,
             mask_size,
+            clip_prompt,
+            clip_negative_prompt,
+            clip_skip,
+            controls,
+            n_controls,
         }
     );
     for size in [12, 68, 84, 100] {

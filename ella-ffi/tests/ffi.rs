@@ -1066,6 +1066,138 @@ fn a_control_image_without_a_controlnet_is_refused() {
     );
 }
 
+/// Two ControlNets (the first an original-layout single file, the second a diffusers folder)
+/// guide one request together, each from its own image; the second alone or both differ from
+/// the first alone; a control naming a ControlNet the model lacks, a NULL or short control
+/// array, and extra paths without the first are refused.
+#[test]
+fn several_controlnets_guide_one_request() {
+    let p = paths();
+    let first = fixture("controlnet-ldm.safetensors");
+    let second = fixture("controlnet-b");
+    let extra = [second.as_ptr()];
+    let params = EllaModelParams {
+        controlnet_path: first.as_ptr(),
+        extra_controlnet_paths: extra.as_ptr(),
+        n_extra_controlnet_paths: 1,
+        ..params(&p)
+    };
+    let model = Model::load(&params);
+    let ctx = Context::new(&model);
+    let edges = edges();
+    let dots: Vec<u8> = (0..32 * 32 * 3).map(|i| ((i * 37) % 256) as u8).collect();
+    let control = |controlnet: u32, image: &[u8]| EllaControl {
+        controlnet,
+        image: image.as_ptr(),
+        image_size: image.len(),
+        scale: 0.7,
+        start: 0.0,
+        end: 1.0,
+    };
+    let first_alone = ctx.generate_32(&controlled(&edges)).unwrap();
+    let second_only = [control(1, &dots)];
+    let second_alone = ctx
+        .generate_32(&EllaGenerateRequest {
+            controls: second_only.as_ptr(),
+            n_controls: 1,
+            ..request(RED_BOOK)
+        })
+        .unwrap();
+    let both = ctx
+        .generate_32(&EllaGenerateRequest {
+            controls: second_only.as_ptr(),
+            n_controls: 1,
+            ..controlled(&edges)
+        })
+        .unwrap();
+    assert_ne!(both, first_alone);
+    assert_ne!(both, second_alone);
+    assert_ne!(first_alone, second_alone);
+    let third = [control(2, &dots)];
+    let err = ctx
+        .generate_32(&EllaGenerateRequest {
+            controls: third.as_ptr(),
+            n_controls: 1,
+            ..request(RED_BOOK)
+        })
+        .unwrap_err();
+    assert!(err.contains("ControlNet 2"), "{err}");
+    let err = ctx
+        .generate_32(&EllaGenerateRequest {
+            controls: null(),
+            n_controls: 1,
+            ..request(RED_BOOK)
+        })
+        .unwrap_err();
+    assert!(err.contains("request.controls is NULL"), "{err}");
+    let short = [EllaControl {
+        image_size: 10,
+        ..control(1, &dots)
+    }];
+    let err = ctx
+        .generate_32(&EllaGenerateRequest {
+            controls: short.as_ptr(),
+            n_controls: 1,
+            ..request(RED_BOOK)
+        })
+        .unwrap_err();
+    assert!(err.contains("controls[0].image_size"), "{err}");
+    let without_first = EllaModelParams {
+        controlnet_path: null(),
+        ..params
+    };
+    assert_eq!(load_status(&without_first), EllaStatus::InvalidArgument);
+    assert!(
+        last_error().contains("needs params.controlnet_path"),
+        "{}",
+        last_error()
+    );
+}
+
+/// CLIP's own prompt and CLIP skip change the image of a CLIP-conditioned request; a skip of
+/// more layers than CLIP has, and either with a prompt cache, are refused.
+#[test]
+fn clip_prompt_and_clip_skip_from_c() {
+    let p = paths();
+    let model = Model::load(&clip_only(&p));
+    let ctx = Context::new(&model);
+    let clip = |r: EllaGenerateRequest| EllaGenerateRequest {
+        conditioning: EllaConditioning::Clip as u32,
+        ..r
+    };
+    let plain = ctx.generate_32(&clip(request(RED_BOOK))).unwrap();
+    let own_prompt = ctx
+        .generate_32(&clip(EllaGenerateRequest {
+            clip_prompt: c"red book, table, sks".as_ptr(),
+            ..request(RED_BOOK)
+        }))
+        .unwrap();
+    assert_ne!(own_prompt, plain);
+    let skipped = ctx
+        .generate_32(&clip(EllaGenerateRequest {
+            clip_skip: 1,
+            ..request(RED_BOOK)
+        }))
+        .unwrap();
+    assert_ne!(skipped, plain);
+    let err = ctx
+        .generate_32(&clip(EllaGenerateRequest {
+            clip_skip: 3,
+            ..request(RED_BOOK)
+        }))
+        .unwrap_err();
+    assert!(err.contains("2 layers"), "{err}");
+    let cache = Prompt::new(&model, RED_BOOK, None);
+    let err = ctx
+        .generate_32(&clip(EllaGenerateRequest {
+            prompt_cache: cache.ptr(),
+            clip_skip: 1,
+            ..request(RED_BOOK)
+        }))
+        .unwrap_err();
+    assert!(err.contains("prompt cache"), "{err}");
+}
+
 /// CLIP and the tiny SUR adapter, no T5.
 fn with_sur_adapter() -> Model {
     let p = paths();

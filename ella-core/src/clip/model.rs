@@ -160,11 +160,11 @@ impl<B: Backend> ClipTextModel<B> {
                 "{seq} CLIP tokens; the text encoder takes 1 to {positions}"
             )));
         }
+        // diffusers allows skipping every layer: the embeddings through the final layer norm.
         let layers = self.layers.len();
-        if skip >= layers {
+        if skip > layers {
             return Err(Error::InvalidInput(format!(
-                "CLIP skip {skip} leaves none of the text encoder's {layers} layers (at most {})",
-                layers - 1
+                "CLIP skip {skip} is more than the text encoder's {layers} layers"
             )));
         }
         let device = input_ids.device();

@@ -38,11 +38,12 @@ pub struct ModelPaths {
     /// LoRAs merged into the U-Net (and CLIP) at load; [`super::Pipeline::set_loras`]
     /// changes them later.
     pub loras: Vec<Lora>,
-    /// A ControlNet for requests with a [`super::Control`]: a diffusers folder (`config.json`,
-    /// `diffusion_pytorch_model.safetensors`), its weight file, or a single file in the
-    /// original layout (`control_model.*`, as ComfyUI and A1111 use them; see
-    /// [`load_controlnet`]); [`super::Pipeline::set_controlnet`] changes it.
-    pub controlnet: Option<PathBuf>,
+    /// ControlNets for requests' [`super::Control`]s, which pick them by index in this list:
+    /// each a diffusers folder (`config.json`, `diffusion_pytorch_model.safetensors`), its
+    /// weight file, or a single file in the original layout (`control_model.*`, as ComfyUI
+    /// and A1111 use them; see [`load_controlnet`]); [`super::Pipeline::set_controlnets`]
+    /// changes them.
+    pub controlnets: Vec<PathBuf>,
     /// A SUR-adapter `.safetensors` (converted from the official `.pt` by
     /// `scripts/sur_adapter_to_safetensors.py`) for `ClipSur` conditioning; needs `clip`.
     pub sur_adapter: Option<PathBuf>,
@@ -82,7 +83,7 @@ impl ModelPaths {
             }),
             clip: false,
             loras: Vec::new(),
-            controlnet: None,
+            controlnets: Vec::new(),
             sur_adapter: None,
             taesd: None,
         }

@@ -57,7 +57,7 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::SurAdapter;
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{ControlResiduals, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderTiny, VaeDecode};
 
 /// One text encoder's states of a request's negative and positive prompt, `[1, tokens,
@@ -116,7 +116,8 @@ pub struct Pipeline<B: Backend> {
     unet: UNet2DConditionModel<B>,
     vae: AutoencoderKL<B>,
     scheduler_config: SchedulerConfig,
-    controlnet: Option<ControlNetModel<B>>,
+    /// The ControlNets requests' [`Control`]s pick from, by index.
+    controlnets: Vec<ControlNetModel<B>>,
     sur_adapter: Option<SurAdapter<B>>,
     /// TAESD, for tiny previews and decodes.
     tiny_vae: Option<AutoencoderTiny<B>>,
@@ -210,10 +211,12 @@ impl<B: Backend> Pipeline<B> {
             let adapter = SurAdapter::load(path, SUR_HEADS, device, dtype)?;
             pipeline.set_sur_adapter(Some(adapter))?;
         }
-        if let Some(path) = &paths.controlnet {
-            let controlnet = load::load_controlnet(path, &pipeline.unet.config, device, dtype)?;
-            pipeline.set_controlnet(Some(controlnet))?;
-        }
+        let controlnets = paths
+            .controlnets
+            .iter()
+            .map(|path| load::load_controlnet(path, &pipeline.unet.config, device, dtype))
+            .collect::<Result<_>>()?;
+        pipeline.set_controlnets(controlnets)?;
         if let Some(path) = &paths.taesd {
             pipeline.set_tiny_vae(Some(AutoencoderTiny::load(path, device, dtype)?))?;
         }
@@ -340,7 +343,7 @@ impl<B: Backend> Pipeline<B> {
             unet: parts.unet,
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
-            controlnet: None,
+            controlnets: Vec::new(),
             sur_adapter: None,
             tiny_vae: None,
             lora_changed: BTreeMap::new(),
@@ -391,7 +394,12 @@ impl<B: Backend> Pipeline<B> {
             Conditioning::Clip | Conditioning::ClipSur(_) => CLIP_TOKENS,
         } as u64;
         let mut denoising = memory::unet_step(&self.unet.config, rows, latent, tokens, dtype);
-        if let (Some(_), Some(controlnet)) = (&request.control, &self.controlnet) {
+        // The ControlNets run one after the other; their residuals add up as they go.
+        if let Some(controlnet) = request
+            .controls
+            .first()
+            .and_then(|c| self.controlnets.get(c.controlnet))
+        {
             let step = memory::unet_step(&controlnet.config.unet, rows, latent, tokens, dtype);
             denoising = denoising.saturating_add(step);
         }
@@ -466,9 +474,9 @@ impl<B: Backend> Pipeline<B> {
         })
     }
 
-    /// The ControlNet, if one is set.
-    pub fn controlnet(&self) -> Option<&ControlNetModel<B>> {
-        self.controlnet.as_ref()
+    /// The ControlNets requests' [`Control`]s pick from, by index.
+    pub fn controlnets(&self) -> &[ControlNetModel<B>] {
+        &self.controlnets
     }
 
     /// ELLA's connector, if ELLA was loaded.
@@ -502,10 +510,11 @@ impl<B: Backend> Pipeline<B> {
         self.unet.conv_in.weight.val().dtype()
     }
 
-    /// Sets (or with `None` removes) the ControlNet requests with a [`Control`] use, after
-    /// checking that it was made for this U-Net's architecture and this VAE's image size.
-    pub fn set_controlnet(&mut self, controlnet: Option<ControlNetModel<B>>) -> Result<()> {
-        if let Some(controlnet) = &controlnet {
+    /// Sets the ControlNets requests' [`Control`]s pick from (index `i` of the list is
+    /// `Control::controlnet` `i`; an empty list removes them), after checking that each was
+    /// made for this U-Net's architecture and this VAE's image size.
+    pub fn set_controlnets(&mut self, controlnets: Vec<ControlNetModel<B>>) -> Result<()> {
+        for (i, controlnet) in controlnets.iter().enumerate() {
             let (theirs, ours) = (&controlnet.config.unet, &self.unet.config);
             let same = theirs.block_out_channels == ours.block_out_channels
                 && theirs.down_block_types == ours.down_block_types
@@ -515,7 +524,7 @@ impl<B: Backend> Pipeline<B> {
                 && theirs.cross_attention_dim.get(0) == ours.cross_attention_dim.get(0);
             if !same {
                 return Err(Error::IncompatibleModels(format!(
-                    "the ControlNet's down path (blocks {:?}, cross-attention {}) is not this \
+                    "ControlNet {i}'s down path (blocks {:?}, cross-attention {}) is not this \
                      U-Net's (blocks {:?}, cross-attention {}): a ControlNet for another model",
                     theirs.block_out_channels,
                     theirs.cross_attention_dim.get(0),
@@ -529,12 +538,12 @@ impl<B: Backend> Pipeline<B> {
             );
             if image != vae {
                 return Err(Error::IncompatibleModels(format!(
-                    "the ControlNet reads images {image}× the latent's size but the VAE's factor \
+                    "ControlNet {i} reads images {image}× the latent's size but the VAE's factor \
                      is {vae}"
                 )));
             }
         }
-        self.controlnet = controlnet;
+        self.controlnets = controlnets;
         Ok(())
     }
 
@@ -781,10 +790,12 @@ impl<B: Backend> Pipeline<B> {
                     .into(),
             ));
         }
-        if request.control.is_some() && self.controlnet.is_none() {
-            return Err(Error::InvalidInput(
-                "the request has a control image but the pipeline has no ControlNet".into(),
-            ));
+        let loaded = self.controlnets.len();
+        if let Some(control) = request.controls.iter().find(|c| c.controlnet >= loaded) {
+            return Err(Error::InvalidInput(format!(
+                "the request's control asks for ControlNet {} but the pipeline has {loaded}",
+                control.controlnet
+            )));
         }
         let needs = self.working_memory(request)?;
         memory::check(
@@ -833,19 +844,21 @@ impl<B: Backend> Pipeline<B> {
             }
         }
         let (device, dtype) = (self.device(), self.dtype());
-        let control = match (&request.control, &self.controlnet) {
-            (Some(control), Some(controlnet)) => {
+        let rows = if guided { 2 } else { 1 } * request.batch_size;
+        let controls = request
+            .controls
+            .iter()
+            .map(|control| {
                 let image = control.image.to_unit_tensor::<B>(&device, dtype);
                 let [_, c, h, w] = image.dims();
-                let rows = if guided { 2 } else { 1 } * request.batch_size;
-                Some(RunControl {
+                RunControl {
                     control,
-                    controlnet: wrapped(controlnet, request.seamless),
+                    // `check_request` checked the index.
+                    controlnet: wrapped(&self.controlnets[control.controlnet], request.seamless),
                     image: image.expand([rows, c, h, w]),
-                })
-            }
-            _ => None,
-        };
+                }
+            })
+            .collect();
         let total = scheduler.timesteps().len();
         let start = request.first_step(total)?;
         if let Some(given) = &request.step_noise {
@@ -866,7 +879,7 @@ impl<B: Backend> Pipeline<B> {
             t5,
             clip,
             guided,
-            control,
+            controls,
             start,
             total,
             cancel,
@@ -1005,22 +1018,31 @@ impl<B: Backend> Pipeline<B> {
                 None => (latents.clone(), per_sample(cond)),
             };
             let model_input = scheduler.scale_model_input(model_input, i);
-            // The ControlNet reads the U-Net's input and condition tokens.
-            let residuals = match &run.control {
-                Some(RunControl {
-                    control,
-                    controlnet,
-                    image,
-                }) if control.acts_at(step, run.total - run.start) => Some(controlnet.forward(
+            // Each ControlNet acting at this step reads the U-Net's input and condition
+            // tokens; their residuals add up (diffusers' `MultiControlNetModel`).
+            let mut residuals: Option<ControlResiduals<B>> = None;
+            for RunControl {
+                control,
+                controlnet,
+                image,
+            } in &run.controls
+            {
+                if !control.acts_at(step, run.total - run.start) {
+                    continue;
+                }
+                let these = controlnet.forward(
                     model_input.clone(),
                     &[t],
                     context.clone(),
                     image.clone(),
                     control.scale,
                     run.cancel,
-                )?),
-                _ => None,
-            };
+                )?;
+                residuals = Some(match residuals {
+                    Some(sum) => sum + these,
+                    None => these,
+                });
+            }
             // An inpainting U-Net reads the mask and the masked image after the latents.
             let model_input = match inpainting.and_then(|p| p.masked_image.as_ref().map(|m| (p, m)))
             {
@@ -1182,7 +1204,7 @@ struct Run<'a, B: Backend> {
     /// CLIP's states as the U-Net reads them (through the SUR-adapter for `ClipSur`).
     clip: Option<StatePair<B>>,
     guided: bool,
-    control: Option<RunControl<'a, B>>,
+    controls: Vec<RunControl<'a, B>>,
     /// The first step taken (image-to-image skips the noisiest) and the schedule's length.
     start: usize,
     total: usize,
@@ -1211,8 +1233,8 @@ struct Inpainting<B: Backend> {
     masked_image: Option<Tensor<B, 4>>,
 }
 
-/// A request's control with the ControlNet that acts on it and its image, one row per
-/// U-Net row.
+/// One of a request's controls with the ControlNet that acts on it and its image, one row
+/// per U-Net row.
 struct RunControl<'a, B: Backend> {
     control: &'a Control,
     controlnet: Cow<'a, ControlNetModel<B>>,

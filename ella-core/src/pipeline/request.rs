@@ -4,7 +4,9 @@ use burn::tensor::TensorData;
 
 use super::{Image, Mask};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_BATCH, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths};
+use crate::limits::{
+    MAX_BATCH, MAX_CONTROLS, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths,
+};
 use crate::nn::Seamless;
 use crate::scheduler::{SchedulerKind, Tcd, TimestepSchedule};
 use crate::sur_adapter::SurMode;
@@ -100,8 +102,10 @@ pub struct InitImage {
 
 impl InitImage {
     /// `image` at the default strength, 0.8, without a mask.
+    /// The first ControlNet with `image` at scale 1 over the whole run.
     pub fn new(image: Image) -> Self {
         Self {
+            controlnet: 0,
             image,
             strength: 0.8,
             mask: None,
@@ -109,9 +113,13 @@ impl InitImage {
     }
 }
 
-/// ControlNet guidance of a request.
+/// ControlNet guidance of a request: which of the pipeline's ControlNets, with which image,
+/// how strongly and when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Control {
+    /// The index of the ControlNet in the pipeline's list ([`super::Pipeline::controlnets`],
+    /// the order of `ModelPaths::controlnets`); default 0.
+    pub controlnet: usize,
     /// The conditioning image (an edge map, a depth map, …) of the request's size.
     pub image: Image,
     /// diffusers' `controlnet_conditioning_scale`; default 1.
@@ -123,8 +131,10 @@ pub struct Control {
 }
 
 impl Control {
+    /// The first ControlNet with `image` at scale 1 over the whole run.
     pub fn new(image: Image) -> Self {
         Self {
+            controlnet: 0,
             image,
             scale: 1.0,
             start: 0.0,
@@ -176,8 +186,10 @@ pub struct GenerateRequest {
     pub clip: ClipText,
     /// Image-to-image: start from this image instead of pure noise.
     pub init_image: Option<InitImage>,
-    /// ControlNet guidance (needs a pipeline with a ControlNet).
-    pub control: Option<Control>,
+    /// ControlNet guidance, any number at once (each names one of the pipeline's
+    /// ControlNets; the same ControlNet may serve several with other images); their residuals
+    /// add up, as diffusers' `MultiControlNetModel`.
+    pub controls: Vec<Control>,
     /// Seamless textures: the axes along which the image wraps around (every convolution of
     /// the U-Net, VAE and ControlNet pads circularly), so that copies of it tile.
     pub seamless: Seamless,
@@ -203,7 +215,7 @@ impl Default for GenerateRequest {
             conditioning: Conditioning::Ella,
             clip: ClipText::default(),
             init_image: None,
-            control: None,
+            controls: Vec::new(),
             seamless: Seamless::Off,
         }
     }
@@ -336,7 +348,13 @@ impl GenerateRequest {
         {
             return invalid(format!("SUR-adapter weight {weight} must be in [0, 1]"));
         }
-        if let Some(control) = &self.control {
+        if self.controls.len() > MAX_CONTROLS {
+            return invalid(format!(
+                "{} controls; at most {MAX_CONTROLS} at once",
+                self.controls.len()
+            ));
+        }
+        for control in &self.controls {
             self.check_image(&control.image, "control")?;
             let finite = [control.scale, control.start, control.end]
                 .iter()

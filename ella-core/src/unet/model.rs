@@ -207,6 +207,23 @@ pub struct ControlResiduals<B: Backend> {
     pub mid: Tensor<B, 4>,
 }
 
+/// The sum of two ControlNets' residuals (diffusers' `MultiControlNetModel`).
+impl<B: Backend> std::ops::Add for ControlResiduals<B> {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            down: self
+                .down
+                .into_iter()
+                .zip(other.down)
+                .map(|(a, b)| a + b)
+                .collect(),
+            mid: self.mid + other.mid,
+        }
+    }
+}
+
 /// Errors unless `sample`, `timesteps` and `context` fit a model of `config` and each other.
 pub(crate) fn check_inputs<B: Backend>(
     config: &UNetConfig,

@@ -3,7 +3,7 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use ella_core::Backend;
-use ella_core::{ClipTextModel, ClipTokenizer, Error};
+use ella_core::{ClipTextEncoder, ClipTextModel, ClipTokenizer, Error};
 use serde_json::Value;
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
@@ -98,8 +98,38 @@ fn hidden_states_match_transformers<B: Backend>() {
     ));
 }
 
+/// CLIP skip as diffusers' `encode_prompt(…, clip_skip=k)` computes it
+/// (`scripts/prompt_weighting_fixtures.py`): no skip, one layer (A1111's "Clip skip: 2"), and
+/// every layer of the tiny 2-layer CLIP (the embeddings through the final layer norm).
+fn clip_skip_matches_diffusers<B: Backend>() {
+    let reference = Reference::open("clip_skip.safetensors");
+    let encoder = ClipTextEncoder::<B>::load(fixture("sd"), &Default::default(), DType::F32).unwrap();
+    let prompts = [
+        ("short", "a red book on the table"),
+        ("other", "the other hat, and the red book"),
+    ];
+    for (name, prompt) in prompts {
+        let ids: Vec<u32> = reference
+            .data_int(&format!("{name}.input_ids"))
+            .iter::<i32>()
+            .map(|id| id as u32)
+            .collect();
+        assert_eq!(encoder.tokenizer.encode(&[prompt]).unwrap()[0], ids, "{name}");
+        for (skip, key) in [(0, "none"), (1, "1"), (2, "2")] {
+            let key = format!("{name}.skip_{key}");
+            assert_close(
+                encoder.encode_skip(prompt, skip).unwrap(),
+                &reference.data(&key),
+                F32_TOLERANCE,
+                &key,
+            );
+        }
+    }
+}
+
 backend_tests! {
     hidden_states_match_transformers => hidden_states_match_transformers,
+    clip_skip_matches_diffusers => clip_skip_matches_diffusers,
 }
 
 /// A config that does not fit the file names the tensor; a tokenizer without CLIP's special

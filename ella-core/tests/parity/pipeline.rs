@@ -22,11 +22,14 @@ use ella_core::{
 };
 use serde_json::Value;
 
-/// The tiny models with CLIP: every conditioning.
+/// The ControlNet fixtures the pipeline loads, in order.
+const CONTROLNETS: [&str; 2] = ["controlnet", "controlnet-b"];
+
+/// The tiny models with CLIP and two ControlNets: every conditioning.
 fn paths() -> ModelPaths {
     ModelPaths {
         clip: true,
-        controlnet: Some(fixture("controlnet")),
+        controlnets: CONTROLNETS.map(fixture).to_vec(),
         sur_adapter: Some(fixture("sur/adapter.safetensors")),
         ..tiny_paths()
     }
@@ -114,22 +117,49 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
                 }),
             }
         }),
-        control: run.get("control_scale").map(|scale| {
-            let (_, shape, pixels) = reference.raw("control_image");
-            let number = |key: &str| run[key].as_f64().unwrap() as f32;
-            Control {
-                image: Image {
-                    width: shape[1],
-                    height: shape[0],
-                    pixels,
-                },
-                scale: scale.as_f64().unwrap() as f32,
-                start: number("control_start"),
-                end: number("control_end"),
-            }
-        }),
+        controls: controls_of(run, reference),
         ..GenerateRequest::default()
     }
+}
+
+/// A run's ControlNet controls: one (`control_scale`, `control_image`, on the first
+/// ControlNet), or a list (`controlnets`: each names its ControlNet's fixture folder, the
+/// pipeline's [`CONTROLNETS`] in order, and its image).
+fn controls_of(run: &Value, reference: &Reference) -> Vec<Control> {
+    let image = |key: &str| {
+        let (_, shape, pixels) = reference.raw(key);
+        Image {
+            width: shape[1],
+            height: shape[0],
+            pixels,
+        }
+    };
+    let number = |value: &Value| value.as_f64().unwrap() as f32;
+    if let Some(scale) = run.get("control_scale") {
+        return vec![Control {
+            scale: number(scale),
+            start: number(&run["control_start"]),
+            end: number(&run["control_end"]),
+            ..Control::new(image("control_image"))
+        }];
+    }
+    let Some(list) = run.get("controlnets") else {
+        return Vec::new();
+    };
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| Control {
+            controlnet: CONTROLNETS
+                .iter()
+                .position(|folder| entry["folder"] == *folder)
+                .unwrap(),
+            image: image(entry["image"].as_str().unwrap()),
+            scale: number(&entry["scale"]),
+            start: number(&entry["start"]),
+            end: number(&entry["end"]),
+        })
+        .collect()
 }
 
 fn scale_of(data: &TensorData) -> f32 {
@@ -382,7 +412,7 @@ fn inpainting_matches_the_reference<B: Backend>() {
     let inpaint_paths = |sd: &str, sd_config: Option<&str>| ModelPaths {
         sd: fixture(sd),
         sd_config: sd_config.map(fixture),
-        controlnet: None,
+        controlnets: Vec::new(),
         sur_adapter: None,
         ..paths()
     };
@@ -415,7 +445,37 @@ fn inpainting_matches_the_reference<B: Backend>() {
     check_run(&single, name, &runs[name]);
 }
 
+/// ELLA + CLIP with CLIP's own prompt, with and without its own negative prompt
+/// (`scripts/community_fixtures.py`): CLIP's states of the other prompts appended to ELLA's
+/// tokens at every step.
+fn clip_prompts_match_the_reference<B: Backend>() {
+    let pipeline = pipeline::<B>();
+    let runs = read_runs("reference/pipelines_community.json");
+    let names = ["dpm++2m_ella-clip-prompt", "dpm++2m_ella-clip-prompt-only"];
+    // wgpu (lavapipe in CI, a minute a sampling): the first; it runs no other kernel.
+    let count = if backend_is::<B>("wgpu") { 1 } else { 2 };
+    for name in &names[..count] {
+        check_run(&pipeline, name, &runs[*name]);
+    }
+}
+
+/// Two ControlNets at once, each with its own image, scale and part of the run (on alone, on
+/// together, off), on CLIP and on ELLA (`scripts/community_fixtures.py`): diffusers'
+/// `MultiControlNetModel`, whose residuals add up.
+fn several_controlnets_match_the_reference<B: Backend>() {
+    let pipeline = pipeline::<B>();
+    let runs = read_runs("reference/pipelines_community.json");
+    let names = ["dpm++2m_multicontrolnet-clip", "dpm++2m_multicontrolnet-ella"];
+    // wgpu (lavapipe in CI, a minute a sampling): the first; it runs no other kernel.
+    let count = if backend_is::<B>("wgpu") { 1 } else { 2 };
+    for name in &names[..count] {
+        check_run(&pipeline, name, &runs[*name]);
+    }
+}
+
 backend_tests! {
+    several_controlnets_match_the_reference => several_controlnets_match_the_reference,
+    clip_prompts_match_the_reference => clip_prompts_match_the_reference,
     inpainting_matches_the_reference => inpainting_matches_the_reference,
     tiny_decode_and_previews => tiny_decode_and_previews,
     samplings_match_the_reference => samplings_match_the_reference,
@@ -662,7 +722,7 @@ fn outpainting_canvas_and_inpainting_requests() {
     let device = Default::default();
     let paths = ModelPaths {
         sd: fixture("sd-inpaint"),
-        controlnet: None,
+        controlnets: Vec::new(),
         sur_adapter: None,
         ..paths()
     };
@@ -874,26 +934,30 @@ fn bad_requests_are_typed_errors() {
         },
         // ControlNet: a control image of another size, a range that is not one.
         GenerateRequest {
-            control: Some(Control::new(Image {
+            controls: vec![Control::new(Image {
                 width: 64,
                 height: 32,
                 pixels: vec![0; 64 * 32 * 3],
-            })),
+            })],
             ..ok.clone()
         },
         GenerateRequest {
-            control: Some(Control {
+            controls: vec![Control {
                 start: 0.8,
                 end: 0.2,
                 ..Control::new(gray.clone())
-            }),
+            }],
             ..ok.clone()
         },
         GenerateRequest {
-            control: Some(Control {
+            controls: vec![Control {
                 scale: f32::INFINITY,
                 ..Control::new(gray.clone())
-            }),
+            }],
+            ..ok.clone()
+        },
+        GenerateRequest {
+            controls: vec![Control::new(gray.clone()); 17],
             ..ok.clone()
         },
     ];
@@ -903,16 +967,28 @@ fn bad_requests_are_typed_errors() {
     }
     assert!(pipeline.generate(&ok).is_ok());
     let controlled = GenerateRequest {
-        control: Some(Control::new(gray.clone())),
+        controls: vec![Control::new(gray.clone())],
         ..ok.clone()
     };
     assert!(pipeline.generate(&controlled).is_ok());
-    // A control image without a ControlNet.
+    // A control naming a ControlNet the pipeline lacks.
+    let third = GenerateRequest {
+        controls: vec![Control {
+            controlnet: 2,
+            ..Control::new(gray.clone())
+        }],
+        ..ok.clone()
+    };
+    let err = pipeline.generate(&third).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("ControlNet 2") && m.contains("has 2")),
+        "{err}"
+    );
     let mut without = pipeline;
-    without.set_controlnet(None).unwrap();
+    without.set_controlnets(Vec::new()).unwrap();
     let err = without.generate(&controlled).unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidInput(m) if m.contains("ControlNet")),
+        matches!(&err, Error::InvalidInput(m) if m.contains("has 0")),
         "{err}"
     );
     let pipeline = without;
