@@ -12,6 +12,7 @@ Everything lands in ella-core/tests/fixtures/ in the layouts users point the lib
   ella/          ella.safetensors (official key names) + config.json; ella-f16.safetensors;
                  ella-proj-out.safetensors (+ config) with the optional output projection
   taesd/         a tiny TAESD (diffusers AutoencoderTiny), scripts/taesd_fixtures.py
+  embeddings/    textual-inversion files (A1111 and diffusers kinds), scripts/embedding_fixtures.py
   reference/     inputs and reference outputs (safetensors) and token ids (json)
 """
 
@@ -328,6 +329,7 @@ PARTS = {
     "inpaint": (part("inpaint_fixtures", "make_inpaint", ELLA_TINY), "inpainting (4- and 9-channel) and outpainting"),
     "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
     "taesd": (part("taesd_fixtures", "make_taesd"), "the tiny TAESD (AutoencoderTiny) and its outputs"),
+    "embeddings": (part("embedding_fixtures", "make_embeddings"), "textual-inversion embeddings and prompt encodings"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
