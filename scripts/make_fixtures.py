@@ -12,6 +12,7 @@ Everything lands in ella-core/tests/fixtures/ in the layouts users point the lib
   ella/          ella.safetensors (official key names) + config.json; ella-f16.safetensors;
                  ella-proj-out.safetensors (+ config) with the optional output projection
   taesd/         a tiny TAESD (diffusers AutoencoderTiny), scripts/taesd_fixtures.py
+  embeddings/    textual-inversion files (A1111 and diffusers kinds), scripts/embedding_fixtures.py
   reference/     inputs and reference outputs (safetensors) and token ids (json)
 """
 
@@ -331,6 +332,7 @@ PARTS = {
     "controlnet-ldm": (part("controlnet_ldm_fixtures", "make_controlnet_ldm"), "the ControlNet as LDM-layout single files"),
     "community": (part("community_fixtures", "make_community", ELLA_TINY),
                   "several ControlNets at once; ELLA + CLIP with a CLIP prompt of its own"),
+    "embeddings": (part("embedding_fixtures", "make_embeddings"), "textual-inversion embeddings and prompt encodings"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
