@@ -328,6 +328,8 @@ PARTS = {
     "inpaint": (part("inpaint_fixtures", "make_inpaint", ELLA_TINY), "inpainting (4- and 9-channel) and outpainting"),
     "previews": (part("preview_fixtures", "make_previews"), "predicted clean samples and the linear preview"),
     "taesd": (part("taesd_fixtures", "make_taesd"), "the tiny TAESD (AutoencoderTiny) and its outputs"),
+    "prompt-weighting": (part("prompt_weighting_fixtures", "make_prompt_weighting"),
+                         "A1111 prompt weighting, 75-token chunks and CLIP skip on the tiny CLIP"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
