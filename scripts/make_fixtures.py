@@ -333,6 +333,8 @@ PARTS = {
     "community": (part("community_fixtures", "make_community", ELLA_TINY),
                   "several ControlNets at once; ELLA + CLIP with a CLIP prompt of its own"),
     "embeddings": (part("embedding_fixtures", "make_embeddings"), "textual-inversion embeddings and prompt encodings"),
+    "prompt-weighting": (part("prompt_weighting_fixtures", "make_prompt_weighting"),
+                         "A1111 prompt weighting, 75-token chunks and CLIP skip on the tiny CLIP"),
 }
 # Only on request: the tiled-VAE reference from the committed tiny VAE (also part of `sd`).
 EXTRA = {"vae-tiling": (part("sd_fixtures", "make_vae_tiling"), "the tiled-VAE reference alone")}
