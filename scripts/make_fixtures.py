@@ -322,6 +322,7 @@ PARTS = {
     "img2img": (part("sd_fixtures", "make_img2img", ELLA_TINY), "image-to-image samplings"),
     "few-step": (part("few_step_fixtures", "make_few_step", ELLA_TINY), "LCM and TCD schedulers and samplings"),
     "lora": (part("lora_fixtures", "make_lora"), "LoRA files and outputs"),
+    "lora-kinds": (part("lora_kinds_fixtures", "make_lora_kinds"), "LDM-named kohya, LoHa, LoKr, LoCon-Tucker, PEFT patterns"),
     "controlnet": (part("controlnet_fixtures", "make_controlnet", ELLA_TINY), "the ControlNet and its samplings"),
     "sur": (part("sur_fixtures", "make_sur"), "the SUR-adapter and its sampling"),
     "single-file": (part("single_file_fixtures", "make_single_file"), "the LDM single-file checkpoint"),
