@@ -211,6 +211,11 @@ struct Args {
     /// `C:\loras\x.safetensors`); repeat for several. kohya / A1111 and diffusers (PEFT) files.
     #[arg(long, value_parser = parse_lora)]
     lora: Vec<Lora>,
+    /// A textual-inversion embedding (.safetensors: A1111's, e.g. EasyNegative, named by its
+    /// file name; diffusers' learned_embeds, by its token), usable in CLIP's prompts and
+    /// negative prompts; repeat for several. Needs CLIP (--conditioning clip or ella-clip).
+    #[arg(long)]
+    embedding: Vec<PathBuf>,
     /// A ControlNet: a diffusers folder, its .safetensors with config.json beside it, or a
     /// single file in the original layout as ComfyUI and A1111 use (control_v11p_sd15_*).
     /// Repeat for several at once: the i-th --control-image (and --control-scale, -start,
@@ -493,6 +498,7 @@ fn run(args: Args) -> Result<(), String> {
         ella,
         clip: conditioning.uses_clip(),
         loras: Vec::new(), // applied after loading, to print the report
+        embeddings: args.embedding.clone(),
         controlnets: args.controlnet.clone(),
         sur_adapter: args.sur_adapter.clone(),
         taesd: args.taesd.clone(),

@@ -50,7 +50,7 @@ pub mod weights;
 
 pub use backend::Backend;
 pub use cancel::Cancel;
-pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer};
+pub use clip::{ClipTextConfig, ClipTextEncoder, ClipTextModel, ClipTokenizer, TextualInversion};
 pub use connector::{Connector, ConnectorConfig};
 pub use controlnet::{ControlNetConfig, ControlNetModel};
 pub use error::{Error, Result};

@@ -11,7 +11,8 @@ use common::fixture;
 use ella_core::{
     AutoencoderTiny, Checkpoint, ClipText, Conditioning, Connector, ConnectorConfig, ControlNetConfig,
     ControlNetModel, Error, GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions,
-    T5Config, T5TextEncoder, TimestepSchedule, TinyConfig, TokenMode, UNetConfig, load_controlnet,
+    T5Config, T5TextEncoder, TextualInversion, TimestepSchedule, TinyConfig, TokenMode, UNetConfig,
+    load_controlnet,
 };
 use safetensors::Dtype;
 
@@ -357,6 +358,7 @@ fn load_sd(sd: PathBuf, sd_config: Option<PathBuf>) -> ella_core::Result<Pipelin
         ella: None,
         clip: true,
         loras: Vec::new(),
+        embeddings: Vec::new(),
         controlnets: Vec::new(),
         sur_adapter: None,
         taesd: None,
@@ -567,6 +569,54 @@ fn clip_options_need_clip_and_a_layer_left() {
         clip_only
             .generate(&with_clip(own_prompt, Conditioning::Clip))
             .is_ok()
+    );
+}
+
+/// Textual-inversion files that are not one (two tensors, a 3-D tensor), vectors of another
+/// width, a name CLIP has already, and a pipeline without CLIP are refused, nothing added.
+#[test]
+fn bad_embeddings_are_refused() {
+    let (_dir, two) = edited("embeddings/easyneg.safetensors", |t| {
+        t.insert("clip_g".into(), f32_tensor(&[3, 32]));
+    });
+    let err = TextualInversion::load(&two).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedModel { reason, .. } if reason.contains("2 tensors")),
+        "{err}"
+    );
+    let (_dir, cube) = edited("embeddings/easyneg.safetensors", |t| {
+        t.insert("emb_params".into(), f32_tensor(&[1, 3, 32]));
+    });
+    let err = TextualInversion::load(&cube).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedModel { .. }), "{err}");
+    let mut clip_only = load_sd(fixture("sd"), None).unwrap();
+    let wide = TextualInversion {
+        name: "wide".into(),
+        vectors: burn::tensor::TensorData::new(vec![0f32; 2 * 48], [2, 48]),
+    };
+    let err = clip_only.add_embeddings(&[wide]).unwrap_err();
+    assert!(matches!(&err, Error::IncompatibleModels(_)), "{err}");
+    let taken = TextualInversion {
+        name: "a".into(),
+        vectors: burn::tensor::TensorData::new(vec![0f32; 32], [1, 32]),
+    };
+    let good = TextualInversion::load(fixture("embeddings/easyneg.safetensors")).unwrap();
+    let err = clip_only.add_embeddings(&[good.clone(), taken]).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("`a`")),
+        "{err}"
+    );
+    // Nothing of the failed call was added: the good one still can be, once.
+    let vocab = clip_only.clip().unwrap().tokenizer.vocab_size();
+    clip_only.add_embeddings(&[good.clone()]).unwrap();
+    assert_eq!(clip_only.clip().unwrap().tokenizer.vocab_size(), vocab + 3);
+    assert!(clip_only.add_embeddings(&[good.clone()]).is_err());
+    let mut ella_only =
+        Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
+    let err = ella_only.add_embeddings(&[good]).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("CLIP")),
+        "{err}"
     );
 }
 

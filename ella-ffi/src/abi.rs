@@ -269,6 +269,11 @@ pub struct EllaModelParams {
     /// 1, 2, … for requests' `controls`; NULL and 0 (default): none. Needs `controlnet_path`.
     pub extra_controlnet_paths: *const *const c_char,
     pub n_extra_controlnet_paths: u32,
+    /// Textual-inversion embeddings: `n_embedding_paths` `.safetensors` files (A1111's, named
+    /// by the file name, e.g. `EasyNegative`; diffusers' `learned_embeds`, by its token) whose
+    /// names CLIP's prompts may use; NULL and 0 (default): none. Needs `load_clip`.
+    pub embedding_paths: *const *const c_char,
+    pub n_embedding_paths: u32,
 }
 
 /// Per-context settings. Start from `ella_context_params_default()`.
@@ -508,6 +513,8 @@ versioned!(EllaModelParams {
     taesd_path,
     extra_controlnet_paths,
     n_extra_controlnet_paths,
+    embedding_paths,
+    n_embedding_paths,
 });
 versioned!(EllaContextParams {
     struct_size,

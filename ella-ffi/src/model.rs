@@ -66,6 +66,8 @@ pub extern "C" fn ella_model_params_default() -> EllaModelParams {
         taesd_path: std::ptr::null(),
         extra_controlnet_paths: std::ptr::null(),
         n_extra_controlnet_paths: 0,
+        embedding_paths: std::ptr::null(),
+        n_embedding_paths: 0,
     }
 }
 
@@ -128,6 +130,19 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
     for (i, &ptr) in extra.iter().enumerate() {
         controlnets.push(path(ptr, &format!("params.extra_controlnet_paths[{i}]"))?);
     }
+    // SAFETY: `n` readable pointers, per ella_model_params' contract.
+    let embedding_paths = unsafe {
+        host_array(
+            params.embedding_paths,
+            params.n_embedding_paths,
+            "params.embedding_paths",
+        )
+    }?;
+    let embeddings = embedding_paths
+        .iter()
+        .enumerate()
+        .map(|(i, &ptr)| path(ptr, &format!("params.embedding_paths[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let diffusion: DType = EllaPrecision::decode(params.precision, "params.precision")?.into();
     let t5 = EllaT5Precision::decode(params.t5_precision, "params.t5_precision")?;
     Ok(LoadPlan {
@@ -139,6 +154,7 @@ unsafe fn load_plan(params: &EllaModelParams) -> Result<LoadPlan, Failure> {
             ella,
             clip,
             loras: Vec::new(),
+            embeddings,
             controlnets,
             sur_adapter: optional_path(params.sur_adapter_path, "params.sur_adapter_path")?,
             taesd: optional_path(params.taesd_path, "params.taesd_path")?,

@@ -93,6 +93,8 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_model_params() {
             taesd_path,
             extra_controlnet_paths,
             n_extra_controlnet_paths,
+            embedding_paths,
+            n_embedding_paths,
         }
     );
     for size in [12, 20, 28, 36] {

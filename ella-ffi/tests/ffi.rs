@@ -1198,6 +1198,51 @@ fn clip_prompt_and_clip_skip_from_c() {
     assert!(err.contains("prompt cache"), "{err}");
 }
 
+/// A textual-inversion embedding from C: its name in the negative prompt changes the image;
+/// a missing file fails the load; NULL paths with a count are refused.
+#[test]
+fn embeddings_from_c() {
+    let p = paths();
+    let easyneg = fixture("embeddings/easyneg.safetensors");
+    let files = [easyneg.as_ptr()];
+    let with_embedding = EllaModelParams {
+        embedding_paths: files.as_ptr(),
+        n_embedding_paths: 1,
+        ..clip_only(&p)
+    };
+    let clip = |negative: &CStr| EllaGenerateRequest {
+        conditioning: EllaConditioning::Clip as u32,
+        negative_prompt: negative.as_ptr(),
+        ..request(RED_BOOK)
+    };
+    let plain = Context::new(&Model::load(&clip_only(&p)))
+        .generate_32(&clip(c"easyneg"))
+        .unwrap();
+    let model = Model::load(&with_embedding);
+    let ctx = Context::new(&model);
+    assert_ne!(ctx.generate_32(&clip(c"easyneg")).unwrap(), plain);
+    assert_eq!(
+        ctx.generate_32(&clip(c"bad hat")).unwrap(),
+        Context::new(&Model::load(&clip_only(&p)))
+            .generate_32(&clip(c"bad hat"))
+            .unwrap(),
+        "unused, the embedding changes nothing"
+    );
+    let missing = fixture("embeddings/none.safetensors");
+    let files = [missing.as_ptr()];
+    let params = EllaModelParams {
+        embedding_paths: files.as_ptr(),
+        ..with_embedding
+    };
+    assert_eq!(load_status(&params), EllaStatus::Io);
+    let params = EllaModelParams {
+        embedding_paths: null(),
+        ..with_embedding
+    };
+    assert_eq!(load_status(&params), EllaStatus::InvalidArgument);
+    assert!(last_error().contains("embedding_paths is NULL"), "{}", last_error());
+}
+
 /// CLIP and the tiny SUR adapter, no T5.
 fn with_sur_adapter() -> Model {
     let p = paths();

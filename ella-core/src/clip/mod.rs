@@ -3,6 +3,7 @@
 //! ELLA's community mode appends it to the connector's tokens.
 
 mod config;
+mod embedding;
 mod model;
 mod tokenizer;
 
@@ -12,10 +13,11 @@ use crate::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 pub use config::ClipTextConfig;
+pub use embedding::TextualInversion;
 pub use model::{ClipEncoderLayer, ClipTextModel};
 pub use tokenizer::{CLIP_TOKENS, ClipTokenizer};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The tokenizer and the text model together: prompt in, hidden states out.
 #[derive(Debug)]
@@ -32,6 +34,37 @@ impl<B: Backend> ClipTextEncoder<B> {
             tokenizer: ClipTokenizer::from_file(folder.join("tokenizer"))?,
             model: ClipTextModel::load(folder.join("text_encoder"), device, dtype)?,
         })
+    }
+
+    /// Adds textual-inversion embeddings, in order: their names become tokens of the
+    /// tokenizer, their vectors rows of the token-embedding table. Each is checked (its width
+    /// is CLIP's, its name is no token yet) before any is added.
+    pub fn add_embeddings(&mut self, embeddings: &[TextualInversion]) -> Result<()> {
+        let hidden = self.model.config.hidden_size;
+        if let Some(wrong) = embeddings.iter().find(|e| e.vectors.shape[1] != hidden) {
+            return Err(Error::IncompatibleModels(format!(
+                "the embedding `{}` has vectors of {} values; this CLIP's are {hidden} wide                  (an embedding for another model)",
+                wrong.name, wrong.vectors.shape[1]
+            )));
+        }
+        let (ids, rows) = (self.tokenizer.vocab_size(), self.model.config.vocab_size);
+        if ids != rows {
+            return Err(Error::IncompatibleModels(format!(
+                "the CLIP tokenizer has {ids} ids but the text encoder {rows} token embeddings: \
+                 new tokens would not find their vectors"
+            )));
+        }
+        let mut tokenizer = self.tokenizer.clone();
+        for embedding in embeddings {
+            tokenizer.add_embedding(&embedding.name, embedding.len())?;
+        }
+        let device = self.model.token_embedding.device();
+        for embedding in embeddings {
+            let rows = Tensor::<B, 2>::from_data(embedding.vectors.clone(), &device);
+            self.model.add_token_embeddings(rows);
+        }
+        self.tokenizer = tokenizer;
+        Ok(())
     }
 
     /// CLIP's last hidden state `[1, 77, hidden]` of one prompt, as SD pipelines condition

@@ -143,6 +143,16 @@ impl<B: Backend> ClipTextModel<B> {
         })
     }
 
+    /// Appends `rows` `[n, hidden]` to the token-embedding table (a textual inversion's
+    /// vectors, for the ids after the vocabulary's).
+    pub fn add_token_embeddings(&mut self, rows: Tensor<B, 2>) {
+        let n = rows.dims()[0];
+        let table = self.token_embedding.val();
+        let rows = rows.cast(table.dtype());
+        self.token_embedding = Param::from_tensor(Tensor::cat(vec![table, rows], 0));
+        self.config.vocab_size += n;
+    }
+
     /// `last_hidden_state` `[batch, seq, hidden]` of token ids `[batch, seq]` (seq ≤ the
     /// position embeddings, 77): what SD's U-Net cross-attends to.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {

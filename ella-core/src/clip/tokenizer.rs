@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::limits::check_prompt_lengths;
@@ -13,11 +13,15 @@ use crate::weights::{open_tokenizer, read_json, read_text, tokenizers_call};
 /// The number of tokens SD's CLIP text encoder reads.
 pub const CLIP_TOKENS: usize = 77;
 
-/// The tokenizer of a `tokenizer/` folder, padding with `<|endoftext|>` (SD1.5's pad token).
+/// The tokenizer of a `tokenizer/` folder, padding with `<|endoftext|>` (SD1.5's pad token),
+/// with the names of the textual-inversion embeddings added.
 #[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     path: PathBuf,
+    /// The first id and vector count of every embedding of more than one vector: a prompt's
+    /// name gives its first id, followed here by the others.
+    multi_vector: Vec<(u32, u32)>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -61,16 +65,82 @@ impl ClipTokenizer {
                 ..Default::default()
             }))
             .map_err(|e| failed(e.to_string()))?;
-        Ok(Self { inner, path })
+        Ok(Self {
+            inner,
+            path,
+            multi_vector: Vec::new(),
+        })
     }
 
-    /// `[batch][77]` token ids.
+    /// The number of ids, the added embedding tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Adds the tokens of an embedding of `vectors` vectors called `name` (`name`, `name_1`, …
+    /// as diffusers' `load_textual_inversion`), matched in prompts case-insensitively, inside
+    /// words too, as diffusers matches them; returns the first id (the ids are consecutive,
+    /// from the current [`ClipTokenizer::vocab_size`]). A name the vocabulary has already is
+    /// refused.
+    pub fn add_embedding(&mut self, name: &str, vectors: usize) -> Result<u32> {
+        let first = self.vocab_size() as u32;
+        let tokens: Vec<String> = (0..vectors)
+            .map(|i| match i {
+                0 => name.to_string(),
+                i => format!("{name}_{i}"),
+            })
+            .collect();
+        if let Some(taken) = tokens.iter().find(|t| self.inner.token_to_id(t).is_some()) {
+            return Err(Error::InvalidInput(format!(
+                "the embedding name `{taken}` is a token CLIP has already; rename the file"
+            )));
+        }
+        for (i, token) in tokens.iter().enumerate() {
+            self.inner
+                .add_tokens(&[AddedToken::from(token.clone(), false)]);
+            if self.inner.token_to_id(token) != Some(first + i as u32) {
+                return Err(Error::InvalidInput(format!(
+                    "the embedding name `{token}` could not be added as token {}",
+                    first + i as u32
+                )));
+            }
+        }
+        if vectors > 1 {
+            self.multi_vector.push((first, vectors as u32));
+        }
+        Ok(first)
+    }
+
+    /// `[batch][77]` token ids. An embedding's name stands for all its vectors' ids (within
+    /// the 75 tokens a prompt has).
     pub fn encode(&self, prompts: &[&str]) -> Result<Vec<Vec<u32>>> {
         check_prompt_lengths(prompts)?;
         let encodings = tokenizers_call(&self.path, || {
             self.inner.encode_batch(prompts.to_vec(), true)
         })?;
-        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings.iter().map(|e| self.expand(e.get_ids())).collect())
+    }
+
+    /// `ids` (`<|startoftext|>`, tokens, `<|endoftext|>`, padding) with every multi-vector
+    /// embedding's first id followed by its other ids, truncated and padded to 77 again.
+    /// Expanding the truncated ids gives what expanding all of them would: each id's
+    /// expansion only grows what follows it.
+    fn expand(&self, ids: &[u32]) -> Vec<u32> {
+        if self.multi_vector.is_empty() {
+            return ids.to_vec();
+        }
+        let (bos, eos) = (ids[0], *ids.last().expect("77 ids"));
+        let tokens = ids[1..].iter().take_while(|&&id| id != eos);
+        let mut expanded = vec![bos];
+        for &id in tokens {
+            expanded.push(id);
+            if let Some(&(first, n)) = self.multi_vector.iter().find(|(first, _)| *first == id) {
+                expanded.extend(first + 1..first + n);
+            }
+        }
+        expanded.truncate(CLIP_TOKENS - 1);
+        expanded.resize(CLIP_TOKENS, eos);
+        expanded
     }
 }
 

@@ -38,6 +38,10 @@ pub struct ModelPaths {
     /// LoRAs merged into the U-Net (and CLIP) at load; [`super::Pipeline::set_loras`]
     /// changes them later.
     pub loras: Vec<Lora>,
+    /// Textual-inversion embeddings (`.safetensors`: A1111's `emb_params`, diffusers'
+    /// `learned_embeds`) whose names CLIP prompts may use; needs `clip`.
+    /// [`super::Pipeline::add_embeddings`] adds more later.
+    pub embeddings: Vec<PathBuf>,
     /// ControlNets for requests' [`super::Control`]s, which pick them by index in this list:
     /// each a diffusers folder (`config.json`, `diffusion_pytorch_model.safetensors`), its
     /// weight file, or a single file in the original layout (`control_model.*`, as ComfyUI
@@ -83,6 +87,7 @@ impl ModelPaths {
             }),
             clip: false,
             loras: Vec::new(),
+            embeddings: Vec::new(),
             controlnets: Vec::new(),
             sur_adapter: None,
             taesd: None,

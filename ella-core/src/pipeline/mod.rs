@@ -47,7 +47,7 @@ pub use preview::{Preview, PreviewMethod, Previews};
 pub use request::{ClipText, Conditioning, Control, GenerateRequest, InitImage, SurOptions};
 
 use crate::cancel::Cancel;
-use crate::clip::{CLIP_TOKENS, ClipTextEncoder};
+use crate::clip::{CLIP_TOKENS, ClipTextEncoder, TextualInversion};
 use crate::connector::{Connector, ConnectorConfig};
 use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
@@ -217,6 +217,14 @@ impl<B: Backend> Pipeline<B> {
             .map(|path| load::load_controlnet(path, &pipeline.unet.config, device, dtype))
             .collect::<Result<_>>()?;
         pipeline.set_controlnets(controlnets)?;
+        if !paths.embeddings.is_empty() {
+            let embeddings = paths
+                .embeddings
+                .iter()
+                .map(TextualInversion::load)
+                .collect::<Result<Vec<_>>>()?;
+            pipeline.add_embeddings(&embeddings)?;
+        }
         if let Some(path) = &paths.taesd {
             pipeline.set_tiny_vae(Some(AutoencoderTiny::load(path, device, dtype)?))?;
         }
@@ -582,6 +590,20 @@ impl<B: Backend> Pipeline<B> {
     /// SD's CLIP text encoder, if it was loaded.
     pub fn clip(&self) -> Option<&ClipTextEncoder<B>> {
         self.clip.as_ref()
+    }
+
+    /// Adds textual-inversion embeddings to CLIP ([`ClipTextEncoder::add_embeddings`]): their
+    /// names work in CLIP's prompts (plain SD, SUR-adapter, ELLA + CLIP), positive and
+    /// negative, from the next request on.
+    pub fn add_embeddings(&mut self, embeddings: &[TextualInversion]) -> Result<()> {
+        let clip = self.clip.as_mut().ok_or_else(|| {
+            Error::InvalidInput(
+                "textual-inversion embeddings live in CLIP, which was not loaded \
+                 (ModelPaths::clip)"
+                    .into(),
+            )
+        })?;
+        clip.add_embeddings(embeddings)
     }
 
     /// Takes T5 out of the pipeline and hands it to the caller (to keep or move elsewhere);

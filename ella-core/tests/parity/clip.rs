@@ -3,7 +3,7 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use ella_core::Backend;
-use ella_core::{ClipTextEncoder, ClipTextModel, ClipTokenizer, Error};
+use ella_core::{ClipTextEncoder, ClipTextModel, ClipTokenizer, Error, TextualInversion};
 use serde_json::Value;
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
@@ -127,9 +127,83 @@ fn clip_skip_matches_diffusers<B: Backend>() {
     }
 }
 
+/// Five textual-inversion files of every kind (A1111 `emb_params` and converted
+/// `string_to_param`, named by their stems; diffusers `learned_embeds`, 1-D and F16, named by
+/// their keys; one, three and two vectors), loaded as diffusers' `load_textual_inversion`
+/// (`scripts/embedding_fixtures.py`): their names, ids and vectors; every case's token ids and
+/// states, positive and negative; where diffusers and A1111 differ (a capitalised name, which
+/// diffusers expands to its first vector only), the states A1111 gives, which are all vectors.
+fn embeddings_match_the_reference<B: Backend>() {
+    let text = std::fs::read_to_string(fixture("reference/embeddings.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let mut encoder =
+        ClipTextEncoder::<B>::load(fixture("sd"), &Default::default(), DType::F32).unwrap();
+    let embeddings: Vec<TextualInversion> = json["load_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| {
+            let path = fixture(&format!("embeddings/{}", file.as_str().unwrap()));
+            TextualInversion::load(path).unwrap()
+        })
+        .collect();
+    for (embedding, spec) in embeddings.iter().zip(json["embeddings"].as_array().unwrap()) {
+        assert_eq!(embedding.name, spec["token"].as_str().unwrap());
+        let shape = spec["shape"].as_array().unwrap();
+        let vectors = match shape.len() {
+            1 => 1,
+            _ => shape[0].as_u64().unwrap() as usize,
+        };
+        assert_eq!(embedding.len(), vectors, "{}", embedding.name);
+    }
+    encoder.add_embeddings(&embeddings).unwrap();
+    assert_eq!(
+        encoder.tokenizer.vocab_size() as u64,
+        json["vocab_size_after"].as_u64().unwrap()
+    );
+    let ids_of = |value: &Value| -> Vec<u32> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let reference = Reference::open("embeddings.safetensors");
+    for case in json["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let recommended = &case["recommended"];
+        let a1111 = if recommended["tensors"] == "a1111" { "a1111." } else { "" };
+        for (text, ids, role) in [
+            ("prompt", "prompt_ids", "prompt_embeds"),
+            ("negative", "negative_ids", "negative_prompt_embeds"),
+        ] {
+            let text = case[text].as_str().unwrap();
+            let ours = encoder.tokenizer.encode(&[text]).unwrap().remove(0);
+            assert_eq!(ours, ids_of(&recommended[ids]), "{name}: {text:?}");
+            let key = case["tensors"][format!("{a1111}{role}")].as_str().unwrap();
+            assert_close(
+                encoder.encode(text).unwrap(),
+                &reference.data(key),
+                F32_TOLERANCE,
+                key,
+            );
+        }
+    }
+    for check in json["tokenizer_checks"].as_array().unwrap() {
+        let text = check["text"].as_str().unwrap();
+        let expected = ids_of(&check["recommended_ids"]);
+        let ours = encoder.tokenizer.encode(&[text]).unwrap().remove(0);
+        assert_eq!(&ours[..expected.len()], expected, "{text:?}");
+        let eos = *expected.last().unwrap();
+        assert!(ours[expected.len()..].iter().all(|&id| id == eos), "{text:?}");
+    }
+}
+
 backend_tests! {
     hidden_states_match_transformers => hidden_states_match_transformers,
     clip_skip_matches_diffusers => clip_skip_matches_diffusers,
+    embeddings_match_the_reference => embeddings_match_the_reference,
 }
 
 /// A config that does not fit the file names the tensor; a tokenizer without CLIP's special
