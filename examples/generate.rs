@@ -23,9 +23,9 @@ use ella_core::Backend;
 use ella_core::burn::tensor::{DType, TensorData};
 use ella_core::t5::TokenMode;
 use ella_core::{
-    Checkpoint, ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Lora,
-    Mask, ModelPaths, Outpaint, Pipeline, Precision, Preview, PreviewMethod, Previews,
-    SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, Threads, TimestepSchedule,
+    Checkpoint, ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image,
+    InitImage, Lora, Mask, ModelPaths, Outpaint, Pipeline, Precision, Preview, PreviewMethod,
+    Previews, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, Threads, TimestepSchedule,
     VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};

@@ -56,7 +56,7 @@
 #define ELLA_VERSION_MAJOR 0
 
 // Minor version: new functions or fields, nothing removed.
-#define ELLA_VERSION_MINOR 5
+#define ELLA_VERSION_MINOR 6
 
 // Patch version: fixes only.
 #define ELLA_VERSION_PATCH 0
@@ -272,7 +272,9 @@ typedef struct ella_model_params {
   // 1: also load SD's CLIP text encoder (for `ELLA_CONDITIONING_ELLA_CLIP` and `_CLIP`);
   // default 0.
   uint32_t load_clip;
-  // A diffusers ControlNet folder for requests with a `control_image`; NULL for none.
+  // ControlNet 0, for requests with a `control_image` (or `controls` naming it): a
+  // diffusers folder, or a single file in the diffusers or the original layout
+  // (`control_v11p_sd15_canny.safetensors`, `*_fp16.safetensors`); NULL for none.
   const char *controlnet_path;
   // A SUR-adapter `.safetensors` (`scripts/sur_adapter_to_safetensors.py` converts the
   // official `.pt`) for `ELLA_CONDITIONING_CLIP_SUR`; NULL for none. Needs `load_clip`.
@@ -296,6 +298,15 @@ typedef struct ella_model_params {
   // `madebyollin/taesd`), for `ELLA_PREVIEW_METHOD_TINY` and `ELLA_VAE_DECODE_TINY`;
   // NULL (default): none.
   const char *taesd_path;
+  // More ControlNets: `n_extra_controlnet_paths` paths (as `controlnet_path`), ControlNet
+  // 1, 2, … for requests' `controls`; NULL and 0 (default): none. Needs `controlnet_path`.
+  const char *const *extra_controlnet_paths;
+  uint32_t n_extra_controlnet_paths;
+  // Textual-inversion embeddings: `n_embedding_paths` `.safetensors` files (A1111's, named
+  // by the file name, e.g. `EasyNegative`; diffusers' `learned_embeds`, by its token) whose
+  // names CLIP's prompts may use; NULL and 0 (default): none. Needs `load_clip`.
+  const char *const *embedding_paths;
+  uint32_t n_embedding_paths;
 } ella_model_params;
 
 // Called after every denoising step, on the thread that runs `ella_context_generate` (for a
@@ -332,6 +343,23 @@ typedef struct ella_context_params {
   uint32_t preview_every;
   uint32_t preview_method;
 } ella_context_params;
+
+// One ControlNet control of a request (`ella_generate_request.controls`); a fixed layout,
+// filled by the host.
+typedef struct EllaControl {
+  // Which ControlNet: 0 is `ella_model_params.controlnet_path`, 1, 2, … its
+  // `extra_controlnet_paths`.
+  uint32_t controlnet;
+  // RGB8 of the request's size, `image_size` bytes (`width * height * 3`), rows top to
+  // bottom without padding: an edge map, a depth map, …
+  const uint8_t *image;
+  size_t image_size;
+  // The conditioning scale (1 is diffusers' default).
+  float scale;
+  // The part of the run it acts in, as fractions of the steps (0 and 1: all of it).
+  float start;
+  float end;
+} EllaControl;
 
 // One text-to-image request. Start from `ella_generate_request_default()`.
 typedef struct ella_generate_request {
@@ -397,6 +425,20 @@ typedef struct ella_generate_request {
   // black kept. NULL (default): none.
   const uint8_t *mask;
   size_t mask_size;
+  // CLIP's own UTF-8 prompt for the conditionings that use CLIP (with
+  // `ELLA_CONDITIONING_ELLA_CLIP`: tags, names and trigger words for CLIP while T5 reads
+  // `prompt`); NULL (default): `prompt`. Not with `prompt_cache`.
+  const char *clip_prompt;
+  // CLIP's own negative prompt; NULL (default): `negative_prompt`. Not with `prompt_cache`.
+  const char *clip_negative_prompt;
+  // Layers skipped from the end of CLIP (diffusers' `clip_skip`; A1111's "Clip skip: 2"
+  // is 1); default 0. Not with `prompt_cache`.
+  uint32_t clip_skip;
+  // Several ControlNets at once: `n_controls` controls, each naming its ControlNet, after
+  // the one `control_image` gives (on ControlNet 0); their residuals add up. NULL and 0
+  // (default): none.
+  const struct EllaControl *controls;
+  uint32_t n_controls;
 } ella_generate_request;
 
 // A job's progress, written by `ella_job_poll`. Set `struct_size` to

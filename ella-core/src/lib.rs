@@ -57,9 +57,9 @@ pub use error::{Error, Result};
 pub use lora::{Lora, LoraReport};
 pub use nn::{Activation, Seamless, SetSeamless};
 pub use pipeline::{
-    ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Mask, ModelPaths,
-    Outpaint, Pipeline, PipelineParts, Precision, PreparedLoras, Preview, PreviewMethod, Previews,
-    PromptStates, StatePair, SurOptions, WorkingMemory, load_controlnet,
+    ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Mask,
+    ModelPaths, Outpaint, Pipeline, PipelineParts, Precision, PreparedLoras, Preview,
+    PreviewMethod, Previews, PromptStates, StatePair, SurOptions, WorkingMemory, load_controlnet,
 };
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};

@@ -9,10 +9,10 @@ use burn::tensor::DType;
 use common::files::{Tensors, edited, write_tensors};
 use common::fixture;
 use ella_core::{
-    AutoencoderTiny, Checkpoint, ClipText, Conditioning, Connector, ConnectorConfig, ControlNetConfig,
-    ControlNetModel, Error, GenerateRequest, Lora, ModelPaths, Pipeline, SurAdapter, SurOptions,
-    T5Config, T5TextEncoder, TextualInversion, TimestepSchedule, TinyConfig, TokenMode, UNetConfig,
-    load_controlnet,
+    AutoencoderTiny, Checkpoint, ClipText, Conditioning, Connector, ConnectorConfig,
+    ControlNetConfig, ControlNetModel, Error, GenerateRequest, Lora, ModelPaths, Pipeline,
+    SurAdapter, SurOptions, T5Config, T5TextEncoder, TextualInversion, TimestepSchedule,
+    TinyConfig, TokenMode, UNetConfig, load_controlnet,
 };
 use safetensors::Dtype;
 
@@ -601,16 +601,18 @@ fn bad_embeddings_are_refused() {
         vectors: burn::tensor::TensorData::new(vec![0f32; 32], [1, 32]),
     };
     let good = TextualInversion::load(fixture("embeddings/easyneg.safetensors")).unwrap();
-    let err = clip_only.add_embeddings(&[good.clone(), taken]).unwrap_err();
+    let err = clip_only
+        .add_embeddings(&[good.clone(), taken])
+        .unwrap_err();
     assert!(
         matches!(&err, Error::InvalidInput(m) if m.contains("`a`")),
         "{err}"
     );
     // Nothing of the failed call was added: the good one still can be, once.
     let vocab = clip_only.clip().unwrap().tokenizer.vocab_size();
-    clip_only.add_embeddings(&[good.clone()]).unwrap();
+    clip_only.add_embeddings(std::slice::from_ref(&good)).unwrap();
     assert_eq!(clip_only.clip().unwrap().tokenizer.vocab_size(), vocab + 3);
-    assert!(clip_only.add_embeddings(&[good.clone()]).is_err());
+    assert!(clip_only.add_embeddings(std::slice::from_ref(&good)).is_err());
     let mut ella_only =
         Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
     let err = ella_only.add_embeddings(&[good]).unwrap_err();
@@ -772,7 +774,10 @@ fn pickles_are_refused_with_the_converter_named() {
         assert!(matches!(&err, Error::UnsupportedModel { .. }), "{err}");
     }
     // A valid file with a 0x0280-byte header: its first bytes are 0x80 0x02.
-    let header = format!("{{\"__metadata__\":{{\"pad\":\"{}\"}}}}", " ".repeat(0x0280 - 27));
+    let header = format!(
+        "{{\"__metadata__\":{{\"pad\":\"{}\"}}}}",
+        " ".repeat(0x0280 - 27)
+    );
     assert_eq!(header.len(), 0x0280);
     let path = dir.path().join("empty.safetensors");
     let bytes = [&(header.len() as u64).to_le_bytes()[..], header.as_bytes()].concat();

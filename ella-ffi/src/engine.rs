@@ -117,7 +117,8 @@ where
             (None, Some(_)) => Conditioning::Clip,
             _ => Conditioning::Ella,
         };
-        let states = pipeline.encode_prompts(prompt, negative, mode, conditioning, &Default::default())?;
+        let states =
+            pipeline.encode_prompts(prompt, negative, mode, conditioning, &Default::default())?;
         let download = |pair: Option<StatePair<B>>| {
             pair.map(|p| [p.uncond, p.cond].map(|states| states.into_data().convert::<f32>()))
         };

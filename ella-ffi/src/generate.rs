@@ -7,9 +7,8 @@ use std::time::Instant;
 use ella_core::limits::MAX_IMAGE_SIDE;
 use ella_core::pipeline::ProgressFn;
 use ella_core::{
-    ClipText,
-    Control, GenerateRequest, Hooks, Image, InitImage, Mask, Preview, Previews, SurOptions,
-    TimestepSchedule,
+    ClipText, Control, GenerateRequest, Hooks, Image, InitImage, Mask, Preview, Previews,
+    SurOptions, TimestepSchedule,
 };
 
 use crate::abi::*;

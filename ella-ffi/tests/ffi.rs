@@ -1240,7 +1240,11 @@ fn embeddings_from_c() {
         ..with_embedding
     };
     assert_eq!(load_status(&params), EllaStatus::InvalidArgument);
-    assert!(last_error().contains("embedding_paths is NULL"), "{}", last_error());
+    assert!(
+        last_error().contains("embedding_paths is NULL"),
+        "{}",
+        last_error()
+    );
 }
 
 /// CLIP and the tiny SUR adapter, no T5.

@@ -55,16 +55,6 @@ impl Gate {
     }
 }
 
-/// Releases the gate when dropped, so that a failed assertion never leaves the worker held
-/// (the context's owner would wait for it).
-struct ReleaseOnDrop(Arc<Gate>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 unsafe extern "C" fn gate_callback(step: u32, total: u32, user_data: *mut c_void) {
     let gate = unsafe { &*(user_data as *const Gate) };
     let mut state = gate.state.lock().unwrap();
@@ -79,17 +69,52 @@ unsafe extern "C" fn gate_callback(step: u32, total: u32, user_data: *mut c_void
     }
 }
 
-/// A context whose progress callback is `gate`'s (the gate outlives it: it is declared
-/// first in the tests).
-fn gated_context(model: &Model, gate: &Arc<Gate>) -> Context {
-    Context::with_params(
-        model,
-        &EllaContextParams {
+/// The tests' set-up: the test model and a context whose worker the gate holds at step
+/// `hold_at` of its first job (its progress callback is the gate's). Dropping it releases
+/// the gate first, so that a failed assertion never leaves the worker held (the context's
+/// owner would wait for it).
+struct Held {
+    ctx: Context,
+    gate: Arc<Gate>,
+    model: Model,
+    prompt: CString,
+}
+
+impl Held {
+    fn at(hold_at: u32) -> Held {
+        let model = load();
+        let gate = Gate::holding_at(hold_at);
+        let params = EllaContextParams {
             progress_callback: Some(gate_callback),
-            progress_user_data: Arc::as_ptr(gate) as *mut c_void,
+            progress_user_data: Arc::as_ptr(&gate) as *mut c_void,
             ..ella_context_params_default()
-        },
-    )
+        };
+        Held {
+            ctx: Context::with_params(&model, &params),
+            gate,
+            model,
+            prompt: CString::new("a red book").unwrap(),
+        }
+    }
+
+    /// The test request (32×32, "a red book") with `steps` steps.
+    fn request(&self, steps: u32) -> EllaGenerateRequest {
+        EllaGenerateRequest {
+            steps,
+            ..request(&self.prompt)
+        }
+    }
+
+    /// Submits [`Held::request`] on the context.
+    fn submit(&self, steps: u32) -> Job {
+        submit(&self.ctx, &self.request(steps))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gate.release();
+    }
 }
 
 fn submit(ctx: &Context, request: &EllaGenerateRequest) -> Job {
@@ -263,19 +288,9 @@ fn a_job_runs_to_the_image_the_synchronous_call_makes() {
 
 #[test]
 fn poll_and_wait_do_not_block_while_the_job_runs() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let job = submit(
-        &ctx,
-        &EllaGenerateRequest {
-            steps: 3,
-            ..request(&prompt)
-        },
-    );
-    gate.wait_held();
+    let held = Held::at(1);
+    let job = held.submit(3);
+    held.gate.wait_held();
     let progress = poll(&job);
     assert_eq!(progress.state, EllaJobState::Running as u32);
     assert_eq!((progress.step, progress.total), (1, 3));
@@ -287,9 +302,9 @@ fn poll_and_wait_do_not_block_while_the_job_runs() {
     assert!(last_error().contains("within 30 ms"), "{}", last_error());
     assert_eq!(take_image(&job), Err(EllaStatus::NotReady));
     assert_eq!(message(&job), "");
-    gate.release();
+    held.gate.release();
     assert_eq!(wait(&job, 60_000), EllaStatus::Ok);
-    assert_eq!(gate.calls(), vec![(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(held.gate.calls(), vec![(1, 3), (2, 3), (3, 3)]);
     assert!(take_image(&job).is_ok());
 }
 
@@ -336,18 +351,14 @@ fn poll_writes_only_the_fields_the_callers_struct_size_covers() {
 
 #[test]
 fn jobs_on_a_context_run_in_submission_order() {
-    let model = load();
-    let gate = Gate::holding_at(0); // never holds: steps count from 1
-    let ctx = gated_context(&model, &gate);
-    let prompt = CString::new("a red book").unwrap();
+    let held = Held::at(0); // never holds: steps count from 1
     let jobs: Vec<Job> = (1..=4)
         .map(|steps| {
             submit(
-                &ctx,
+                &held.ctx,
                 &EllaGenerateRequest {
-                    steps,
                     seed: steps as u64,
-                    ..request(&prompt)
+                    ..held.request(steps)
                 },
             )
         })
@@ -355,22 +366,18 @@ fn jobs_on_a_context_run_in_submission_order() {
     for job in jobs.iter().rev() {
         assert_eq!(wait(job, ELLA_WAIT_FOREVER), EllaStatus::Ok);
     }
-    let totals: Vec<u32> = gate.calls().iter().map(|&(_, total)| total).collect();
+    let totals: Vec<u32> = held.gate.calls().iter().map(|&(_, total)| total).collect();
     assert_eq!(totals, [1, 2, 2, 3, 3, 3, 4, 4, 4, 4]);
 }
 
 #[test]
 fn a_queued_job_cancelled_or_freed_never_starts() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let first = submit(&ctx, &request(&prompt));
-    gate.wait_held();
-    let cancelled = submit(&ctx, &request(&prompt));
-    let freed = submit(&ctx, &request(&prompt));
-    let last = submit(&ctx, &request(&prompt));
+    let held = Held::at(1);
+    let first = held.submit(2);
+    held.gate.wait_held();
+    let cancelled = held.submit(2);
+    let freed = held.submit(2);
+    let last = held.submit(2);
     assert_eq!(state(&cancelled), EllaJobState::Queued);
     assert_eq!(poll(&cancelled).total, 0);
     unsafe { ella_job_cancel(cancelled.ptr()) };
@@ -385,32 +392,22 @@ fn a_queued_job_cancelled_or_freed_never_starts() {
     assert!(message(&cancelled).contains("before it started"));
     assert_eq!(take_image(&cancelled), Err(EllaStatus::Cancelled));
     unsafe { ella_job_free(freed.into_raw()) };
-    gate.release();
+    held.gate.release();
     assert_eq!(wait(&last, ELLA_WAIT_FOREVER), EllaStatus::Ok);
     assert_eq!(wait(&first, 0), EllaStatus::Ok);
     // Two jobs of two steps ran; the other two never started.
-    assert_eq!(gate.calls(), vec![(1, 2), (2, 2), (1, 2), (2, 2)]);
+    assert_eq!(held.gate.calls(), vec![(1, 2), (2, 2), (1, 2), (2, 2)]);
 }
 
 #[test]
 fn a_running_job_cancelled_stops_at_the_next_block_and_the_context_goes_on() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let job = submit(
-        &ctx,
-        &EllaGenerateRequest {
-            steps: 6,
-            ..request(&prompt)
-        },
-    );
-    let next = submit(&ctx, &request(&prompt));
-    gate.wait_held();
+    let held = Held::at(1);
+    let job = held.submit(6);
+    let next = held.submit(2);
+    held.gate.wait_held();
     unsafe { ella_job_cancel(job.ptr()) };
     assert_eq!(state(&job), EllaJobState::Running, "until its next check");
-    gate.release();
+    held.gate.release();
     assert_eq!(wait(&job, ELLA_WAIT_FOREVER), EllaStatus::Cancelled);
     let progress = poll(&job);
     assert_eq!(progress.state, EllaJobState::Cancelled as u32);
@@ -421,46 +418,32 @@ fn a_running_job_cancelled_stops_at_the_next_block_and_the_context_goes_on() {
     );
     assert_eq!(take_image(&job), Err(EllaStatus::Cancelled));
     assert_eq!(wait(&next, ELLA_WAIT_FOREVER), EllaStatus::Ok);
-    assert_eq!(gate.calls(), vec![(1, 6), (1, 2), (2, 2)]);
+    assert_eq!(held.gate.calls(), vec![(1, 6), (1, 2), (2, 2)]);
 }
 
 #[test]
 fn context_cancel_stops_the_running_job_not_the_queued_ones() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let running = submit(&ctx, &request(&prompt));
-    let queued = submit(&ctx, &request(&prompt));
-    gate.wait_held();
-    unsafe { ella_context_cancel(ctx.ptr()) };
-    gate.release();
+    let held = Held::at(1);
+    let running = held.submit(2);
+    let queued = held.submit(2);
+    held.gate.wait_held();
+    unsafe { ella_context_cancel(held.ctx.ptr()) };
+    held.gate.release();
     assert_eq!(wait(&running, ELLA_WAIT_FOREVER), EllaStatus::Cancelled);
     assert_eq!(wait(&queued, ELLA_WAIT_FOREVER), EllaStatus::Ok);
 }
 
 #[test]
 fn a_running_job_freed_is_cancelled_and_the_worker_goes_on() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let freed = submit(
-        &ctx,
-        &EllaGenerateRequest {
-            steps: 6,
-            ..request(&prompt)
-        },
-    );
-    gate.wait_held();
+    let held = Held::at(1);
+    let freed = held.submit(6);
+    held.gate.wait_held();
     unsafe { ella_job_free(freed.into_raw()) };
-    gate.release();
-    let next = submit(&ctx, &request(&prompt));
+    held.gate.release();
+    let next = held.submit(2);
     assert_eq!(wait(&next, ELLA_WAIT_FOREVER), EllaStatus::Ok);
     assert_eq!(
-        gate.calls(),
+        held.gate.calls(),
         vec![(1, 6), (1, 2), (2, 2)],
         "cancelled at step 1"
     );
@@ -505,34 +488,31 @@ fn a_bad_request_fails_its_job_with_its_own_message() {
 
 #[test]
 fn the_request_is_copied_and_its_prompt_cache_kept_at_submit() {
-    let model = load();
-    let prompt = CString::new("a red book").unwrap();
-    let init = Context::new(&model).generate_32(&request(&prompt)).unwrap();
+    let held = Held::at(1);
+    let init = Context::new(&held.model)
+        .generate_32(&held.request(2))
+        .unwrap();
     let other = CString::new("two cats on a sofa").unwrap();
-    let cache = Prompt::new(&model, &other, None);
+    let cache = Prompt::new(&held.model, &other, None);
     let img2img = EllaGenerateRequest {
         prompt: null(),
         prompt_cache: cache.ptr(),
         init_image: init.as_ptr(),
         init_image_size: init.len(),
         strength: 0.5,
-        steps: 4,
-        ..request(&prompt)
+        ..held.request(4)
     };
-    let expected = Context::new(&model).generate_32(&img2img).unwrap();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let blocker = submit(&ctx, &request(&prompt));
-    gate.wait_held();
+    let expected = Context::new(&held.model).generate_32(&img2img).unwrap();
+    let blocker = held.submit(2);
+    held.gate.wait_held();
     // Queued behind the held job while its inputs go away: the job has a copy of the
     // image buffer and a share of the prompt cache.
     let mut init = init;
-    let job = submit(&ctx, &img2img);
+    let job = submit(&held.ctx, &img2img);
     init.fill(0);
     drop(init);
     drop(cache);
-    gate.release();
+    held.gate.release();
     assert_eq!(wait(&job, ELLA_WAIT_FOREVER), EllaStatus::Ok);
     assert_eq!(take_image(&job), Ok(expected));
     assert_eq!(wait(&blocker, 0), EllaStatus::Ok);
@@ -540,35 +520,26 @@ fn the_request_is_copied_and_its_prompt_cache_kept_at_submit() {
 
 #[test]
 fn freeing_the_context_cancels_its_jobs_whose_handles_stay_valid() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let running = submit(
-        &ctx,
-        &EllaGenerateRequest {
-            steps: 6,
-            ..request(&prompt)
-        },
-    );
-    let queued = submit(&ctx, &request(&prompt));
-    gate.wait_held();
+    let mut held = Held::at(1);
+    let running = held.submit(6);
+    let queued = held.submit(2);
+    held.gate.wait_held();
     let releaser = {
-        let gate = Arc::clone(&gate);
+        let gate = Arc::clone(&held.gate);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             gate.release();
         })
     };
     // Waits for the running job to stop (the gate holds it for 50 ms).
+    let ctx = std::mem::replace(&mut held.ctx, Context::null());
     unsafe { ella_context_free(ctx.into_raw()) };
     releaser.join().unwrap();
     assert_eq!(state(&running), EllaJobState::Cancelled);
     assert_eq!(poll(&running).step, 1);
     assert_eq!(state(&queued), EllaJobState::Cancelled);
     assert_eq!(wait(&queued, ELLA_WAIT_FOREVER), EllaStatus::Cancelled);
-    assert_eq!(gate.calls(), vec![(1, 6)]);
+    assert_eq!(held.gate.calls(), vec![(1, 6)]);
 }
 
 #[test]
@@ -631,18 +602,14 @@ fn a_job_callback_may_free_its_context_and_poll_but_not_wait() {
 
 #[test]
 fn a_synchronous_call_on_a_context_running_a_job_is_busy() {
-    let model = load();
-    let gate = Gate::holding_at(1);
-    let ctx = gated_context(&model, &gate);
-    let _release = ReleaseOnDrop(Arc::clone(&gate));
-    let prompt = CString::new("a red book").unwrap();
-    let job = submit(&ctx, &request(&prompt));
-    gate.wait_held();
-    let busy = ctx.generate_32(&request(&prompt));
-    gate.release();
+    let held = Held::at(1);
+    let job = held.submit(2);
+    held.gate.wait_held();
+    let busy = held.ctx.generate_32(&held.request(2));
+    held.gate.release();
     assert!(busy.unwrap_err().starts_with("Busy"));
     assert_eq!(wait(&job, ELLA_WAIT_FOREVER), EllaStatus::Ok);
-    assert!(ctx.generate_32(&request(&prompt)).is_ok(), "free again");
+    assert!(held.ctx.generate_32(&held.request(2)).is_ok(), "free again");
 }
 
 #[test]

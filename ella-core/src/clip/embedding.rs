@@ -57,7 +57,7 @@ impl TextualInversion {
     }
 
     /// How many vectors (tokens) the name stands for.
-    pub fn len(&self) -> usize {
+    pub fn vector_count(&self) -> usize {
         self.vectors.shape[0]
     }
 }

@@ -56,7 +56,7 @@ impl<B: Backend> ClipTextEncoder<B> {
         }
         let mut tokenizer = self.tokenizer.clone();
         for embedding in embeddings {
-            tokenizer.add_embedding(&embedding.name, embedding.len())?;
+            tokenizer.add_embedding(&embedding.name, embedding.vector_count())?;
         }
         let device = self.model.token_embedding.device();
         for embedding in embeddings {

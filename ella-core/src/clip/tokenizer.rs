@@ -96,9 +96,14 @@ impl ClipTokenizer {
             )));
         }
         for (i, token) in tokens.iter().enumerate() {
-            self.inner
-                .add_tokens(&[AddedToken::from(token.clone(), false)]);
-            if self.inner.token_to_id(token) != Some(first + i as u32) {
+            let added = self
+                .inner
+                .add_tokens([AddedToken::from(token.clone(), false)])
+                .map_err(|e| Error::Tokenizer {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if added != 1 || self.inner.token_to_id(token) != Some(first + i as u32) {
                 return Err(Error::InvalidInput(format!(
                     "the embedding name `{token}` could not be added as token {}",
                     first + i as u32

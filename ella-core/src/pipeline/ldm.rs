@@ -343,9 +343,10 @@ pub fn controlnet_config(checkpoint: &Checkpoint, unet: &UNetConfig) -> Result<C
             if conv_in.len() == 4
                 && conv_out.len() == 4
                 && blocks.len() % 2 == 0
-                && blocks.iter().enumerate().all(|(k, &(i, shape))| {
-                    i == 2 * (k + 1) && shape.len() == 4
-                }) =>
+                && blocks
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &(i, shape))| i == 2 * (k + 1) && shape.len() == 4) =>
         {
             let mut widths = vec![conv_in[0]];
             widths.extend(blocks.iter().skip(1).step_by(2).map(|(_, shape)| shape[0]));
@@ -392,7 +393,10 @@ pub fn controlnet(checkpoint: &Checkpoint, config: &ControlNetConfig) -> Checkpo
 fn controlnet_name(name: &str, layout: &UNetLayout, hint_out: usize) -> Option<String> {
     if let Some(rest) = name.strip_prefix("zero_convs.") {
         let (i, rest) = split_index(rest)?;
-        return Some(format!("controlnet_down_blocks.{i}.{}", rest.strip_prefix("0.")?));
+        return Some(format!(
+            "controlnet_down_blocks.{i}.{}",
+            rest.strip_prefix("0.")?
+        ));
     }
     if let Some(rest) = name.strip_prefix("middle_block_out.0.") {
         return Some(format!("controlnet_mid_block.{rest}"));

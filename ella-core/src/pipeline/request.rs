@@ -102,10 +102,8 @@ pub struct InitImage {
 
 impl InitImage {
     /// `image` at the default strength, 0.8, without a mask.
-    /// The first ControlNet with `image` at scale 1 over the whole run.
     pub fn new(image: Image) -> Self {
         Self {
-            controlnet: 0,
             image,
             strength: 0.8,
             mask: None,
@@ -280,7 +278,12 @@ impl GenerateRequest {
             return invalid(format!("steps {steps} must be between 1 and {MAX_STEPS}"));
         }
         let [clip_prompt, clip_negative] = self.clip.texts("", "");
-        check_prompt_lengths(&[&self.prompt, &self.negative_prompt, clip_prompt, clip_negative])?;
+        check_prompt_lengths(&[
+            &self.prompt,
+            &self.negative_prompt,
+            clip_prompt,
+            clip_negative,
+        ])?;
         if !self.guidance_scale.is_finite() {
             return invalid(format!(
                 "guidance scale {} is not a finite number",

@@ -88,8 +88,7 @@ fn original_layout_files<B: Backend>() {
             assert_eq!(ours.dtype, theirs.dtype, "{file}: {name}");
             assert_eq!(ours.bytes, theirs.bytes, "{file}: {name}");
         }
-        let controlnet =
-            load_controlnet::<B>(&fixture(file), &unet, &device, DType::F32).unwrap();
+        let controlnet = load_controlnet::<B>(&fixture(file), &unet, &device, DType::F32).unwrap();
         // F16 weights: the rounding of every weight shows in the residuals.
         check_residuals_and_unet(&controlnet, if half { 2e-2 } else { TOLERANCE });
     }

@@ -16,9 +16,9 @@ use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
 use ella_core::t5::TokenMode;
 use ella_core::{
-    AutoencoderKL, ClipText, Conditioning, Control, Error, GenerateRequest, Hooks, Image, InitImage, Mask,
-    ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig, Seamless,
-    SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
+    AutoencoderKL, ClipText, Conditioning, Control, Error, GenerateRequest, Hooks, Image,
+    InitImage, Mask, ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig,
+    Seamless, SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
 };
 use serde_json::Value;
 
@@ -87,7 +87,9 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         clip: ClipText {
             prompt: run.get("clip_prompt").map(|p| p.as_str().unwrap().into()),
             negative: run.get("clip_negative").map(|p| p.as_str().unwrap().into()),
-            skip: run.get("clip_skip").map_or(0, |k| k.as_u64().unwrap() as usize),
+            skip: run
+                .get("clip_skip")
+                .map_or(0, |k| k.as_u64().unwrap() as usize),
         },
         seamless: match run.get("seamless").and_then(Value::as_str) {
             None => Seamless::Off,
@@ -465,7 +467,10 @@ fn clip_prompts_match_the_reference<B: Backend>() {
 fn several_controlnets_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
     let runs = read_runs("reference/pipelines_community.json");
-    let names = ["dpm++2m_multicontrolnet-clip", "dpm++2m_multicontrolnet-ella"];
+    let names = [
+        "dpm++2m_multicontrolnet-clip",
+        "dpm++2m_multicontrolnet-ella",
+    ];
     // wgpu (lavapipe in CI, a minute a sampling): the first; it runs no other kernel.
     let count = if backend_is::<B>("wgpu") { 1 } else { 2 };
     for name in &names[..count] {
