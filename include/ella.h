@@ -31,7 +31,7 @@
  * an older header (smaller struct_size) keeps working: missing fields take their defaults.
  * ELLA_VERSION_MAJOR changes when anything else changes (while it is 0, minor versions may
  * rename: 0.4 renamed the functions to the ella_<object>_<verb> rule, see docs/c-api.md;
- * 0.5 added jobs).
+ * 0.5 added jobs; 0.6 several ControlNets, embeddings and CLIP options).
  */
 
 #ifndef ELLA_H
@@ -346,7 +346,7 @@ typedef struct ella_context_params {
 
 // One ControlNet control of a request (`ella_generate_request.controls`); a fixed layout,
 // filled by the host.
-typedef struct EllaControl {
+typedef struct ella_control {
   // Which ControlNet: 0 is `ella_model_params.controlnet_path`, 1, 2, … its
   // `extra_controlnet_paths`.
   uint32_t controlnet;
@@ -359,7 +359,7 @@ typedef struct EllaControl {
   // The part of the run it acts in, as fractions of the steps (0 and 1: all of it).
   float start;
   float end;
-} EllaControl;
+} ella_control;
 
 // One text-to-image request. Start from `ella_generate_request_default()`.
 typedef struct ella_generate_request {
@@ -437,7 +437,7 @@ typedef struct ella_generate_request {
   // Several ControlNets at once: `n_controls` controls, each naming its ControlNet, after
   // the one `control_image` gives (on ControlNet 0); their residuals add up. NULL and 0
   // (default): none.
-  const struct EllaControl *controls;
+  const struct ella_control *controls;
   uint32_t n_controls;
 } ella_generate_request;
 

@@ -610,9 +610,15 @@ fn bad_embeddings_are_refused() {
     );
     // Nothing of the failed call was added: the good one still can be, once.
     let vocab = clip_only.clip().unwrap().tokenizer.vocab_size();
-    clip_only.add_embeddings(std::slice::from_ref(&good)).unwrap();
+    clip_only
+        .add_embeddings(std::slice::from_ref(&good))
+        .unwrap();
     assert_eq!(clip_only.clip().unwrap().tokenizer.vocab_size(), vocab + 3);
-    assert!(clip_only.add_embeddings(std::slice::from_ref(&good)).is_err());
+    assert!(
+        clip_only
+            .add_embeddings(std::slice::from_ref(&good))
+            .is_err()
+    );
     let mut ella_only =
         Pipeline::<B>::load(&common::tiny_paths(), &Default::default(), DType::F32).unwrap();
     let err = ella_only.add_embeddings(&[good]).unwrap_err();
