@@ -31,7 +31,7 @@ use ella_core::Backend;
 use ella_core::gpu::{KernelCacheStats, set_kernel_cache_dir};
 use ella_core::{
     AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, ModelPaths,
-    Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision,
+    Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Text, T5Encoder, T5Precision,
     T5TextEncoder, T5Tokenizer, TimestepSchedule, TokenMode, UNet2DConditionModel, UNetConfig,
     VaeConfig,
 };
@@ -149,7 +149,10 @@ fn sd15_request() -> GenerateRequest {
     GenerateRequest {
         schedule: TimestepSchedule::Steps(STEPS),
         guidance_scale: 7.5,
-        token_mode: TokenMode::FIXED_128,
+        t5: T5Text {
+            mode: TokenMode::FIXED_128,
+            ..Default::default()
+        },
         scheduler: SchedulerKind::DpmSolverMultistep,
         ..GenerateRequest::new("a red book on a wooden table next to a cup of coffee")
     }
@@ -218,7 +221,7 @@ fn image<B: Backend>(name: &str, dtype: DType, images: usize) -> ella_core::Resu
     let states = pipeline.encode_prompts(
         &request.prompt,
         &request.negative_prompt,
-        request.token_mode,
+        request.t5,
         request.conditioning,
         &request.clip,
     )?;

@@ -25,8 +25,8 @@ use ella_core::t5::TokenMode;
 use ella_core::{
     Checkpoint, ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image,
     InitImage, Lora, Mask, ModelPaths, Outpaint, Pipeline, Precision, Preview, PreviewMethod,
-    Previews, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, Threads, TimestepSchedule,
-    VaeDecode,
+    Previews, PromptSyntax, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision, T5Text,
+    Threads, TimestepSchedule, VaeDecode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -79,6 +79,24 @@ enum PreviewKind {
     Linear,
     /// TAESD (--taesd), the image's size.
     Tiny,
+}
+
+/// How a text encoder reads A1111's weight syntax: `(word:1.3)`, `(word)`, `[word]`, `BREAK`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Syntax {
+    /// CLIP: weights applied, long prompts in 75-token chunks; T5: the syntax removed.
+    A1111,
+    /// The text as written (CLIP truncated to 77 tokens).
+    Literal,
+}
+
+impl Syntax {
+    fn to_core(self) -> PromptSyntax {
+        match self {
+            Syntax::A1111 => PromptSyntax::A1111,
+            Syntax::Literal => PromptSyntax::Literal,
+        }
+    }
 }
 
 /// The axes a seamless texture wraps around.
@@ -138,6 +156,12 @@ struct Args {
     /// ComfyUI's "CLIP Set Last Layer: -2" are 1).
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    /// How CLIP reads `(word:1.3)`, `[word]`, `BREAK` and prompts over 75 tokens.
+    #[arg(long, value_enum, default_value = "a1111")]
+    clip_syntax: Syntax,
+    /// How T5 reads them: a1111 removes the syntax (ComfyUI-ELLA), literal keeps the text.
+    #[arg(long, value_enum, default_value = "a1111")]
+    t5_syntax: Syntax,
     #[arg(long, default_value_t = 25)]
     steps: usize,
     #[arg(long, default_value_t = 10.0)]
@@ -552,9 +576,12 @@ fn run(args: Args) -> Result<(), String> {
         guidance_scale: args.guidance,
         seed: args.seed,
         batch_size: args.batch,
-        token_mode: match args.token_mode {
-            Mode::Flexible => TokenMode::Flexible,
-            Mode::Fixed => TokenMode::Fixed(args.max_length),
+        t5: T5Text {
+            mode: match args.token_mode {
+                Mode::Flexible => TokenMode::Flexible,
+                Mode::Fixed => TokenMode::Fixed(args.max_length),
+            },
+            syntax: args.t5_syntax.to_core(),
         },
         scheduler: args
             .scheduler
@@ -574,6 +601,7 @@ fn run(args: Args) -> Result<(), String> {
             prompt: args.clip_prompt.clone(),
             negative: args.clip_negative.clone(),
             skip: args.clip_skip,
+            syntax: args.clip_syntax.to_core(),
         },
         seamless: match args.tile {
             None => Seamless::Off,
@@ -671,7 +699,7 @@ fn generate<B: Backend>(
                 .encode_prompts(
                     &request.prompt,
                     &request.negative_prompt,
-                    request.token_mode,
+                    request.t5,
                     request.conditioning,
                     &request.clip,
                 )

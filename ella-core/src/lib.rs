@@ -39,6 +39,7 @@ pub mod limits;
 pub mod lora;
 mod nn;
 pub mod pipeline;
+pub mod prompt_syntax;
 mod resnet;
 pub mod scheduler;
 pub mod sur_adapter;
@@ -59,8 +60,10 @@ pub use nn::{Activation, Seamless, SetSeamless};
 pub use pipeline::{
     ClipText, Conditioning, Control, EllaPaths, GenerateRequest, Hooks, Image, InitImage, Mask,
     ModelPaths, Outpaint, Pipeline, PipelineParts, Precision, PreparedLoras, Preview,
-    PreviewMethod, Previews, PromptStates, StatePair, SurOptions, WorkingMemory, load_controlnet,
+    PreviewMethod, Previews, PromptStates, StatePair, SurOptions, T5Text, WorkingMemory,
+    load_controlnet,
 };
+pub use prompt_syntax::PromptSyntax;
 pub use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSchedule};
 pub use sur_adapter::{SurAdapter, SurAdapterConfig, SurMode};
 pub use t5::{T5Config, T5Encoder, T5Precision, T5TextEncoder, T5Tokenizer, TokenBatch, TokenMode};

@@ -35,6 +35,9 @@ pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 /// The most T5 tokens a prompt may have (flexible mode) or be padded to (fixed mode): T5's
 /// attention bias grows with its square. ELLA was trained on 128.
 pub const MAX_T5_TOKENS: usize = 4096;
+/// The most 77-token chunks an A1111-weighted CLIP prompt may have (4,800 tokens; A1111 sets
+/// no limit, and the U-Net's cross-attention grows with the count).
+pub const MAX_CLIP_CHUNKS: usize = 64;
 /// CPU threads of a pipeline's own pool (a typo such as 10000 would otherwise start them all).
 pub const MAX_THREADS: usize = 1024;
 

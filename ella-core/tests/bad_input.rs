@@ -570,6 +570,29 @@ fn clip_options_need_clip_and_a_layer_left() {
             .generate(&with_clip(own_prompt, Conditioning::Clip))
             .is_ok()
     );
+    // A1111 fails on a weight that is no number; so do we, naming it.
+    let err = clip_only
+        .generate(&GenerateRequest {
+            prompt: "a (red:1.2.3) book".into(),
+            ..request.clone()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("`1.2.3` is not a weight")),
+        "{err}"
+    );
+    // More 75-token chunks than the limit are refused before anything is encoded.
+    let chunks = ella_core::limits::MAX_CLIP_CHUNKS + 1;
+    let err = clip_only
+        .generate(&GenerateRequest {
+            prompt: "BREAK a ".repeat(chunks),
+            ..request.clone()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("chunks of 75 tokens")),
+        "{err}"
+    );
 }
 
 /// Textual-inversion files that are not one (two tensors, a 3-D tensor), vectors of another
@@ -937,7 +960,26 @@ fn sur_adapter_errors() {
             "{err}"
         );
     }
-    // Without an adapter, ClipSur is refused.
+    // The faithful mode mixes prompt and negative at each position: prompts of different
+    // chunk counts are refused there, and run in the per-token mode.
+    let long = GenerateRequest {
+        prompt: "a red book BREAK on the table".into(),
+        ..request.clone()
+    };
+    let err = pipeline.generate(&long).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("154 and 77 CLIP tokens")),
+        "{err}"
+    );
+    let per_token = GenerateRequest {
+        conditioning: Conditioning::ClipSur(SurOptions {
+            mode: ella_core::SurMode::PerToken,
+            ..SurOptions::default()
+        }),
+        ..long
+    };
+    assert!(pipeline.generate(&per_token).is_ok());
+        // Without an adapter, ClipSur is refused.
     let clip_only = load_sd(fixture("sd"), None).unwrap();
     let err = clip_only.generate(&request).unwrap_err();
     assert!(

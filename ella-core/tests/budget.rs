@@ -69,7 +69,7 @@ fn generation_and_memory_budgets() {
         .encode_prompts(
             &request.prompt,
             "",
-            request.token_mode,
+            request.t5,
             request.conditioning,
             &request.clip,
         )

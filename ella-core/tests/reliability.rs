@@ -19,7 +19,7 @@ use common::{fixture, tiny_paths};
 use ella_core::limits::{MAX_PROMPT_BYTES, MAX_T5_TOKENS};
 use ella_core::{
     Checkpoint, Connector, ConnectorConfig, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, SchedulerKind, T5TextEncoder, TimestepSchedule, TokenMode, UNet2DConditionModel,
+    Pipeline, SchedulerKind, T5Text, T5TextEncoder, TimestepSchedule, TokenMode, UNet2DConditionModel,
     VaeDecode,
 };
 use safetensors::Dtype;
@@ -241,7 +241,10 @@ fn long_prompts_and_token_lengths_are_refused() {
         });
         invalid_input(err, "fixed token length", &what);
         let request = GenerateRequest {
-            token_mode: TokenMode::Fixed(length),
+            t5: T5Text {
+            mode: TokenMode::Fixed(length),
+            ..Default::default()
+        },
             ..small_request("a red book")
         };
         invalid_input(
@@ -581,13 +584,16 @@ fn prompt_states_of_another_token_mode_are_used_as_encoded() {
         .encode_prompts(
             &request.prompt,
             "",
-            TokenMode::Flexible,
+            T5Text::default(),
             request.conditioning,
             &request.clip,
         )
         .unwrap();
     let fixed = GenerateRequest {
-        token_mode: TokenMode::Fixed(7),
+        t5: T5Text {
+            mode: TokenMode::Fixed(7),
+            ..Default::default()
+        },
         ..request.clone()
     };
     let dumped = Mutex::new(Vec::new());

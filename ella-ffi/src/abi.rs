@@ -145,6 +145,19 @@ pub enum EllaSurMode {
     PerToken = 1,
 }
 
+/// How a text encoder reads AUTOMATIC1111's weight syntax: `(word:1.3)`, `(word)`,
+/// `[word]`, `\(` escapes and `BREAK`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EllaPromptSyntax {
+    /// As A1111 and ComfyUI-ELLA (default): CLIP applies the weights and reads prompts of any
+    /// length in 75-token chunks; T5 reads the text with the syntax removed.
+    A1111 = 0,
+    /// The text as written: CLIP truncates it to 77 tokens (diffusers); T5 reads brackets and
+    /// weights as words (ELLA's own code).
+    Literal = 1,
+}
+
 /// Pixel layout of an image.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,6 +385,13 @@ pub struct EllaGenerateRequest {
     /// (default): none.
     pub controls: *const EllaControl,
     pub n_controls: u32,
+    /// How T5 reads the prompts' weight syntax (`ella_prompt_syntax`); default
+    /// `ELLA_PROMPT_SYNTAX_A1111`: removed, `a (red:1.3) book` is read `a red book`. Not with
+    /// `prompt_cache` (whose prompts were read with the default).
+    pub t5_syntax: u32,
+    /// How CLIP reads it; default `ELLA_PROMPT_SYNTAX_A1111`: weights applied, prompts over
+    /// 75 tokens in chunks. Not with `prompt_cache`.
+    pub clip_syntax: u32,
 }
 
 /// One ControlNet control of a request (`ella_generate_request.controls`); a fixed layout,
@@ -559,6 +579,8 @@ versioned!(EllaGenerateRequest {
     clip_skip,
     controls,
     n_controls,
+    t5_syntax,
+    clip_syntax,
 });
 
 versioned!(EllaJobProgress {

@@ -3,7 +3,7 @@
 
 use ella_core::burn::tensor::DType;
 use ella_core::{
-    Conditioning, PreviewMethod, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
+    Conditioning, PreviewMethod, PromptSyntax, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
     TokenMode, VaeDecode,
 };
 
@@ -62,6 +62,7 @@ c_enum!(EllaSeamless as "ella_seamless" <=> Seamless { Off, X, Y, XY });
 c_enum!(EllaPreviewMethod as "ella_preview_method" <=> PreviewMethod { Linear, Tiny });
 c_enum!(EllaConditioning as "ella_conditioning" { Ella, EllaClip, Clip, ClipSur });
 c_enum!(EllaSurMode as "ella_sur_mode" <=> SurMode { Faithful, PerToken });
+c_enum!(EllaPromptSyntax as "ella_prompt_syntax" <=> PromptSyntax { A1111, Literal });
 
 impl EllaConditioning {
     /// ella-core's conditioning; `sur` is read for `ClipSur` only.

@@ -11,7 +11,7 @@ use ella_core::Backend;
 use ella_core::burn::tensor::{Tensor, TensorData};
 use ella_core::{
     Conditioning, Error, GenerateRequest, Hooks, Image, Lora, LoraReport, ModelPaths, Pipeline,
-    Precision, PromptStates, Result, StatePair, Threads, TokenMode,
+    Precision, PromptStates, Result, StatePair, T5Text, Threads, TokenMode,
 };
 
 /// Prompt states kept on the host, so that a cached prompt works with any backend: T5's
@@ -118,7 +118,16 @@ where
             _ => Conditioning::Ella,
         };
         let states =
-            pipeline.encode_prompts(prompt, negative, mode, conditioning, &Default::default())?;
+            pipeline.encode_prompts(
+            prompt,
+            negative,
+            T5Text {
+                mode,
+                ..Default::default()
+            },
+            conditioning,
+            &Default::default(),
+        )?;
         let download = |pair: Option<StatePair<B>>| {
             pair.map(|p| [p.uncond, p.cond].map(|states| states.into_data().convert::<f32>()))
         };

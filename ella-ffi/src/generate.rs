@@ -8,7 +8,7 @@ use ella_core::limits::MAX_IMAGE_SIDE;
 use ella_core::pipeline::ProgressFn;
 use ella_core::{
     ClipText, Control, GenerateRequest, Hooks, Image, InitImage, Mask, Preview, Previews,
-    SurOptions, TimestepSchedule,
+    PromptSyntax, SurOptions, T5Text, TimestepSchedule,
 };
 
 use crate::abi::*;
@@ -43,7 +43,7 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         guidance_scale: d.guidance_scale,
         seed: d.seed,
         scheduler: EllaScheduler::from(d.scheduler) as u32,
-        max_tokens: max_tokens(d.token_mode),
+        max_tokens: max_tokens(d.t5.mode),
         pixel_format: EllaPixelFormat::Rgb8 as u32,
         vae_decode: EllaVaeDecode::from(d.vae_decode) as u32,
         prompt_cache: std::ptr::null(),
@@ -67,6 +67,8 @@ pub extern "C" fn ella_generate_request_default() -> EllaGenerateRequest {
         clip_skip: d.clip.skip as u32,
         controls: std::ptr::null(),
         n_controls: 0,
+        t5_syntax: EllaPromptSyntax::from(d.t5.syntax) as u32,
+        clip_syntax: EllaPromptSyntax::from(d.clip.syntax) as u32,
     }
 }
 
@@ -146,11 +148,17 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
         prompt: clip_text(request.clip_prompt, "request.clip_prompt")?,
         negative: clip_text(request.clip_negative_prompt, "request.clip_negative_prompt")?,
         skip: request.clip_skip as usize,
+        syntax: EllaPromptSyntax::decode(request.clip_syntax, "request.clip_syntax")?.into(),
     };
-    if cache.is_some() && clip != ClipText::default() {
+    let t5 = T5Text {
+        mode: token_mode(request.max_tokens),
+        syntax: EllaPromptSyntax::decode(request.t5_syntax, "request.t5_syntax")?.into(),
+    };
+    if cache.is_some() && (clip != ClipText::default() || t5.syntax != PromptSyntax::default()) {
         return Err(invalid(
-            "request.clip_prompt, clip_negative_prompt and clip_skip apply when the request's \
-             prompts are encoded; a prompt cache holds the CLIP states of its own prompts",
+            "request.clip_prompt, clip_negative_prompt, clip_skip, clip_syntax and t5_syntax \
+             apply when the request's prompts are encoded; a prompt cache holds the states of \
+             its own prompts",
         ));
     }
     let (width, height) = (request.width as usize, request.height as usize);
@@ -224,7 +232,7 @@ pub(crate) unsafe fn read_request(request: *const EllaGenerateRequest) -> Result
         schedule: TimestepSchedule::Steps(request.steps as usize),
         guidance_scale: request.guidance_scale,
         seed: request.seed,
-        token_mode: token_mode(request.max_tokens),
+        t5,
         scheduler: EllaScheduler::decode(request.scheduler, "request.scheduler")?.into(),
         eta: request.eta,
         seamless: EllaSeamless::decode(request.seamless, "request.seamless")?.into(),

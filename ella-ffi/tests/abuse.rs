@@ -190,6 +190,8 @@ fn struct_sizes_that_end_inside_a_field_are_refused_in_requests() {
             clip_skip,
             controls,
             n_controls,
+            t5_syntax,
+            clip_syntax,
         }
     );
     for size in [12, 68, 84, 100] {

@@ -1198,6 +1198,54 @@ fn clip_prompt_and_clip_skip_from_c() {
     assert!(err.contains("prompt cache"), "{err}");
 }
 
+/// The weight syntax from C: by default CLIP applies `(red:1.4)` and T5 reads `red` (so an
+/// ELLA image equals the plain prompt's); `ELLA_PROMPT_SYNTAX_LITERAL` reads the brackets as
+/// text. An unknown value, and a syntax with a prompt cache, are refused.
+#[test]
+fn prompt_syntax_from_c() {
+    let p = paths();
+    let weighted = c"a (red:1.4) book";
+    let model = Model::load(&clip_only(&p));
+    let ctx = Context::new(&model);
+    let clip = |prompt: &CStr, syntax: EllaPromptSyntax| EllaGenerateRequest {
+        conditioning: EllaConditioning::Clip as u32,
+        clip_syntax: syntax as u32,
+        ..request(prompt)
+    };
+    let a1111 = ctx.generate_32(&clip(weighted, EllaPromptSyntax::A1111)).unwrap();
+    let literal = ctx.generate_32(&clip(weighted, EllaPromptSyntax::Literal)).unwrap();
+    let plain = ctx.generate_32(&clip(c"a red book", EllaPromptSyntax::A1111)).unwrap();
+    assert_ne!(a1111, literal);
+    assert_ne!(a1111, plain);
+    let err = ctx
+        .generate_32(&EllaGenerateRequest {
+            clip_syntax: 7,
+            ..clip(weighted, EllaPromptSyntax::A1111)
+        })
+        .unwrap_err();
+    assert!(err.contains("request.clip_syntax 7"), "{err}");
+
+    let model = Model::load(&params(&p));
+    let ctx = Context::new(&model);
+    let ella = |prompt: &CStr, syntax: EllaPromptSyntax| EllaGenerateRequest {
+        t5_syntax: syntax as u32,
+        ..request(prompt)
+    };
+    let stripped = ctx.generate_32(&ella(weighted, EllaPromptSyntax::A1111)).unwrap();
+    let plain = ctx.generate_32(&ella(c"a red book", EllaPromptSyntax::A1111)).unwrap();
+    assert_eq!(stripped, plain, "T5 reads `a red book`");
+    let literal = ctx.generate_32(&ella(weighted, EllaPromptSyntax::Literal)).unwrap();
+    assert_ne!(literal, plain);
+    let cache = Prompt::new(&model, weighted, None);
+    let err = ctx
+        .generate_32(&EllaGenerateRequest {
+            prompt_cache: cache.ptr(),
+            ..ella(weighted, EllaPromptSyntax::Literal)
+        })
+        .unwrap_err();
+    assert!(err.contains("prompt cache"), "{err}");
+}
+
 /// A textual-inversion embedding from C: its name in the negative prompt changes the image;
 /// a missing file fails the load; NULL paths with a count are refused.
 #[test]

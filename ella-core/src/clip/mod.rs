@@ -15,9 +15,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 pub use config::ClipTextConfig;
 pub use embedding::TextualInversion;
 pub use model::{ClipEncoderLayer, ClipTextModel};
-pub use tokenizer::{CLIP_TOKENS, ClipTokenizer};
+pub use tokenizer::{CLIP_TOKENS, ClipChunk, ClipTokenizer};
 
 use crate::error::{Error, Result};
+use crate::prompt_syntax;
 
 /// The tokenizer and the text model together: prompt in, hidden states out.
 #[derive(Debug)]
@@ -82,5 +83,55 @@ impl<B: Backend> ClipTextEncoder<B> {
         let device = self.model.token_embedding.device();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
         self.model.forward_skip(ids, skip)
+    }
+
+    /// A prompt with A1111's weight syntax, of any length, as A1111 encodes it:
+    /// `[1, 77 · chunks, hidden]` ([`prompt_syntax::parse`], [`ClipTokenizer::chunks`],
+    /// [`ClipTextEncoder::encode_chunks`]).
+    pub fn encode_weighted(&self, prompt: &str, skip: usize) -> Result<Tensor<B, 3>> {
+        let chunks = self.tokenizer.chunks(&prompt_syntax::parse(prompt)?)?;
+        self.encode_chunks(&chunks, skip)
+    }
+
+    /// Each chunk encoded on its own (no chunk sees another), its states multiplied by its
+    /// tokens' weights and then rescaled to the chunk's unweighted mean (A1111's "Original"
+    /// emphasis, which keeps a weighted prompt's overall magnitude), the chunks concatenated
+    /// along the tokens.
+    pub fn encode_chunks(&self, chunks: &[ClipChunk], skip: usize) -> Result<Tensor<B, 3>> {
+        let n = chunks.len();
+        let ids: Vec<i64> = chunks
+            .iter()
+            .flat_map(|c| c.ids.iter().map(|&id| i64::from(id)))
+            .collect();
+        let device = self.model.token_embedding.device();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, CLIP_TOKENS]), &device);
+        let z = self.model.forward_skip(ids, skip)?;
+        let [_, _, width] = z.dims();
+        // All weights 1 leave the states as they are (A1111's ratio is then exactly 1).
+        let z = match chunks.iter().all(|c| c.weights.iter().all(|&w| w == 1.0)) {
+            true => z,
+            false => {
+                // A1111 multiplies by the weights as f32.
+                let weights: Vec<f32> = chunks
+                    .iter()
+                    .flat_map(|c| c.weights.iter().map(|&w| w as f32))
+                    .collect();
+                let weights = Tensor::<B, 3>::from_data(
+                    TensorData::new(weights, [n, CLIP_TOKENS, 1]).convert_dtype(z.dtype()),
+                    (&device, z.dtype()),
+                );
+                let mean = |z: &Tensor<B, 3>| {
+                    z.clone()
+                        .reshape([n, CLIP_TOKENS * width])
+                        .mean_dim(1)
+                        .reshape([n, 1, 1])
+                };
+                let original_mean = mean(&z);
+                let weighted = z * weights;
+                let ratio = original_mean / mean(&weighted);
+                weighted * ratio
+            }
+        };
+        Ok(z.reshape([1, n * CLIP_TOKENS, width]))
     }
 }

@@ -1,17 +1,26 @@
 //! CLIP's byte-level BPE tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt` as in
 //! SD1.5's own `tokenizer/` folder): `<|startoftext|>`, the prompt (lower-cased, truncated),
-//! `<|endoftext|>`, padded to 77 tokens as SD pipelines do.
+//! `<|endoftext|>`, padded to 77 tokens as SD pipelines do; or, for A1111's weighted
+//! prompts, any number of such 77-token chunks.
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{AddedToken, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::limits::check_prompt_lengths;
+use crate::limits::{MAX_CLIP_CHUNKS, check_prompt_lengths};
+use crate::prompt_syntax::BREAK;
 use crate::weights::{open_tokenizer, read_json, read_text, tokenizers_call};
 
 /// The number of tokens SD's CLIP text encoder reads.
 pub const CLIP_TOKENS: usize = 77;
+
+/// The tokens of a prompt between `<|startoftext|>` and `<|endoftext|>`.
+const CHUNK_LENGTH: usize = CLIP_TOKENS - 2;
+
+/// A1111's "Prompt word wrap length limit" (`comma_padding_backtrack`), its default: a chunk
+/// that fills up within this many tokens of a comma is cut after the comma.
+const COMMA_BACKTRACK: usize = 20;
 
 /// The tokenizer of a `tokenizer/` folder, padding with `<|endoftext|>` (SD1.5's pad token),
 /// with the names of the textual-inversion embeddings added.
@@ -19,9 +28,21 @@ pub const CLIP_TOKENS: usize = 77;
 pub struct ClipTokenizer {
     inner: Tokenizer,
     path: PathBuf,
+    bos: u32,
+    eos: u32,
+    /// `,</w>`, where A1111 prefers to cut a long prompt (none in a vocabulary without it).
+    comma: Option<u32>,
     /// The first id and vector count of every embedding of more than one vector: a prompt's
     /// name gives its first id, followed here by the others.
     multi_vector: Vec<(u32, u32)>,
+}
+
+/// One 77-token chunk of a weighted prompt: `<|startoftext|>`, up to 75 tokens,
+/// `<|endoftext|>` padding, and each token's weight (1 for the special tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipChunk {
+    pub ids: Vec<u32>,
+    pub weights: Vec<f64>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -42,32 +63,28 @@ impl ClipTokenizer {
             true => (from_vocab_and_merges(path)?, path.join("vocab.json")),
             false => open_tokenizer(path)?,
         };
-        let failed = |reason: String| Error::Tokenizer {
-            path: path.clone(),
-            reason,
+        let id = |token: &str| {
+            inner.token_to_id(token).ok_or_else(|| Error::Tokenizer {
+                path: path.clone(),
+                reason: format!("no `{token}` token"),
+            })
         };
-        let pad_token = "<|endoftext|>";
-        let pad_id = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| failed(format!("no `{pad_token}` token")))?;
-        if inner.token_to_id("<|startoftext|>").is_none() {
-            return Err(failed("no `<|startoftext|>` token".into()));
-        }
-        inner.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(CLIP_TOKENS),
-            pad_id,
-            pad_token: pad_token.into(),
-            ..Default::default()
-        }));
+        let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+        let comma = inner.token_to_id(",</w>");
+        // The special tokens, the length and the padding are ours to add (`encode`, `chunks`).
+        inner.with_padding(None);
         inner
-            .with_truncation(Some(TruncationParams {
-                max_length: CLIP_TOKENS,
-                ..Default::default()
-            }))
-            .map_err(|e| failed(e.to_string()))?;
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             inner,
             path,
+            bos,
+            eos,
+            comma,
             multi_vector: Vec::new(),
         })
     }
@@ -116,36 +133,138 @@ impl ClipTokenizer {
         Ok(first)
     }
 
-    /// `[batch][77]` token ids. An embedding's name stands for all its vectors' ids (within
-    /// the 75 tokens a prompt has).
+    /// `[batch][77]` token ids, as diffusers tokenizes: the first 75 tokens, the rest cut. An
+    /// embedding's name stands for all its vectors' ids.
     pub fn encode(&self, prompts: &[&str]) -> Result<Vec<Vec<u32>>> {
         check_prompt_lengths(prompts)?;
-        let encodings = tokenizers_call(&self.path, || {
-            self.inner.encode_batch(prompts.to_vec(), true)
-        })?;
-        Ok(encodings.iter().map(|e| self.expand(e.get_ids())).collect())
+        let tokenized = self.tokens(prompts)?;
+        Ok(tokenized
+            .iter()
+            .map(|tokens| {
+                let ids: Vec<u32> = tokens.iter().flat_map(|&id| self.expand(id)).collect();
+                self.wrap(&ids[..ids.len().min(CHUNK_LENGTH)])
+            })
+            .collect())
     }
 
-    /// `ids` (`<|startoftext|>`, tokens, `<|endoftext|>`, padding) with every multi-vector
-    /// embedding's first id followed by its other ids, truncated and padded to 77 again.
-    /// Expanding the truncated ids gives what expanding all of them would: each id's
-    /// expansion only grows what follows it.
-    fn expand(&self, ids: &[u32]) -> Vec<u32> {
-        if self.multi_vector.is_empty() {
-            return ids.to_vec();
-        }
-        let (bos, eos) = (ids[0], *ids.last().expect("77 ids"));
-        let tokens = ids[1..].iter().take_while(|&&id| id != eos);
-        let mut expanded = vec![bos];
-        for &id in tokens {
-            expanded.push(id);
-            if let Some(&(first, n)) = self.multi_vector.iter().find(|(first, _)| *first == id) {
-                expanded.extend(first + 1..first + n);
+    /// A1111's `tokenize_line`: the segments of a parsed prompt
+    /// ([`crate::prompt_syntax::parse`]) as 77-token chunks with each token's weight. Each
+    /// segment is tokenized on its own; a chunk ends at 75 tokens (after the last comma when
+    /// one is among its last 20), at `BREAK`, and never inside an embedding's vectors.
+    pub fn chunks(&self, parsed: &[(String, f64)]) -> Result<Vec<ClipChunk>> {
+        let texts: Vec<&str> = parsed.iter().map(|(text, _)| text.as_str()).collect();
+        check_prompt_lengths(&texts)?;
+        let tokenized = self.tokens(&texts)?;
+        let mut chunks = Chunks::new(self);
+        for ((text, weight), tokens) in parsed.iter().zip(tokenized) {
+            if (text.as_str(), *weight) == BREAK {
+                chunks.close()?;
+                continue;
+            }
+            for id in tokens {
+                chunks.push(&self.expand(id), *weight, Some(id) == self.comma)?;
             }
         }
-        expanded.truncate(CLIP_TOKENS - 1);
-        expanded.resize(CLIP_TOKENS, eos);
-        expanded
+        chunks.finish()
+    }
+
+    /// Each text's token ids, without special tokens.
+    fn tokens(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings = tokenizers_call(&self.path, || {
+            self.inner.encode_batch(texts.to_vec(), false)
+        })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// `id`, or a multi-vector embedding's ids when `id` is its first.
+    fn expand(&self, id: u32) -> Vec<u32> {
+        match self.multi_vector.iter().find(|(first, _)| *first == id) {
+            Some(&(first, n)) => (first..first + n).collect(),
+            None => vec![id],
+        }
+    }
+
+    /// `<|startoftext|>`, `tokens` (at most 75), `<|endoftext|>` up to 77.
+    fn wrap(&self, tokens: &[u32]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(CLIP_TOKENS);
+        ids.push(self.bos);
+        ids.extend_from_slice(tokens);
+        ids.resize(CLIP_TOKENS, self.eos);
+        ids
+    }
+}
+
+/// The chunks of one prompt as they fill (A1111's `tokenize_line` state).
+struct Chunks<'a> {
+    tokenizer: &'a ClipTokenizer,
+    done: Vec<ClipChunk>,
+    ids: Vec<u32>,
+    weights: Vec<f64>,
+    /// Where the current chunk's last comma is.
+    last_comma: Option<usize>,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(tokenizer: &'a ClipTokenizer) -> Self {
+        Self {
+            tokenizer,
+            done: Vec::new(),
+            ids: Vec::new(),
+            weights: Vec::new(),
+            last_comma: None,
+        }
+    }
+
+    /// Adds one token (or an embedding's ids, kept together) of `weight`.
+    fn push(&mut self, ids: &[u32], weight: f64, comma: bool) -> Result<()> {
+        if ids.len() > CHUNK_LENGTH {
+            return Err(Error::InvalidInput(format!(
+                "an embedding of {} vectors does not fit in CLIP's {CHUNK_LENGTH} tokens",
+                ids.len()
+            )));
+        }
+        let full = self.ids.len() == CHUNK_LENGTH;
+        match self.last_comma {
+            _ if comma => self.last_comma = Some(self.ids.len()),
+            Some(at) if full && CHUNK_LENGTH - at <= COMMA_BACKTRACK => {
+                let moved_ids = self.ids.split_off(at + 1);
+                let moved_weights = self.weights.split_off(at + 1);
+                self.close()?;
+                self.ids = moved_ids;
+                self.weights = moved_weights;
+            }
+            _ => {}
+        }
+        if self.ids.len() == CHUNK_LENGTH || self.ids.len() + ids.len() > CHUNK_LENGTH {
+            self.close()?;
+        }
+        self.ids.extend_from_slice(ids);
+        self.weights.extend(std::iter::repeat_n(weight, ids.len()));
+        Ok(())
+    }
+
+    /// Ends the current chunk: wrapped and padded, weight 1 for the special tokens.
+    fn close(&mut self) -> Result<()> {
+        if self.done.len() == MAX_CLIP_CHUNKS {
+            return Err(Error::InvalidInput(format!(
+                "a CLIP prompt of more than {MAX_CLIP_CHUNKS} chunks of {CHUNK_LENGTH} tokens"
+            )));
+        }
+        let ids = self.tokenizer.wrap(&std::mem::take(&mut self.ids));
+        let mut weights = vec![1.0];
+        weights.append(&mut self.weights);
+        weights.resize(CLIP_TOKENS, 1.0);
+        self.done.push(ClipChunk { ids, weights });
+        self.last_comma = None;
+        Ok(())
+    }
+
+    /// The chunks, the pending tokens closed (an empty prompt is one empty chunk).
+    fn finish(mut self) -> Result<Vec<ClipChunk>> {
+        if !self.ids.is_empty() || self.done.is_empty() {
+            self.close()?;
+        }
+        Ok(self.done)
     }
 }
 

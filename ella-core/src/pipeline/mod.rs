@@ -44,7 +44,9 @@ pub use inpaint::{Mask, Outpaint};
 pub use load::{EllaPaths, ModelPaths, load_controlnet};
 pub use memory::WorkingMemory;
 pub use preview::{Preview, PreviewMethod, Previews};
-pub use request::{ClipText, Conditioning, Control, GenerateRequest, InitImage, SurOptions};
+pub use request::{
+    ClipText, Conditioning, Control, GenerateRequest, InitImage, SurOptions, T5Text,
+};
 
 use crate::cancel::Cancel;
 use crate::clip::{CLIP_TOKENS, ClipTextEncoder, TextualInversion};
@@ -54,7 +56,8 @@ use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
 use crate::nn::{Seamless, SetSeamless};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::sur_adapter::SurAdapter;
+use crate::sur_adapter::{SurAdapter, SurMode};
+use crate::prompt_syntax::PromptSyntax;
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
 use crate::unet::{ControlResiduals, UNet2DConditionModel};
@@ -394,13 +397,15 @@ impl<B: Backend> Pipeline<B> {
         let latent = [h as u64, w as u64];
         let dtype = self.dtype();
         let rows = request.unet_rows();
-        let tokens = match request.conditioning {
-            Conditioning::Ella => self.connector.as_ref().map_or(0, |c| c.config.num_latents),
-            Conditioning::EllaClip => {
-                self.connector.as_ref().map_or(0, |c| c.config.num_latents) + CLIP_TOKENS
-            }
-            Conditioning::Clip | Conditioning::ClipSur(_) => CLIP_TOKENS,
-        } as u64;
+        let ella = match request.conditioning.uses_t5() {
+            true => self.connector.as_ref().map_or(0, |c| c.config.num_latents),
+            false => 0,
+        };
+        let clip = match request.conditioning.uses_clip() {
+            true => self.clip_tokens(request)?,
+            false => 0,
+        };
+        let tokens = (ella + clip) as u64;
         let mut denoising = memory::unet_step(&self.unet.config, rows, latent, tokens, dtype);
         // The ControlNets run one after the other; their residuals add up as they go.
         if let Some(controlnet) = request
@@ -451,7 +456,9 @@ impl<B: Backend> Pipeline<B> {
 
     /// The CLIP states a `ClipSur` request conditions on: the adapter applied once to the
     /// negative and the positive prompt together (with guidance, as the official pipeline
-    /// passes them), or to the positive alone.
+    /// passes them), or to the positive alone. Prompts of different lengths (A1111-weighted
+    /// CLIP prompts of different chunk counts) are adapted apart, which only the per-token
+    /// mode allows: the faithful one mixes the two prompts at each position.
     fn adapt(
         &self,
         clip: &StatePair<B>,
@@ -464,6 +471,22 @@ impl<B: Backend> Pipeline<B> {
             )
         })?;
         let SurOptions { weight, mode } = options;
+        if guided && clip.uncond.dims() != clip.cond.dims() {
+            if mode == SurMode::Faithful {
+                return Err(Error::InvalidInput(format!(
+                    "the SUR-adapter's faithful mode reads the prompt and the negative prompt \
+                     together, which need the same length: they are {} and {} CLIP tokens \
+                     (give both as many 75-token chunks, use PromptSyntax::Literal, or the \
+                     per-token mode)",
+                    clip.cond.dims()[1],
+                    clip.uncond.dims()[1]
+                )));
+            }
+            return Ok(StatePair {
+                uncond: adapter.forward(clip.uncond.clone(), weight, mode)?,
+                cond: adapter.forward(clip.cond.clone(), weight, mode)?,
+            });
+        }
         if !guided {
             let cond = adapter.forward(clip.cond.clone(), weight, mode)?;
             return Ok(StatePair {
@@ -625,19 +648,19 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// The states `conditioning` needs of the negative and positive prompts. T5's: in
-    /// flexible mode each keeps its own length (never padded, as the reference); in fixed
-    /// mode both have the fixed length. CLIP's: 77 tokens each, of `clip`'s prompts when it
-    /// has its own.
+    /// The states `conditioning` needs of the negative and positive prompts. T5's, as `t5`
+    /// says: in flexible mode each keeps its own length (never padded, as the reference); in
+    /// fixed mode both have the fixed length. CLIP's, of `clip`'s prompts when it has its own:
+    /// 77 tokens each, or 77 per chunk of an A1111-weighted prompt (then the two may differ).
     pub fn encode_prompts(
         &self,
         prompt: &str,
         negative: &str,
-        mode: TokenMode,
+        t5: T5Text,
         conditioning: Conditioning,
         clip: &ClipText,
     ) -> Result<PromptStates<B>> {
-        self.encode_prompts_with(prompt, negative, mode, conditioning, clip, Cancel::NEVER)
+        self.encode_prompts_with(prompt, negative, t5, conditioning, clip, Cancel::NEVER)
     }
 
     /// [`Pipeline::encode_prompts`], stopping between T5's layers once `cancel` is set.
@@ -645,40 +668,68 @@ impl<B: Backend> Pipeline<B> {
         &self,
         prompt: &str,
         negative: &str,
-        mode: TokenMode,
+        t5: T5Text,
         conditioning: Conditioning,
         clip: &ClipText,
         cancel: Cancel,
     ) -> Result<PromptStates<B>> {
         self.threads.install(|| {
-            let t5 = match conditioning.uses_t5() {
+            let t5_states = match conditioning.uses_t5() {
                 true => Some(StatePair {
-                    uncond: self.encode_prompt_with(negative, mode, cancel)?,
-                    cond: self.encode_prompt_with(prompt, mode, cancel)?,
+                    uncond: self.encode_prompt_with(&t5.text(negative), t5.mode, cancel)?,
+                    cond: self.encode_prompt_with(&t5.text(prompt), t5.mode, cancel)?,
                 }),
                 false => None,
             };
             let clip_states = match conditioning.uses_clip() {
                 true => {
-                    let encoder = self.clip.as_ref().ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "{conditioning:?} conditioning needs SD's CLIP text encoder; load it \
-                             (ModelPaths::clip)"
-                        ))
-                    })?;
+                    let encoder = self.clip_for(conditioning)?;
                     let [clip_prompt, clip_negative] = clip.texts(prompt, negative);
+                    let encode = |text: &str| match clip.syntax {
+                        PromptSyntax::A1111 => encoder.encode_weighted(text, clip.skip),
+                        PromptSyntax::Literal => encoder.encode_skip(text, clip.skip),
+                    };
                     Some(StatePair {
-                        uncond: encoder.encode_skip(clip_negative, clip.skip)?,
-                        cond: encoder.encode_skip(clip_prompt, clip.skip)?,
+                        uncond: encode(clip_negative)?,
+                        cond: encode(clip_prompt)?,
                     })
                 }
                 false => None,
             };
             Ok(PromptStates {
-                t5,
+                t5: t5_states,
                 clip: clip_states,
             })
         })
+    }
+
+    /// SD's CLIP text encoder, which `conditioning` needs.
+    fn clip_for(&self, conditioning: Conditioning) -> Result<&ClipTextEncoder<B>> {
+        self.clip.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{conditioning:?} conditioning needs SD's CLIP text encoder; load it \
+                 (ModelPaths::clip)"
+            ))
+        })
+    }
+
+    /// How many CLIP tokens the longer of a request's two CLIP prompts gives (77 per chunk
+    /// of an A1111-weighted prompt); CLIP's tokenizer is quick to run.
+    fn clip_tokens(&self, request: &GenerateRequest) -> Result<usize> {
+        let clip = &request.clip;
+        let chunks = match (clip.syntax, &self.clip) {
+            (PromptSyntax::A1111, Some(encoder)) => {
+                let texts = clip.texts(&request.prompt, &request.negative_prompt);
+                let mut most = 1;
+                for text in texts {
+                    let parsed = crate::prompt_syntax::parse(text)?;
+                    most = most.max(encoder.tokenizer.chunks(&parsed)?.len());
+                }
+                most
+            }
+            _ => 1,
+        };
+        Ok(chunks * CLIP_TOKENS)
     }
 
     /// T5 states `[1, tokens, d_model]` of one prompt.
@@ -741,7 +792,7 @@ impl<B: Backend> Pipeline<B> {
                 encoded = self.encode_prompts_with(
                     &request.prompt,
                     &request.negative_prompt,
-                    request.token_mode,
+                    request.t5,
                     request.conditioning,
                     &request.clip,
                     cancel,
@@ -854,7 +905,7 @@ impl<B: Backend> Pipeline<B> {
         // precomputed states whatever the request's mode) one by one.
         if let Some(t5) = t5.filter(|_| hooks.tensors.is_some()) {
             let same_length = t5.uncond.dims() == t5.cond.dims();
-            match (request.token_mode, same_length) {
+            match (request.t5.mode, same_length) {
                 (TokenMode::Fixed(_), true) => hooks.dump(
                     "t5_hidden",
                     &Tensor::cat(vec![t5.uncond.clone(), t5.cond.clone()], 0),
@@ -1027,64 +1078,38 @@ impl<B: Backend> Pipeline<B> {
             hooks.dump(&format!("condition_uncond_step{step}"), uncond);
         }
         let batch = run.request.batch_size;
+        let input_at = StepAt {
+            i,
+            t,
+            step,
+            inpainting,
+        };
         let (latents, x0) = self.threads.install(|| -> Result<_> {
             let per_sample = |tokens: Tensor<B, 3>| {
                 let [_, n, d] = tokens.dims();
                 tokens.expand([batch, n, d])
             };
-            let (model_input, context) = match uncond {
-                Some(uncond) => (
+            // One U-Net batch for both branches; two when their token counts differ (CLIP
+            // prompts of different chunk counts, which A1111 runs apart, not padded).
+            let prediction = match uncond {
+                Some(uncond) if uncond.dims()[1] == cond.dims()[1] => self.predict(
+                    run,
+                    scheduler,
+                    &input_at,
                     Tensor::cat(vec![latents.clone(), latents.clone()], 0),
                     Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
-                ),
-                None => (latents.clone(), per_sample(cond)),
-            };
-            let model_input = scheduler.scale_model_input(model_input, i);
-            // Each ControlNet acting at this step reads the U-Net's input and condition
-            // tokens; their residuals add up (diffusers' `MultiControlNetModel`).
-            let mut residuals: Option<ControlResiduals<B>> = None;
-            for RunControl {
-                control,
-                controlnet,
-                image,
-            } in &run.controls
-            {
-                if !control.acts_at(step, run.total - run.start) {
-                    continue;
-                }
-                let these = controlnet.forward(
-                    model_input.clone(),
-                    &[t],
-                    context.clone(),
-                    image.clone(),
-                    control.scale,
-                    run.cancel,
-                )?;
-                residuals = Some(match residuals {
-                    Some(sum) => sum + these,
-                    None => these,
-                });
-            }
-            // An inpainting U-Net reads the mask and the masked image after the latents.
-            let model_input = match inpainting.and_then(|p| p.masked_image.as_ref().map(|m| (p, m)))
-            {
-                Some((inpainting, masked_image)) => {
-                    let rows = model_input.dims()[0];
-                    let [_, c, h, w] = masked_image.dims();
+                )?,
+                Some(uncond) => {
+                    let predict = |context| {
+                        self.predict(run, scheduler, &input_at, latents.clone(), context)
+                    };
                     Tensor::cat(
-                        vec![
-                            model_input,
-                            inpainting.mask.clone().expand([rows, 1, h, w]),
-                            masked_image.clone().narrow(0, 0, 1).expand([rows, c, h, w]),
-                        ],
-                        1,
+                        vec![predict(per_sample(uncond))?, predict(per_sample(cond))?],
+                        0,
                     )
                 }
-                None => model_input,
+                None => self.predict(run, scheduler, &input_at, latents.clone(), per_sample(cond))?,
             };
-            let prediction =
-                run.unet
-                    .forward_with(model_input, &[t], context, residuals, run.cancel)?;
             let prediction = match run.guided {
                 true => {
                     let uncond = prediction.clone().narrow(0, 0, batch);
@@ -1125,6 +1150,66 @@ impl<B: Backend> Pipeline<B> {
             });
         }
         Ok((latents, x0))
+    }
+
+    /// The U-Net's prediction for `model_input` (latents of one or both guidance branches)
+    /// under `context`: scaled for the scheduler, with the residuals of every ControlNet
+    /// acting at this step and, for an inpainting U-Net, the mask and masked image.
+    fn predict(
+        &self,
+        run: &Run<B>,
+        scheduler: &Scheduler<B>,
+        at: &StepAt<B>,
+        model_input: Tensor<B, 4>,
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>> {
+        let rows = model_input.dims()[0];
+        let model_input = scheduler.scale_model_input(model_input, at.i);
+        // Each ControlNet acting at this step reads the U-Net's input and condition tokens;
+        // their residuals add up (diffusers' `MultiControlNetModel`).
+        let mut residuals: Option<ControlResiduals<B>> = None;
+        for RunControl {
+            control,
+            controlnet,
+            image,
+        } in &run.controls
+        {
+            if !control.acts_at(at.step, run.total - run.start) {
+                continue;
+            }
+            let these = controlnet.forward(
+                model_input.clone(),
+                &[at.t],
+                context.clone(),
+                image.clone().narrow(0, 0, rows),
+                control.scale,
+                run.cancel,
+            )?;
+            residuals = Some(match residuals {
+                Some(sum) => sum + these,
+                None => these,
+            });
+        }
+        // An inpainting U-Net reads the mask and the masked image after the latents.
+        let model_input = match at
+            .inpainting
+            .and_then(|p| p.masked_image.as_ref().map(|m| (p, m)))
+        {
+            Some((inpainting, masked_image)) => {
+                let [_, c, h, w] = masked_image.dims();
+                Tensor::cat(
+                    vec![
+                        model_input,
+                        inpainting.mask.clone().expand([rows, 1, h, w]),
+                        masked_image.clone().narrow(0, 0, 1).expand([rows, c, h, w]),
+                    ],
+                    1,
+                )
+            }
+            None => model_input,
+        };
+        run.unet
+            .forward_with(model_input, &[at.t], context, residuals, run.cancel)
     }
 
     /// Preview images of the predicted clean latents `x0`.
@@ -1242,6 +1327,15 @@ struct StepInput<'a, B: Backend> {
     inpainting: Option<&'a Inpainting<B>>,
     /// Whether to return the predicted clean latents for a preview.
     preview: bool,
+}
+
+/// Where a denoising step is, for [`Pipeline::predict`].
+struct StepAt<'a, B: Backend> {
+    /// The step's index in the schedule, its timestep, and its index among the steps taken.
+    i: usize,
+    t: f32,
+    step: usize,
+    inpainting: Option<&'a Inpainting<B>>,
 }
 
 /// What every step of an inpainting run reads ([`Pipeline::prepare_latents`]).

@@ -8,6 +8,7 @@ use crate::limits::{
     MAX_BATCH, MAX_CONTROLS, MAX_IMAGE_SIDE, MAX_STEPS, MAX_T5_TOKENS, check_prompt_lengths,
 };
 use crate::nn::Seamless;
+use crate::prompt_syntax::{PromptSyntax, strip_for_t5};
 use crate::scheduler::{SchedulerKind, Tcd, TimestepSchedule};
 use crate::sur_adapter::SurMode;
 use crate::t5::TokenMode;
@@ -52,6 +53,9 @@ pub struct ClipText {
     /// is `N − 1`, ComfyUI's "CLIP Set Last Layer" `−N` is `N − 1`): 0, the last layer, by
     /// default; anime checkpoints are often made for 1.
     pub skip: usize,
+    /// A1111's weights and long prompts in 75-token chunks (default), or the text as it is,
+    /// truncated to 77 tokens (diffusers).
+    pub syntax: PromptSyntax,
 }
 
 impl ClipText {
@@ -61,6 +65,27 @@ impl ClipText {
             self.prompt.as_deref().unwrap_or(prompt),
             self.negative.as_deref().unwrap_or(negative),
         ]
+    }
+}
+
+/// How T5 reads the request's prompts (the conditionings that use ELLA).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct T5Text {
+    /// Each prompt's own length (default), or a fixed one.
+    pub mode: TokenMode,
+    /// A1111's weight syntax removed from the text before T5 reads it (default, as
+    /// ComfyUI-ELLA: `a (red:1.3) book` → `a red book`), or the text as it is (ELLA's
+    /// `inference.py`). The weights themselves act on CLIP only.
+    pub syntax: PromptSyntax,
+}
+
+impl T5Text {
+    /// The text T5 reads of `prompt`.
+    pub fn text<'a>(&self, prompt: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.syntax {
+            PromptSyntax::A1111 => strip_for_t5(prompt).into(),
+            PromptSyntax::Literal => prompt.into(),
+        }
     }
 }
 
@@ -163,7 +188,8 @@ pub struct GenerateRequest {
     /// Sample `i` of the batch draws its noise from seed `seed + i` (see [`crate::pipeline::noise`]).
     pub seed: u64,
     pub batch_size: usize,
-    pub token_mode: TokenMode,
+    /// T5's token length and how it reads the weight syntax.
+    pub t5: T5Text,
     pub scheduler: SchedulerKind,
     /// TCD's η ("gamma") in [0, 1]: how much of each step is re-noised; 0 is deterministic.
     /// Default 0.3, the TCD authors'. Other schedulers ignore it.
@@ -180,7 +206,7 @@ pub struct GenerateRequest {
     pub vae_decode: VaeDecode,
     /// ELLA (default), ELLA + CLIP, CLIP alone, or CLIP through a SUR-adapter.
     pub conditioning: Conditioning,
-    /// CLIP's own prompts and CLIP skip, for the conditionings that use CLIP.
+    /// CLIP's own prompts, CLIP skip and weight syntax, for the conditionings that use CLIP.
     pub clip: ClipText,
     /// Image-to-image: start from this image instead of pure noise.
     pub init_image: Option<InitImage>,
@@ -204,7 +230,7 @@ impl Default for GenerateRequest {
             guidance_scale: 10.0,
             seed: 1000,
             batch_size: 1,
-            token_mode: TokenMode::Flexible,
+            t5: T5Text::default(),
             scheduler: SchedulerKind::DpmSolverMultistep,
             eta: Tcd::DEFAULT_ETA,
             init_latents: None,
@@ -299,7 +325,7 @@ impl GenerateRequest {
                 self.batch_size
             ));
         }
-        if let TokenMode::Fixed(length) = self.token_mode
+        if let TokenMode::Fixed(length) = self.t5.mode
             && !(1..=MAX_T5_TOKENS).contains(&length)
         {
             return invalid(format!(
@@ -340,7 +366,13 @@ impl GenerateRequest {
                 ));
             }
         }
-        if self.clip != ClipText::default() && !self.conditioning.uses_clip() {
+        let ClipText {
+            prompt,
+            negative,
+            skip,
+            ..
+        } = &self.clip;
+        if (prompt.is_some() || negative.is_some() || *skip != 0) && !self.conditioning.uses_clip() {
             return invalid(format!(
                 "CLIP's own prompts and CLIP skip need a conditioning that uses CLIP, not {:?}",
                 self.conditioning

@@ -86,6 +86,16 @@ impl Reference {
         (view.dtype(), view.shape().to_vec(), view.data().to_vec())
     }
 
+    /// An RGB8 image stored as bytes `[height, width, 3]`.
+    pub fn image(&self, name: &str) -> ella_core::Image {
+        let (_, shape, pixels) = self.raw(name);
+        ella_core::Image {
+            width: shape[1],
+            height: shape[0],
+            pixels,
+        }
+    }
+
     pub fn data_int(&self, name: &str) -> TensorData {
         let (dtype, shape, bytes) = self.raw(name);
         assert_eq!(dtype, safetensors::Dtype::I32, "{name}");

@@ -3,7 +3,9 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use ella_core::Backend;
-use ella_core::{ClipTextEncoder, ClipTextModel, ClipTokenizer, Error, TextualInversion};
+use ella_core::{
+    ClipTextEncoder, ClipTextModel, ClipTokenizer, Error, TextualInversion, prompt_syntax,
+};
 use serde_json::Value;
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture};
@@ -215,10 +217,67 @@ fn embeddings_match_the_reference<B: Backend>() {
     }
 }
 
+/// A1111's prompt weighting on the tiny CLIP (`scripts/prompt_weighting_fixtures.py`, rules
+/// in docs/prompt-weighting-reference.md), 25 cases: the parse (texts, and weights as the f32
+/// the states are multiplied by), the 77-token chunks (ids exact, weights), the text
+/// ComfyUI-ELLA gives T5, and the weighted states. The emphasis divides by a chunk mean as
+/// small as 0.003, which amplifies the encoder's rounding: 1e-5 on top of its tolerance.
+fn prompt_weighting_matches_a1111<B: Backend>() {
+    let text = std::fs::read_to_string(fixture("reference/prompt_weighting.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let reference = Reference::open("prompt_weighting.safetensors");
+    let encoder =
+        ClipTextEncoder::<B>::load(fixture("sd"), &Default::default(), DType::F32).unwrap();
+    let weights_of = |value: &Value| -> Vec<f32> {
+        let values = value.as_array().unwrap();
+        values.iter().map(|w| w.as_f64().unwrap() as f32).collect()
+    };
+    let cases = json["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 25);
+    for (name, case) in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let parsed = prompt_syntax::parse(prompt).unwrap();
+        let expected = case["parsed"].as_array().unwrap();
+        assert_eq!(parsed.len(), expected.len(), "{name}: {parsed:?}");
+        for ((text, weight), pair) in parsed.iter().zip(expected) {
+            assert_eq!(text, pair[0].as_str().unwrap(), "{name}");
+            assert_eq!(*weight as f32, pair[1].as_f64().unwrap() as f32, "{name}");
+        }
+        assert_eq!(
+            prompt_syntax::strip_for_t5(prompt),
+            case["t5_text"].as_str().unwrap(),
+            "{name}"
+        );
+        let chunks = encoder.tokenizer.chunks(&parsed).unwrap();
+        let expected = case["chunks"].as_array().unwrap();
+        assert_eq!(chunks.len(), expected.len(), "{name}");
+        for (chunk, want) in chunks.iter().zip(expected) {
+            let ids: Vec<u32> = want["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(chunk.ids, ids, "{name}");
+            let weights: Vec<f32> = chunk.weights.iter().map(|&w| w as f32).collect();
+            assert_eq!(weights, weights_of(&want["weights"]), "{name}");
+        }
+        let skip = case["clip_skip"].as_u64().unwrap() as usize - 1;
+        let key = case["key"].as_str().unwrap();
+        assert_close(
+            encoder.encode_weighted(prompt, skip).unwrap(),
+            &reference.data(key),
+            F32_TOLERANCE + 1e-5,
+            key,
+        );
+    }
+}
+
 backend_tests! {
     hidden_states_match_transformers => hidden_states_match_transformers,
     clip_skip_matches_diffusers => clip_skip_matches_diffusers,
     embeddings_match_the_reference => embeddings_match_the_reference,
+    prompt_weighting_matches_a1111 => prompt_weighting_matches_a1111,
 }
 
 /// A config that does not fit the file names the tensor; a tokenizer without CLIP's special

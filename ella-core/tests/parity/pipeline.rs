@@ -18,7 +18,7 @@ use ella_core::t5::TokenMode;
 use ella_core::{
     AutoencoderKL, ClipText, Conditioning, Control, Error, GenerateRequest, Hooks, Image,
     InitImage, Mask, ModelPaths, Pipeline, PipelineParts, PreviewMethod, Previews, SchedulerConfig,
-    Seamless, SurOptions, TimestepSchedule, UNet2DConditionModel, VaeDecode,
+    Seamless, SurOptions, T5Text, TimestepSchedule, UNet2DConditionModel, VaeDecode,
 };
 use serde_json::Value;
 
@@ -56,9 +56,12 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         height: run["height"].as_u64().unwrap() as usize,
         schedule: TimestepSchedule::Steps(run["steps"].as_u64().unwrap() as usize),
         guidance_scale: run["guidance"].as_f64().unwrap() as f32,
-        token_mode: match run["mode"].as_str().unwrap() {
-            "fixed" => TokenMode::FIXED_128,
-            _ => TokenMode::Flexible,
+        t5: T5Text {
+            mode: match run["mode"].as_str().unwrap() {
+                "fixed" => TokenMode::FIXED_128,
+                _ => TokenMode::Flexible,
+            },
+            ..Default::default()
         },
         scheduler: run["scheduler"].as_str().unwrap().parse().unwrap(),
         eta: run
@@ -98,15 +101,9 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             Some("xy") => Seamless::XY,
             Some(other) => panic!("unknown seamless axes {other}"),
         },
-        init_image: run.get("init_image").map(|_| {
-            let (_, shape, pixels) = reference.raw("init_image");
-            InitImage {
-                image: Image {
-                    width: shape[1],
-                    height: shape[0],
-                    pixels,
-                },
-                strength: run
+        init_image: run.get("init_image").map(|_| InitImage {
+            image: reference.image("init_image"),
+            strength: run
                     .get("strength")
                     .map_or(0.8, |s| s.as_f64().unwrap() as f32),
                 mask: run.get("mask").map(|_| {
@@ -117,7 +114,6 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
                         pixels,
                     }
                 }),
-            }
         }),
         controls: controls_of(run, reference),
         ..GenerateRequest::default()
@@ -128,21 +124,13 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
 /// ControlNet), or a list (`controlnets`: each names its ControlNet's fixture folder, the
 /// pipeline's [`CONTROLNETS`] in order, and its image).
 fn controls_of(run: &Value, reference: &Reference) -> Vec<Control> {
-    let image = |key: &str| {
-        let (_, shape, pixels) = reference.raw(key);
-        Image {
-            width: shape[1],
-            height: shape[0],
-            pixels,
-        }
-    };
     let number = |value: &Value| value.as_f64().unwrap() as f32;
     if let Some(scale) = run.get("control_scale") {
         return vec![Control {
             scale: number(scale),
             start: number(&run["control_start"]),
             end: number(&run["control_end"]),
-            ..Control::new(image("control_image"))
+            ..Control::new(reference.image("control_image"))
         }];
     }
     let Some(list) = run.get("controlnets") else {
@@ -156,7 +144,7 @@ fn controls_of(run: &Value, reference: &Reference) -> Vec<Control> {
                 .iter()
                 .position(|folder| entry["folder"] == *folder)
                 .unwrap(),
-            image: image(entry["image"].as_str().unwrap()),
+            image: reference.image(entry["image"].as_str().unwrap()),
             scale: number(&entry["scale"]),
             start: number(&entry["start"]),
             end: number(&entry["end"]),
@@ -478,6 +466,78 @@ fn several_controlnets_match_the_reference<B: Backend>() {
     }
 }
 
+/// A1111-weighted CLIP prompts of different chunk counts (a prompt of several 75-token
+/// chunks, an empty negative of one) cannot share a U-Net batch; each branch runs on its own,
+/// as in A1111. The first step's latents equal classifier-free guidance computed by hand from
+/// two U-Net calls on the encoded states.
+#[test]
+fn clip_prompts_of_different_lengths_run_apart() {
+    type B = ella_core::DefaultBackend;
+    let paths = ModelPaths {
+        clip: true,
+        ..tiny_paths()
+    };
+    let pipeline = Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap();
+    let request = GenerateRequest {
+        width: 32,
+        height: 32,
+        schedule: TimestepSchedule::Steps(2),
+        scheduler: ella_core::SchedulerKind::Euler,
+        guidance_scale: 5.0,
+        conditioning: Conditioning::Clip,
+        ..GenerateRequest::new(vec!["(red book:1.2), the other hat"; 12].join(", "))
+    };
+    let states = pipeline
+        .encode_prompts(
+            &request.prompt,
+            &request.negative_prompt,
+            request.t5,
+            request.conditioning,
+            &request.clip,
+        )
+        .unwrap();
+    let clip = states.clip.as_ref().unwrap();
+    assert_eq!(clip.uncond.dims()[1], 77);
+    assert!(clip.cond.dims()[1] >= 2 * 77, "{:?}", clip.cond.dims());
+    let dumped = std::sync::Mutex::new(None);
+    let mut hooks = Hooks {
+        tensors: Some(Box::new(|name, data| {
+            if name == "latents_step0" {
+                *dumped.lock().unwrap() = Some(data);
+            }
+        })),
+        ..Default::default()
+    };
+    pipeline
+        .generate_with(&request, Some(&states), &mut hooks)
+        .unwrap();
+    drop(hooks);
+
+    let device = Default::default();
+    let mut scheduler = ella_core::Scheduler::<B>::new(
+        request.scheduler,
+        pipeline.scheduler_config(),
+        &request.schedule,
+    )
+    .unwrap();
+    let vae = &pipeline.vae().config;
+    let factor = vae.downscale_factor();
+    let shape = [1, vae.latent_channels, 32 / factor, 32 / factor];
+    let noise = ella_core::pipeline::noise::initial_noise(request.seed, shape);
+    let latents = Tensor::<B, 4>::from_data(noise, &device) * scheduler.init_noise_sigma();
+    let t = scheduler.timesteps()[0];
+    let input = scheduler.scale_model_input(latents.clone(), 0);
+    let unet = pipeline.unet();
+    let uncond = unet
+        .forward(input.clone(), &[t], clip.uncond.clone())
+        .unwrap();
+    let cond = unet.forward(input, &[t], clip.cond.clone()).unwrap();
+    let guided = uncond.clone() + (cond - uncond) * request.guidance_scale;
+    let expected = scheduler.step(guided, 0, latents, None);
+    let dumped = dumped.into_inner().unwrap().expect("latents_step0 dumped");
+    assert_close(expected, &dumped, 1e-5, "latents after step 1");
+}
+
 backend_tests! {
     several_controlnets_match_the_reference => several_controlnets_match_the_reference,
     clip_prompts_match_the_reference => clip_prompts_match_the_reference,
@@ -697,16 +757,8 @@ fn outpainting_canvas_and_inpainting_requests() {
             overlap: n("overlap"),
         }
     };
-    let image = |key: &str| {
-        let (_, shape, pixels) = reference.raw(key);
-        Image {
-            width: shape[1],
-            height: shape[0],
-            pixels,
-        }
-    };
-    let (canvas, mask) = outpaint.canvas(&image("original_image")).unwrap();
-    assert_eq!(canvas, image("init_image"));
+    let (canvas, mask) = outpaint.canvas(&reference.image("original_image")).unwrap();
+    assert_eq!(canvas, reference.image("init_image"));
     assert_eq!(mask.pixels, reference.raw("mask").2);
     assert!(
         ella_core::Outpaint {
@@ -806,7 +858,7 @@ fn progress_cancel_and_unloaded_text_encoder() {
         .encode_prompts(
             "a red book",
             "",
-            TokenMode::Flexible,
+            T5Text::default(),
             Conditioning::Ella,
             &Default::default(),
         )
@@ -863,7 +915,10 @@ fn bad_requests_are_typed_errors() {
             ..ok.clone()
         },
         GenerateRequest {
-            token_mode: TokenMode::Fixed(0),
+            t5: T5Text {
+            mode: TokenMode::Fixed(0),
+            ..Default::default()
+        },
             ..ok.clone()
         },
         GenerateRequest {
