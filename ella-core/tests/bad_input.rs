@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex as B;
 use burn::tensor::DType;
-use common::files::{Tensors, edited, write_tensors};
+use common::files::{Tensors, edited, read_tensors, write_tensors};
 use common::fixture;
 use ella_core::{
     AutoencoderTiny, Checkpoint, ClipText, Conditioning, Connector, ConnectorConfig,
@@ -672,12 +672,13 @@ fn lora_errors_and_report() {
         t.insert(format!("{to_q}.lora_down.weight"), f32_tensor(&[2, 2048]));
     });
     incompatible(&mut pipeline, path, "another architecture");
-    // Only names this model does not have (SDXL's LDM-style kohya names).
+    // Only names this model does not have (SDXL's class-label embedding).
+    let unknown = "lora_unet_label_emb_0_0";
     let (_dir, path) = edited(kohya, |t| {
         t.retain(|k, _| k.contains(to_q));
         let renamed: Tensors = std::mem::take(t)
             .into_iter()
-            .map(|(k, v)| (k.replace(to_q, "lora_unet_input_blocks_4_1_proj_in"), v))
+            .map(|(k, v)| (k.replace(to_q, unknown), v))
             .collect();
         *t = renamed;
     });
@@ -689,23 +690,17 @@ fn lora_errors_and_report() {
     incompatible(&mut pipeline, path, "lacks");
     // A failed call changes nothing: the next one starts from the original weights.
     assert_eq!(pipeline.set_loras(&[]).unwrap().updated, 0);
-    // Unknown entries next to known ones are reported, not fatal.
+    // Unknown modules (of kinds ella reads) and keys of no format next to known ones are
+    // reported, not fatal.
     let (_dir, path) = edited(kohya, |t| {
-        t.insert(
-            "lora_unet_input_blocks_4_1_proj_in.lora_down.weight".into(),
-            f32_tensor(&[2, 2]),
-        );
+        t.insert(format!("{unknown}.lora_down.weight"), f32_tensor(&[2, 2]));
         t.insert("lora_unet_x.hada_w1_a".into(), f32_tensor(&[2]));
+        t.insert("version".into(), f32_tensor(&[1]));
     });
     let report = pipeline.set_loras(&[Lora::new(path, 1.0)]).unwrap();
     assert_eq!(report.updated, 8);
-    assert_eq!(report.unmatched.len(), 2, "{report:?}");
-    assert!(
-        report
-            .unmatched
-            .iter()
-            .any(|m| m.ends_with("lora_unet_input_blocks_4_1_proj_in"))
-    );
+    assert_eq!(report.unmatched.len(), 3, "{report:?}");
+    assert!(report.unmatched.iter().any(|m| m.ends_with(unknown)));
     // Not a number.
     let err = pipeline
         .set_loras(&[Lora::new(fixture(kohya), f32::NAN)])
@@ -723,6 +718,71 @@ fn lora_errors_and_report() {
         .set_loras(&[Lora::new(fixture(kohya), 1.0)])
         .unwrap();
     assert_eq!((report.updated, report.skipped_clip), (6, 2));
+}
+
+/// LoRA kinds ella does not merge are refused by name, whatever else the file holds; so are
+/// modules that lack a part their kind needs or have one it does not, and PEFT files whose
+/// adapter config says DoRA. Nothing changes.
+#[test]
+fn lora_kinds_refused_by_name() {
+    let clip_paths = ModelPaths {
+        clip: true,
+        ..common::tiny_paths()
+    };
+    let mut pipeline = Pipeline::<B>::load(&clip_paths, &Default::default(), DType::F32).unwrap();
+    let refused = |pipeline: &mut Pipeline<B>, path: PathBuf, expected: &[&str]| {
+        let err = pipeline.set_loras(&[Lora::new(path, 1.0)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::IncompatibleModels(m) if expected.iter().all(|e| m.contains(e))),
+            "{expected:?}: {err}"
+        );
+    };
+    let attn = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0";
+    // LyCORIS (IA)³, alone or next to a kohya LoRA.
+    let ia3 = fixture("lora/unsupported-ia3.safetensors");
+    let to_k = format!("`{attn}_attn1_to_k`");
+    refused(&mut pipeline, ia3.clone(), &[to_k.as_str(), "(IA)³"]);
+    let (_dir, both) = edited("lora/kohya.safetensors", |t| t.extend(read_tensors(&ia3)));
+    refused(&mut pipeline, both, &["(IA)³"]);
+    // A DoRA module: a kohya LoRA with its magnitudes.
+    let to_q = format!("{attn}_attn1_to_q");
+    let (_dir, path) = edited("lora/kohya.safetensors", |t| {
+        t.insert(format!("{to_q}.dora_scale"), f32_tensor(&[16, 1]));
+    });
+    refused(&mut pipeline, path, &[format!("`{to_q}`").as_str(), "DoRA"]);
+    // A LoHa module without its `hada_w2_b`, a LoKr one without its `lokr_w1_b`.
+    let ff = "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2";
+    let loha_ff = format!("`{ff}` (LoHa)");
+    let (_dir, path) = edited("lora/loha.safetensors", |t| {
+        t.remove(&format!("{ff}.hada_w2_b")).unwrap();
+    });
+    refused(&mut pipeline, path, &[loha_ff.as_str(), "`hada_w2_b`"]);
+    let shortcut = "lora_unet_up_blocks_0_resnets_0_conv_shortcut";
+    let (_dir, path) = edited("lora/lokr.safetensors", |t| {
+        t.remove(&format!("{shortcut}.lokr_w1_b")).unwrap();
+    });
+    refused(&mut pipeline, path, &[format!("`{shortcut}` (LoKr)").as_str(), "`lokr_w1_b`"]);
+    // A module with a part of another kind: a LoHa module with a `lora_down.weight`.
+    let (_dir, path) = edited("lora/loha.safetensors", |t| {
+        t.insert(format!("{ff}.lora_down.weight"), f32_tensor(&[4, 128]));
+    });
+    refused(&mut pipeline, path, &[loha_ff.as_str(), "`lora_down.weight`"]);
+    // PEFT: an adapter config that says DoRA.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dora.safetensors");
+    let tensors = read_tensors(&fixture("lora/peft.safetensors"));
+    let views = tensors.iter().map(|(name, (dtype, shape, data))| {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+        (name.clone(), view.unwrap())
+    });
+    let metadata = [(
+        "lora_adapter_metadata".to_string(),
+        r#"{"unet.use_dora": true, "text_encoder.use_dora": true}"#.to_string(),
+    )];
+    safetensors::serialize_to_file(views, Some(metadata.into_iter().collect()), &path).unwrap();
+    refused(&mut pipeline, path, &["DoRA", "`use_dora`"]);
+    // Nothing changed: the next call starts from the original weights.
+    assert_eq!(pipeline.set_loras(&[]).unwrap().updated, 0);
 }
 
 #[test]

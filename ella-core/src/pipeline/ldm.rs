@@ -19,7 +19,8 @@
 
 use crate::controlnet::ControlNetConfig;
 use crate::error::{Error, Result};
-use crate::unet::{UNetConfig, UpBlockType};
+use crate::unet::UNetConfig;
+use crate::unet::ldm_names::{UNetLayout, split_index};
 use crate::weights::Checkpoint;
 
 /// The U-Net's prefix in a single-file checkpoint.
@@ -81,134 +82,11 @@ pub fn check_sd1(checkpoint: &Checkpoint) -> Result<()> {
 /// `config` says how many resnets each level has and which up blocks have attention, which
 /// the LDM numbering depends on.
 pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
-    let n = config.block_out_channels.len();
-    // Up level `i` holds its resnets (one more than the down level's), the last of which
-    // carries the upsampler.
-    let layers = |i: usize| config.layers_per_block.get(i);
-    let up: Vec<usize> = (0..n).map(|i| layers(n - 1 - i) + 1).collect();
-    let up_attention: Vec<bool> = config
-        .up_block_types
-        .iter()
-        .map(|&kind| kind == UpBlockType::CrossAttention)
-        .collect();
-    let layout = UNetLayout {
-        down: down_counts(config),
-        up,
-        up_attention,
-    };
+    let layout = UNetLayout::of_config(config);
     checkpoint.remap(|name| {
         let rest = name.strip_prefix(UNET_PREFIX)?;
-        Some(layout.name(rest).unwrap_or_else(|| name.to_string()))
+        Some(layout.to_diffusers(rest).unwrap_or_else(|| name.to_string()))
     })
-}
-
-/// How many LDM blocks each down level has. LDM numbers the blocks of all levels in one
-/// sequence: down level `i` holds its resnets and then its downsampler (but the last).
-fn down_counts(config: &UNetConfig) -> Vec<usize> {
-    let n = config.block_out_channels.len();
-    (0..n)
-        .map(|i| config.layers_per_block.get(i) + usize::from(i + 1 < n))
-        .collect()
-}
-
-/// How many LDM blocks each level of a U-Net has, and which up levels have attention.
-struct UNetLayout {
-    down: Vec<usize>,
-    up: Vec<usize>,
-    up_attention: Vec<bool>,
-}
-
-/// `index` of a sequence of levels of `counts` blocks each → `(level, position in level)`.
-fn locate(mut index: usize, counts: &[usize]) -> Option<(usize, usize)> {
-    for (level, &count) in counts.iter().enumerate() {
-        if index < count {
-            return Some((level, index));
-        }
-        index -= count;
-    }
-    None
-}
-
-impl UNetLayout {
-    /// One LDM U-Net name (without the prefix) → diffusers', or `None` when it is not one.
-    fn name(&self, name: &str) -> Option<String> {
-        for (ldm, diffusers) in [
-            ("time_embed.0.", "time_embedding.linear_1."),
-            ("time_embed.2.", "time_embedding.linear_2."),
-            ("input_blocks.0.0.", "conv_in."),
-            ("out.0.", "conv_norm_out."),
-            ("out.2.", "conv_out."),
-        ] {
-            if let Some(rest) = name.strip_prefix(ldm) {
-                return Some(format!("{diffusers}{rest}"));
-            }
-        }
-        let (group, rest) = name.split_once('.')?;
-        if group == "middle_block" {
-            let (part, rest) = split_index(rest)?;
-            return match part {
-                0 | 2 => Some(format!(
-                    "mid_block.resnets.{}.{}",
-                    part / 2,
-                    resnet_name(rest)?
-                )),
-                1 => Some(format!("mid_block.attentions.0.{rest}")),
-                _ => None,
-            };
-        }
-        let (index, rest) = split_index(rest)?;
-        let (part, rest) = split_index(rest)?;
-        match group {
-            "input_blocks" => {
-                let (level, j) = locate(index.checked_sub(1)?, &self.down)?;
-                let block = format!("down_blocks.{level}");
-                let downsampler = level + 1 < self.down.len() && j + 1 == self.down[level];
-                match (downsampler, part) {
-                    (true, 0) => Some(format!(
-                        "{block}.downsamplers.0.conv.{}",
-                        rest.strip_prefix("op.")?
-                    )),
-                    (false, 0) => Some(format!("{block}.resnets.{j}.{}", resnet_name(rest)?)),
-                    (false, 1) => Some(format!("{block}.attentions.{j}.{rest}")),
-                    _ => None,
-                }
-            }
-            "output_blocks" => {
-                let (level, j) = locate(index, &self.up)?;
-                let block = format!("up_blocks.{level}");
-                match part {
-                    0 => Some(format!("{block}.resnets.{j}.{}", resnet_name(rest)?)),
-                    1 if self.up_attention[level] => Some(format!("{block}.attentions.{j}.{rest}")),
-                    1 | 2 => Some(format!("{block}.upsamplers.0.{rest}")),
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
-    }
-}
-
-/// LDM `ResBlock` names → diffusers' `ResnetBlock2D`.
-fn resnet_name(rest: &str) -> Option<String> {
-    [
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("skip_connection.", "conv_shortcut."),
-    ]
-    .iter()
-    .find_map(|(ldm, diffusers)| {
-        rest.strip_prefix(ldm)
-            .map(|tail| format!("{diffusers}{tail}"))
-    })
-}
-
-/// `"12.rest"` → `(12, "rest")`.
-fn split_index(name: &str) -> Option<(usize, &str)> {
-    let (index, rest) = name.split_once('.')?;
-    Some((index.parse().ok()?, rest))
 }
 
 /// Whether a VAE file is in the LDM layout (a standalone VAE such as
@@ -375,11 +253,7 @@ pub fn controlnet_config(checkpoint: &Checkpoint, unet: &UNetConfig) -> Result<C
 /// `control_model.` prefix, the tensors outside it (the SD model ControlNet 1.0 files bundle)
 /// are left out.
 pub fn controlnet(checkpoint: &Checkpoint, config: &ControlNetConfig) -> Checkpoint {
-    let layout = UNetLayout {
-        down: down_counts(&config.unet),
-        up: Vec::new(),
-        up_attention: Vec::new(),
-    };
+    let layout = UNetLayout::of_down_path(&config.unet);
     let hint_out = hint_convs(checkpoint).last().map_or(0, |&(index, _)| index);
     let prefix = controlnet_prefix(checkpoint);
     checkpoint.remap(|name| {
@@ -411,7 +285,7 @@ fn controlnet_name(name: &str, layout: &UNetLayout, hint_out: usize) -> Option<S
         };
         return Some(format!("controlnet_cond_embedding.{conv}.{rest}"));
     }
-    layout.name(name)
+    layout.to_diffusers(name)
 }
 
 /// The CLIP text model of a single-file SD1.x checkpoint, under transformers' names.
@@ -424,75 +298,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sd15_unet_names() {
-        let layout = UNetLayout {
-            down: vec![3, 3, 3, 2],
-            up: vec![3; 4],
-            up_attention: vec![false, true, true, true],
-        };
-        let cases = [
-            ("time_embed.2.bias", "time_embedding.linear_2.bias"),
-            ("input_blocks.0.0.weight", "conv_in.weight"),
-            (
-                "input_blocks.1.0.in_layers.2.weight",
-                "down_blocks.0.resnets.0.conv1.weight",
-            ),
-            (
-                "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight",
-                "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight",
-            ),
-            (
-                "input_blocks.3.0.op.bias",
-                "down_blocks.0.downsamplers.0.conv.bias",
-            ),
-            (
-                "input_blocks.4.0.skip_connection.weight",
-                "down_blocks.1.resnets.0.conv_shortcut.weight",
-            ),
-            (
-                "input_blocks.11.0.emb_layers.1.weight",
-                "down_blocks.3.resnets.1.time_emb_proj.weight",
-            ),
-            (
-                "middle_block.2.out_layers.3.bias",
-                "mid_block.resnets.1.conv2.bias",
-            ),
-            (
-                "middle_block.1.proj_in.weight",
-                "mid_block.attentions.0.proj_in.weight",
-            ),
-            (
-                "output_blocks.2.1.conv.weight",
-                "up_blocks.0.upsamplers.0.conv.weight",
-            ),
-            (
-                "output_blocks.5.2.conv.bias",
-                "up_blocks.1.upsamplers.0.conv.bias",
-            ),
-            (
-                "output_blocks.5.1.norm.weight",
-                "up_blocks.1.attentions.2.norm.weight",
-            ),
-            (
-                "output_blocks.11.0.out_layers.0.weight",
-                "up_blocks.3.resnets.2.norm2.weight",
-            ),
-            ("out.2.weight", "conv_out.weight"),
-        ];
-        for (ldm, diffusers) in cases {
-            assert_eq!(layout.name(ldm).as_deref(), Some(diffusers), "{ldm}");
-        }
-        assert_eq!(layout.name("label_emb.0.0.weight"), None);
-        assert_eq!(layout.name("input_blocks.12.0.in_layers.0.weight"), None);
-    }
-
-    #[test]
     fn sd15_controlnet_names() {
-        let layout = UNetLayout {
-            down: vec![3, 3, 3, 2],
-            up: Vec::new(),
-            up_attention: Vec::new(),
-        };
+        let layout = UNetLayout::of_down_path(&UNetConfig::sd15());
         let cases = [
             (
                 "input_hint_block.0.weight",

@@ -2,6 +2,7 @@
 
 pub(crate) mod blocks;
 mod config;
+pub(crate) mod ldm_names;
 mod model;
 
 pub use config::{

@@ -1,16 +1,22 @@
 //! LoRAs in kohya's and in diffusers' PEFT format (`scripts/lora_fixtures.py`) applied to the
 //! tiny U-Net and CLIP: one U-Net forward and one CLIP forward against the reference with the
 //! same LoRAs (kohya's merge formula, diffusers' `fuse_lora` and `set_adapters`), swapped at
-//! run time; an LCM-LoRA (kohya) and a TCD-LoRA (PEFT) over every module they train.
-//! Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests.
+//! run time; an LCM-LoRA (kohya) and a TCD-LoRA (PEFT) over every module they train; and
+//! every LoRA kind of docs/lora-kinds-reference.md (`scripts/lora_kinds_fixtures.py`: kohya
+//! on LDM names, LoHa, LoKr, LoCon with Tucker cores, PEFT `alpha_pattern`), merged weight by
+//! merged weight. Tolerances: as the U-Net (1e-3) and CLIP (1e-4) tests; merged weights
+//! 1e-6 (the reference rounds an f64 sum once to f32; the formulas evaluated in f32 stay
+//! within 4e-7 of it).
 
-use burn::tensor::{DType, Tensor};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::tensor::{DType, Tensor, TensorData};
 use ella_core::Backend;
-use ella_core::{Lora, ModelPaths, Pipeline};
+use ella_core::{Checkpoint, Lora, ModelPaths, Pipeline};
 
 use crate::common::{F32_TOLERANCE, Reference, assert_close, fixture, tiny_paths};
 
 const UNET_TOLERANCE: f32 = 1e-3;
+const WEIGHT_TOLERANCE: f32 = 1e-6;
 
 fn paths() -> ModelPaths {
     ModelPaths {
@@ -112,8 +118,91 @@ fn few_step_loras_match_the_reference<B: Backend>() {
     }
 }
 
+/// Finds a parameter's value by its id.
+struct FindParam {
+    id: ParamId,
+    value: Option<TensorData>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for FindParam {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if param.id == self.id {
+            // Burn's `Linear` keeps its weight as `[in, out]`, PyTorch's transposed; every 2-D
+            // weight a model indexes is a linear one (convolution kernels are 4-D).
+            let value = param.val();
+            let value = if D == 2 { value.transpose() } else { value };
+            self.value = Some(value.into_data());
+        }
+    }
+}
+
+/// The value of the parameter `id` of `model`, in PyTorch's layout.
+fn param_value<B: Backend, M: Module<B>>(model: &M, id: ParamId) -> TensorData {
+    let mut find = FindParam { id, value: None };
+    model.visit(&mut find);
+    find.value.expect("the weight's parameter is in the model")
+}
+
+/// Asserts that `actual` is `expected` within [`WEIGHT_TOLERANCE`].
+fn assert_weight_close<B: Backend>(actual: TensorData, expected: &TensorData, what: &str) {
+    assert_eq!(actual.shape, expected.shape, "{what}: shape");
+    let flat = |data: &TensorData| {
+        TensorData::new(data.iter::<f32>().collect::<Vec<f32>>(), [data.num_elements()])
+    };
+    let actual = Tensor::<B, 1>::from_data(flat(&actual), &Default::default());
+    assert_close(actual, &flat(expected), WEIGHT_TOLERANCE, what);
+}
+
+/// Each file of `scripts/lora_kinds_fixtures.py` alone at its scale (`{run}.scale`): every
+/// weight it changes equals `{run}.unet.{weight}` / `{run}.text_encoder.{weight}`, it changes
+/// no other (as many weights as the reference has), and the U-Net and CLIP outputs equal
+/// `{run}.unet` and `{run}.clip`. One pipeline, the files swapped in turn.
+fn lora_kinds_match_the_reference<B: Backend>() {
+    let mut pipeline = Pipeline::<B>::load(&paths(), &Default::default(), DType::F32).unwrap();
+    let reference = Reference::open("lora_kinds.safetensors");
+    let names = Checkpoint::open(fixture("reference/lora_kinds.safetensors")).unwrap();
+    for run in [
+        "kohya-ldm",
+        "loha",
+        "lokr",
+        "locon-tucker",
+        "peft-alpha-pattern",
+    ] {
+        let scale = reference
+            .data(&format!("{run}.scale"))
+            .iter::<f32>()
+            .next()
+            .unwrap();
+        let lora = Lora::new(fixture(&format!("lora/{run}.safetensors")), scale);
+        let report = pipeline.set_loras(&[lora]).unwrap();
+        let (unet_prefix, clip_prefix) = (format!("{run}.unet."), format!("{run}.text_encoder."));
+        let mut merged = 0;
+        for key in names.names().filter(|k| k.ends_with(".weight")) {
+            let actual = if let Some(weight) = key.strip_prefix(&unet_prefix) {
+                let unet = pipeline.unet();
+                param_value(unet, unet.weights.weights[weight].param)
+            } else if let Some(weight) = key.strip_prefix(&clip_prefix) {
+                let clip = &pipeline.clip().unwrap().model;
+                param_value(clip, clip.weights.weights[weight].param)
+            } else {
+                continue;
+            };
+            assert_weight_close::<B>(actual, &reference.data(key), key);
+            merged += 1;
+        }
+        assert!(merged > 0, "{run}: no merged weight in the reference");
+        assert_eq!(
+            (report.updated, report.unmatched.len(), report.skipped_clip),
+            (merged, 0, 0),
+            "{run}: {report:?}"
+        );
+        check(&pipeline, &reference, run);
+    }
+}
+
 backend_tests! {
     loras_match_the_reference => loras_match_the_reference,
     loras_merged_at_load => loras_merged_at_load,
     few_step_loras_match_the_reference => few_step_loras_match_the_reference,
+    lora_kinds_match_the_reference => lora_kinds_match_the_reference,
 }
