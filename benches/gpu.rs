@@ -31,9 +31,9 @@ use ella_core::Backend;
 use ella_core::gpu::{KernelCacheStats, set_kernel_cache_dir};
 use ella_core::{
     AutoencoderKL, Checkpoint, Connector, ConnectorConfig, GenerateRequest, Hooks, ModelPaths,
-    Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Text, T5Encoder, T5Precision,
-    T5TextEncoder, T5Tokenizer, TimestepSchedule, TokenMode, UNet2DConditionModel, UNetConfig,
-    VaeConfig,
+    Pipeline, PipelineParts, SchedulerConfig, SchedulerKind, T5Config, T5Encoder, T5Precision,
+    T5Text, T5TextEncoder, T5Tokenizer, TimestepSchedule, TokenMode, UNet2DConditionModel,
+    UNetConfig, VaeConfig,
 };
 
 const STEPS: usize = 20;

@@ -222,6 +222,17 @@ typedef enum ella_preview_method {
   ELLA_PREVIEW_METHOD_TINY = 1,
 } ella_preview_method;
 
+// How a text encoder reads AUTOMATIC1111's weight syntax: `(word:1.3)`, `(word)`,
+// `[word]`, `\(` escapes and `BREAK`.
+typedef enum ella_prompt_syntax {
+  // As A1111 and ComfyUI-ELLA (default): CLIP applies the weights and reads prompts of any
+  // length in 75-token chunks; T5 reads the text with the syntax removed.
+  ELLA_PROMPT_SYNTAX_A1111 = 0,
+  // The text as written: CLIP truncates it to 77 tokens (diffusers); T5 reads brackets and
+  // weights as words (ELLA's own code).
+  ELLA_PROMPT_SYNTAX_LITERAL = 1,
+} ella_prompt_syntax;
+
 // Where generations run on a model: one call at a time (a second call while one runs gets
 // `ELLA_STATUS_BUSY`, `ella_context_cancel` excepted), and the queue of its jobs with their
 // worker thread.
@@ -439,6 +450,13 @@ typedef struct ella_generate_request {
   // (default): none.
   const struct ella_control *controls;
   uint32_t n_controls;
+  // How T5 reads the prompts' weight syntax (`ella_prompt_syntax`); default
+  // `ELLA_PROMPT_SYNTAX_A1111`: removed, `a (red:1.3) book` is read `a red book`. Not with
+  // `prompt_cache` (whose prompts were read with the default).
+  uint32_t t5_syntax;
+  // How CLIP reads it; default `ELLA_PROMPT_SYNTAX_A1111`: weights applied, prompts over
+  // 75 tokens in chunks. Not with `prompt_cache`.
+  uint32_t clip_syntax;
 } ella_generate_request;
 
 // A job's progress, written by `ella_job_poll`. Set `struct_size` to

@@ -125,16 +125,18 @@ pub fn strip_for_t5(prompt: &str) -> String {
 fn strip_groups(text: &str) -> String {
     top_level_pieces(text)
         .into_iter()
-        .map(|piece| match piece.strip_prefix('(').and_then(|p| p.strip_suffix(')')) {
-            Some(inner) => {
-                let inner = match inner.rfind(':') {
-                    Some(colon) if colon > 0 => &inner[..colon],
-                    _ => inner,
-                };
-                strip_groups(inner)
-            }
-            _ => piece,
-        })
+        .map(
+            |piece| match piece.strip_prefix('(').and_then(|p| p.strip_suffix(')')) {
+                Some(inner) => {
+                    let inner = match inner.rfind(':') {
+                        Some(colon) if colon > 0 => &inner[..colon],
+                        _ => inner,
+                    };
+                    strip_groups(inner)
+                }
+                _ => piece,
+            },
+        )
         .collect()
 }
 

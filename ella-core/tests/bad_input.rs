@@ -761,12 +761,20 @@ fn lora_kinds_refused_by_name() {
     let (_dir, path) = edited("lora/lokr.safetensors", |t| {
         t.remove(&format!("{shortcut}.lokr_w1_b")).unwrap();
     });
-    refused(&mut pipeline, path, &[format!("`{shortcut}` (LoKr)").as_str(), "`lokr_w1_b`"]);
+    refused(
+        &mut pipeline,
+        path,
+        &[format!("`{shortcut}` (LoKr)").as_str(), "`lokr_w1_b`"],
+    );
     // A module with a part of another kind: a LoHa module with a `lora_down.weight`.
     let (_dir, path) = edited("lora/loha.safetensors", |t| {
         t.insert(format!("{ff}.lora_down.weight"), f32_tensor(&[4, 128]));
     });
-    refused(&mut pipeline, path, &[loha_ff.as_str(), "`lora_down.weight`"]);
+    refused(
+        &mut pipeline,
+        path,
+        &[loha_ff.as_str(), "`lora_down.weight`"],
+    );
     // PEFT: an adapter config that says DoRA.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dora.safetensors");
@@ -1039,7 +1047,7 @@ fn sur_adapter_errors() {
         ..long
     };
     assert!(pipeline.generate(&per_token).is_ok());
-        // Without an adapter, ClipSur is refused.
+    // Without an adapter, ClipSur is refused.
     let clip_only = load_sd(fixture("sd"), None).unwrap();
     let err = clip_only.generate(&request).unwrap_err();
     assert!(

@@ -19,8 +19,8 @@ use common::{fixture, tiny_paths};
 use ella_core::limits::{MAX_PROMPT_BYTES, MAX_T5_TOKENS};
 use ella_core::{
     Checkpoint, Connector, ConnectorConfig, Error, GenerateRequest, Hooks, Image, Lora, ModelPaths,
-    Pipeline, SchedulerKind, T5Text, T5TextEncoder, TimestepSchedule, TokenMode, UNet2DConditionModel,
-    VaeDecode,
+    Pipeline, SchedulerKind, T5Text, T5TextEncoder, TimestepSchedule, TokenMode,
+    UNet2DConditionModel, VaeDecode,
 };
 use safetensors::Dtype;
 
@@ -242,9 +242,9 @@ fn long_prompts_and_token_lengths_are_refused() {
         invalid_input(err, "fixed token length", &what);
         let request = GenerateRequest {
             t5: T5Text {
-            mode: TokenMode::Fixed(length),
-            ..Default::default()
-        },
+                mode: TokenMode::Fixed(length),
+                ..Default::default()
+            },
             ..small_request("a red book")
         };
         invalid_input(

@@ -3,8 +3,8 @@
 
 use ella_core::burn::tensor::DType;
 use ella_core::{
-    Conditioning, PreviewMethod, PromptSyntax, SchedulerKind, Seamless, SurMode, SurOptions, T5Precision,
-    TokenMode, VaeDecode,
+    Conditioning, PreviewMethod, PromptSyntax, SchedulerKind, Seamless, SurMode, SurOptions,
+    T5Precision, TokenMode, VaeDecode,
 };
 
 use crate::abi::*;

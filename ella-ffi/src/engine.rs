@@ -117,8 +117,7 @@ where
             (None, Some(_)) => Conditioning::Clip,
             _ => Conditioning::Ella,
         };
-        let states =
-            pipeline.encode_prompts(
+        let states = pipeline.encode_prompts(
             prompt,
             negative,
             T5Text {

@@ -1212,9 +1212,15 @@ fn prompt_syntax_from_c() {
         clip_syntax: syntax as u32,
         ..request(prompt)
     };
-    let a1111 = ctx.generate_32(&clip(weighted, EllaPromptSyntax::A1111)).unwrap();
-    let literal = ctx.generate_32(&clip(weighted, EllaPromptSyntax::Literal)).unwrap();
-    let plain = ctx.generate_32(&clip(c"a red book", EllaPromptSyntax::A1111)).unwrap();
+    let a1111 = ctx
+        .generate_32(&clip(weighted, EllaPromptSyntax::A1111))
+        .unwrap();
+    let literal = ctx
+        .generate_32(&clip(weighted, EllaPromptSyntax::Literal))
+        .unwrap();
+    let plain = ctx
+        .generate_32(&clip(c"a red book", EllaPromptSyntax::A1111))
+        .unwrap();
     assert_ne!(a1111, literal);
     assert_ne!(a1111, plain);
     let err = ctx
@@ -1231,10 +1237,16 @@ fn prompt_syntax_from_c() {
         t5_syntax: syntax as u32,
         ..request(prompt)
     };
-    let stripped = ctx.generate_32(&ella(weighted, EllaPromptSyntax::A1111)).unwrap();
-    let plain = ctx.generate_32(&ella(c"a red book", EllaPromptSyntax::A1111)).unwrap();
+    let stripped = ctx
+        .generate_32(&ella(weighted, EllaPromptSyntax::A1111))
+        .unwrap();
+    let plain = ctx
+        .generate_32(&ella(c"a red book", EllaPromptSyntax::A1111))
+        .unwrap();
     assert_eq!(stripped, plain, "T5 reads `a red book`");
-    let literal = ctx.generate_32(&ella(weighted, EllaPromptSyntax::Literal)).unwrap();
+    let literal = ctx
+        .generate_32(&ella(weighted, EllaPromptSyntax::Literal))
+        .unwrap();
     assert_ne!(literal, plain);
     let cache = Prompt::new(&model, weighted, None);
     let err = ctx

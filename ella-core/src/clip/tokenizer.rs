@@ -73,12 +73,10 @@ impl ClipTokenizer {
         let comma = inner.token_to_id(",</w>");
         // The special tokens, the length and the padding are ours to add (`encode`, `chunks`).
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             inner,
             path,

@@ -82,10 +82,7 @@ pub(crate) fn loha(
         Some((t1, t2)) => (Some(t1), Some(t2)),
         None => (None, None),
     };
-    hadamard(
-        loha_factor(w1, t1, weight)?,
-        &loha_factor(w2, t2, weight)?,
-    )
+    hadamard(loha_factor(w1, t1, weight)?, &loha_factor(w2, t2, weight)?)
 }
 
 /// One Hadamard factor of LoHa, `[out, in·kh·kw]`.
@@ -216,7 +213,9 @@ fn tucker(core: &Array, a: &Array, b: &Array, kernel: &[usize]) -> Option<Array>
     let a_t = a.transposed();
     let mut p = vec![0f32; out * inputs * positions];
     for q in 0..positions {
-        let slice: Vec<f32> = (0..r1 * r2).map(|ij| core.values[ij * positions + q]).collect();
+        let slice: Vec<f32> = (0..r1 * r2)
+            .map(|ij| core.values[ij * positions + q])
+            .collect();
         let at_position = matmul(&a_t, &matmul(&Array::matrix(r1, r2, slice), b)?)?;
         for (oc, &value) in at_position.values.iter().enumerate() {
             p[oc * positions + q] = value;
@@ -242,7 +241,10 @@ mod tests {
         let b = array(&[3, 1, 1], &[1.0, 0.0, -1.0]);
         assert_eq!(matmul(&a, &b), Some(array(&[2, 1], &[-2.0, -2.0])));
         assert_eq!(matmul(&b, &b), None);
-        assert_eq!(a.transposed(), array(&[3, 2], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]));
+        assert_eq!(
+            a.transposed(),
+            array(&[3, 2], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0])
+        );
         let k = kron(&array(&[1, 2], &[1.0, 10.0]), &array(&[2, 1], &[2.0, 3.0]));
         assert_eq!(k, array(&[2, 2], &[2.0, 20.0, 3.0, 30.0]));
     }
@@ -251,7 +253,9 @@ mod tests {
     #[test]
     fn tucker_is_the_sum() {
         let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n).map(|i| ((i * 7 + seed * 13) % 11) as f32 - 5.0).collect()
+            (0..n)
+                .map(|i| ((i * 7 + seed * 13) % 11) as f32 - 5.0)
+                .collect()
         };
         let (r1, r2, out, inputs, kh, kw) = (2, 3, 4, 5, 3, 2);
         let core = array(&[r1, r2, kh, kw], &values(r1 * r2 * kh * kw, 1));
@@ -268,7 +272,10 @@ mod tests {
                         * b.values[j * inputs + c];
                 }
             }
-            assert_eq!(p.values[o * inputs * kh * kw + c * kh * kw + y * kw + x], sum);
+            assert_eq!(
+                p.values[o * inputs * kh * kw + c * kh * kw + y * kw + x],
+                sum
+            );
         }
         assert_eq!(tucker(&core, &a, &b, &[3, 3]), None);
     }

@@ -164,14 +164,18 @@ impl Kind {
                  LoHa and LoKr modules"
             ));
         }
-        [("hada_", Self::LoHa), ("lokr_", Self::LoKr), ("lora_", Self::Lora)]
-            .into_iter()
-            .find(|(prefix, _)| parts.keys().any(|part| part.starts_with(prefix)))
-            .map(|(_, kind)| kind)
-            .ok_or_else(|| {
-                let names: Vec<&str> = parts.keys().copied().collect();
-                format!("of no kind ella knows (its parts: {names:?})")
-            })
+        [
+            ("hada_", Self::LoHa),
+            ("lokr_", Self::LoKr),
+            ("lora_", Self::Lora),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| parts.keys().any(|part| part.starts_with(prefix)))
+        .map(|(_, kind)| kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = parts.keys().copied().collect();
+            format!("of no kind ella knows (its parts: {names:?})")
+        })
     }
 }
 
@@ -299,7 +303,10 @@ fn lora_delta(
     shape: &[usize],
     peft: Option<(&PeftConfig, &str)>,
 ) -> Result<Option<(Delta, f32)>> {
-    let (down, up) = (parts.take("lora_down.weight")?, parts.take("lora_up.weight")?);
+    let (down, up) = (
+        parts.take("lora_down.weight")?,
+        parts.take("lora_up.weight")?,
+    );
     let mid = parts.take_if("lora_mid.weight")?;
     let alpha = parts.alpha()?;
     let rank = down.rows();
@@ -375,7 +382,10 @@ impl<'a> Resolver<'a> {
         let layout = UNetLayout::of_weights(unet.weights.keys().map(String::as_str));
         let mut unet_kohya = HashMap::new();
         for weight in unet.weights.keys() {
-            for path in [Some(weight.clone()), layout.to_ldm(weight)].into_iter().flatten() {
+            for path in [Some(weight.clone()), layout.to_ldm(weight)]
+                .into_iter()
+                .flatten()
+            {
                 let name = format!("lora_unet_{}", module(&path).replace('.', "_"));
                 unet_kohya.insert(name, weight.clone());
             }
@@ -476,14 +486,22 @@ pub(crate) fn read_updates(
             unmatched.push(key.to_string());
             continue;
         };
-        if modules.entry(module).or_default().insert(part, key).is_some() {
+        if modules
+            .entry(module)
+            .or_default()
+            .insert(part, key)
+            .is_some()
+        {
             return Err(incompatible(path, format!("`{module}` has `{part}` twice")));
         }
     }
     let metadata: AdapterMetadata = match file.metadata("lora_adapter_metadata") {
         None => AdapterMetadata::default(),
         Some(text) => serde_json::from_str(text).map_err(|e| {
-            incompatible(path, format!("its `lora_adapter_metadata` is not diffusers': {e}"))
+            incompatible(
+                path,
+                format!("its `lora_adapter_metadata` is not diffusers': {e}"),
+            )
         })?,
     };
     let resolver = Resolver::new(unet, clip);

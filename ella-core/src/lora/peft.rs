@@ -38,7 +38,9 @@ impl PeftConfig {
     /// another rank, or is DoRA's or `lora_bias`' (no `W + ΔW` merge).
     pub(crate) fn scale(&self, path: &str, rank: usize, alpha: Option<f32>) -> Result<f32, String> {
         if self.use_dora {
-            return Err("DoRA (`use_dora` in its adapter config), which ella does not merge".into());
+            return Err(
+                "DoRA (`use_dora` in its adapter config), which ella does not merge".into(),
+            );
         }
         if self.lora_bias {
             return Err("trained with `lora_bias` (biases too), which ella does not merge".into());
@@ -46,7 +48,9 @@ impl PeftConfig {
         if let Some(expected) = self.rank_pattern.first_match(path).or(self.r)
             && expected != rank
         {
-            return Err(format!("of rank {rank}, where its adapter config says {expected}"));
+            return Err(format!(
+                "of rank {rank}, where its adapter config says {expected}"
+            ));
         }
         let alpha = alpha
             .or_else(|| self.alpha_pattern.first_match(path))
@@ -188,8 +192,14 @@ mod tests {
         ] {
             assert_eq!(unet.scale(&path, rank, None), Ok(scale), "{path}");
         }
-        assert!(unet.scale("up_blocks.0.resnets.2.conv_shortcut", 4, None).is_err());
-        assert_eq!(unet.scale(&format!("{block}.attn1.to_k"), 4, Some(8.0)), Ok(2.0));
+        assert!(
+            unet.scale("up_blocks.0.resnets.2.conv_shortcut", 4, None)
+                .is_err()
+        );
+        assert_eq!(
+            unet.scale(&format!("{block}.attn1.to_k"), 4, Some(8.0)),
+            Ok(2.0)
+        );
         let fc1 = "encoder.layers.0.mlp.fc1";
         assert_eq!(metadata.text_encoder.scale(fc1, 4, None), Ok(8.0 / 2.0));
     }

@@ -85,7 +85,11 @@ pub fn unet(checkpoint: &Checkpoint, config: &UNetConfig) -> Checkpoint {
     let layout = UNetLayout::of_config(config);
     checkpoint.remap(|name| {
         let rest = name.strip_prefix(UNET_PREFIX)?;
-        Some(layout.to_diffusers(rest).unwrap_or_else(|| name.to_string()))
+        Some(
+            layout
+                .to_diffusers(rest)
+                .unwrap_or_else(|| name.to_string()),
+        )
     })
 }
 

@@ -55,9 +55,9 @@ use crate::controlnet::ControlNetModel;
 use crate::error::{Error, Result};
 use crate::lora::{self, Lora, LoraReport, Target};
 use crate::nn::{Seamless, SetSeamless};
+use crate::prompt_syntax::PromptSyntax;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::{SurAdapter, SurMode};
-use crate::prompt_syntax::PromptSyntax;
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
 use crate::unet::{ControlResiduals, UNet2DConditionModel};
@@ -1100,15 +1100,16 @@ impl<B: Backend> Pipeline<B> {
                     Tensor::cat(vec![per_sample(uncond), per_sample(cond)], 0),
                 )?,
                 Some(uncond) => {
-                    let predict = |context| {
-                        self.predict(run, scheduler, &input_at, latents.clone(), context)
-                    };
+                    let predict =
+                        |context| self.predict(run, scheduler, &input_at, latents.clone(), context);
                     Tensor::cat(
                         vec![predict(per_sample(uncond))?, predict(per_sample(cond))?],
                         0,
                     )
                 }
-                None => self.predict(run, scheduler, &input_at, latents.clone(), per_sample(cond))?,
+                None => {
+                    self.predict(run, scheduler, &input_at, latents.clone(), per_sample(cond))?
+                }
             };
             let prediction = match run.guided {
                 true => {

@@ -372,7 +372,8 @@ impl GenerateRequest {
             skip,
             ..
         } = &self.clip;
-        if (prompt.is_some() || negative.is_some() || *skip != 0) && !self.conditioning.uses_clip() {
+        if (prompt.is_some() || negative.is_some() || *skip != 0) && !self.conditioning.uses_clip()
+        {
             return invalid(format!(
                 "CLIP's own prompts and CLIP skip need a conditioning that uses CLIP, not {:?}",
                 self.conditioning

@@ -272,11 +272,22 @@ mod tests {
             ("out.2.weight", "conv_out.weight"),
         ];
         for (ldm, diffusers) in cases {
-            assert_eq!(layout.to_diffusers(ldm).as_deref(), Some(diffusers), "{ldm}");
-            assert_eq!(layout.to_ldm(diffusers).as_deref(), Some(ldm), "{diffusers}");
+            assert_eq!(
+                layout.to_diffusers(ldm).as_deref(),
+                Some(diffusers),
+                "{ldm}"
+            );
+            assert_eq!(
+                layout.to_ldm(diffusers).as_deref(),
+                Some(ldm),
+                "{diffusers}"
+            );
         }
         assert_eq!(layout.to_diffusers("label_emb.0.0.weight"), None);
-        assert_eq!(layout.to_diffusers("input_blocks.12.0.in_layers.0.weight"), None);
+        assert_eq!(
+            layout.to_diffusers("input_blocks.12.0.in_layers.0.weight"),
+            None
+        );
         assert_eq!(layout.to_ldm("down_blocks.4.resnets.0.conv1.weight"), None);
     }
 
@@ -305,7 +316,11 @@ mod tests {
         ];
         for (kohya, diffusers) in cases {
             let ldm = layout.to_ldm(&format!("{diffusers}.weight")).unwrap();
-            assert_eq!(ldm.replace('.', "_"), format!("{kohya}_weight"), "{diffusers}");
+            assert_eq!(
+                ldm.replace('.', "_"),
+                format!("{kohya}_weight"),
+                "{diffusers}"
+            );
         }
     }
 

@@ -147,7 +147,10 @@ fn param_value<B: Backend, M: Module<B>>(model: &M, id: ParamId) -> TensorData {
 fn assert_weight_close<B: Backend>(actual: TensorData, expected: &TensorData, what: &str) {
     assert_eq!(actual.shape, expected.shape, "{what}: shape");
     let flat = |data: &TensorData| {
-        TensorData::new(data.iter::<f32>().collect::<Vec<f32>>(), [data.num_elements()])
+        TensorData::new(
+            data.iter::<f32>().collect::<Vec<f32>>(),
+            [data.num_elements()],
+        )
     };
     let actual = Tensor::<B, 1>::from_data(flat(&actual), &Default::default());
     assert_close(actual, &flat(expected), WEIGHT_TOLERANCE, what);

@@ -93,6 +93,7 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
             skip: run
                 .get("clip_skip")
                 .map_or(0, |k| k.as_u64().unwrap() as usize),
+            ..ClipText::default()
         },
         seamless: match run.get("seamless").and_then(Value::as_str) {
             None => Seamless::Off,
@@ -104,16 +105,16 @@ fn request_for(run: &Value, reference: &Reference) -> GenerateRequest {
         init_image: run.get("init_image").map(|_| InitImage {
             image: reference.image("init_image"),
             strength: run
-                    .get("strength")
-                    .map_or(0.8, |s| s.as_f64().unwrap() as f32),
-                mask: run.get("mask").map(|_| {
-                    let (_, shape, pixels) = reference.raw("mask");
-                    Mask {
-                        width: shape[1],
-                        height: shape[0],
-                        pixels,
-                    }
-                }),
+                .get("strength")
+                .map_or(0.8, |s| s.as_f64().unwrap() as f32),
+            mask: run.get("mask").map(|_| {
+                let (_, shape, pixels) = reference.raw("mask");
+                Mask {
+                    width: shape[1],
+                    height: shape[0],
+                    pixels,
+                }
+            }),
         }),
         controls: controls_of(run, reference),
         ..GenerateRequest::default()
@@ -485,7 +486,7 @@ fn clip_prompts_of_different_lengths_run_apart() {
         scheduler: ella_core::SchedulerKind::Euler,
         guidance_scale: 5.0,
         conditioning: Conditioning::Clip,
-        ..GenerateRequest::new(vec!["(red book:1.2), the other hat"; 12].join(", "))
+        ..GenerateRequest::new(["(red book:1.2), the other hat"; 12].join(", "))
     };
     let states = pipeline
         .encode_prompts(
@@ -916,9 +917,9 @@ fn bad_requests_are_typed_errors() {
         },
         GenerateRequest {
             t5: T5Text {
-            mode: TokenMode::Fixed(0),
-            ..Default::default()
-        },
+                mode: TokenMode::Fixed(0),
+                ..Default::default()
+            },
             ..ok.clone()
         },
         GenerateRequest {
