@@ -183,10 +183,12 @@ pub fn default_kernel_cache() {
 }
 
 /// Runs `body::<Backend>()` as one `#[test]` per backend compiled in, in a module named
-/// after it (`cargo test cuda::` runs the CUDA ones).
+/// after it (`cargo test cuda::` runs the CUDA ones). An entry marked `#[cpu]` skips wgpu:
+/// a check of file layouts or request logic whose numbers the other entries already prove
+/// on wgpu, and whose run on lavapipe (a minute a sampling) CI cannot afford.
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident => $body:ident),* $(,)?) => {
+    ($($(#[$only:ident])? $name:ident => $body:ident),* $(,)?) => {
         #[cfg(feature = "flex")]
         mod flex {
             $(#[test] fn $name() { super::$body::<burn::backend::Flex>(); })*
@@ -197,13 +199,7 @@ macro_rules! backend_tests {
         }
         #[cfg(feature = "wgpu")]
         mod wgpu {
-            $(#[test] fn $name() {
-                if !$crate::common::wgpu_usable() {
-                    return;
-                }
-                $crate::common::default_kernel_cache();
-                super::$body::<ella_core::Wgpu>();
-            })*
+            $($crate::wgpu_test!($($only)? ; $name => $body);)*
         }
         #[cfg(feature = "cuda")]
         mod cuda {
@@ -211,6 +207,22 @@ macro_rules! backend_tests {
                 $crate::common::default_kernel_cache();
                 super::$body::<ella_core::Cuda>();
             })*
+        }
+    };
+}
+
+/// One wgpu test of [`backend_tests`], none for a `#[cpu]` entry.
+#[macro_export]
+macro_rules! wgpu_test {
+    (cpu ; $name:ident => $body:ident) => {};
+    (; $name:ident => $body:ident) => {
+        #[test]
+        fn $name() {
+            if !$crate::common::wgpu_usable() {
+                return;
+            }
+            $crate::common::default_kernel_cache();
+            super::$body::<ella_core::Wgpu>();
         }
     };
 }

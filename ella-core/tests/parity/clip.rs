@@ -277,6 +277,8 @@ backend_tests! {
     hidden_states_match_transformers => hidden_states_match_transformers,
     clip_skip_matches_diffusers => clip_skip_matches_diffusers,
     embeddings_match_the_reference => embeddings_match_the_reference,
+    // Text processing, and CLIP's kernels, which the tests above run on every backend.
+    #[cpu]
     prompt_weighting_matches_a1111 => prompt_weighting_matches_a1111,
 }
 

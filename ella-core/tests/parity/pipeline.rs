@@ -442,11 +442,8 @@ fn inpainting_matches_the_reference<B: Backend>() {
 fn clip_prompts_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
     let runs = read_runs("reference/pipelines_community.json");
-    let names = ["dpm++2m_ella-clip-prompt", "dpm++2m_ella-clip-prompt-only"];
-    // wgpu (lavapipe in CI, a minute a sampling): the first; it runs no other kernel.
-    let count = if backend_is::<B>("wgpu") { 1 } else { 2 };
-    for name in &names[..count] {
-        check_run(&pipeline, name, &runs[*name]);
+    for name in ["dpm++2m_ella-clip-prompt", "dpm++2m_ella-clip-prompt-only"] {
+        check_run(&pipeline, name, &runs[name]);
     }
 }
 
@@ -456,14 +453,11 @@ fn clip_prompts_match_the_reference<B: Backend>() {
 fn several_controlnets_match_the_reference<B: Backend>() {
     let pipeline = pipeline::<B>();
     let runs = read_runs("reference/pipelines_community.json");
-    let names = [
+    for name in [
         "dpm++2m_multicontrolnet-clip",
         "dpm++2m_multicontrolnet-ella",
-    ];
-    // wgpu (lavapipe in CI, a minute a sampling): the first; it runs no other kernel.
-    let count = if backend_is::<B>("wgpu") { 1 } else { 2 };
-    for name in &names[..count] {
-        check_run(&pipeline, name, &runs[*name]);
+    ] {
+        check_run(&pipeline, name, &runs[name]);
     }
 }
 
@@ -539,8 +533,11 @@ fn clip_prompts_of_different_lengths_run_apart() {
     assert_close(expected, &dumped, 1e-5, "latents after step 1");
 }
 
+// The community runs use no kernel the other samplings do not.
 backend_tests! {
+    #[cpu]
     several_controlnets_match_the_reference => several_controlnets_match_the_reference,
+    #[cpu]
     clip_prompts_match_the_reference => clip_prompts_match_the_reference,
     inpainting_matches_the_reference => inpainting_matches_the_reference,
     tiny_decode_and_previews => tiny_decode_and_previews,
