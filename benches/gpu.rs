@@ -218,13 +218,7 @@ fn image<B: Backend>(name: &str, dtype: DType, images: usize) -> ella_core::Resu
     })?;
 
     // T5 freed: prompts encoded once, T5 dropped and its memory returned to the device.
-    let states = pipeline.encode_prompts(
-        &request.prompt,
-        &request.negative_prompt,
-        request.t5,
-        request.conditioning,
-        &request.clip,
-    )?;
+    let states = pipeline.encode_request(&request)?;
     pipeline.free_t5();
     time("T5 freed", &mut |hooks| {
         pipeline

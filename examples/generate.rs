@@ -696,13 +696,7 @@ fn generate<B: Backend>(
     let states = match args.free_t5 {
         true => {
             let states = pipeline
-                .encode_prompts(
-                    &request.prompt,
-                    &request.negative_prompt,
-                    request.t5,
-                    request.conditioning,
-                    &request.clip,
-                )
+                .encode_request(request)
                 .map_err(|e| e.to_string())?;
             pipeline.free_t5();
             Some(states)

@@ -65,15 +65,7 @@ fn generation_and_memory_budgets() {
 
     // Freeing T5 releases its weights (the tiny T5 is ~0.6 MB of f32).
     let before = live();
-    let states = pipeline
-        .encode_prompts(
-            &request.prompt,
-            "",
-            request.t5,
-            request.conditioning,
-            &request.clip,
-        )
-        .unwrap();
+    let states = pipeline.encode_request(&request).unwrap();
     let t5_bytes = pipeline.t5().unwrap().encoder.num_params() * 4; // f32
     pipeline.free_t5();
     let freed = before.saturating_sub(live());

@@ -663,6 +663,18 @@ impl<B: Backend> Pipeline<B> {
         self.encode_prompts_with(prompt, negative, t5, conditioning, clip, Cancel::NEVER)
     }
 
+    /// The states `request` needs: [`Pipeline::encode_prompts`] of its prompts, as it reads
+    /// them. Encode once to generate several times, or to free T5 before sampling.
+    pub fn encode_request(&self, request: &GenerateRequest) -> Result<PromptStates<B>> {
+        self.encode_prompts(
+            &request.prompt,
+            &request.negative_prompt,
+            request.t5,
+            request.conditioning,
+            &request.clip,
+        )
+    }
+
     /// [`Pipeline::encode_prompts`], stopping between T5's layers once `cancel` is set.
     pub fn encode_prompts_with(
         &self,

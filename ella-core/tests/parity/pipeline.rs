@@ -482,15 +482,7 @@ fn clip_prompts_of_different_lengths_run_apart() {
         conditioning: Conditioning::Clip,
         ..GenerateRequest::new(["(red book:1.2), the other hat"; 12].join(", "))
     };
-    let states = pipeline
-        .encode_prompts(
-            &request.prompt,
-            &request.negative_prompt,
-            request.t5,
-            request.conditioning,
-            &request.clip,
-        )
-        .unwrap();
+    let states = pipeline.encode_request(&request).unwrap();
     let clip = states.clip.as_ref().unwrap();
     assert_eq!(clip.uncond.dims()[1], 77);
     assert!(clip.cond.dims()[1] >= 2 * 77, "{:?}", clip.cond.dims());
