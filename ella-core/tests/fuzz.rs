@@ -1,7 +1,7 @@
 //! Fuzzing every parser a host's files reach (`tests/common/fuzz.rs` has the engine): the
 //! safetensors headers and data through `Checkpoint` and a model's loader, every
 //! `config.json` kind through its model's loader, sharded indexes, both tokenizers' files,
-//! PNG input, LoRA and ControlNet files. Each input must load or be refused with an error:
+//! PNG input, weighted prompts, LoRA and ControlNet files. Each input must load or be refused with an error:
 //! a panic, an allocation peak over 512 MB or a hang fails. CI runs a bounded pass;
 //! `scripts/fuzz.sh` runs a long one.
 
@@ -19,7 +19,7 @@ use ella_core::scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSc
 use ella_core::{
     AutoencoderKL, Checkpoint, ClipTextModel, ClipTokenizer, Connector, ConnectorConfig,
     ControlNetModel, GenerateRequest, Image, Lora, ModelPaths, Pipeline, T5TextEncoder,
-    T5Tokenizer, TokenMode, UNet2DConditionModel,
+    T5Tokenizer, TokenMode, UNet2DConditionModel, prompt_syntax,
 };
 
 #[global_allocator]
@@ -222,6 +222,28 @@ fn clip_tokenizer_files() {
     );
 }
 
+/// Prompts with A1111's weight syntax (the reference cases, mutated as bytes, read as UTF-8
+/// with replacement): parsed, cut into CLIP chunks and stripped for T5, or refused.
+#[test]
+fn weighted_prompts() {
+    let text = std::fs::read_to_string(fixture("reference/prompt_weighting.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let seeds: Vec<Vec<u8>> = json["cases"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|case| case["prompt"].as_str().unwrap().as_bytes().to_vec())
+        .collect();
+    let tokenizer = ClipTokenizer::from_file(fixture("sd/tokenizer")).unwrap();
+    Fuzzer::new("weighted-prompts").run(&seeds, mutate_bytes, |bytes| {
+        let prompt = String::from_utf8_lossy(bytes);
+        prompt_syntax::strip_for_t5(&prompt);
+        prompt_syntax::parse(&prompt)
+            .and_then(|parsed| tokenizer.chunks(&parsed))
+            .is_ok()
+    });
+}
+
 /// PNGs of every color type and depth; mutated as bytes, or with IHDR's width and height
 /// set to interesting values and its CRC fixed (so the decoder reads the sizes).
 #[test]
@@ -285,7 +307,15 @@ fn lora_files() {
         Mutex::new(Pipeline::<B>::load(&paths, &Default::default(), DType::F32).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lora.safetensors");
-    let seeds = seeds(&["lora/kohya.safetensors", "lora/peft.safetensors"]);
+    let seeds = seeds(&[
+        "lora/kohya.safetensors",
+        "lora/peft.safetensors",
+        "lora/kohya-ldm.safetensors",
+        "lora/loha.safetensors",
+        "lora/lokr.safetensors",
+        "lora/locon-tucker.safetensors",
+        "lora/peft-alpha-pattern.safetensors",
+    ]);
     Fuzzer::new("lora").run(&seeds, mutate_safetensors, |bytes| {
         std::fs::write(&path, bytes).unwrap();
         let mut pipeline = pipeline.lock().unwrap();

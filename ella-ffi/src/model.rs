@@ -226,11 +226,13 @@ pub unsafe extern "C" fn ella_model_load(
     })
 }
 
-/// Applies `count` LoRA files (kohya / A1111 or diffusers PEFT `.safetensors`) with their
-/// scales to the model's U-Net (and CLIP, when loaded), replacing the LoRAs applied before;
-/// `count` 0 restores the original weights. Only the weights the LoRAs touch are rebuilt, from
-/// the original values: nothing is reloaded. All files are checked first; on an error (a
-/// LoRA for another architecture: `ELLA_STATUS_INVALID_MODEL`) the weights stay as they were.
+/// Applies `count` LoRA files (`.safetensors`: kohya / A1111 on diffusers or LDM names,
+/// LyCORIS LoCon, LoHa and LoKr, diffusers PEFT) with their scales to the model's U-Net (and
+/// CLIP, when loaded), replacing the LoRAs applied before; `count` 0 restores the original
+/// weights. Only the weights the LoRAs touch are rebuilt, from the original values: nothing is
+/// reloaded. All files are checked first; on an error (a LoRA for another architecture, or of
+/// a kind with no additive merge such as (IA)³ or DoRA: `ELLA_STATUS_INVALID_MODEL`) the
+/// weights stay as they were.
 /// Entries that match no weight are reported through the model's log callback as warnings.
 /// The files are read while generations go on; the weights change once calls running on
 /// the model's contexts have finished (never during one). From a progress callback of a

@@ -963,6 +963,40 @@ fn loras_change_the_image_until_they_are_set_to_none() {
     );
 }
 
+/// Every LoRA kind from C (kohya on LDM names, LoHa, LoKr, LoCon with a Tucker core, PEFT with
+/// `alpha_pattern`) changes the image; an (IA)³ file is refused by name and leaves the LoRAs
+/// set before in place.
+#[test]
+fn every_lora_kind_from_c() {
+    let model = Model::load(&with_clip(&paths()));
+    let conditionings = [EllaConditioning::EllaClip];
+    let image = || {
+        images_by_conditioning(&model, &conditionings)
+            .remove(0)
+            .unwrap()
+    };
+    let base = image();
+    let set = |name: &str| {
+        let file = fixture(&format!("lora/{name}.safetensors"));
+        unsafe { ella_model_set_loras(model.ptr(), &file.as_ptr(), &1.0f32, 1) }
+    };
+    let mut last = base.clone();
+    for kind in [
+        "kohya-ldm",
+        "loha",
+        "lokr",
+        "locon-tucker",
+        "peft-alpha-pattern",
+    ] {
+        assert_eq!(set(kind), EllaStatus::Ok, "{kind}: {}", last_error());
+        last = image();
+        assert_ne!(last, base, "{kind}");
+    }
+    assert_eq!(set("unsupported-ia3"), EllaStatus::InvalidModel);
+    assert!(last_error().contains("(IA)³"), "{}", last_error());
+    assert_eq!(image(), last, "the PEFT LoRA still applied");
+}
+
 #[test]
 fn set_loras_refuses_null_pointers_missing_files_and_other_models() {
     let model = Model::load(&with_clip(&paths()));

@@ -1,8 +1,9 @@
 //! The ΔW of each LoRA kind (docs/lora-kinds-reference.md §3–5) from a module's factors, on
 //! the host in f32: `[out, in·kh·kw]`, a weight with its kernel flattened into the columns
-//! (column `c·kh·kw + y·kw + x`, the spec's `W_flat`). A merge happens once per
-//! `set_loras`, so plain loops are fast enough; low-rank updates are not expanded here but
-//! multiplied on the device ([`low_rank_fits`]).
+//! (column `c·kh·kw + y·kw + x`, the spec's `W_flat`). Products of two low-rank matrices —
+//! LoRA's and LoHa's, where nearly all of the work is — are not expanded here but multiplied
+//! on the device ([`low_rank_fits`], [`loha_fits`]); the rest (LoKr's Kronecker product, of
+//! one multiplication per weight, and Tucker cores) runs once per `set_loras` in plain loops.
 //!
 //! Every function takes the shape of the weight the module changes and returns `None` when
 //! the factors do not fit it (or each other), before computing anything: a file's shapes
@@ -69,31 +70,25 @@ pub(crate) fn locon_tucker(
     tucker(mid, &up.transposed(), down, &weight[2..])
 }
 
-/// LoHa (§4): `(w1_a @ w1_b) ⊙ (w2_a @ w2_b)`, each pair `(a, b)` as `[out, r]`,
-/// `[r, in·kh·kw]`; with Tucker cores `(t1, t2)` each factor is rebuilt per kernel position
-/// as `aᵀ @ t[:, :, y, x] @ b` from `a` `[r, out]`, `b` `[r, in]`.
-pub(crate) fn loha(
-    w1: &(Array, Array),
-    w2: &(Array, Array),
-    cores: Option<&(Array, Array)>,
-    weight: &[usize],
-) -> Option<Array> {
-    let (t1, t2) = match cores {
-        Some((t1, t2)) => (Some(t1), Some(t2)),
-        None => (None, None),
-    };
-    hadamard(loha_factor(w1, t1, weight)?, &loha_factor(w2, t2, weight)?)
+/// LoHa (§4): whether the pairs `(a, b)`, `[out, r]` and `[r, in·kh·kw]`, fit `weight`, for
+/// `ΔW = (w1_a @ w1_b) ⊙ (w2_a @ w2_b)`.
+pub(crate) fn loha_fits(w1: &(Array, Array), w2: &(Array, Array), weight: &[usize]) -> bool {
+    low_rank_fits(&w1.0, &w1.1, weight) && low_rank_fits(&w2.0, &w2.1, weight)
 }
 
-/// One Hadamard factor of LoHa, `[out, in·kh·kw]`.
-fn loha_factor((a, b): &(Array, Array), core: Option<&Array>, weight: &[usize]) -> Option<Array> {
-    match core {
-        None if a.rows() == weight[0] && b.cols() == fan_in(weight) => matmul(a, b),
-        Some(core) if a.cols() == weight[0] && b.cols() == weight[1] => {
-            tucker(core, a, b, &weight[2..])
-        }
-        _ => None,
-    }
+/// LoHa with Tucker cores (§4): each Hadamard factor rebuilt per kernel position as
+/// `aᵀ @ t[:, :, y, x] @ b` from `a` `[r, out]`, `b` `[r, in]`, `t` `[r, r, kh, kw]`.
+pub(crate) fn loha_tucker(
+    w1: &(Array, Array),
+    w2: &(Array, Array),
+    (t1, t2): &(Array, Array),
+    weight: &[usize],
+) -> Option<Array> {
+    let factor = |(a, b): &(Array, Array), core: &Array| {
+        let fits = a.cols() == weight[0] && b.cols() == weight[1];
+        fits.then(|| tucker(core, a, b, &weight[2..])).flatten()
+    };
+    hadamard(factor(w1, t1)?, &factor(w2, t2)?)
 }
 
 /// A LoKr factor as a file stores it (§5): whole (`lokr_w1`, `lokr_w2`), as a product

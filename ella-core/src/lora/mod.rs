@@ -86,10 +86,38 @@ pub(crate) struct Update {
 /// A weight's ΔW, `[out, in·kh·kw]`, f32.
 #[derive(Debug)]
 pub(crate) enum Delta {
-    /// `up @ down`, `[out, r]` and `[r, in·kh·kw]` (LoRA, LoCon), multiplied on the device.
-    LowRank { up: TensorData, down: TensorData },
-    /// ΔW itself, computed on the host from the factors of LoHa, LoKr or a Tucker core.
+    /// `up @ down` (LoRA, LoCon), multiplied on the device.
+    LowRank(LowRank),
+    /// `(a₁ @ b₁) ⊙ (a₂ @ b₂)` (LoHa), both products on the device.
+    Hadamard(Box<[LowRank; 2]>),
+    /// ΔW itself, computed on the host from the factors of LoKr or a Tucker core.
     Full(TensorData),
+}
+
+/// `up` `[out, r]` and `down` `[r, in·kh·kw]`, whose product is a ΔW or a factor of one.
+#[derive(Debug)]
+pub(crate) struct LowRank {
+    pub up: TensorData,
+    pub down: TensorData,
+}
+
+impl LowRank {
+    fn new(up: Array, down: Array) -> Self {
+        Self {
+            up: matrix(up),
+            down: matrix(down),
+        }
+    }
+
+    /// A bound on the magnitude of the product's elements.
+    fn bound(&self) -> f32 {
+        self.down.shape[0] as f32 * largest(&self.up) * largest(&self.down)
+    }
+}
+
+/// The largest magnitude in `data`.
+fn largest(data: &TensorData) -> f32 {
+    data.iter::<f32>().fold(0f32, |a, v| a.max(v.abs()))
 }
 
 impl Delta {
@@ -99,9 +127,9 @@ impl Delta {
 
     /// A bound on the magnitude of ΔW's elements.
     fn bound(&self) -> f32 {
-        let largest = |m: &TensorData| m.iter::<f32>().fold(0f32, |a, v| a.max(v.abs()));
         match self {
-            Self::LowRank { up, down } => down.shape[0] as f32 * largest(up) * largest(down),
+            Self::LowRank(product) => product.bound(),
+            Self::Hadamard(pair) => pair[0].bound() * pair[1].bound(),
             Self::Full(delta) => largest(delta),
         }
     }
@@ -318,10 +346,9 @@ fn lora_delta(
     };
     let delta = match mid {
         Some(mid) => kinds::locon_tucker(&up, &mid, &down, shape).map(Delta::full),
-        None => kinds::low_rank_fits(&up, &down, shape).then(|| Delta::LowRank {
-            up: matrix(up),
-            down: matrix(down),
-        }),
+        None => {
+            kinds::low_rank_fits(&up, &down, shape).then(|| Delta::LowRank(LowRank::new(up, down)))
+        }
     };
     Ok(delta.map(|delta| (delta, scale)))
 }
@@ -335,8 +362,14 @@ fn loha_delta(parts: &mut Parts, shape: &[usize]) -> Result<Option<(Delta, f32)>
         false => None,
     };
     let scale = kohya_scale(parts.alpha()?, w1.1.rows());
-    let delta = kinds::loha(&w1, &w2, cores.as_ref(), shape);
-    Ok(delta.map(|delta| (Delta::full(delta), scale)))
+    let delta = match cores {
+        Some(cores) => kinds::loha_tucker(&w1, &w2, &cores, shape).map(Delta::full),
+        None => kinds::loha_fits(&w1, &w2, shape).then(|| {
+            let ((a1, b1), (a2, b2)) = (w1, w2);
+            Delta::Hadamard(Box::new([LowRank::new(a1, b1), LowRank::new(a2, b2)]))
+        }),
+    };
+    Ok(delta.map(|delta| (delta, scale)))
 }
 
 /// A LoKr module (§5), scaled by `α / r` with `r` the rank of its factored factor, or by 1
@@ -638,9 +671,11 @@ fn apply<B: Backend, M: Module<B>>(
         let base = TensorData::from_bytes_vec(base.as_bytes().to_vec(), [rows, cols], base.dtype);
         let mut value =
             Tensor::<B, 2>::from_data(base.convert_dtype(DType::F32), (device, DType::F32));
+        let product = |p: &LowRank| tensor(&p.up).matmul(tensor(&p.down));
         for update in updates.iter().filter(|u| &u.weight == name) {
             let delta = match &update.delta {
-                Delta::LowRank { up, down } => tensor(up).matmul(tensor(down)),
+                Delta::LowRank(p) => product(p),
+                Delta::Hadamard(pair) => product(&pair[0]) * product(&pair[1]),
                 Delta::Full(delta) => tensor(delta),
             };
             value = value + delta * update.factor;
