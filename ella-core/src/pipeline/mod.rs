@@ -78,7 +78,8 @@ pub struct StatePair<B: Backend> {
 pub struct PromptStates<B: Backend> {
     /// T5's last hidden states (ELLA conditioning).
     pub t5: Option<StatePair<B>>,
-    /// CLIP's last hidden states, 77 tokens (CLIP conditioning).
+    /// CLIP's last hidden states (CLIP conditioning): 77 tokens, or 77 per 75-token chunk of
+    /// an A1111-weighted prompt.
     pub clip: Option<StatePair<B>>,
 }
 

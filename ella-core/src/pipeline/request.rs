@@ -20,8 +20,9 @@ pub enum Conditioning {
     /// ELLA: the connector's 64 tokens from T5, recomputed at every step (the official way).
     #[default]
     Ella,
-    /// ELLA's tokens followed by CLIP's 77 (141 tokens, ComfyUI-ELLA's concat mode; not used
-    /// in ELLA's training): LoRA trigger words and textual inversions keep working.
+    /// ELLA's tokens followed by CLIP's 77 (141 tokens; 77 more per extra 75-token chunk of
+    /// a long CLIP prompt), ComfyUI-ELLA's concat mode, not used in ELLA's training: LoRA
+    /// trigger words and textual inversions keep working.
     EllaClip,
     /// SD1.5's own CLIP conditioning (plain SD, the baseline); needs no T5 or connector.
     Clip,
