@@ -681,8 +681,13 @@ fn generate<B: Backend>(
     );
     eprintln!("loaded the models in {:.1?}", start.elapsed());
     if !args.lora.is_empty() {
+        let merging = std::time::Instant::now();
         let report = pipeline.set_loras(&args.lora).map_err(|e| e.to_string())?;
-        eprintln!("LoRAs change {} weights", report.updated);
+        eprintln!(
+            "LoRAs change {} weights (merged in {:.1?})",
+            report.updated,
+            merging.elapsed()
+        );
         for entry in &report.unmatched {
             eprintln!("warning: LoRA entry matches no weight: {entry}");
         }
