@@ -408,11 +408,10 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn new(unet: &'a WeightIndex, clip: Option<&'a WeightIndex>) -> Self {
+    fn new(unet: &'a WeightIndex, layout: &UNetLayout, clip: Option<&'a WeightIndex>) -> Self {
         let module = |weight: &str| weight.strip_suffix(".weight").unwrap_or(weight).to_string();
         // kohya names a U-Net module by its diffusers path or by its LDM one (the spec's
         // §2): both spellings lead to the weight.
-        let layout = UNetLayout::of_weights(unet.weights.keys().map(String::as_str));
         let mut unet_kohya = HashMap::new();
         for weight in unet.weights.keys() {
             for path in [Some(weight.clone()), layout.to_ldm(weight)]
@@ -496,10 +495,12 @@ impl<'a> Resolver<'a> {
 /// Reads one LoRA file and checks it against the loaded models: the updates it makes.
 /// Modules whose names match no weight are added to `report`; a file that matches nothing,
 /// has a module of a kind ella does not merge or with parts missing or left over, or whose
-/// shapes differ from the weights it names, is an error.
+/// shapes differ from the weights it names, is an error. `layout` is the U-Net's, whose
+/// modules kohya files may name the LDM way.
 pub(crate) fn read_updates(
     lora: &Lora,
     unet: &WeightIndex,
+    layout: &UNetLayout,
     clip: Option<&WeightIndex>,
     report: &mut LoraReport,
 ) -> Result<Vec<Update>> {
@@ -537,7 +538,7 @@ pub(crate) fn read_updates(
             )
         })?,
     };
-    let resolver = Resolver::new(unet, clip);
+    let resolver = Resolver::new(unet, layout, clip);
     let mut updates = Vec::new();
     let mut skipped = 0;
     for (module, keys) in modules {

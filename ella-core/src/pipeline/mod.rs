@@ -60,6 +60,7 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sur_adapter::{SurAdapter, SurMode};
 use crate::t5::{T5Precision, T5TextEncoder, TokenMode};
 use crate::threads::Threads;
+use crate::unet::ldm_names::UNetLayout;
 use crate::unet::{ControlResiduals, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderTiny, VaeDecode};
 
@@ -254,10 +255,12 @@ impl<B: Backend> Pipeline<B> {
         let mut report = LoraReport::default();
         let mut updates = Vec::new();
         let clip_index = self.clip.as_ref().map(|c| &c.model.weights);
+        let layout = UNetLayout::of_config(&self.unet.config);
         for lora in loras {
             updates.extend(lora::read_updates(
                 lora,
                 &self.unet.weights,
+                &layout,
                 clip_index,
                 &mut report,
             )?);

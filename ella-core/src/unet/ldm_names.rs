@@ -132,35 +132,6 @@ impl UNetLayout {
         Self::new(&down_resnets(config), &[], &[])
     }
 
-    /// The layout a U-Net's weight names (diffusers') show, for readers that have the names
-    /// but not the config (LoRA).
-    pub(crate) fn of_weights<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        // Per level: how many resnets, whether it has attention.
-        let (mut down, mut up) = (Vec::<(usize, bool)>::new(), Vec::new());
-        for name in names {
-            let (levels, rest) = match name.split_once('.') {
-                Some(("down_blocks", rest)) => (&mut down, rest),
-                Some(("up_blocks", rest)) => (&mut up, rest),
-                _ => continue,
-            };
-            let Some((i, rest)) = split_index(rest) else {
-                continue;
-            };
-            if levels.len() <= i {
-                levels.resize(i + 1, (0, false));
-            }
-            let level = &mut levels[i];
-            if let Some((j, _)) = rest.strip_prefix("resnets.").and_then(split_index) {
-                level.0 = level.0.max(j + 1);
-            }
-            level.1 |= rest.starts_with("attentions.");
-        }
-        let up_attention: Vec<bool> = up.iter().map(|&(_, attention)| attention).collect();
-        let down: Vec<usize> = down.iter().map(|&(resnets, _)| resnets).collect();
-        let up: Vec<usize> = up.iter().map(|&(resnets, _)| resnets).collect();
-        Self::new(&down, &up, &up_attention)
-    }
-
     /// One LDM U-Net name (without a checkpoint's prefix) → diffusers', or `None` when it is
     /// not one.
     pub(crate) fn to_diffusers(&self, ldm: &str) -> Option<String> {
@@ -322,28 +293,5 @@ mod tests {
                 "{diffusers}"
             );
         }
-    }
-
-    /// The layout read from a U-Net's weight names is the one its config gives.
-    #[test]
-    fn layout_of_weight_names() {
-        let layout = sd15();
-        let names: Vec<String> = layout
-            .blocks
-            .iter()
-            .map(|block| match block.resnet {
-                true => format!("{}conv1.weight", block.diffusers),
-                false => format!("{}weight", block.diffusers),
-            })
-            .collect();
-        let read = UNetLayout::of_weights(names.iter().map(String::as_str));
-        let pairs = |layout: &UNetLayout| -> Vec<(String, String)> {
-            layout
-                .blocks
-                .iter()
-                .map(|block| (block.ldm.clone(), block.diffusers.clone()))
-                .collect()
-        };
-        assert_eq!(pairs(&read), pairs(&layout));
     }
 }
